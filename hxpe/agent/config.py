@@ -1,0 +1,47 @@
+"""Settings of stages 02 (VLM descriptions) and 03 (LLM extraction and verdict)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DescribeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["vllm", "transformers", "classical", "replay"] = "vllm"
+    model_id: str = "Qwen/Qwen2-VL-72B-Instruct-AWQ"
+    revision: str | None = None
+    template: str = Field("describe_v1", description="Prompt template id (hxpe/agent/templates/).")
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend engine options.")
+
+
+class ExtractConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["vllm", "transformers", "rules", "replay"] = "vllm"
+    model_id: str = "Qwen/Qwen2.5-7B-Instruct"
+    revision: str | None = None
+    template: str = "extract_v1"
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    max_retries: int = 2
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    describe: DescribeConfig = Field(default_factory=DescribeConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    splits: list[str] = Field(
+        default_factory=lambda: ["test"],
+        description="Index splits that get descriptions (training uses the auxiliary test split).",
+    )
+    anti_false_alarm: Literal["llm", "llm_and_vlm"] = Field(
+        "llm_and_vlm",
+        description="Verdict rule: the LLM's judgement alone, or also require the VLM not to say 'No anomaly'.",
+    )

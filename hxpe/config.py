@@ -1,0 +1,144 @@
+"""One typed configuration for every stage, read from a profile YAML (``notebooks/params/<name>.yaml``).
+
+Class defaults are the paper profile's values (``hxpe/LEDGER.md`` says where each comes from); the demo
+profile overrides what it must. Unknown keys are errors, so a typo never silently falls back to a
+default.
+
+Example:
+    >>> from hxpe.config import load_config
+    >>> cfg = load_config("notebooks/params/demo.yaml")  # doctest: +SKIP
+    >>> cfg.train.epochs  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from hxpe.agent.config import AgentConfig
+from hxpe.data.config import DataConfig
+from hxpe.evaluation.config import EvaluationConfig
+from hxpe.figures_config import FiguresConfig
+from hxpe.model.config import ModelConfig, TrainConfig
+from hxpe.paths import resolve
+from hxpe.paths import results_dir as _results_dir
+
+_ENV_PATTERN = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+class Config(BaseModel):
+    """The whole run: one profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str = Field(description="Profile name; outputs go to results/<profile>/.")
+    description: str = ""
+    seed: int = Field(111, description="Global seed (Python, NumPy, torch, data-loader workers).")
+    deterministic: bool = Field(
+        True, description="torch.use_deterministic_algorithms where the platform offers it."
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    figures: FiguresConfig = Field(default_factory=FiguresConfig)
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"hxpe": {}},
+        description="Ablation rows: variant name -> overrides of the `model` section.",
+    )
+    main_variant: str = Field("hxpe", description="The variant reported as 'HXPE'.")
+
+    @property
+    def results_dir(self) -> Path:
+        return _results_dir(self.profile)
+
+    def model_for(self, variant: str) -> ModelConfig:
+        """The model section with a variant's overrides applied (validated)."""
+        if variant not in self.variants:
+            raise KeyError(
+                f"Unknown variant {variant!r}; the profile defines {sorted(self.variants)}."
+            )
+        merged = deep_merge(self.model.model_dump(), self.variants[variant])
+        return ModelConfig.model_validate(merged)
+
+    def section_hash(self, *sections: str) -> str:
+        """A short hash of the named sections (to tell when a stage's inputs changed)."""
+        payload = {s: getattr(self, s) for s in sections}
+        text = json.dumps(
+            {
+                k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+                for k, v in payload.items()
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base``.
+
+    >>> deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}})
+    {'a': {'b': 1, 'c': 3}}
+    """
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def expand_env(value: Any) -> Any:
+    """Expand ``${NAME}`` and ``${NAME:-default}`` in every string of a nested structure."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group("name"), match.group("default")
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise KeyError(
+                f"The params file uses ${{{name}}} but it is not set; export {name}=... "
+                f"or write ${{{name}:-default}} in the YAML."
+            )
+
+        return _ENV_PATTERN.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, expand and validate a profile YAML; ``overrides`` are deep-merged on top."""
+    file = resolve(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"Params file {file} not found. Profiles live in notebooks/params/<name>.yaml; "
+            f"pick one with PROFILE=<name>."
+        )
+    raw = yaml.safe_load(file.read_text()) or {}
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return Config.model_validate(expand_env(raw))
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

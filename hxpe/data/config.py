@@ -1,0 +1,53 @@
+"""Settings of stage 01 (data preparation)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DatasetKind = Literal["mvtec", "visa", "mpdd", "btad", "ksdd", "dagm", "dtd", "folder", "demo"]
+
+
+class DatasetSource(BaseModel):
+    """One dataset to index: its name in results/, its kind (layout) and where it lies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Name used in results/<profile>/index/<name>/ and in tables.")
+    kind: DatasetKind = Field(description="On-disk layout; selects the index builder.")
+    root: str | None = Field(
+        None,
+        description="Dataset root. For kind 'demo' it defaults to results/<profile>/data/<name>.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Builder options (e.g. folder dataset's normal_dir)."
+    )
+
+
+class DemoDataConfig(BaseModel):
+    """The embedded demo dataset (hxpe.data.demo)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    image_size: int = 128
+    n_train_good: int = 4
+    n_test_good: int = 4
+    n_test_per_defect: int = 2
+    aux_classes: list[str] = Field(default_factory=lambda: ["brick", "washer", "coin"])
+    target_classes: list[str] = Field(default_factory=lambda: ["gravel", "grass", "bracket"])
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[DatasetSource] = Field(default_factory=list)
+    demo: DemoDataConfig | None = Field(None, description="Generate the demo dataset first.")
+    allow_count_mismatch: bool = Field(
+        False, description="Accept per-class counts that differ from the official release."
+    )
+    reference_rule: Literal["first_normal_train", "none"] = Field(
+        "first_normal_train",
+        description="Normal reference per class for the VLM and the DINOv2 prompts (method.md §4 row 1).",
+    )

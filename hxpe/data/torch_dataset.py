@@ -1,0 +1,102 @@
+"""A torch Dataset over an index: images and masks at the protocol resolution.
+
+Images come out as float32 RGB in [0, 1] (no normalisation: each backbone normalises its own input, so
+CLIP and DINOv2 are fed from one preprocessed batch). Masks are binarised by the stated rule: a raw mask
+pixel is a defect when it is non-zero (VisA's masks use small integers), then the mask is resized
+bilinearly and thresholded at 0.5, as AnomalyCLIP's transform does.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hxpe.data.index import DatasetIndex
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """RGB image resized (bicubic, no crop) to ``size``×``size``, float32 [3, size, size] in [0, 1]."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except (OSError, ValueError) as err:
+        raise OSError(f"Cannot read image {path}: {err}. Re-download or remove the file.") from err
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_mask(path: str | Path | None, size: int) -> torch.Tensor:
+    """Binary mask float32 [1, size, size]; zeros when ``path`` is empty (a normal image)."""
+    if not path:
+        return torch.zeros(1, size, size)
+    try:
+        with Image.open(path) as im:
+            raw = np.asarray(im.convert("L"))
+    except (OSError, ValueError) as err:
+        raise OSError(f"Cannot read mask {path}: {err}.") from err
+    binary = torch.from_numpy((raw > 0).astype(np.float32))[None, None]
+    resized = torch.nn.functional.interpolate(binary, size=(size, size), mode="bilinear")
+    return (resized[0] > 0.5).float()
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    """Items of one index split: ``image``, ``mask``, ``label``, ``image_id``, ``cls``, ``phrase`` and,
+    when ``references`` is given, ``reference`` (the class's normal reference image) and
+    ``has_reference``.
+
+    ``phrases`` maps image_id to the gated explainable phrase; a missing or ``None`` phrase becomes
+    ``""`` (collation needs strings), which the model reads as "no phrase".
+    """
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        image_size: int,
+        split: str | None = "test",
+        phrases: dict[str, str | None] | None = None,
+        references: dict[str, str | None] | None = None,
+    ) -> None:
+        frame = index.frame if split is None else index.split(split)
+        self.index = index
+        self.rows = frame.reset_index(drop=True)
+        self.image_size = image_size
+        self.phrases = phrases or {}
+        self.references = references
+        self._reference = lru_cache(maxsize=64)(self._load_reference)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _load_reference(self, image_id: str) -> torch.Tensor:
+        return load_image(self.index.abs_path(self.index.row(image_id)["image"]), self.image_size)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows.iloc[i]
+        item = {
+            "image": load_image(self.index.abs_path(row["image"]), self.image_size),
+            "mask": load_mask(
+                self.index.abs_path(row["mask"]) if row["mask"] else None, self.image_size
+            ),
+            "label": int(row["label"]),
+            "image_id": row["image_id"],
+            "cls": row["cls"],
+            "phrase": self.phrases.get(row["image_id"]) or "",
+        }
+        if self.references is not None:
+            ref_id = self.references.get(row["cls"])
+            item["has_reference"] = ref_id is not None
+            item["reference"] = (
+                self._reference(ref_id)
+                if ref_id is not None
+                else torch.zeros(3, self.image_size, self.image_size)
+            )
+        return item
+
+
+def phrases_from_batch(batch: dict) -> list[str | None]:
+    """The batch's phrases with ``""`` turned back into ``None``."""
+    return [p or None for p in batch["phrase"]]

@@ -1,0 +1,39 @@
+"""Where things live: the repository root and a profile's results directory.
+
+``HXPE_RESULTS_ROOT`` redirects every profile's results (the notebook tests use it so that they never
+touch ``results/``); it is the only environment variable that changes where outputs go.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RESULTS_ROOT_ENV = "HXPE_RESULTS_ROOT"
+
+
+def repo_root() -> Path:
+    """The checkout's root: the nearest parent of this package holding ``pyproject.toml``.
+
+    Falls back to the current directory for an installed (non-editable) package.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").is_file() and (candidate / "hxpe").is_dir():
+            return candidate
+    return Path.cwd()
+
+
+def resolve(path: str | Path) -> Path:
+    """Resolve a path from a params file: absolute paths stay, relative ones start at the repo root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else repo_root() / p
+
+
+def results_dir(profile: str) -> Path:
+    """``results/<profile>`` (or ``$HXPE_RESULTS_ROOT/<profile>``), created if missing."""
+    root = os.environ.get(RESULTS_ROOT_ENV)
+    base = Path(root).expanduser() if root else repo_root() / "results"
+    out = base / profile
+    out.mkdir(parents=True, exist_ok=True)
+    return out
