@@ -31,9 +31,7 @@ def resolve(path: str | Path) -> Path:
 
 
 def results_dir(profile: str) -> Path:
-    """``results/<profile>`` (or ``$HXPE_RESULTS_ROOT/<profile>``), created if missing."""
+    """``results/<profile>`` (or ``$HXPE_RESULTS_ROOT/<profile>``); writers create it."""
     root = os.environ.get(RESULTS_ROOT_ENV)
     base = Path(root).expanduser() if root else repo_root() / "results"
-    out = base / profile
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return base / profile

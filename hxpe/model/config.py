@@ -1,18 +1,27 @@
 """Settings of the model (stage 04/05) and of training (stage 04).
 
-Every choice the paper leaves open is a named key here; ``hxpe/LEDGER.md`` maps each to its source.
+Every choice the paper leaves open is a named key here; ``hxpe/LEDGER.md`` maps each to its source
+([S] stated by a source, [B] stated by the paper, [I] our inference). Class defaults are the paper
+profile's values.
+
+Example:
+    >>> cfg = ModelConfig(base="anomalyclip")
+    >>> cfg.anomalyclip.n_ctx, cfg.clip.layers
+    (12, [6, 12, 18, 24])
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class ClipConfig(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class ClipConfig(_Section):
     model_name: str = Field("ViT-L-14-336-quickgelu", description="open_clip model name.")
     pretrained: str | None = Field(
         "openai", description="open_clip pretrained tag; null = random init."
@@ -21,25 +30,132 @@ class ClipConfig(BaseModel):
         None,
         description="Extra open_clip JSON model config (tiny test models), registered before build.",
     )
-    image_size: int = Field(
-        518, description="Input resolution; positional embeddings interpolated."
-    )
+    image_size: int = Field(518, description="Input resolution; positional embeddings interpolated.")
     layers: list[int] = Field(
         default_factory=lambda: [6, 12, 18, 24],
         description="1-based blocks whose patch tokens are used.",
     )
 
 
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class AdaClipConfig(_Section):
+    """AdaCLIP-style base: hybrid static + dynamic prompts in both branches, HSF image score."""
 
+    prompt_depth: int = Field(4, description="Blocks (from the first) that receive prompts.")
+    prompt_length: int = Field(5, description="Prompt tokens per prompted block.")
+    prompt_types: list[Literal["static", "dynamic"]] = Field(
+        default_factory=lambda: ["static", "dynamic"]
+    )
+    branches: list[Literal["vision", "language"]] = Field(
+        default_factory=lambda: ["vision", "language"]
+    )
+    template_set: str = Field("adaclip", description="Template list in prompts.yaml.")
+    hsf: bool = Field(True, description="Hybrid semantic fusion for the image score.")
+    k_clusters: int = Field(20, description="k-means clusters of HSF.")
+    hsf_topk_factor: int = Field(5, description="HSF clusters the k·factor most abnormal patches.")
+    hsf_alpha: float = Field(0.2, description="Weight of the cluster feature against the CLS.")
+    kmeans_iters: int = Field(10, description="Lloyd iterations of the batched k-means.")
+
+
+class AnomalyClipConfig(_Section):
+    """AnomalyCLIP-style base: object-agnostic contexts, deep text prompts, v-v attention."""
+
+    n_ctx: int = Field(12, description="Learnable context tokens per normal/abnormal prompt.")
+    text_prompt_length: int = Field(4, description="Deep text prompt tokens (t_n_ctx).")
+    text_prompt_depth: int = Field(9, description="Text blocks receiving deep prompts.")
+    normal_template: str = Field("{obj}.", description="After the contexts.")
+    abnormal_template: str = Field("damaged {obj}.", description="After the contexts.")
+    vv_attention: bool = Field(True, description="v-v attention (DPAM) switch.")
+    vv_last_n: int = Field(19, description="v-v attention on the last N blocks (DPAM_layer=20).")
+
+
+class WinClipConfig(_Section):
+    """WinCLIP-style zero-shot template ensemble (no training)."""
+
+    template_set: str = Field("winclip", description="Template list in prompts.yaml.")
+
+
+class ExplainConfig(_Section):
+    """Explainable text prompts: the image's gated defect phrase in its abnormal prompt."""
+
+    enabled: bool = True
+    mode: Literal["in_prompt", "fuse"] = Field(
+        "in_prompt", description="Phrase inside the abnormal prompt, or encoded alone and fused."
+    )
+    object_template: str = Field(
+        "object with {phrase}", description="Replaces {obj} of the abnormal prompts."
+    )
+    fuse_template: str = Field("{phrase}", description="Text encoded alone in mode 'fuse'.")
+    fuse_lambda: float = Field(1.0, description="g_a' = normalize(g_a + λ g_e).")
+    learn_lambda: bool = Field(False, description="Train λ (mode 'fuse').")
+
+
+class VfmConfig(_Section):
+    """DINOv2 attention prompts."""
+
+    enabled: bool = True
+    model_id: str = Field("facebook/dinov2-small", description="Hugging Face id (weights.yaml).")
+    config_file: str | None = Field(
+        None, description="transformers Dinov2Config JSON: random init (tiny test models)."
+    )
+    mode: Literal["reweight", "attn_bias"] = Field(
+        "reweight", description="Re-weight the base map, or bias CLIP's later attention."
+    )
+    distance: Literal["mutual_nn", "nn"] = Field(
+        "mutual_nn", description="Patch distance to the normal reference."
+    )
+    salience_weight: float = Field(
+        0.5, description="γ in M = d̂·((1−γ) + γ·ŝ), ŝ = DINOv2 CLS self-attention."
+    )
+    rarity_k: int = Field(5, description="No reference: mean distance to k nearest own patches.")
+    alpha: float = Field(0.5, description="A = A_clip·(1 + α·M̂)/(1 + α).")
+    bias_beta: float = Field(1.0, description="attn_bias: logits += β·M̂ on patch keys.")
+    bias_last_n: int = Field(7, description="attn_bias: the last N CLIP blocks (18–24).")
+
+
+class ModelConfig(_Section):
     clip: ClipConfig = Field(default_factory=ClipConfig)
     base: Literal["adaclip", "anomalyclip", "winclip"] = "adaclip"
+    adaclip: AdaClipConfig = Field(default_factory=AdaClipConfig)
+    anomalyclip: AnomalyClipConfig = Field(default_factory=AnomalyClipConfig)
+    winclip: WinClipConfig = Field(default_factory=WinClipConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    vfm: VfmConfig = Field(default_factory=VfmConfig)
+    object_name: str = Field("object", description="Object word in every prompt ({obj}).")
+    temperature: float = Field(0.07, description="Similarity temperature (logits = cos/τ).")
+    score_mode: Literal["base", "text", "text_max"] = Field(
+        "base", description="Image score: the base's own, text only, or (text + max map)/2."
+    )
+    sigma: float = Field(4.0, description="Gaussian σ (pixels) on the output map; 0 = none.")
+    random_init_seed: int = Field(
+        0, description="Seed of randomly initialised frozen weights (tiny models, dry runs)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if not self.clip.layers or min(self.clip.layers) < 1:
+            raise ValueError(f"model.clip.layers must be 1-based block numbers; got {self.clip.layers}")
+        if self.base == "winclip" and self.vfm.mode == "attn_bias" and self.vfm.enabled:
+            return self
+        return self
+
+    @property
+    def trains(self) -> bool:
+        """Whether this configuration has trainable parameters (winclip does not)."""
+        return self.base != "winclip"
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    epochs: int = 5
-    lr: float = 0.01
-    batch_size: int | None = Field(None, description="None = the base's own default.")
+class TrainConfig(_Section):
+    epochs: int = Field(5, description="Epochs over the auxiliary test split [B].")
+    lr: float = Field(0.01, description="Learning rate [B].")
+    batch_size: int | None = Field(None, description="None = the base's own (adaclip 1, anomalyclip 8).")
+    optimizer: Literal["base", "adam", "adamw", "sgd"] = Field(
+        "base", description="'base' = the base's own (adaclip Adam β=(0.5,0.999) too)."
+    )
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas.")
+    split: str = Field("test", description="Training split of the auxiliary index (protocol).")
+    focal_gamma: float = 2.0
+    loss_weights: dict[Literal["focal", "dice", "image"], float] = Field(
+        default_factory=lambda: {"focal": 1.0, "dice": 1.0, "image": 1.0}
+    )
+    num_workers: int = 0
+    max_steps: int | None = Field(None, description="Stop after this many steps (smoke runs).")

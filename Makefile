@@ -1,0 +1,126 @@
+# HXPE compendium: the only entry point. `make demo` and `make test` set up .venv on first use.
+#   make demo                 the whole pipeline on the embedded demo profile (CPU, minutes)
+#   make test                 lint + unit tests + the six notebooks as tests (nbval)
+#   make reproduce            the paper profile (runs `make doctor` first; A100-class GPU)
+#   make <stage> PROFILE=p    one stage: data describe extract train evaluate figures
+# PROFILE=<name> picks notebooks/params/<name>.yaml; outputs go to results/<name>/.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PROFILE ?= demo
+PARAMS  := notebooks/params/$(PROFILE).yaml
+OUT     := results/$(PROFILE)
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+PY      := $(VENV)/bin/python
+KERNEL  ?= hxpe
+# The agent stages of the paper profile run in the vLLM venv's kernel (make gpu-env).
+AGENT_KERNEL ?= $(KERNEL)
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export PYTHONHASHSEED := 0
+
+NB := notebooks
+PKG_COMMON := hxpe/config.py hxpe/pipeline.py hxpe/paths.py hxpe/seeding.py
+STAGE_RUN = $(PY) -m hxpe.cli stage $(1) --params $(PARAMS) --kernel $(2)
+
+.PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest data describe extract train \
+        evaluate figures doctor fetch-models lab clean venv lock gpu-env verify bench format
+
+help:  ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
+
+# ---------------------------------------------------------------- environment
+$(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or pass PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test]'
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (hxpe)" >/dev/null
+	touch $@
+
+venv: $(STAMP)  ## Create .venv from the pinned constraints and register the Jupyter kernel
+
+lock:  ## Regenerate constraints.txt from a fresh install (maintainers)
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -e '.[notebooks,test]'
+	{ sed -n '1,/^# CPU\/GPU common pins:/p' constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^hxpe'; } > constraints.new && mv constraints.new constraints.txt
+	rm -rf .venv-lock
+
+gpu-env:  ## Build .venv-vllm (vLLM pins its own torch) and register the hxpe-vllm kernel
+	$(PYTHON) -m venv .venv-vllm
+	grep -vE '^(torch|torchvision|torchaudio|triton|nvidia-|cuda-)' constraints.txt > .venv-vllm/constraints.txt
+	.venv-vllm/bin/pip install -c .venv-vllm/constraints.txt -e '.[gpu,notebooks]'
+	.venv-vllm/bin/python -m ipykernel install --sys-prefix --name hxpe-vllm --display-name "Python (hxpe, vLLM)"
+
+# ---------------------------------------------------------------- pipeline
+demo:  ## Run all six stages on the demo profile
+	$(MAKE) all PROFILE=demo
+
+all: $(OUT)/06_explainability_figures.ipynb  ## Run all six stages for PROFILE
+	@echo "Done: executed notebooks and artifacts in $(OUT)/"
+
+data: $(OUT)/01_data_prep.ipynb  ## Stage 01: build the dataset indexes
+describe: $(OUT)/02_vlm_descriptions.ipynb  ## Stage 02: VLM descriptions
+extract: $(OUT)/03_llm_extraction.ipynb  ## Stage 03: LLM extraction and verdicts
+train: $(OUT)/04_training.ipynb  ## Stage 04: train the prompts
+evaluate: $(OUT)/05_evaluation.ipynb  ## Stage 05: maps, metrics, tables
+figures: $(OUT)/06_explainability_figures.ipynb  ## Stage 06: figures from stored artifacts
+
+$(OUT)/01_data_prep.ipynb: $(NB)/01_data_prep.ipynb $(PARAMS) $(wildcard hxpe/data/*.py hxpe/data/*.yaml) $(PKG_COMMON) | $(STAMP)
+	$(call STAGE_RUN,data,$(KERNEL))
+
+$(OUT)/02_vlm_descriptions.ipynb: $(NB)/02_vlm_descriptions.ipynb $(OUT)/01_data_prep.ipynb $(wildcard hxpe/agent/*.py hxpe/agent/templates/*) | $(STAMP)
+	$(call STAGE_RUN,describe,$(AGENT_KERNEL))
+
+$(OUT)/03_llm_extraction.ipynb: $(NB)/03_llm_extraction.ipynb $(OUT)/02_vlm_descriptions.ipynb | $(STAMP)
+	$(call STAGE_RUN,extract,$(AGENT_KERNEL))
+
+$(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(wildcard hxpe/model/*.py hxpe/model/*/*) hxpe/train.py | $(STAMP)
+	$(call STAGE_RUN,train,$(KERNEL))
+
+$(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) | $(STAMP)
+	$(call STAGE_RUN,evaluate,$(KERNEL))
+
+$(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures*.py) | $(STAMP)
+	$(call STAGE_RUN,figures,$(KERNEL))
+
+reproduce:  ## The paper profile: make doctor, then all stages (A100-class GPU, weights, datasets)
+	$(MAKE) doctor PROFILE=paper
+	$(MAKE) all PROFILE=paper AGENT_KERNEL=hxpe-vllm
+
+doctor: | $(STAMP)  ## Say what is missing for PROFILE (GPU, vLLM, weights, datasets) and how to get it
+	$(PY) -m hxpe.cli doctor --params $(PARAMS)
+
+fetch-models: | $(STAMP)  ## Download the pinned weights (MODELS="clip dinov2 vlm_awq llm"; needs internet)
+	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 $(PY) -m hxpe.cli fetch-models $(MODELS)
+
+verify: | $(STAMP)  ## Recompute artifact hashes against results/PROFILE/provenance.json
+	$(PY) -m hxpe.cli verify --params $(PARAMS)
+
+lab: | $(STAMP)  ## JupyterLab on the venv kernel
+	$(VENV)/bin/jupyter lab --notebook-dir=$(NB)
+
+clean:  ## Remove results/PROFILE and build outputs (keeps .venv)
+	rm -rf $(OUT) build
+
+# ---------------------------------------------------------------- tests
+lint: | $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+unit: | $(STAMP)
+	$(PY) -m pytest -m "not slow" -q tests
+
+nbtest: | $(STAMP)
+	rm -rf build/nbval
+	HXPE_RESULTS_ROOT=build/nbval $(PY) -m pytest -q --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=900 -p no:cacheprovider $(NB)/0*.ipynb
+
+test: lint unit nbtest  ## ruff, pytest (unit tests), and the six notebooks with nbval (demo defaults)
+
+format: | $(STAMP)  ## Apply ruff's formatter and fixes
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .

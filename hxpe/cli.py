@@ -1,0 +1,103 @@
+"""The ``hxpe`` command: one entry point for every stage and tool.
+
+Subcommands come from the module that owns each job (``register(subparsers)`` in
+``hxpe.data.cli``, ``hxpe.agent.cli``, ``hxpe.evaluation.cli``, ...); this file only wires them and
+adds the pipeline tools (``stage``, ``doctor``, ``fetch-models``, ``verify``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from hxpe.pipeline import STAGES, configure_logging
+
+SUBCOMMAND_MODULES = (
+    "hxpe.data.cli",
+    "hxpe.agent.cli",
+    "hxpe.evaluation.cli",
+    "hxpe.predict",
+    "hxpe.verify",
+)
+
+log = logging.getLogger(__name__)
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from hxpe.pipeline import run_stage
+
+    run_stage(args.name, args.params, kernel=args.kernel)
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from hxpe.config import load_config
+    from hxpe.doctor import report, run_checks
+
+    text, ready = report(run_checks(load_config(args.params)))
+    print(text)
+    return 0 if ready else 1
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    import json
+
+    from hxpe.paths import repo_root
+    from hxpe.weights import fetch
+
+    resolved = fetch(args.models or None)
+    lock = repo_root() / "results" / "models.lock.json"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps(resolved, indent=1, sort_keys=True) + "\n")
+    print(f"Fetched {sorted(resolved)}; resolved revisions in {lock}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hxpe",
+        description="HXPE compendium: zero-shot industrial anomaly detection with hybrid "
+        "explainable prompts (Cai et al., IJCAI 2025). Most users run `make demo` / `make reproduce`; "
+        "these subcommands run single stages, shards, and tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stage", help="Execute one stage's notebook with papermill (atomic).")
+    p.add_argument("name", choices=list(STAGES), help="Stage to run.")
+    p.add_argument("--params", default="notebooks/params/demo.yaml", help="Profile params file.")
+    p.add_argument("--kernel", default="hxpe", help="Jupyter kernel (default: hxpe, the .venv one).")
+    p.set_defaults(func=_cmd_stage)
+
+    p = sub.add_parser(
+        "doctor", help="Check GPU, vLLM, cached weights and dataset roots for a profile."
+    )
+    p.add_argument("--params", default="notebooks/params/paper.yaml", help="Profile params file.")
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser(
+        "fetch-models", help="Download the pinned weights (hxpe/weights.yaml); needs internet."
+    )
+    p.add_argument(
+        "models", nargs="*", help="Keys to fetch (clip, dinov2, vlm_awq, vlm, llm); default all."
+    )
+    p.set_defaults(func=_cmd_fetch)
+
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Build the frozen backbones: open_clip CLIP and transformers DINOv2, real weights or random init.
+
+Real weights come only from the local Hugging Face cache at the revision pinned in
+``hxpe/weights.yaml``; when they are absent the loaders raise :class:`MissingWeightsError` naming the
+model id, the revision, the cache looked in and the command that fetches them. Tiny models for tests
+and the demo are built from JSON configs in ``hxpe/model/configs/`` through the same code path, with
+random weights drawn from a fixed seed (so a checkpoint of trainable parameters reproduces a model).
+
+Example:
+    >>> clip, tokenizer = load_clip(ClipConfig(model_name="hxpe-tiny-clip", pretrained=None,
+    ...     config_file="hxpe/model/configs/hxpe-tiny-clip.json"), seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hxpe.model.config import ClipConfig, VfmConfig
+from hxpe.paths import resolve
+from hxpe.weights import (
+    WeightSpec,
+    local_snapshot,
+    missing_weights_message,
+    spec_for_repo,
+    weight_spec,
+)
+
+log = logging.getLogger(__name__)
+
+# open_clip pretrained tags whose weights are one of our pinned snapshots.
+_PINNED_CLIP_TAGS = {("ViT-L-14-336-quickgelu", "openai"): "clip", ("ViT-L-14-336", "openai"): "clip"}
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights are not in the local cache (the message says how to fetch them)."""
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block under ``torch.manual_seed(seed)`` without disturbing the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Switch off gradients and put the module in eval mode."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def _pinned_file(spec: WeightSpec) -> Path:
+    snap = local_snapshot(spec)
+    if snap is None:
+        raise MissingWeightsError(missing_weights_message(spec))
+    for pattern in spec.weight_patterns:
+        hits = sorted(snap.glob(pattern))
+        if hits:
+            return hits[0]
+    raise MissingWeightsError(missing_weights_message(spec))
+
+
+def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
+    """The open_clip model (frozen, eval) and its tokenizer.
+
+    ``cfg.config_file`` is registered with ``open_clip.add_model_config`` first. With
+    ``pretrained=None`` the weights are random (seeded by ``seed``) and a warning says so.
+    """
+    import open_clip
+
+    if cfg.config_file:
+        path = resolve(cfg.config_file)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model.clip.config_file {path} does not exist; tiny configs live in "
+                f"hxpe/model/configs/."
+            )
+        open_clip.add_model_config(path)
+    if cfg.model_name not in open_clip.list_models():
+        raise ValueError(
+            f"open_clip has no model {cfg.model_name!r}. Set model.clip.config_file to its JSON "
+            f"config, or pick one of open_clip.list_models()."
+        )
+    pretrained: str | None = cfg.pretrained
+    key = _PINNED_CLIP_TAGS.get((cfg.model_name, cfg.pretrained or ""))
+    if key is not None:
+        pretrained = str(_pinned_file(weight_spec(key)))
+    with seeded(seed):
+        try:
+            model = open_clip.create_model(cfg.model_name, pretrained=pretrained)
+        except RuntimeError as err:  # open_clip's own download failure
+            raise MissingWeightsError(
+                f"open_clip could not load {cfg.model_name!r} with pretrained={cfg.pretrained!r}: "
+                f"{err}. Fetch the weights on a machine with internet (make fetch-models) or set "
+                f"model.clip.pretrained: null for random weights."
+            ) from err
+    if pretrained is None:
+        log.warning(
+            "CLIP %s has RANDOM weights (pretrained=None, seed %d): outputs carry no meaning "
+            "beyond tests and dry runs.",
+            cfg.model_name,
+            seed,
+        )
+    else:
+        log.info("CLIP %s loaded from %s", cfg.model_name, pretrained)
+    return freeze(model), open_clip.get_tokenizer(cfg.model_name)
+
+
+def load_dinov2(cfg: VfmConfig, seed: int = 0) -> nn.Module:
+    """DINOv2 (transformers ``Dinov2Model``, eager attention so attentions come back), frozen."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    if cfg.config_file:
+        path = resolve(cfg.config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.vfm.config_file {path} does not exist.")
+        config = Dinov2Config(**json.loads(path.read_text()))
+        config._attn_implementation = "eager"
+        with seeded(seed):
+            model = Dinov2Model(config)
+        log.warning("DINOv2 from %s has RANDOM weights (seed %d).", path.name, seed)
+        return freeze(model)
+    spec = spec_for_repo(cfg.model_id)
+    if spec is None:
+        raise ValueError(
+            f"model.vfm.model_id {cfg.model_id!r} is not pinned in hxpe/weights.yaml; add it there "
+            f"(repo_id, revision, weight_patterns) or use facebook/dinov2-small."
+        )
+    snap = local_snapshot(spec)
+    if snap is None:
+        raise MissingWeightsError(missing_weights_message(spec))
+    model = Dinov2Model.from_pretrained(snap, attn_implementation="eager", local_files_only=True)
+    log.info("DINOv2 %s loaded from %s", cfg.model_id, snap)
+    return freeze(model)
