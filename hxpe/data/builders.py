@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from hxpe.data.checks import listing, require_dir, safe_join
+from hxpe.data.checks import check_pairs, listing, require_dir, safe_join
 from hxpe.data.errors import DatasetError
 from hxpe.data.index import NORMAL_TYPE
-from hxpe.data.layout import (
-    Entry,
-    LayoutSpec,
-    check_pairs,
-    list_images,
-    subdirs,
-    walk_layout,
-)
+from hxpe.data.layout import Entry, LayoutSpec, list_images, subdirs, walk_layout
 from hxpe.data.spec import BuildRequest, BuildResult
 
 logger = logging.getLogger(__name__)
@@ -36,7 +29,7 @@ MASK_DIR_NAMES = ("ground_truth", "masks")
 
 def build_mvtec_layout(req: BuildRequest) -> BuildResult:
     """MVTec AD, MPDD, BTAD, DTD-Synthetic, the demo data: walk the MVTec layout."""
-    return req.root, walk_layout(req.root, req.classes, req.spec.layout)
+    return req.root, walk_layout(req.root, req.classes, req.layout)
 
 
 def build_visa(req: BuildRequest) -> BuildResult:
@@ -127,7 +120,7 @@ def build_folder(req: BuildRequest) -> BuildResult:
 def _folder_class(
     cls: str, folder: Path, normal: str, split: str, req: BuildRequest
 ) -> list[Entry]:
-    layout: LayoutSpec = req.spec.layout
+    layout: LayoutSpec = req.layout
     mask_root = next((folder / m for m in MASK_DIR_NAMES if (folder / m).is_dir()), None)
     entries = [Entry(cls, split, 0, NORMAL_TYPE, p) for p in list_images(folder / normal)]
     for sub in subdirs(folder):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hxpe.data.layout import Entry, LayoutSpec
 
 COUNT_COLUMNS = ("train_normal", "test_normal", "test_anomalous")
+LAYOUT_OPTIONS = ("normal_dir", "mask_suffix")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ class BuildRequest:
     def classes(self) -> tuple[str, ...]:
         """``options["classes"]`` when given (a subset), else the kind's class list."""
         return tuple(self.options.get("classes") or self.spec.classes)
+
+    @property
+    def layout(self) -> LayoutSpec:
+        """The kind's layout with ``options["normal_dir"]`` / ``options["mask_suffix"]`` applied."""
+        overrides = {k: self.options[k] for k in LAYOUT_OPTIONS if k in self.options}
+        return replace(self.spec.layout, **overrides)
 
 
 BuildResult = tuple[Path, list[Entry]]
