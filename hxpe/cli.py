@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage", help="Execute one stage's notebook with papermill (atomic).")
     p.add_argument("name", choices=list(STAGES), help="Stage to run.")
     p.add_argument("--params", default="notebooks/params/demo.yaml", help="Profile params file.")
-    p.add_argument("--kernel", default="hxpe", help="Jupyter kernel (default: hxpe, the .venv one).")
+    p.add_argument(
+        "--kernel", default="hxpe", help="Jupyter kernel (default: hxpe, the .venv one)."
+    )
     p.set_defaults(func=_cmd_stage)
 
     p = sub.add_parser(

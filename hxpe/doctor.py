@@ -166,5 +166,7 @@ def report(checks: list[Check]) -> tuple[str, bool]:
         if c.fix and not c.ok:
             lines.append(f"          -> {c.fix}")
     ready = all(c.ok for c in checks if c.required)
-    lines.append("READY" if ready else "NOT READY: fix the MISSING items above, then rerun make doctor.")
+    lines.append(
+        "READY" if ready else "NOT READY: fix the MISSING items above, then rerun make doctor."
+    )
     return "\n".join(lines), ready

@@ -68,46 +68,69 @@ def notebook_setup(params_file: str | Path, stage: str) -> Config:
     out = cfg.results_dir
     log.info("profile %r (%s), stage %r, results in %s", cfg.profile, params_file, stage, out)
     if cfg.profile == "demo":
-        log.info("DEMO profile: tiny random-init models on generated data; numbers are not the paper's.")
+        log.info(
+            "DEMO profile: tiny random-init models on generated data; numbers are not the paper's."
+        )
     return cfg
 
 
-def run_stage(
-    stage: str, params_file: str | Path, *, kernel: str = "hxpe", log_output: bool = True
+def execute_notebook_atomic(
+    source: Path,
+    target: Path,
+    parameters: dict,
+    *,
+    kernel: str = "hxpe",
+    log_output: bool = True,
 ) -> Path:
-    """Execute one stage's notebook with papermill, atomically; return the executed notebook path."""
+    """Execute ``source`` with papermill into a hidden temporary file beside ``target``; rename it to
+    ``target`` only when every cell succeeded. On failure the partial notebook is kept as
+    ``<target stem>.failed.ipynb`` for inspection and ``target`` is left untouched (absent or old).
+    """
     import papermill
 
-    if stage not in STAGES:
-        raise KeyError(f"Unknown stage {stage!r}; stages are {list(STAGES)}")
-    spec = STAGES[stage]
-    params_path = resolve(params_file)
-    cfg = load_config(params_path)
-    out_dir = cfg.results_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / spec.notebook
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.stem}.running.ipynb")
-    started = utc_now()
-    log.info("stage %s: executing %s -> %s", stage, spec.source, target)
+    failed = target.with_name(f"{target.stem}.failed.ipynb")
     try:
         papermill.execute_notebook(
-            str(spec.source),
+            str(source),
             str(tmp),
-            parameters={"params_file": os.path.relpath(params_path, repo_root())},
+            parameters=parameters,
             kernel_name=kernel,
             cwd=str(repo_root()),
             log_output=log_output,
             progress_bar=False,
         )
     except BaseException:
-        failed = tmp.with_name(f"{target.stem}.failed.ipynb")
         if tmp.exists():
             os.replace(tmp, failed)
-            log.error("stage %s failed; the partly executed notebook is %s", stage, failed)
+            log.error("%s failed; the partly executed notebook is %s", source.name, failed)
         raise
     os.replace(tmp, target)
-    stale = target.with_name(f"{target.stem}.failed.ipynb")
-    stale.unlink(missing_ok=True)
+    failed.unlink(missing_ok=True)
+    return target
+
+
+def run_stage(
+    stage: str, params_file: str | Path, *, kernel: str = "hxpe", log_output: bool = True
+) -> Path:
+    """Execute one stage's notebook with papermill, atomically; record it in the manifest."""
+    if stage not in STAGES:
+        raise KeyError(f"Unknown stage {stage!r}; stages are {list(STAGES)}")
+    spec = STAGES[stage]
+    params_path = resolve(params_file)
+    cfg = load_config(params_path)
+    out_dir = cfg.results_dir
+    target = out_dir / spec.notebook
+    started = utc_now()
+    log.info("stage %s: executing %s -> %s", stage, spec.source, target)
+    execute_notebook_atomic(
+        spec.source,
+        target,
+        {"params_file": os.path.relpath(params_path, repo_root())},
+        kernel=kernel,
+        log_output=log_output,
+    )
     record_stage(
         out_dir,
         stage,

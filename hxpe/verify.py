@@ -59,12 +59,12 @@ def verify_results(results_dir: Path, params_file: Path | None = None) -> Verify
                 rel = f.relative_to(results_dir).as_posix()
                 if rel not in recorded:
                     report.problems.append(f"no provenance: {rel} is not in {MANIFEST}")
-    if params_file is not None and manifest.get("params_sha256"):
-        if file_sha256(params_file) != manifest["params_sha256"]:
-            report.problems.append(
-                f"params changed since the run: {params_file} no longer matches the manifest; "
-                f"rerun the stages (make all) or restore the file."
-            )
+    recorded_params = manifest.get("params_sha256")
+    if params_file is not None and recorded_params and file_sha256(params_file) != recorded_params:
+        report.problems.append(
+            f"params changed since the run: {params_file} no longer matches the manifest; "
+            f"rerun the stages (make all) or restore the file."
+        )
     return report
 
 

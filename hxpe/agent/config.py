@@ -1,4 +1,8 @@
-"""Settings of stages 02 (VLM descriptions) and 03 (LLM extraction and verdict)."""
+"""Settings of stages 02 (VLM descriptions) and 03 (LLM extraction and verdict).
+
+Backend engine options live in ``options`` (see each backend's module docstring for the keys it
+reads); everything that changes a model's output is also part of the cache key.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,16 @@ class DescribeConfig(BaseModel):
     temperature: float = 0.0
     max_new_tokens: int = 256
     options: dict[str, Any] = Field(default_factory=dict, description="Backend engine options.")
+    seed: int = Field(0, description="Sampling seed (attempt k uses seed + k).")
+    max_retries: int = Field(
+        2, ge=0, description="Extra attempts after an empty, refused or overlong description."
+    )
+    retry_temperature: float = Field(
+        0.7, ge=0.0, description="Temperature of retries (greedy decoding would repeat itself)."
+    )
+    batch_size: int = Field(
+        16, ge=1, description="Images per engine call; the cache is appended after each batch."
+    )
 
 
 class ExtractConfig(BaseModel):
@@ -30,6 +44,12 @@ class ExtractConfig(BaseModel):
     max_new_tokens: int = 256
     max_retries: int = 2
     options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(0, description="Sampling seed (attempt k uses seed + k).")
+    retry_temperature: float = Field(0.7, ge=0.0, description="Temperature of retries.")
+    batch_size: int = Field(64, ge=1, description="Descriptions per engine call.")
+    max_phrase_tokens: int = Field(
+        20, ge=1, description="Longest phrase in CLIP tokens; longer ones are truncated."
+    )
 
 
 class AgentConfig(BaseModel):

@@ -90,8 +90,9 @@ def _walk_folder(root: Path, cls: str, split: str, folder: Path, spec: LayoutSpe
 
 
 def discover_classes(root: Path) -> list[str]:
-    """Class folders of an MVTec-style root: sub-folders that hold a ``test`` folder."""
-    return [d.name for d in subdirs(root) if (d / "test").is_dir()]
+    """Class folders of an MVTec-style root: sub-folders that hold a folder named exactly ``test``
+    (DAGM's raw ``Test`` folders do not count, even on case-insensitive file systems)."""
+    return [d.name for d in subdirs(root) if "test" in {s.name for s in subdirs(d)}]
 
 
 def walk_layout(root: Path, classes: Sequence[str], spec: LayoutSpec) -> list[Entry]:

@@ -82,7 +82,7 @@ class ExplainConfig(_Section):
         "in_prompt", description="Phrase inside the abnormal prompt, or encoded alone and fused."
     )
     object_template: str = Field(
-        "object with {phrase}", description="Replaces {obj} of the abnormal prompts."
+        "{obj} with {phrase}", description="Replaces {obj} of the abnormal prompts."
     )
     fuse_template: str = Field("{phrase}", description="Text encoded alone in mode 'fuse'.")
     fuse_lambda: float = Field(1.0, description="g_a' = normalize(g_a + λ g_e).")
@@ -134,8 +134,6 @@ class ModelConfig(_Section):
     def _check(self) -> ModelConfig:
         if not self.clip.layers or min(self.clip.layers) < 1:
             raise ValueError(f"model.clip.layers must be 1-based block numbers; got {self.clip.layers}")
-        if self.base == "winclip" and self.vfm.mode == "attn_bias" and self.vfm.enabled:
-            return self
         return self
 
     @property

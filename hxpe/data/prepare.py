@@ -1,0 +1,141 @@
+"""Stage 01 entry points: index one dataset source, or every source of a profile.
+
+Each index directory is built in a hidden sibling (``.<name>.partial``) and renamed into place only
+when every check passed, so a failed or interrupted run never leaves a half-written index behind.
+
+Example:
+    >>> from hxpe.config import load_config  # doctest: +SKIP
+    >>> indexes = prepare_all(load_config("notebooks/params/demo.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hxpe.data.checks import require_root
+from hxpe.data.config import DatasetSource
+from hxpe.data.counts import check_counts
+from hxpe.data.demo import generate_demo_dataset
+from hxpe.data.errors import DatasetError
+from hxpe.data.index import DatasetIndex, save_index
+from hxpe.data.indexing import entries_to_index
+from hxpe.data.registry import get_builder, get_spec
+from hxpe.data.spec import BuildRequest
+from hxpe.paths import resolve
+
+if TYPE_CHECKING:
+    from hxpe.config import Config
+
+logger = logging.getLogger(__name__)
+
+KNOWN_OPTIONS = {
+    "classes": "restrict to these classes",
+    "normal_dir": "name of the normal folder (folder kind; overrides the layout's)",
+    "mask_suffix": "mask file suffix before the extension ('_mask' in MVTec AD)",
+    "split": "split of a folder dataset's images (default 'test')",
+    "cls": "class name of a single-class folder dataset (default: the root folder's name)",
+    "link": "DAGM prepared tree: 'symlink' (default) or 'copy'",
+    "part": "demo: 'aux' or 'target'",
+}
+
+
+def _check_options(source: DatasetSource) -> None:
+    unknown = sorted(set(source.options) - set(KNOWN_OPTIONS))
+    if unknown:
+        known = "; ".join(f"{k}: {v}" for k, v in KNOWN_OPTIONS.items())
+        raise DatasetError(
+            f"Dataset source {source.name!r} has unknown options {unknown}. Known options: {known}."
+        )
+
+
+def source_root(source: DatasetSource, default_root: Path | None = None) -> Path:
+    """The source's root (relative paths start at the repository root) or ``default_root``."""
+    if source.root:
+        return resolve(source.root)
+    if default_root is None:
+        raise DatasetError(
+            f"Dataset source {source.name!r} ({source.kind}) has no root; set `root:` in the params "
+            f"file or pass --root. Download: {get_spec(source.kind).download}"
+        )
+    return Path(default_root)
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging`` (old content removed only after the rename succeeded)."""
+    old = out.parent / f".{out.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def prepare_dataset(
+    source: DatasetSource,
+    out_dir: Path,
+    *,
+    allow_count_mismatch: bool = False,
+    default_root: Path | None = None,
+) -> DatasetIndex:
+    """Build, check and save the index of one dataset source into ``out_dir`` (atomically).
+
+    Writes ``index.csv``, ``meta.json`` and ``dataset.json`` (and, for KolektorSDD and DAGM, the
+    prepared tree under ``prepared/``) and returns the index, whose ``root`` is final.
+    """
+    _check_options(source)
+    spec = get_spec(source.kind)
+    root = require_root(source_root(source, default_root), f"Download: {spec.download}").resolve()
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        req = BuildRequest(source.name, root, spec, dict(source.options), staging)
+        tree_root, entries = get_builder(source.kind)(req)
+        index = entries_to_index(entries, tree_root, source.name, source.kind)
+        check_counts(index, spec.counts, allow_count_mismatch)
+        if tree_root.is_relative_to(staging):
+            index.root = out / tree_root.relative_to(staging)
+        save_index(index, staging)
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("%s: %d images indexed into %s", source.name, len(index.frame), out)
+    return index
+
+
+def prepare_all(cfg: Config) -> dict[str, DatasetIndex]:
+    """Stage 01: generate the demo data when the profile asks for it, then index every source.
+
+    Demo sources (kind ``demo``) live in ``results/<profile>/data/<name>`` unless they give a root;
+    their ``options["part"]`` (``aux`` or ``target``) picks the part to generate. Indexes go to
+    ``results/<profile>/index/<name>``.
+    """
+    results = cfg.results_dir
+    indexes: dict[str, DatasetIndex] = {}
+    for source in cfg.data.datasets:
+        default_root = results / "data" / source.name if source.kind == "demo" else None
+        if source.kind == "demo" and cfg.data.demo is not None:
+            part = source.options.get("part")
+            if part not in ("aux", "target"):
+                raise DatasetError(
+                    f"Demo source {source.name!r} needs options.part set to 'aux' or 'target' "
+                    f"(got {part!r}) in the params file."
+                )
+            generate_demo_dataset(source_root(source, default_root), part, cfg.data.demo)
+        indexes[source.name] = prepare_dataset(
+            source,
+            results / "index" / source.name,
+            allow_count_mismatch=cfg.data.allow_count_mismatch,
+            default_root=default_root,
+        )
+    return indexes

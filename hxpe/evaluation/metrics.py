@@ -1,0 +1,374 @@
+"""Image and pixel metrics of zero-shot anomaly detection, exact and vectorised.
+
+Ranking metrics (AUROC, AP, F1-max) come from one descending sort of the scores; tied scores form one
+operating point, exactly as scikit-learn's ``roc_auc_score``, ``average_precision_score`` and
+``precision_recall_curve`` treat them. AUPRO comes in the two conventions found in the literature
+(anchors.md §7):
+
+- ``anomalyclip`` (AnomalyCLIP / APRIL-GAN / cflow-ad ``cal_pro_score``): 200 uniform thresholds from
+  the global minimum, a pixel is positive when its score is ``> t``; PRO = mean over all ground-truth
+  regions of the covered fraction; FPR = false positives / all normal pixels; points with FPR < limit
+  are kept, their FPRs min-max rescaled to [0, 1] and integrated with the trapezoid rule.
+- ``exact`` (MVTec AD reference, anomalib): the PRO curve at every distinct score, integrated up to
+  FPR = limit with linear interpolation at the limit, divided by the limit.
+
+Connected regions (8-connectivity, as ``skimage.measure.label`` and the MVTec reference) are labelled
+once per mask; every threshold is then a histogram lookup, not a new labelling.
+
+Undefined cases (one image class, no defect pixel, no normal pixel) raise
+:class:`UndefinedMetricError`; :func:`image_metrics` and :func:`pixel_metrics` catch it and record the
+reason in :attr:`MetricSet.skipped`, so tables never contain NaN.
+
+Example:
+    >>> import numpy as np
+    >>> m = image_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    >>> round(m.values["image_auroc"], 3)
+    0.75
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+logger = logging.getLogger(__name__)
+
+AuproConvention = Literal["anomalyclip", "exact"]
+AUPRO_CONVENTIONS: tuple[str, ...] = ("anomalyclip", "exact")
+IMAGE_METRICS: tuple[str, ...] = ("image_auroc", "image_ap", "image_f1_max")
+PIXEL_RANKING_METRICS: tuple[str, ...] = ("pixel_auroc", "pixel_ap", "pixel_f1_max")
+ANOMALYCLIP_STEPS = 200
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+class UndefinedMetricError(ValueError):
+    """A metric that has no value for this input (e.g. AUROC with a single class)."""
+
+
+@dataclass
+class MetricSet:
+    """Metric values (fractions in [0, 1]) plus the metrics skipped and why."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def update(self, other: MetricSet) -> None:
+        self.values.update(other.values)
+        self.skipped.update(other.skipped)
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _as_tensor(x: ArrayLike, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
+    return t.to(device=device, dtype=dtype).reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ranking metrics: AUROC, AP, F1-max from one sort
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Curve:
+    """Cumulative true/false positives at each distinct threshold, in descending score order."""
+
+    tps: torch.Tensor  # float64 [T]
+    fps: torch.Tensor  # float64 [T]
+
+
+def _binary_curve(labels: torch.Tensor, scores: torch.Tensor) -> _Curve:
+    """The operating points of ``score >= t`` for every distinct score ``t`` (scikit-learn's ties)."""
+    if labels.numel() != scores.numel():
+        raise ValueError(
+            f"labels and scores differ in size ({labels.numel()} vs {scores.numel()}); "
+            f"pass one score per label (pixel metrics: maps and masks of the same shape)."
+        )
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores contain NaN or inf; check the model output before computing metrics")
+    sorted_scores, order = torch.sort(scores, descending=True, stable=True)
+    sorted_labels = labels[order]
+    last = torch.nonzero(sorted_scores[1:] != sorted_scores[:-1]).reshape(-1)
+    ends = torch.cat([last, torch.tensor([scores.numel() - 1], device=scores.device)])
+    tps = torch.cumsum(sorted_labels.to(torch.int64), 0)[ends].to(torch.float64)
+    fps = (ends + 1).to(torch.float64) - tps
+    return _Curve(tps=tps, fps=fps)
+
+
+def _check_two_classes(curve: _Curve, what: str) -> None:
+    n_pos, n_neg = float(curve.tps[-1]), float(curve.fps[-1])
+    if n_pos == 0 or n_neg == 0:
+        kind = "anomalous" if n_pos == 0 else "normal"
+        raise UndefinedMetricError(f"{what}: no {kind} samples (only one class present)")
+
+
+def _auroc(curve: _Curve) -> float:
+    tpr = torch.cat([curve.tps.new_zeros(1), curve.tps / curve.tps[-1]])
+    fpr = torch.cat([curve.fps.new_zeros(1), curve.fps / curve.fps[-1]])
+    return float(torch.trapezoid(tpr, fpr))
+
+
+def _average_precision(curve: _Curve) -> float:
+    precision = curve.tps / (curve.tps + curve.fps)
+    recall = curve.tps / curve.tps[-1]
+    d_recall = torch.diff(recall, prepend=recall.new_zeros(1))
+    return float((d_recall * precision).sum())
+
+
+def _f1_max(curve: _Curve) -> float:
+    # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (TP + FP + P); a point with TP = 0 has F1 = 0.
+    f1 = 2 * curve.tps / (curve.tps + curve.fps + curve.tps[-1])
+    return float(f1.max())
+
+
+def ranking_metrics(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    prefix: str,
+    device: torch.device | str | None = None,
+) -> MetricSet:
+    """``<prefix>_auroc``, ``<prefix>_ap`` and ``<prefix>_f1_max`` from one sort.
+
+    Skips all three (with the reason) when only one class is present.
+    """
+    dev = torch.device(device) if device is not None else default_device()
+    curve = _binary_curve(_as_tensor(labels, dev, torch.bool), _as_tensor(scores, dev, torch.float32))
+    names = [f"{prefix}_auroc", f"{prefix}_ap", f"{prefix}_f1_max"]
+    try:
+        _check_two_classes(curve, prefix)
+    except UndefinedMetricError as err:
+        return MetricSet(skipped=dict.fromkeys(names, str(err)))
+    values = [_auroc(curve), _average_precision(curve), _f1_max(curve)]
+    return MetricSet(values=dict(zip(names, values, strict=True)))
+
+
+def auroc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Exact ROC AUC (equals ``sklearn.metrics.roc_auc_score``); raises when one class only."""
+    curve = _binary_curve(_as_tensor(labels, torch.device("cpu"), torch.bool),
+                          _as_tensor(scores, torch.device("cpu"), torch.float32))  # fmt: skip
+    _check_two_classes(curve, "AUROC")
+    return _auroc(curve)
+
+
+def image_metrics(labels: ArrayLike, scores: ArrayLike) -> MetricSet:
+    """Image AUROC, AP and F1-max of one class (scores computed on the CPU: few values)."""
+    return ranking_metrics(labels, scores, prefix="image", device="cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# AUPRO
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Regions:
+    """Connected ground-truth regions of a stack of masks, labelled once.
+
+    ``pixel_region`` holds, for every pixel of the flattened stack, its region id (``-1`` for normal
+    pixels); ``areas`` is the pixel count per region.
+    """
+
+    pixel_region: np.ndarray  # int64 [N*H*W]
+    areas: np.ndarray  # int64 [R]
+
+    @property
+    def n_regions(self) -> int:
+        return len(self.areas)
+
+
+def label_regions(masks: ArrayLike) -> Regions:
+    """Label the 8-connected defect regions of each mask ``[N, H, W]`` once (scipy.ndimage.label)."""
+    m = masks.numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    if m.ndim != 3:
+        raise ValueError(f"masks must be [N, H, W]; got shape {m.shape}")
+    ids = np.full(m.shape, -1, dtype=np.int64)
+    offset = 0
+    for i, mask in enumerate(m):
+        labelled, n = ndimage.label(mask > 0, structure=_EIGHT_CONNECTED)
+        if n:
+            inside = labelled > 0
+            ids[i][inside] = labelled[inside] - 1 + offset
+            offset += n
+    pixel_region = ids.reshape(-1)
+    areas = np.bincount(pixel_region[pixel_region >= 0], minlength=offset).astype(np.int64)
+    return Regions(pixel_region=pixel_region, areas=areas)
+
+
+def _check_aupro_input(regions: Regions) -> None:
+    if regions.n_regions == 0:
+        raise UndefinedMetricError("AUPRO: no defect region in the masks (all-normal or empty masks)")
+    if not (regions.pixel_region < 0).any():
+        raise UndefinedMetricError("AUPRO: no normal pixel in the masks, the FPR is undefined")
+
+
+def anomalyclip_thresholds(lo: np.floating, hi: np.floating, steps: int) -> np.ndarray:
+    """The thresholds of ``cal_pro_score``: ``np.arange(min, max, (max - min) / steps)``.
+
+    Computed with the maps' own dtype (float32), as the original does, so that both implementations
+    binarise identically. Empty for a constant map.
+    """
+    if not hi > lo:
+        return np.empty(0, dtype=np.asarray(lo).dtype)
+    return np.arange(lo, hi, (hi - lo) / steps)
+
+
+def anomalyclip_auc(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float:
+    """Keep points with FPR < limit, min-max rescale their FPRs, trapezoid AUC (cal_pro_score).
+
+    Defined where the original divides by zero or takes the min of nothing: no point under the
+    limit gives 0.0 (nothing is detected inside the FPR window); a single FPR value under the limit
+    gives the mean PRO of those points (1.0 for a perfect map).
+    """
+    keep = fprs < fpr_limit
+    if not keep.any():
+        logger.warning("AUPRO (anomalyclip): no threshold reaches FPR < %s; reporting 0.0", fpr_limit)
+        return 0.0
+    f, p = fprs[keep].astype(np.float64), pros[keep].astype(np.float64)
+    span = f.max() - f.min()
+    if span == 0:
+        return float(p.mean())
+    f = (f - f.min()) / span
+    order = np.argsort(f, kind="stable")
+    return float(np.trapezoid(p[order], f[order]))
+
+
+def _counts_above(values: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """For each value, how many thresholds lie strictly below it (= thresholds at which it is > t)."""
+    return torch.searchsorted(thresholds, values, right=False)
+
+
+def _aupro_anomalyclip(
+    regions: Regions, scores: torch.Tensor, fpr_limit: float, steps: int
+) -> float:
+    flat = scores.reshape(-1)
+    lo, hi = flat.min().cpu().numpy(), flat.max().cpu().numpy()
+    th_np = anomalyclip_thresholds(lo, hi, steps)
+    if th_np.size == 0:
+        raise UndefinedMetricError("AUPRO (anomalyclip): the maps are constant (min == max)")
+    k = th_np.size
+    thresholds = torch.as_tensor(th_np, device=flat.device)
+    region_of = torch.as_tensor(regions.pixel_region, device=flat.device)
+    defect = region_of >= 0
+    # c(v) = number of thresholds t with t < v: the pixel is positive at thresholds 0 .. c-1.
+    c_defect = _counts_above(flat[defect].contiguous(), thresholds)
+    c_normal = _counts_above(flat[~defect].contiguous(), thresholds)
+    r = regions.n_regions
+    hist = torch.bincount(region_of[defect] * (k + 1) + c_defect, minlength=r * (k + 1))
+    tail = hist.reshape(r, k + 1).flip(1).cumsum(1).flip(1)  # tail[:, j] = #pixels with c >= j
+    areas = torch.as_tensor(regions.areas, device=flat.device, dtype=torch.float64)
+    pros = (tail[:, 1:].to(torch.float64) / areas[:, None]).mean(0)
+    tail_normal = torch.bincount(c_normal, minlength=k + 1).flip(0).cumsum(0).flip(0)
+    fprs = tail_normal[1:].to(torch.float64) / c_normal.numel()
+    return anomalyclip_auc(fprs.cpu().numpy(), pros.cpu().numpy(), fpr_limit)
+
+
+def truncated_auc(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float:
+    """Trapezoid area under a non-decreasing FPR curve up to ``fpr_limit``, linearly interpolated at
+    the limit, divided by the limit (the MVTec AD reference's normalised AUPRO)."""
+    inside = fprs <= fpr_limit
+    x, y = fprs[inside], pros[inside]
+    area = float(np.trapezoid(y, x))
+    n = int(inside.sum())
+    if n < len(fprs) and x[-1] < fpr_limit:
+        x0, y0, x1, y1 = x[-1], y[-1], fprs[n], pros[n]
+        y_lim = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+        area += 0.5 * (y0 + y_lim) * (fpr_limit - x0)
+    return area / fpr_limit
+
+
+def _aupro_exact(regions: Regions, scores: torch.Tensor, fpr_limit: float) -> float:
+    flat = scores.reshape(-1)
+    region_of = torch.as_tensor(regions.pixel_region, device=flat.device)
+    defect = region_of >= 0
+    n_normal = int((~defect).sum())
+    areas = torch.as_tensor(regions.areas, device=flat.device, dtype=torch.float64)
+    # Each normal pixel adds 1/N0 to the FPR; each defect pixel adds 1/(area * R) to the PRO.
+    fpr_step = (~defect).to(torch.float64) / n_normal
+    pro_step = torch.zeros_like(fpr_step)
+    pro_step[defect] = 1.0 / (areas[region_of[defect]] * regions.n_regions)
+    sorted_scores, order = torch.sort(flat, descending=True, stable=True)
+    last = torch.nonzero(sorted_scores[1:] != sorted_scores[:-1]).reshape(-1)
+    ends = torch.cat([last, torch.tensor([flat.numel() - 1], device=flat.device)])
+    fprs = torch.cumsum(fpr_step[order], 0)[ends]
+    pros = torch.cumsum(pro_step[order], 0)[ends]
+    zero = fprs.new_zeros(1)
+    fprs = torch.cat([zero, fprs]).clamp_(max=1.0).cpu().numpy()
+    pros = torch.cat([zero, pros]).clamp_(max=1.0).cpu().numpy()
+    return truncated_auc(fprs, pros, fpr_limit)
+
+
+def aupro(
+    masks: ArrayLike,
+    maps: ArrayLike,
+    convention: AuproConvention = "anomalyclip",
+    fpr_limit: float = 0.3,
+    *,
+    regions: Regions | None = None,
+    steps: int = ANOMALYCLIP_STEPS,
+    device: torch.device | str | None = None,
+) -> float:
+    """Area under the per-region-overlap curve up to ``fpr_limit`` for maps and masks ``[N, H, W]``.
+
+    ``regions`` lets callers label the masks once for several conventions. Raises
+    :class:`UndefinedMetricError` without defect regions or without normal pixels.
+
+    Example:
+        >>> masks = np.zeros((1, 8, 8)); masks[0, 2:4, 2:4] = 1
+        >>> aupro(masks, masks.astype(np.float32), "exact")
+        1.0
+    """
+    if convention not in AUPRO_CONVENTIONS:
+        raise ValueError(f"unknown AUPRO convention {convention!r}; use one of {AUPRO_CONVENTIONS}")
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must be in (0, 1]; got {fpr_limit}")
+    shape = tuple(masks.shape)
+    if tuple(maps.shape) != shape:
+        raise ValueError(f"maps {tuple(maps.shape)} and masks {shape} differ in shape")
+    regions = regions if regions is not None else label_regions(masks)
+    _check_aupro_input(regions)
+    dev = torch.device(device) if device is not None else default_device()
+    scores = _as_tensor(maps, dev, torch.float32)
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("maps contain NaN or inf; check the model output before computing AUPRO")
+    if convention == "anomalyclip":
+        return _aupro_anomalyclip(regions, scores, fpr_limit, steps)
+    return _aupro_exact(regions, scores, fpr_limit)
+
+
+def pixel_metrics(
+    masks: ArrayLike,
+    maps: ArrayLike,
+    aupro_conventions: str | Sequence[str] = "anomalyclip",
+    fpr_limit: float = 0.3,
+    device: torch.device | str | None = None,
+) -> MetricSet:
+    """Pixel AUROC, AP, F1-max and ``pixel_aupro_<convention>`` for each requested convention.
+
+    ``masks`` and ``maps`` are ``[N, H, W]`` (binary masks, float maps) of one class.
+    """
+    conventions = [aupro_conventions] if isinstance(aupro_conventions, str) else aupro_conventions
+    dev = torch.device(device) if device is not None else default_device()
+    mask_t = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks)
+    mask_t = mask_t > 0
+    result = ranking_metrics(mask_t, maps, prefix="pixel", device=dev)
+    regions = label_regions(mask_t.cpu())
+    for conv in conventions:
+        name = f"pixel_aupro_{conv}"
+        try:
+            result.values[name] = aupro(
+                mask_t, maps, conv, fpr_limit, regions=regions, device=dev
+            )  # type: ignore[arg-type]
+        except UndefinedMetricError as err:
+            result.skipped[name] = str(err)
+    return result

@@ -1,0 +1,131 @@
+"""CLIP's text tower with learnable context tokens and deep prompts, and the tokenizer that lays
+sentences out for them.
+
+Token layout of every prompted sentence::
+
+    [SOT] [P1..P_p] [C1..C_c] words... [EOT]
+
+``P`` are deep-prompt slots (replaced at the input of each prompted block), ``C`` learnable context
+slots (replaced once, at the input). Both start as the placeholder word "X". Sentences longer than
+CLIP's context lose the end of their explainable phrase (with a logged warning), never the rest.
+
+Example:
+    >>> tok = PromptTokenizer(open_clip.get_tokenizer("ViT-L-14"), n_slots=4)  # doctest: +SKIP
+    >>> ids = tok(["damaged object."])  # [1, 77]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class PromptTokenizer:
+    """CLIP BPE tokenisation with ``n_slots`` placeholder tokens after SOT."""
+
+    def __init__(self, tokenizer: object, n_slots: int, context_length: int = 77) -> None:
+        for attr in ("encode", "decode", "sot_token_id", "eot_token_id"):
+            if not hasattr(tokenizer, attr):
+                raise TypeError(
+                    f"Prompt tokenisation needs open_clip's SimpleTokenizer (CLIP BPE); "
+                    f"{type(tokenizer).__name__} has no {attr!r}."
+                )
+        self.tokenizer = tokenizer
+        self.n_slots = n_slots
+        self.context_length = context_length
+        self.placeholder = tokenizer.encode("X")[0]
+
+    def room(self) -> int:
+        """Word tokens a sentence can hold."""
+        return self.context_length - 2 - self.n_slots
+
+    def n_tokens(self, sentence: str) -> int:
+        return len(self.tokenizer.encode(sentence))
+
+    def __call__(self, sentences: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(sentences), self.context_length, dtype=torch.long)
+        for i, s in enumerate(sentences):
+            words = self.tokenizer.encode(s)
+            if len(words) > self.room():
+                raise ValueError(
+                    f"Prompt {s[:60]!r}... has {len(words)} tokens; at most {self.room()} fit in "
+                    f"CLIP's {self.context_length}-token context. Shorten the template."
+                )
+            ids = [self.tokenizer.sot_token_id, *[self.placeholder] * self.n_slots, *words]
+            ids.append(self.tokenizer.eot_token_id)
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def fit_phrase(self, phrase: str, render: Callable[[str], list[str]]) -> str:
+        """``phrase`` cut (at token boundaries) so that every sentence of ``render(phrase)`` fits."""
+        longest = max(self.n_tokens(s) for s in render(phrase))
+        over = longest - self.room()
+        if over <= 0:
+            return phrase
+        ids = self.tokenizer.encode(phrase)
+        cut = phrase
+        while over > 0 and ids:
+            ids = ids[: max(0, len(ids) - over)]
+            cut = self.tokenizer.decode(ids).strip()
+            over = max(self.n_tokens(s) for s in render(cut)) - self.room()
+        log.warning(
+            "Explainable phrase cut to CLIP's %d-token context: %r -> %r",
+            self.context_length,
+            phrase,
+            cut,
+        )
+        return cut
+
+
+class TextEncoder(nn.Module):
+    """Runs an open_clip CLIP text tower with context and deep prompts (weights shared, frozen)."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        if getattr(clip, "text_pool_type", "argmax") != "argmax":
+            raise ValueError("Only CLIP text towers pooled at the EOT token (argmax) are supported.")
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+
+    @property
+    def width(self) -> int:
+        return self.token_embedding.embedding_dim
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        context: torch.Tensor | None = None,
+        deep: list[torch.Tensor] | None = None,
+        n_slots: int = 0,
+    ) -> torch.Tensor:
+        """L2-normalised sentence embeddings [S, D].
+
+        Args:
+            tokens: [S, 77] from :class:`PromptTokenizer`.
+            context: [S, c, width] learnable context placed after the ``n_slots`` deep-prompt slots.
+            deep: per prompted block (0-based) tokens [S, n_slots, width] for the slots.
+        """
+        x = self.token_embedding(tokens)
+        if context is not None and context.shape[1]:
+            start = 1 + n_slots
+            x = torch.cat([x[:, :start], context.to(x.dtype), x[:, start + context.shape[1] :]], 1)
+        x = x + self.positional_embedding.to(x.dtype)
+        for i, block in enumerate(self.transformer.resblocks):
+            if deep and i < len(deep):
+                x = torch.cat([x[:, :1], deep[i].to(x.dtype), x[:, 1 + n_slots :]], dim=1)
+            x = block(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+        proj = self.text_projection
+        x = proj(x) if isinstance(proj, nn.Module) else x @ proj
+        return F.normalize(x, dim=-1)

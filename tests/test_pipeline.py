@@ -1,0 +1,135 @@
+"""Stage atomicity, provenance and `hxpe verify`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from hxpe.config import file_sha256, load_config
+from hxpe.paths import repo_root
+from hxpe.pipeline import STAGES, execute_notebook_atomic
+from hxpe.provenance import record_stage, utc_now
+from hxpe.verify import verify_results
+
+DEMO = repo_root() / "notebooks" / "params" / "demo.yaml"
+
+
+def _notebook(path: Path, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("marker = ''\nsleep = 0.0")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(textwrap.dedent(body))]
+    nb.metadata["kernelspec"] = {"name": "hxpe", "display_name": "hxpe", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+BODY = """
+import time
+from pathlib import Path
+Path(marker).write_text("started")
+time.sleep(sleep)
+Path(marker).write_text("done")
+"""
+
+
+def test_every_stage_has_its_notebook():
+    for stage in STAGES.values():
+        assert stage.source.is_file(), stage.source
+        nb = nbformat.read(stage.source, as_version=4)
+        tags = [c.metadata.get("tags", []) for c in nb.cells]
+        assert any("parameters" in t for t in tags), f"{stage.notebook} has no parameters cell"
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+            f"{stage.notebook} is committed with outputs"
+        )
+
+
+def test_failed_notebook_leaves_no_target(tmp_path):
+    src = _notebook(tmp_path / "nb.ipynb", "raise RuntimeError('boom')")
+    target = tmp_path / "out" / "nb.ipynb"
+    with pytest.raises(Exception, match="boom"):
+        execute_notebook_atomic(src, target, {}, log_output=False)
+    assert not target.exists()
+    assert (tmp_path / "out" / "nb.failed.ipynb").exists()
+
+
+def test_killed_stage_leaves_no_target_and_rerun_completes(tmp_path):
+    src = _notebook(tmp_path / "nb.ipynb", BODY)
+    target = tmp_path / "out" / "nb.ipynb"
+    marker = tmp_path / "marker.txt"
+    code = (
+        "import sys; from pathlib import Path; from hxpe.pipeline import execute_notebook_atomic;"
+        "execute_notebook_atomic(Path(sys.argv[1]), Path(sys.argv[2]),"
+        " {'marker': sys.argv[3], 'sleep': float(sys.argv[4])}, log_output=False)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(src), str(target), str(marker), "60"],
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.read_text() == "started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists(), "a killed stage must not leave its output in place"
+    # rerun: completes and puts the executed notebook in place
+    execute_notebook_atomic(src, target, {"marker": str(marker), "sleep": 0.0}, log_output=False)
+    assert target.exists() and marker.read_text() == "done"
+    executed = nbformat.read(target, as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+
+def _fake_run(results: Path) -> None:
+    (results / "tables").mkdir(parents=True)
+    (results / "tables" / "summary.md").write_text("| a |\n|---|\n| 1 |\n")
+    (results / "figures").mkdir()
+    (results / "figures" / "bars.png").write_bytes(b"\x89PNG fake")
+    now = utc_now()
+    record_stage(
+        results,
+        "evaluate",
+        params_file=DEMO,
+        started=now,
+        finished=now,
+        outputs=[results / "tables", results / "figures"],
+    )
+
+
+def test_manifest_records_hashes_and_environment():
+    results = load_config(DEMO).results_dir
+    _fake_run(results)
+    manifest = json.loads((results / "provenance.json").read_text())
+    art = manifest["stages"]["evaluate"]["artifacts"]
+    assert art["tables/summary.md"] == file_sha256(results / "tables" / "summary.md")
+    assert manifest["params_sha256"] == file_sha256(DEMO)
+    assert manifest["packages"]["torch"]
+    assert {"commit", "dirty"} <= set(manifest["stages"]["evaluate"]["git"])
+    assert manifest["hardware"]["cpu_count"] >= 1
+
+
+def test_verify_passes_then_names_tampered_and_untracked_files():
+    results = load_config(DEMO).results_dir
+    _fake_run(results)
+    assert verify_results(results, DEMO).ok
+    (results / "tables" / "summary.md").write_text("| a |\n|---|\n| 2 |\n")
+    (results / "figures" / "extra.png").write_bytes(b"new")
+    report = verify_results(results, DEMO)
+    assert not report.ok
+    text = str(report)
+    assert "tables/summary.md" in text and "changed" in text
+    assert "figures/extra.png" in text and "no provenance" in text
+
+
+def test_verify_without_manifest_says_how_to_fix(tmp_path):
+    report = verify_results(tmp_path)
+    assert not report.ok and "Rerun the pipeline" in str(report)
