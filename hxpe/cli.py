@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fetch)
 
     for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            importlib.import_module(name).register(sub)
+        except ImportError as err:  # one broken module must not take the other commands down
+            log.warning("subcommands of %s are unavailable: %s", name, err)
     return parser
 
 

@@ -50,7 +50,9 @@ def build_visa(req: BuildRequest) -> BuildResult:
     wanted = set(req.classes)
     absent = sorted(wanted - set(table["object"]))
     if absent:
-        raise DatasetError(f"{csv_path} has no rows for classes {absent}; restore the official file.")
+        raise DatasetError(
+            f"{csv_path} has no rows for classes {absent}; restore the official file."
+        )
     entries = []
     for n, row in enumerate(table.itertuples(index=False), start=2):
         if row.object not in wanted:

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 BINARISATION_RULE = "a mask pixel is a defect when it is non-zero"
 MAX_LISTED = 10
+DEFAULT_MASK_SUFFIX = "_mask"
 
 
 def listing(items: Iterable[object], limit: int = MAX_LISTED) -> str:
@@ -115,7 +116,10 @@ def mask_stats(path: Path) -> tuple[tuple[int, int], bool, int]:
 def check_pairs(
     images: Sequence[Path], masks: Sequence[Path], mask_suffix: str, where: str
 ) -> dict[Path, Path]:
-    """Pair images with masks by file stem (``<stem><mask_suffix>.<ext>``); list unpaired files.
+    """Pair images with masks by file stem; list unpaired files.
+
+    A mask named ``<stem><mask_suffix>.<ext>``, ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` belongs to the
+    image ``<stem>.<any ext>`` (BTAD mixes .bmp images with .png masks).
 
     >>> pairs = check_pairs([Path("a/000.png")], [Path("m/000_mask.png")], "_mask", "x")
     >>> pairs[Path("a/000.png")].name
@@ -123,10 +127,10 @@ def check_pairs(
     """
     by_stem: dict[str, Path] = {}
     for m in masks:
-        stem = m.stem
-        if mask_suffix and stem.endswith(mask_suffix):
-            stem = stem[: -len(mask_suffix)]
-        by_stem[stem] = m
+        by_stem.setdefault(m.stem, m)
+        for suffix in {mask_suffix, DEFAULT_MASK_SUFFIX} - {""}:
+            if m.stem.endswith(suffix):
+                by_stem[m.stem[: -len(suffix)]] = m
     pairs = {img: by_stem[img.stem] for img in images if img.stem in by_stem}
     lonely_images = [i.name for i in images if i not in pairs]
     used = {m for m in pairs.values()}

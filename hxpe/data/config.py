@@ -33,7 +33,7 @@ class DemoDataConfig(BaseModel):
     seed: int = 0
     image_size: int = 128
     n_train_good: int = 4
-    n_test_good: int = 4
+    n_test_good: int = 3
     n_test_per_defect: int = 2
     aux_classes: list[str] = Field(default_factory=lambda: ["brick", "washer", "coin"])
     target_classes: list[str] = Field(default_factory=lambda: ["gravel", "grass", "bracket"])

@@ -32,7 +32,9 @@ def count_mismatches(index: DatasetIndex, expected: ExpectedCounts) -> list[str]
         want = expected.classes.get(str(cls))
         got = tuple(int(v) for v in row)
         if want is not None and got != want:
-            pairs = ", ".join(f"{c} {g} (official {w})" for c, g, w in zip(COUNT_COLUMNS, got, want))
+            pairs = ", ".join(
+                f"{c} {g} (official {w})" for c, g, w in zip(COUNT_COLUMNS, got, want, strict=True)
+            )
             lines.append(f"class {cls!r}: {pairs}")
     return lines
 

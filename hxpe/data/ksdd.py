@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from hxpe.data.checks import listing
@@ -95,6 +94,9 @@ def _save(arr: np.ndarray, path: Path) -> None:
 
 def prepare_ksdd_tree(raw_root: Path, out_root: Path, cls: str) -> Path:
     """Write the prepared MVTec-style tree of a raw KolektorSDD folder into ``out_root``."""
+    # sklearn is imported here, not at module level: `import hxpe.config` imports hxpe.data.
+    from sklearn.model_selection import train_test_split
+
     pairs = _raw_pairs(raw_root)
     cls_dir = out_root / cls
     normal_bands: list[tuple[str, Path, Path, int]] = []
@@ -105,7 +107,10 @@ def prepare_ksdd_tree(raw_root: Path, out_root: Path, cls: str) -> Path:
             if np.any(lab):
                 _save(band, cls_dir / "test" / DEFECT_TYPE / f"{stem}.png")
                 mask = (np.asarray(lab).reshape(lab.shape[:2] + (-1,))[..., 0] > 0) * 255
-                _save(mask.astype(np.uint8), cls_dir / "ground_truth" / DEFECT_TYPE / f"{stem}_mask.png")
+                _save(
+                    mask.astype(np.uint8),
+                    cls_dir / "ground_truth" / DEFECT_TYPE / f"{stem}_mask.png",
+                )
             else:
                 normal_bands.append((stem, img, label, k))
     train, test = train_test_split(normal_bands, test_size=TEST_FRACTION, random_state=SPLIT_SEED)

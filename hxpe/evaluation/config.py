@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Direction(BaseModel):
@@ -35,7 +35,27 @@ class EvaluationConfig(BaseModel):
     aupro: Literal["anomalyclip", "exact"] = Field(
         "anomalyclip", description="AUPRO convention reported in the main table."
     )
+    aupro_conventions: list[Literal["anomalyclip", "exact"]] = Field(
+        default_factory=lambda: ["anomalyclip", "exact"],
+        description="AUPRO conventions computed (metrics pixel_aupro_<convention>).",
+    )
+    aupro_steps: int = Field(200, description="Thresholds of the 'anomalyclip' AUPRO convention.")
     fpr_limit: float = 0.3
+    split: str = Field("test", description="Index split evaluated on the target datasets.")
     batch_size: int = 8
     num_workers: int = 2
     map_dtype: Literal["float16", "float32"] = "float16"
+    metrics_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where pixel metrics run; auto = CUDA when available."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluationConfig:
+        if self.aupro not in self.aupro_conventions:
+            raise ValueError(
+                f"evaluation.aupro is {self.aupro!r} but evaluation.aupro_conventions "
+                f"{self.aupro_conventions} does not compute it; add it to the list."
+            )
+        if not 0 < self.fpr_limit <= 1:
+            raise ValueError(f"evaluation.fpr_limit must be in (0, 1]; got {self.fpr_limit}")
+        return self

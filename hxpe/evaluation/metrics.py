@@ -75,6 +75,13 @@ def _as_tensor(x: ArrayLike, device: torch.device, dtype: torch.dtype) -> torch.
     return t.to(device=device, dtype=dtype).reshape(-1)
 
 
+def _as_scores(x: ArrayLike, device: torch.device) -> torch.Tensor:
+    """Flattened scores; float64 input stays float64 (no new ties), anything else becomes float32."""
+    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return t.to(device=device, dtype=dtype).reshape(-1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Ranking metrics: AUROC, AP, F1-max from one sort
 # --------------------------------------------------------------------------------------------------
@@ -95,8 +102,12 @@ def _binary_curve(labels: torch.Tensor, scores: torch.Tensor) -> _Curve:
             f"labels and scores differ in size ({labels.numel()} vs {scores.numel()}); "
             f"pass one score per label (pixel metrics: maps and masks of the same shape)."
         )
+    if scores.numel() == 0:
+        raise UndefinedMetricError("no samples to score")
     if not bool(torch.isfinite(scores).all()):
-        raise ValueError("scores contain NaN or inf; check the model output before computing metrics")
+        raise ValueError(
+            "scores contain NaN or inf; check the model output before computing metrics"
+        )
     sorted_scores, order = torch.sort(scores, descending=True, stable=True)
     sorted_labels = labels[order]
     last = torch.nonzero(sorted_scores[1:] != sorted_scores[:-1]).reshape(-1)
@@ -143,9 +154,9 @@ def ranking_metrics(
     Skips all three (with the reason) when only one class is present.
     """
     dev = torch.device(device) if device is not None else default_device()
-    curve = _binary_curve(_as_tensor(labels, dev, torch.bool), _as_tensor(scores, dev, torch.float32))
     names = [f"{prefix}_auroc", f"{prefix}_ap", f"{prefix}_f1_max"]
     try:
+        curve = _binary_curve(_as_tensor(labels, dev, torch.bool), _as_scores(scores, dev))
         _check_two_classes(curve, prefix)
     except UndefinedMetricError as err:
         return MetricSet(skipped=dict.fromkeys(names, str(err)))
@@ -155,8 +166,8 @@ def ranking_metrics(
 
 def auroc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Exact ROC AUC (equals ``sklearn.metrics.roc_auc_score``); raises when one class only."""
-    curve = _binary_curve(_as_tensor(labels, torch.device("cpu"), torch.bool),
-                          _as_tensor(scores, torch.device("cpu"), torch.float32))  # fmt: skip
+    cpu = torch.device("cpu")
+    curve = _binary_curve(_as_tensor(labels, cpu, torch.bool), _as_scores(scores, cpu))
     _check_two_classes(curve, "AUROC")
     return _auroc(curve)
 
@@ -207,7 +218,9 @@ def label_regions(masks: ArrayLike) -> Regions:
 
 def _check_aupro_input(regions: Regions) -> None:
     if regions.n_regions == 0:
-        raise UndefinedMetricError("AUPRO: no defect region in the masks (all-normal or empty masks)")
+        raise UndefinedMetricError(
+            "AUPRO: no defect region in the masks (all-normal or empty masks)"
+        )
     if not (regions.pixel_region < 0).any():
         raise UndefinedMetricError("AUPRO: no normal pixel in the masks, the FPR is undefined")
 
@@ -215,12 +228,12 @@ def _check_aupro_input(regions: Regions) -> None:
 def anomalyclip_thresholds(lo: np.floating, hi: np.floating, steps: int) -> np.ndarray:
     """The thresholds of ``cal_pro_score``: ``np.arange(min, max, (max - min) / steps)``.
 
-    Computed with the maps' own dtype (float32), as the original does, so that both implementations
-    binarise identically. Empty for a constant map.
+    ``lo`` and ``hi`` are the maps' float32 extremes, as in the original; NumPy returns float64
+    thresholds, and a float32 map compared with them is compared in float64. Empty for a constant map.
     """
     if not hi > lo:
-        return np.empty(0, dtype=np.asarray(lo).dtype)
-    return np.arange(lo, hi, (hi - lo) / steps)
+        return np.empty(0, dtype=np.float64)
+    return np.arange(lo, hi, (hi - lo) / steps, dtype=np.float64)
 
 
 def anomalyclip_auc(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float:
@@ -232,7 +245,9 @@ def anomalyclip_auc(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> flo
     """
     keep = fprs < fpr_limit
     if not keep.any():
-        logger.warning("AUPRO (anomalyclip): no threshold reaches FPR < %s; reporting 0.0", fpr_limit)
+        logger.warning(
+            "AUPRO (anomalyclip): no threshold reaches FPR < %s; reporting 0.0", fpr_limit
+        )
         return 0.0
     f, p = fprs[keep].astype(np.float64), pros[keep].astype(np.float64)
     span = f.max() - f.min()
@@ -261,8 +276,9 @@ def _aupro_anomalyclip(
     region_of = torch.as_tensor(regions.pixel_region, device=flat.device)
     defect = region_of >= 0
     # c(v) = number of thresholds t with t < v: the pixel is positive at thresholds 0 .. c-1.
-    c_defect = _counts_above(flat[defect].contiguous(), thresholds)
-    c_normal = _counts_above(flat[~defect].contiguous(), thresholds)
+    # float32 -> float64 is exact, so this is the original's float64 comparison.
+    c_defect = _counts_above(flat[defect].to(torch.float64), thresholds)
+    c_normal = _counts_above(flat[~defect].to(torch.float64), thresholds)
     r = regions.n_regions
     hist = torch.bincount(region_of[defect] * (k + 1) + c_defect, minlength=r * (k + 1))
     tail = hist.reshape(r, k + 1).flip(1).cumsum(1).flip(1)  # tail[:, j] = #pixels with c >= j
@@ -284,7 +300,7 @@ def truncated_auc(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float
         x0, y0, x1, y1 = x[-1], y[-1], fprs[n], pros[n]
         y_lim = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
         area += 0.5 * (y0 + y_lim) * (fpr_limit - x0)
-    return area / fpr_limit
+    return float(area / fpr_limit)
 
 
 def _aupro_exact(regions: Regions, scores: torch.Tensor, fpr_limit: float) -> float:
@@ -366,9 +382,7 @@ def pixel_metrics(
     for conv in conventions:
         name = f"pixel_aupro_{conv}"
         try:
-            result.values[name] = aupro(
-                mask_t, maps, conv, fpr_limit, regions=regions, device=dev
-            )  # type: ignore[arg-type]
+            result.values[name] = aupro(mask_t, maps, conv, fpr_limit, regions=regions, device=dev)  # type: ignore[arg-type]
         except UndefinedMetricError as err:
             result.skipped[name] = str(err)
     return result

@@ -30,7 +30,9 @@ class ClipConfig(_Section):
         None,
         description="Extra open_clip JSON model config (tiny test models), registered before build.",
     )
-    image_size: int = Field(518, description="Input resolution; positional embeddings interpolated.")
+    image_size: int = Field(
+        518, description="Input resolution; positional embeddings interpolated."
+    )
     layers: list[int] = Field(
         default_factory=lambda: [6, 12, 18, 24],
         description="1-based blocks whose patch tokens are used.",
@@ -133,7 +135,9 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if not self.clip.layers or min(self.clip.layers) < 1:
-            raise ValueError(f"model.clip.layers must be 1-based block numbers; got {self.clip.layers}")
+            raise ValueError(
+                f"model.clip.layers must be 1-based block numbers; got {self.clip.layers}"
+            )
         return self
 
     @property
@@ -145,7 +149,9 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(5, description="Epochs over the auxiliary test split [B].")
     lr: float = Field(0.01, description="Learning rate [B].")
-    batch_size: int | None = Field(None, description="None = the base's own (adaclip 1, anomalyclip 8).")
+    batch_size: int | None = Field(
+        None, description="None = the base's own (adaclip 1, anomalyclip 8)."
+    )
     optimizer: Literal["base", "adam", "adamw", "sgd"] = Field(
         "base", description="'base' = the base's own (adaclip Adam β=(0.5,0.999) too)."
     )

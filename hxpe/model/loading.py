@@ -34,8 +34,13 @@ from hxpe.weights import (
 
 log = logging.getLogger(__name__)
 
+CONFIG_DIR = Path(__file__).with_name("configs")
+
 # open_clip pretrained tags whose weights are one of our pinned snapshots.
-_PINNED_CLIP_TAGS = {("ViT-L-14-336-quickgelu", "openai"): "clip", ("ViT-L-14-336", "openai"): "clip"}
+_PINNED_CLIP_TAGS = {
+    ("ViT-L-14-336-quickgelu", "openai"): "clip",
+    ("ViT-L-14-336", "openai"): "clip",
+}
 
 
 class MissingWeightsError(FileNotFoundError):

@@ -89,7 +89,9 @@ class TextEncoder(nn.Module):
     def __init__(self, clip: nn.Module) -> None:
         super().__init__()
         if getattr(clip, "text_pool_type", "argmax") != "argmax":
-            raise ValueError("Only CLIP text towers pooled at the EOT token (argmax) are supported.")
+            raise ValueError(
+                "Only CLIP text towers pooled at the EOT token (argmax) are supported."
+            )
         self.token_embedding = clip.token_embedding
         self.positional_embedding = clip.positional_embedding
         self.transformer = clip.transformer

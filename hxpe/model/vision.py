@@ -57,8 +57,13 @@ class VisualEncoder(nn.Module):
 
     def __init__(self, visual: nn.Module, layers: list[int]) -> None:
         super().__init__()
-        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-            raise ValueError("Only class-token CLIP vision towers are supported (no attentional pool).")
+        if (
+            getattr(visual, "attn_pool", None) is not None
+            or getattr(visual, "pool_type", "tok") != "tok"
+        ):
+            raise ValueError(
+                "Only class-token CLIP vision towers are supported (no attentional pool)."
+            )
         n_blocks = len(visual.transformer.resblocks)
         if max(layers) > n_blocks:
             raise ValueError(

@@ -1,0 +1,41 @@
+"""The straightforward per-threshold AUPRO loop of cflow-ad / AnomalyCLIP (``cal_pro_score``).
+
+Written from the published description (anchors.md §7), for the benchmark in
+:mod:`hxpe.evaluation.aupro_bench` and as a cross-check: at each of the 200 thresholds it binarises the
+whole stack, labels every mask again (``skimage.measure.label`` + ``regionprops``) and counts covered
+pixels per region. It is slow on purpose; use :func:`hxpe.evaluation.metrics.aupro` for real work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage import measure
+from tqdm import tqdm
+
+from hxpe.evaluation.metrics import ANOMALYCLIP_STEPS, anomalyclip_auc, anomalyclip_thresholds
+
+
+def aupro_anomalyclip_loop(
+    masks: np.ndarray,
+    maps: np.ndarray,
+    fpr_limit: float = 0.3,
+    steps: int = ANOMALYCLIP_STEPS,
+    progress: bool = False,
+) -> float:
+    """AnomalyCLIP-convention AUPRO of ``maps`` against binary ``masks`` (both ``[N, H, W]``)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    masks = (np.asarray(masks) > 0).astype(np.uint8)
+    thresholds = anomalyclip_thresholds(maps.min(), maps.max(), steps)
+    normal = masks == 0
+    n_normal = normal.sum()
+    pros, fprs = [], []
+    for th in tqdm(thresholds, desc="AUPRO loop", disable=not progress):
+        binary = maps > th
+        overlaps = []
+        for binary_map, mask in zip(binary, masks, strict=True):
+            for region in measure.regionprops(measure.label(mask, connectivity=2)):
+                rows, cols = region.coords[:, 0], region.coords[:, 1]
+                overlaps.append(binary_map[rows, cols].sum() / region.area)
+        pros.append(np.mean(overlaps))
+        fprs.append(np.logical_and(normal, binary).sum() / n_normal)
+    return anomalyclip_auc(np.asarray(fprs), np.asarray(pros), fpr_limit)

@@ -1,0 +1,69 @@
+"""Checkpoints without pickle: ``trainable.safetensors`` (trainable parameters only) +
+``config.json`` (the resolved model and training settings) + ``provenance.json``; the loss history
+(``loss.csv``, ``loss.png``) is written beside them by the trainer.
+
+Example:
+    >>> model = load_checkpoint("results/demo/checkpoints/aux_to_target/hxpe")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from hxpe.model.config import ModelConfig
+from hxpe.model.hxpe import HXPEModel, build_model
+
+log = logging.getLogger(__name__)
+WEIGHTS_FILE = "trainable.safetensors"
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "provenance.json", "loss.csv", "loss.png")
+
+
+def save_checkpoint(model: HXPEModel, out_dir: Path, train_settings: dict[str, Any]) -> None:
+    """Write the trainable parameters and ``config.json`` into ``out_dir`` (which must exist)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state().items()}
+    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": "hxpe-trainable-v1"})
+    config = {"model": model.cfg.model_dump(mode="json"), "train": train_settings}
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
+
+
+def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No checkpoint in {directory}: {CONFIG_FILE} is missing. Train it first "
+            f"(stage 04: make train PROFILE=<profile>)."
+        )
+    return json.loads(path.read_text())
+
+
+def load_checkpoint(directory: str | Path, device: str | None = None) -> HXPEModel:
+    """Rebuild the model from ``config.json`` and load ``trainable.safetensors`` (strict)."""
+    directory = Path(directory)
+    cfg = ModelConfig.model_validate(read_checkpoint_config(directory)["model"])
+    model = build_model(cfg)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"Checkpoint {directory} has no {WEIGHTS_FILE}; retrain it.")
+    state = load_file(str(weights))
+    params = model.trainable_state()
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"Checkpoint {directory} does not match its model config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}. It was written by different code; retrain it."
+        )
+    for name, param in params.items():
+        if param.shape != state[name].shape:
+            raise ValueError(
+                f"Checkpoint {directory}: {name} has shape {tuple(state[name].shape)}, the model "
+                f"expects {tuple(param.shape)}; retrain it."
+            )
+        param.data.copy_(state[name])
+    log.info("Loaded checkpoint %s (%d tensors)", directory, len(state))
+    return model.to(device) if device else model

@@ -1,0 +1,146 @@
+"""Per-image normal/abnormal text embeddings with the explainable phrase (the paper's text prompts).
+
+Gating: a phrase that is ``None`` or empty (the agent judged the image normal, or failed) gives the
+generic abnormal prompt. In mode ``in_prompt`` the phrase enters the abnormal sentences' object slot;
+in mode ``fuse`` the phrase is encoded alone by the frozen text encoder and fused,
+``g_a' = normalize(g_a + λ g_e)``.
+
+Batching: sentences of all prompts of a batch go through the text encoder in one call. Unless the
+text prompts depend on the image (AdaCLIP dynamic prompts), the normal prompt is encoded once and
+each distinct phrase once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hxpe.model.bases import Prompter
+from hxpe.model.config import ExplainConfig
+from hxpe.model.prompts import Kind
+from hxpe.model.text import PromptTokenizer, TextEncoder
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One prompt to encode: its kind, phrase and (when conditioned) the image it belongs to."""
+
+    kind: Kind
+    phrase: str | None
+    image: int | None
+
+
+def gate(phrases: list[str | None], enabled: bool = True) -> list[str | None]:
+    """Phrases with the anti-false-alarm gate applied: empty or disabled becomes ``None``."""
+    return [p.strip() if (enabled and p and p.strip()) else None for p in phrases]
+
+
+class TextBank(nn.Module):
+    """Builds, tokenises and encodes the prompts of a batch; returns [B, 2, D] (normal, abnormal)."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        tokenizer: object,
+        prompter: Prompter,
+        cfg: ExplainConfig,
+        object_name: str,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.prompter = prompter
+        self.cfg = cfg
+        self.object_name = object_name
+        self.tokenizer = PromptTokenizer(tokenizer, prompter.text_slots + prompter.text_context)
+        self.plain_tokenizer = PromptTokenizer(tokenizer, 0)
+        lam = torch.tensor(float(cfg.fuse_lambda))
+        self.fuse_lambda = (
+            nn.Parameter(lam, requires_grad=cfg.learn_lambda) if cfg.mode == "fuse" else None
+        )
+
+    def sentences(self, kind: Kind, phrase: str | None) -> list[str]:
+        """The sentences of one prompt; the phrase is cut to fit CLIP's context if needed."""
+        ps = self.prompter.prompt_set
+        if phrase:
+            phrase = self.tokenizer.fit_phrase(
+                phrase, lambda p: ps.render(kind, self.object_name, p)
+            )
+        return ps.render(kind, self.object_name, phrase)
+
+    def tokens(self, kind: Kind, phrase: str | None) -> torch.Tensor:
+        """Token ids [n_sentences, 77] of one prompt (for inspection and tests)."""
+        return self.tokenizer(self.sentences(kind, phrase))
+
+    def _units(self, phrases: list[str | None]) -> list[_Unit]:
+        in_prompt = [p if self.cfg.mode == "in_prompt" else None for p in phrases]
+        if self.prompter.text_conditioned:
+            return [_Unit("normal", None, b) for b in range(len(phrases))] + [
+                _Unit("abnormal", p, b) for b, p in enumerate(in_prompt)
+            ]
+        distinct = list(dict.fromkeys(in_prompt))
+        return [_Unit("normal", None, None)] + [_Unit("abnormal", p, None) for p in distinct]
+
+    def _encode_units(self, units: list[_Unit], cond: torch.Tensor | None) -> torch.Tensor:
+        """One text-encoder call for all units; returns [n_units, D]."""
+        device = self.encoder.attn_mask.device
+        rows, owner, contexts, conds = [], [], [], []
+        for u, unit in enumerate(units):
+            ids = self.tokens(unit.kind, unit.phrase)
+            rows.append(ids)
+            owner += [u] * len(ids)
+            ctx = self.prompter.context(unit.kind)
+            if ctx is not None:
+                contexts.append(ctx.expand(len(ids), -1, -1))
+            if unit.image is not None and cond is not None:
+                conds.append(cond[unit.image].expand(len(ids), -1))
+        tokens = torch.cat(rows).to(device)
+        context = torch.cat(contexts) if contexts else None
+        seq_cond = torch.cat(conds) if conds else None
+        deep = self.prompter.text_deep(seq_cond, tokens.shape[0])
+        emb = self.encoder(tokens, context, deep, n_slots=self.prompter.text_slots)
+        index = torch.tensor(owner, device=emb.device)
+        pooled = torch.zeros(len(units), emb.shape[1], dtype=emb.dtype, device=emb.device)
+        pooled = pooled.index_add(0, index, emb)
+        return F.normalize(pooled, dim=-1)
+
+    def _phrase_alone(self, phrases: list[str]) -> torch.Tensor:
+        """Frozen embeddings of phrases encoded on their own (mode ``fuse``), [n, D]."""
+        texts = [self.cfg.fuse_template.format(phrase=p) for p in phrases]
+        texts = [self.plain_tokenizer.fit_phrase(t, lambda s: [s]) for t in texts]
+        with torch.no_grad():
+            return self.encoder(self.plain_tokenizer(texts).to(self.encoder.attn_mask.device))
+
+    def forward(self, phrases: list[str | None], cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings [B, 2, D]: per image (normal, abnormal), L2-normalised."""
+        phrases = gate(phrases, self.cfg.enabled)
+        units = self._units(phrases)
+        emb = self._encode_units(units, cond)
+        if self.prompter.text_conditioned:
+            b = len(phrases)
+            out = torch.stack([emb[:b], emb[b:]], dim=1)
+        else:
+            where = {(u.kind, u.phrase): i for i, u in enumerate(units)}
+            in_prompt = [p if self.cfg.mode == "in_prompt" else None for p in phrases]
+            normal = emb[where[("normal", None)]].expand(len(phrases), -1)
+            abnormal = emb[[where[("abnormal", p)] for p in in_prompt]]
+            out = torch.stack([normal, abnormal], dim=1)
+        if self.fuse_lambda is not None:
+            out = self._fuse(out, phrases)
+        return out
+
+    def _fuse(self, out: torch.Tensor, phrases: list[str | None]) -> torch.Tensor:
+        distinct = [p for p in dict.fromkeys(phrases) if p is not None]
+        if not distinct:
+            return out
+        g_e = self._phrase_alone(distinct)
+        lookup = {p: i for i, p in enumerate(distinct)}
+        has = torch.tensor([p is not None for p in phrases], device=out.device)
+        extra = torch.zeros_like(out[:, 1])
+        rows = [i for i, p in enumerate(phrases) if p is not None]
+        extra[rows] = g_e[[lookup[phrases[i]] for i in rows]].to(extra.dtype)
+        fused = F.normalize(out[:, 1] + self.fuse_lambda * extra, dim=-1)
+        abnormal = torch.where(has[:, None], fused, out[:, 1])
+        return torch.stack([out[:, 0], abnormal], dim=1)
