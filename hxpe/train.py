@@ -196,7 +196,9 @@ def train(
             losses["total"].backward()
             optimizer.step()
             step += 1
-            rows.append({"epoch": epoch, "step": step, **{k: float(v.detach()) for k, v in losses.items()}})
+            rows.append(
+                {"epoch": epoch, "step": step, **{k: float(v.detach()) for k, v in losses.items()}}
+            )
             bar.set_postfix(loss=f"{rows[-1]['total']:.4f}")
             if cfg.train.max_steps and step >= cfg.train.max_steps:
                 break

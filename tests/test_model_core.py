@@ -263,8 +263,8 @@ def test_missing_weights_give_a_clear_error(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_paper_architecture_builds_with_random_weights_and_runs() -> None:
-    from hxpe.model.hxpe import build_paper_architecture_random
     from hxpe.model.config import ModelConfig
+    from hxpe.model.hxpe import build_paper_architecture_random
 
     cfg = ModelConfig.model_validate({"clip": {"image_size": 336}})
     model = build_paper_architecture_random(cfg).eval()

@@ -82,10 +82,18 @@ def profile(**train: object) -> Config:
             "model": TINY_MODEL,
             "train": {"epochs": 4, "lr": 0.01, "batch_size": 2} | train,
             "variants": {
-                "adaclip": {"base": "adaclip", "explain": {"enabled": False}, "vfm": {"enabled": False}},
+                "adaclip": {
+                    "base": "adaclip",
+                    "explain": {"enabled": False},
+                    "vfm": {"enabled": False},
+                },
                 "anomalyclip": {"base": "anomalyclip", "vfm": {"enabled": False}},
                 "hxpe": {"base": "adaclip"},
-                "winclip": {"base": "winclip", "explain": {"enabled": False}, "vfm": {"enabled": False}},
+                "winclip": {
+                    "base": "winclip",
+                    "explain": {"enabled": False},
+                    "vfm": {"enabled": False},
+                },
             },
         }
     )

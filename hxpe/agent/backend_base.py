@@ -117,3 +117,18 @@ def make_extractor(cfg: ExtractConfig) -> Extractor:
         f"agent.extract.backend {cfg.backend!r} has no extractor "
         f"('replay' reads the cache; use rules, transformers or vllm)"
     )
+
+
+def engine_settings(cfg: DescribeConfig | ExtractConfig) -> dict[str, Any]:
+    """``settings()`` of the configured backend, computed from the config without loading a model."""
+    if cfg.backend == "classical":
+        from hxpe.agent.backend_classical import settings_for
+    elif cfg.backend == "rules":
+        from hxpe.agent.backend_rules import settings_for
+    elif cfg.backend == "transformers":
+        from hxpe.agent.backend_hf import settings_for
+    elif cfg.backend == "vllm":
+        from hxpe.agent.backend_vllm import settings_for
+    else:
+        raise ValueError(f"backend {cfg.backend!r} has no engine settings")
+    return settings_for(cfg.options)

@@ -3,12 +3,12 @@ normal reference of its class, written as plain English (no model, no ground tru
 
 Steps: both images are brought to one working size, converted to CIELAB and blurred; the reference is
 aligned to the test image by phase correlation, its brightness matched, and each test pixel is
-compared with the best-matching reference pixel within ``tolerance_px`` (so small misregistration
-and natural texture do not count). A robust threshold (median + ``k`` x MAD, with an absolute floor)
+compared with its nearest reference pixel in (colour, texture, position) space (so small
+misregistration and natural texture variation do not count). A robust threshold (median + ``k`` x MAD, with an absolute floor)
 and hysteresis give the differing regions; the largest ones are described by location, size, shape,
 brightness, colour and texture. Nothing found: the answer is exactly ``No anomaly``.
 
-Options (``agent.describe.options``): ``work_size``, ``blur_sigma``, ``tolerance_px``, ``k``,
+Options (``agent.describe.options``): ``work_size``, ``blur_sigma``, ``position_weight``, ``k``,
 ``floor``, ``min_area_frac``, ``max_regions``.
 
 Example:
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from skimage import color, filters, measure, registration
 
 from hxpe.agent.backend_base import DescribeRequest, Generation, Sampling
@@ -58,11 +59,26 @@ class Region:
 class ClassicalSettings:
     work_size: int = 128
     blur_sigma: float = 1.0
-    tolerance_px: int = 3
+    position_weight: float = 1.5
     k: float = 7.0
     floor: float = 12.0
-    min_area_frac: float = 0.002
+    min_area_frac: float = 0.004
     max_regions: int = 2
+
+
+def _params(options: dict[str, Any]) -> ClassicalSettings:
+    try:
+        return ClassicalSettings(**options)
+    except TypeError as err:
+        raise ValueError(
+            f"agent.describe.options for the classical describer: {err}; "
+            f"known keys: {sorted(asdict(ClassicalSettings()))}"
+        ) from err
+
+
+def settings_for(options: dict[str, Any]) -> dict[str, Any]:
+    """The describer's settings (part of the cache key)."""
+    return {**asdict(_params(options)), "vocabulary": load_vocabulary().version}
 
 
 def _to_lab(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -76,16 +92,19 @@ def _local_std(channel: np.ndarray, sigma: float) -> np.ndarray:
     return np.sqrt(np.clip(sq - mean * mean, 0, None))
 
 
-def _tolerant_difference(test: np.ndarray, ref: np.ndarray, radius: int) -> np.ndarray:
-    """Per pixel, the smallest feature distance to a reference pixel within ``radius``."""
-    h, w, _ = test.shape
-    padded = np.pad(ref, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
-    best = np.full((h, w), np.inf, dtype=np.float32)
-    for dy in range(2 * radius + 1):
-        for dx in range(2 * radius + 1):
-            diff = test - padded[dy : dy + h, dx : dx + w]
-            np.minimum(best, np.sqrt((diff * diff).sum(-1)), out=best)
-    return best
+def _tolerant_difference(test: np.ndarray, ref: np.ndarray, position_weight: float) -> np.ndarray:
+    """Per test pixel, the distance to the nearest reference pixel in (feature, position) space.
+
+    Position enters with ``position_weight`` per pixel, so a match a few pixels away (misregistration,
+    texture) is almost free while a match across the image (a dark scratch "matching" the dark
+    background) is expensive.
+    """
+    h, w, c = test.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) * position_weight
+    pos = np.stack([yy.ravel(), xx.ravel()], 1)
+    tree = cKDTree(np.concatenate([ref.reshape(-1, c), pos], 1))
+    dist, _ = tree.query(np.concatenate([test.reshape(-1, c), pos], 1), k=1)
+    return dist.reshape(h, w).astype(np.float32)
 
 
 class ClassicalDescriber:
@@ -94,17 +113,12 @@ class ClassicalDescriber:
     backend = "classical"
 
     def __init__(self, **options: Any):
-        try:
-            self.params = ClassicalSettings(**options)
-        except TypeError as err:
-            raise ValueError(
-                f"agent.describe.options for the classical describer: {err}; "
-                f"known keys: {sorted(asdict(ClassicalSettings()))}"
-            ) from err
+        self.params = _params(options)
         self.vocab: Vocabulary = load_vocabulary()
+        self._options = options
 
     def settings(self) -> dict[str, Any]:
-        return {**asdict(self.params), "vocabulary": self.vocab.version}
+        return settings_for(self._options)
 
     def describe(self, requests: Sequence[DescribeRequest], sampling: Sampling) -> list[Generation]:
         del sampling  # deterministic: nothing is sampled
@@ -140,7 +154,7 @@ class ClassicalDescriber:
         """(labelled regions, test features, aligned reference features)."""
         p = self.params
         ft, fr = self._features(ref, test)
-        diff = ndimage.gaussian_filter(_tolerant_difference(ft, fr, p.tolerance_px), 1.0)
+        diff = ndimage.gaussian_filter(_tolerant_difference(ft, fr, p.position_weight), 1.0)
         median = float(np.median(diff))
         mad = float(np.median(np.abs(diff - median))) * 1.4826
         high = max(p.floor, median + p.k * mad)

@@ -254,8 +254,11 @@ def anomalyclip_auc(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> flo
     if span == 0:
         return float(p.mean())
     f = (f - f.min()) / span
-    order = np.argsort(f, kind="stable")
-    return float(np.trapezoid(p[order], f[order]))
+    # FPR falls as the threshold rises; integrate in threshold order (tied FPRs keep their order).
+    direction = -1.0 if np.all(np.diff(f) <= 0) else 1.0
+    if direction > 0 and not np.all(np.diff(f) >= 0):
+        raise ValueError("AUPRO (anomalyclip): FPRs must be monotonic in threshold order")
+    return float(direction * np.trapezoid(p, f))
 
 
 def _counts_above(values: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,205 @@
+"""What both stages share: the bounded retry loop, producer provenance and the run report."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from hxpe.agent.backend_base import Generation, Sampling
+from hxpe.agent.cache import content_hash
+from hxpe.agent.config import DescribeConfig, ExtractConfig
+from hxpe.agent.parsing import OutputError
+from hxpe.agent.templates import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Val = TypeVar("Val")
+_VERSIONED = ("torch", "transformers", "vllm", "open_clip_torch", "pillow", "scikit-image", "hxpe")
+
+
+@dataclass
+class Outcome(Generic[Val]):
+    """The result of one request after all attempts."""
+
+    value: Val | None
+    raw: str
+    error: str | None
+    attempts: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _call_robustly(
+    call: Callable[[list[Req], Sampling], list[Generation]], batch: list[Req], sampling: Sampling
+) -> list[Generation | OutputError]:
+    """Call the backend on a batch; if it raises, call it per item so one bad input fails alone."""
+    try:
+        gens = call(batch, sampling)
+        if len(gens) != len(batch):
+            raise RuntimeError(f"backend returned {len(gens)} outputs for {len(batch)} requests")
+        return list(gens)
+    except Exception as err:  # noqa: BLE001 - a backend failure must never stop the run
+        if len(batch) == 1:
+            log.warning("backend error: %s: %s", type(err).__name__, err)
+            return [OutputError("engine_error", f"{type(err).__name__}: {err}"[:300])]
+        log.warning("backend error on a batch of %d (%s); retrying one by one", len(batch), err)
+        return [_call_robustly(call, [item], sampling)[0] for item in batch]
+
+
+def run_with_retries(
+    requests: Sequence[Req],
+    call: Callable[[list[Req], Sampling], list[Generation]],
+    check: Callable[[Generation], Val],
+    cfg: DescribeConfig | ExtractConfig,
+) -> list[Outcome[Val]]:
+    """Generate for every request; bad output is retried ``cfg.max_retries`` times, then reported.
+
+    ``check`` turns a :class:`Generation` into the value or raises :class:`OutputError`.
+    """
+    outcomes: list[Outcome[Val] | None] = [None] * len(requests)
+    last: dict[int, tuple[str, str]] = {}
+    pending = list(range(len(requests)))
+    spent = [0.0] * len(requests)
+    for attempt in range(cfg.max_retries + 1):
+        if not pending:
+            break
+        sampling = Sampling.for_attempt(cfg, attempt)
+        start = time.perf_counter()
+        results = _call_robustly(call, [requests[i] for i in pending], sampling)
+        share = (time.perf_counter() - start) / len(pending)
+        still = []
+        for i, res in zip(pending, results, strict=True):
+            spent[i] += share
+            raw = res.text if isinstance(res, Generation) else ""
+            try:
+                if isinstance(res, OutputError):
+                    raise res
+                value = check(res)
+            except OutputError as err:
+                last[i] = (raw, str(err))
+                still.append(i)
+                continue
+            outcomes[i] = Outcome(value, raw, None, attempt + 1, spent[i])
+        pending = still
+    for i in pending:
+        raw, error = last[i]
+        outcomes[i] = Outcome(None, raw, error, cfg.max_retries + 1, spent[i])
+    return [o for o in outcomes if o is not None]
+
+
+def reason_of(error: str | None) -> str | None:
+    """The short reason of an error string (``'schema: phrase: ...'`` -> ``'schema'``)."""
+    return None if error is None else error.split(":", 1)[0]
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def stage_settings(
+    stage: str,
+    cfg: DescribeConfig | ExtractConfig,
+    template: PromptTemplate,
+    engine: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything besides the inputs that determines a stage's records (hashed into every key)."""
+    return {
+        "stage": stage,
+        "backend": cfg.backend,
+        "model_id": cfg.model_id,
+        "revision": cfg.revision,
+        "template": {"id": template.id, "version": template.version, "sha256": template.sha256},
+        "sampling": {
+            "temperature": cfg.temperature,
+            "max_new_tokens": cfg.max_new_tokens,
+            "seed": cfg.seed,
+            "max_retries": cfg.max_retries,
+            "retry_temperature": cfg.retry_temperature,
+        },
+        "engine": engine,
+        **extra,
+    }
+
+
+def provenance(settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``provenance`` sub-dict of a record: its settings plus host and library versions."""
+    return {**settings, "host": socket.gethostname(), "versions": library_versions()}
+
+
+def timing(seconds: float) -> dict[str, Any]:
+    return {
+        "seconds": round(seconds, 4),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return content_hash(settings)[:16]
+
+
+@dataclass
+class StageReport:
+    """Counts, failures by reason, throughput and elapsed time of one stage run (one shard)."""
+
+    stage: str
+    cache_path: Path
+    settings_hash: str
+    total: int = 0
+    done: int = 0
+    cached: int = 0
+    failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        """Newly processed images per second."""
+        new = self.total - self.cached
+        return new / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def count_failure(self, error: str | None) -> None:
+        reason = reason_of(error)
+        if reason is not None:
+            self.failed += 1
+            self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["cache_path"] = str(self.cache_path)
+        out["throughput"] = round(self.throughput, 3)
+        return out
+
+    def __str__(self) -> str:
+        fails = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
+        return (
+            f"{self.stage}: {self.total} image(s): {self.done} new, {self.cached} cached, "
+            f"{self.failed} failed ({fails}); {self.elapsed_s:.1f} s, "
+            f"{self.throughput:.2f} images/s -> {self.cache_path}"
+        )
+
+
+def count_reasons(errors: Sequence[str | None]) -> dict[str, int]:
+    return dict(Counter(r for r in map(reason_of, errors) if r))

@@ -1,0 +1,275 @@
+"""The zero-shot protocol runner of stage 05: infer (cached maps), then per-class metrics.
+
+For each direction (train on one dataset, test on others), variant (ablation row) and target dataset:
+load the model, run it over the target's test split, stream maps to a :class:`MapStore` keyed by the
+inputs (checkpoint, index, phrases, references, protocol settings) and compute per-class metrics. A
+cached store whose key matches is reused without loading the model.
+
+Sharding: ``datasets=[...]`` runs only those targets (one shard per GPU); each unit writes its own
+metric part, and :func:`hxpe.evaluation.results.merge_metrics` (``hxpe evaluate --merge``) gathers
+them.
+
+Example:
+    >>> from hxpe.config import load_config
+    >>> cfg = load_config("notebooks/params/demo.yaml")  # doctest: +SKIP
+    >>> per_class = run_protocol(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from hxpe.config import Config, file_sha256
+from hxpe.data.index import DatasetIndex, frame_sha256, load_index, select_references
+from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
+from hxpe.evaluation.config import Direction, EvaluationConfig
+from hxpe.evaluation.maps import MapStore
+from hxpe.evaluation.results import PER_CLASS_COLUMNS, merge_metrics, write_part
+from hxpe.evaluation.scoring import evaluate_store
+
+logger = logging.getLogger(__name__)
+
+ModelLoader = Callable[[Config, str, str, Path], nn.Module]
+PhraseLoader = Callable[[Path], dict[str, str | None]]
+CHECKPOINT_FILES = ("trainable.safetensors", "config.json")
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------------
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _to_size(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, H, W]`` maps resized (bilinear) to ``size``×``size`` when needed."""
+    if maps.shape[-2:] == (size, size):
+        return maps
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear")[:, 0]
+
+
+def infer_dataset(
+    model: nn.Module,
+    index: DatasetIndex,
+    phrases: dict[str, str | None],
+    references: dict[str, str | None] | None,
+    cfg: EvaluationConfig,
+    out_dir: Path,
+    *,
+    key: str = "",
+) -> Path:
+    """Run ``model`` over the ``cfg.split`` split of ``index`` and stream maps to ``out_dir``.
+
+    ``model(images, phrases, references, has_reference)`` must return an object with
+    ``image_score [B]``, ``anomaly_map [B, H, W]`` and ``vfm_prompt [B, h, w] | None``. Maps are
+    resized to ``cfg.image_size`` when needed and stored as ``cfg.map_dtype``. ``key`` (the inputs'
+    hash) goes into the store's manifest for the cache check. Returns ``out_dir``.
+    """
+    dataset = IndexDataset(
+        index, cfg.image_size, split=cfg.split, phrases=phrases, references=references
+    )
+    if len(dataset) == 0:
+        raise ValueError(
+            f"{index.name} has no images in split {cfg.split!r}; check the index or evaluation.split"
+        )
+    device = _model_device(model)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    store = MapStore(out_dir, cfg.map_dtype)
+    model.eval()
+    with (
+        store.writer(key, dataset=index.name, image_size=cfg.image_size) as writer,
+        torch.inference_mode(),
+    ):
+        for batch in tqdm(loader, desc=f"infer {index.name}", leave=False):
+            images = batch["image"].to(device, non_blocking=True)
+            refs = batch.get("reference")
+            has_ref = batch.get("has_reference")
+            out = model(
+                images,
+                phrases_from_batch(batch),
+                refs.to(device, non_blocking=True) if refs is not None else None,
+                has_ref.to(device) if has_ref is not None else None,
+            )
+            maps = _to_size(out.anomaly_map, cfg.image_size).float().cpu()
+            scores = out.image_score.float().cpu()
+            vfm = out.vfm_prompt.float().cpu() if out.vfm_prompt is not None else None
+            for i, image_id in enumerate(batch["image_id"]):
+                writer.add(
+                    image_id,
+                    maps[i],
+                    cls=batch["cls"][i],
+                    label=int(batch["label"][i]),
+                    image_score=float(scores[i]),
+                    vfm_prompt=vfm[i] if vfm is not None else None,
+                )
+            writer.flush()
+    logger.info("wrote %d maps of %s to %s", len(dataset), index.name, out_dir)
+    return Path(out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache keys
+# --------------------------------------------------------------------------------------------------
+
+
+def _digest(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def checkpoint_fingerprint(cfg: Config, direction: str, variant: str, results_dir: Path) -> str:
+    """Hash of the variant's model config and of its checkpoint files (when it has any)."""
+    ckpt = Path(results_dir) / "checkpoints" / direction / variant
+    files = {n: file_sha256(ckpt / n) for n in CHECKPOINT_FILES if (ckpt / n).is_file()}
+    return _digest({"model": cfg.model_for(variant).model_dump(mode="json"), "files": files})
+
+
+def inputs_key(
+    checkpoint: str,
+    index: DatasetIndex,
+    phrases: dict[str, str | None],
+    references: dict[str, str | None] | None,
+    ev: EvaluationConfig,
+) -> str:
+    """The cache key of one store: checkpoint, index, the split's phrases, references, settings."""
+    split_ids = index.split(ev.split)["image_id"].tolist()
+    return _digest(
+        {
+            "checkpoint": checkpoint,
+            "index": frame_sha256(index.frame),
+            "phrases": [phrases.get(i) for i in split_ids],
+            "references": references,
+            "settings": ev.model_dump(
+                mode="json", include={"image_size", "split", "map_dtype"}
+            ),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner
+# --------------------------------------------------------------------------------------------------
+
+
+def _select(kind: str, available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
+    if wanted is None:
+        return list(available)
+    unknown = [w for w in wanted if w not in available]
+    if unknown:
+        raise ValueError(f"unknown {kind} {unknown}; the profile defines {list(available)}")
+    return [a for a in available if a in wanted]
+
+
+def _default_model_loader(cfg: Config, direction: str, variant: str, rd: Path) -> nn.Module:
+    from hxpe.train import model_for_evaluation
+
+    return model_for_evaluation(cfg, direction, variant, rd)
+
+
+def _default_phrase_loader(path: Path) -> dict[str, str | None]:
+    from hxpe.agent import load_phrases
+
+    return load_phrases(path)
+
+
+def store_dir(results_dir: Path, direction: str, variant: str, dataset: str) -> Path:
+    """``results_dir/maps/<direction>/<variant>/<dataset>``."""
+    return Path(results_dir) / "maps" / direction / variant / dataset
+
+
+class _Phrases:
+    """The gated phrases, read once and only when a variant needs them."""
+
+    def __init__(self, path: Path, loader: PhraseLoader) -> None:
+        self.path, self.loader = path, loader
+        self._phrases: dict[str, str | None] | None = None
+
+    def get(self, variant: str) -> dict[str, str | None]:
+        if self._phrases is None:
+            if not self.path.is_file():
+                raise FileNotFoundError(
+                    f"Variant {variant!r} uses explainable prompts but {self.path} is missing. "
+                    f"Run stage 03 first (make agent PROFILE=<profile>), or disable "
+                    f"model.explain for this variant."
+                )
+            self._phrases = self.loader(self.path)
+        return self._phrases
+
+
+def run_protocol(
+    cfg: Config,
+    *,
+    variants: list[str] | None = None,
+    directions: list[str] | None = None,
+    datasets: list[str] | None = None,
+    recompute_maps: bool = False,
+    results_dir: Path | None = None,
+    merge: bool | None = None,
+    load_model: ModelLoader | None = None,
+    load_phrases: PhraseLoader | None = None,
+) -> pd.DataFrame:
+    """Infer and score every (direction, variant, target dataset) selected; return per-class metrics.
+
+    ``datasets`` selects target datasets (a shard); metrics are merged into
+    ``metrics/per_class.csv`` / ``per_dataset.csv`` when ``merge`` is true (default: only when no
+    dataset selection was given). ``load_model`` and ``load_phrases`` replace
+    ``hxpe.train.model_for_evaluation`` and ``hxpe.agent.load_phrases`` (tests, other models).
+    """
+    rd = Path(results_dir) if results_dir is not None else cfg.results_dir
+    ev = cfg.evaluation
+    by_name: dict[str, Direction] = {d.name: d for d in ev.directions}
+    chosen_dirs = _select("directions", list(by_name), directions)
+    chosen_vars = _select("variants", list(cfg.variants), variants)
+    all_targets = sorted({t for d in ev.directions for t in d.test})
+    _select("datasets", all_targets, datasets)
+    loader = load_model or _default_model_loader
+    phrases = _Phrases(rd / "agent" / "extractions.jsonl", load_phrases or _default_phrase_loader)
+    frames = []
+    for direction in chosen_dirs:
+        targets = [t for t in by_name[direction].test if datasets is None or t in datasets]
+        for variant in chosen_vars:
+            uses_phrases = cfg.model_for(variant).explain.enabled
+            ckpt = checkpoint_fingerprint(cfg, direction, variant, rd)
+            model: nn.Module | None = None
+            for target in targets:
+                index = load_index(rd / "index" / target)
+                refs = select_references(index, cfg.data.reference_rule)
+                image_phrases = phrases.get(variant) if uses_phrases else {}
+                key = inputs_key(ckpt, index, image_phrases, refs, ev)
+                store = MapStore(store_dir(rd, direction, variant, target), ev.map_dtype)
+                if store.is_complete(key) and not recompute_maps:
+                    logger.info("%s/%s/%s: cached maps reused", direction, variant, target)
+                else:
+                    if model is None:
+                        model = loader(cfg, direction, variant, rd)
+                        if torch.cuda.is_available():
+                            model = model.to("cuda")
+                    infer_dataset(model, index, image_phrases, refs, ev, store.root, key=key)
+                per_class, skipped = evaluate_store(store, index, ev)
+                write_part(rd, direction, variant, target, per_class, skipped)
+                frames.append(per_class.assign(direction=direction, variant=variant))
+            del model
+    if merge if merge is not None else datasets is None:
+        merge_metrics(rd)
+    if not frames:
+        return pd.DataFrame(columns=PER_CLASS_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[PER_CLASS_COLUMNS]
