@@ -12,6 +12,10 @@ Example:
 
 from __future__ import annotations
 
+# First, so that section modules that import it while hxpe.config is loading find it (re-exported).
+from hxpe.hashing import file_sha256
+
+# isort: split
 import copy
 import hashlib
 import json
@@ -135,10 +139,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     return Config.model_validate(expand_env(raw))
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = ["Config", "deep_merge", "expand_env", "file_sha256", "load_config"]

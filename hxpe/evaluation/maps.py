@@ -107,7 +107,9 @@ class MapWriter:
         """Store one image's ``[H, W]`` map (and optional ``[h, w]`` VFM prompt) and score."""
         if image_id in self._seen:
             raise ValueError(f"image_id {image_id!r} written twice to {self.store.root}")
-        self._seen.add(image_id)
+        score = float(image_score)
+        if not np.isfinite(score):
+            raise ValueError(f"image score of {image_id!r} is {score}; check the model output")
         name = safe_name(image_id)
         amap = self._cast(_to_numpy(anomaly_map), image_id, "anomaly map")
         if amap.ndim != 2:
@@ -118,14 +120,13 @@ class MapWriter:
                 self.store.vfm_path(image_id),
                 self._cast(_to_numpy(vfm_prompt), image_id, "VFM prompt"),
             )
-        score = float(image_score)
-        if not np.isfinite(score):
-            raise ValueError(f"image score of {image_id!r} is {score}; check the model output")
         self._csv.writerow([image_id, cls, int(label), repr(score), f"{name}.npy"])
+        self._seen.add(image_id)
         self.n += 1
 
     def _cast(self, array: np.ndarray, image_id: str, what: str) -> np.ndarray:
-        out = array.astype(self.store.dtype)
+        with np.errstate(over="ignore"):
+            out = array.astype(self.store.dtype)
         if not np.isfinite(out).all():
             hint = (
                 " (it overflows float16: set evaluation.map_dtype: float32)"

@@ -186,11 +186,13 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike) -> MetricSet:
 class Regions:
     """Connected ground-truth regions of a stack of masks, labelled once.
 
-    ``pixel_region`` holds, for every pixel of the flattened stack, its region id (``-1`` for normal
-    pixels); ``areas`` is the pixel count per region.
+    ``normal`` flags the normal pixels of the flattened stack; ``defect_index`` holds the flat index
+    of every defect pixel and ``defect_region`` its region id; ``areas`` is the pixel count per region.
     """
 
-    pixel_region: np.ndarray  # int64 [N*H*W]
+    normal: np.ndarray  # bool [N*H*W]
+    defect_index: np.ndarray  # int64 [D]
+    defect_region: np.ndarray  # int64 [D]
     areas: np.ndarray  # int64 [R]
 
     @property
@@ -200,20 +202,27 @@ class Regions:
 
 def label_regions(masks: ArrayLike) -> Regions:
     """Label the 8-connected defect regions of each mask ``[N, H, W]`` once (scipy.ndimage.label)."""
-    m = masks.numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    m = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
     if m.ndim != 3:
         raise ValueError(f"masks must be [N, H, W]; got shape {m.shape}")
-    ids = np.full(m.shape, -1, dtype=np.int64)
+    m = m > 0
+    per_image = m.shape[1] * m.shape[2]
+    index_parts, region_parts = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     offset = 0
-    for i, mask in enumerate(m):
-        labelled, n = ndimage.label(mask > 0, structure=_EIGHT_CONNECTED)
-        if n:
-            inside = labelled > 0
-            ids[i][inside] = labelled[inside] - 1 + offset
-            offset += n
-    pixel_region = ids.reshape(-1)
-    areas = np.bincount(pixel_region[pixel_region >= 0], minlength=offset).astype(np.int64)
-    return Regions(pixel_region=pixel_region, areas=areas)
+    for i in np.flatnonzero(m.reshape(len(m), -1).any(axis=1)):
+        labelled, n = ndimage.label(m[i], structure=_EIGHT_CONNECTED)
+        flat = labelled.reshape(-1)
+        pos = np.flatnonzero(flat)
+        index_parts.append(pos + i * per_image)
+        region_parts.append(flat[pos].astype(np.int64) - 1 + offset)
+        offset += n
+    defect_region = np.concatenate(region_parts)
+    return Regions(
+        normal=~m.reshape(-1),
+        defect_index=np.concatenate(index_parts),
+        defect_region=defect_region,
+        areas=np.bincount(defect_region, minlength=offset).astype(np.int64),
+    )
 
 
 def _check_aupro_input(regions: Regions) -> None:
@@ -221,7 +230,7 @@ def _check_aupro_input(regions: Regions) -> None:
         raise UndefinedMetricError(
             "AUPRO: no defect region in the masks (all-normal or empty masks)"
         )
-    if not (regions.pixel_region < 0).any():
+    if not regions.normal.any():
         raise UndefinedMetricError("AUPRO: no normal pixel in the masks, the FPR is undefined")
 
 
@@ -261,9 +270,13 @@ def anomalyclip_auc(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> flo
     return float(direction * np.trapezoid(p, f))
 
 
-def _counts_above(values: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """For each value, how many thresholds lie strictly below it (= thresholds at which it is > t)."""
-    return torch.searchsorted(thresholds, values, right=False)
+def _float32_floor(thresholds: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each float64 threshold: for a float32 ``v``, ``v > t`` exactly when
+    ``v > floor32(t)``, so the comparison can run in float32."""
+    t32 = thresholds.astype(np.float32)
+    above = t32.astype(np.float64) > thresholds
+    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
+    return t32
 
 
 def _aupro_anomalyclip(
@@ -271,24 +284,22 @@ def _aupro_anomalyclip(
 ) -> float:
     flat = scores.reshape(-1)
     lo, hi = flat.min().cpu().numpy(), flat.max().cpu().numpy()
-    th_np = anomalyclip_thresholds(lo, hi, steps)
-    if th_np.size == 0:
+    th = anomalyclip_thresholds(lo, hi, steps)
+    if th.size == 0:
         raise UndefinedMetricError("AUPRO (anomalyclip): the maps are constant (min == max)")
-    k = th_np.size
-    thresholds = torch.as_tensor(th_np, device=flat.device)
-    region_of = torch.as_tensor(regions.pixel_region, device=flat.device)
-    defect = region_of >= 0
+    k, r, dev = th.size, regions.n_regions, flat.device
     # c(v) = number of thresholds t with t < v: the pixel is positive at thresholds 0 .. c-1.
-    # float32 -> float64 is exact, so this is the original's float64 comparison.
-    c_defect = _counts_above(flat[defect].to(torch.float64), thresholds)
-    c_normal = _counts_above(flat[~defect].to(torch.float64), thresholds)
-    r = regions.n_regions
-    hist = torch.bincount(region_of[defect] * (k + 1) + c_defect, minlength=r * (k + 1))
-    tail = hist.reshape(r, k + 1).flip(1).cumsum(1).flip(1)  # tail[:, j] = #pixels with c >= j
-    areas = torch.as_tensor(regions.areas, device=flat.device, dtype=torch.float64)
+    counts = torch.searchsorted(torch.as_tensor(_float32_floor(th), device=dev), flat)
+    hist_all = torch.bincount(counts, minlength=k + 1)
+    region = torch.as_tensor(regions.defect_region, device=dev)
+    c_defect = counts[torch.as_tensor(regions.defect_index, device=dev)]
+    hist = torch.bincount(region * (k + 1) + c_defect, minlength=r * (k + 1)).reshape(r, k + 1)
+    hist_normal = hist_all - hist.sum(0)
+    tail = hist.flip(1).cumsum(1).flip(1)  # tail[:, j] = pixels of the region with c >= j
+    areas = torch.as_tensor(regions.areas, device=dev, dtype=torch.float64)
     pros = (tail[:, 1:].to(torch.float64) / areas[:, None]).mean(0)
-    tail_normal = torch.bincount(c_normal, minlength=k + 1).flip(0).cumsum(0).flip(0)
-    fprs = tail_normal[1:].to(torch.float64) / c_normal.numel()
+    tail_normal = hist_normal.flip(0).cumsum(0).flip(0)
+    fprs = tail_normal[1:].to(torch.float64) / int(regions.normal.sum())
     return anomalyclip_auc(fprs.cpu().numpy(), pros.cpu().numpy(), fpr_limit)
 
 
@@ -308,23 +319,41 @@ def truncated_auc(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float
 
 def _aupro_exact(regions: Regions, scores: torch.Tensor, fpr_limit: float) -> float:
     flat = scores.reshape(-1)
-    region_of = torch.as_tensor(regions.pixel_region, device=flat.device)
-    defect = region_of >= 0
-    n_normal = int((~defect).sum())
-    areas = torch.as_tensor(regions.areas, device=flat.device, dtype=torch.float64)
+    dev = flat.device
+    normal_scores = flat[torch.as_tensor(regions.normal, device=dev)]
+    defect_scores = flat[torch.as_tensor(regions.defect_index, device=dev)]
+    region = torch.as_tensor(regions.defect_region, device=dev)
+    areas = torch.as_tensor(regions.areas, device=dev, dtype=torch.float64)
+    n_normal = normal_scores.numel()
+    # Only scores down to the first threshold past the FPR limit matter: the (k)-th largest normal
+    # score with k = floor(limit * N0) + 1 already gives FPR > limit.
+    k = int(np.floor(fpr_limit * n_normal)) + 1
+    if k <= n_normal:
+        cut = torch.kthvalue(normal_scores, n_normal - k + 1).values
+        normal_scores = normal_scores[normal_scores >= cut]
+        keep = defect_scores >= cut
+        defect_scores, region = defect_scores[keep], region[keep]
     # Each normal pixel adds 1/N0 to the FPR; each defect pixel adds 1/(area * R) to the PRO.
-    fpr_step = (~defect).to(torch.float64) / n_normal
-    pro_step = torch.zeros_like(fpr_step)
-    pro_step[defect] = 1.0 / (areas[region_of[defect]] * regions.n_regions)
-    sorted_scores, order = torch.sort(flat, descending=True, stable=True)
+    all_scores = torch.cat([normal_scores, defect_scores])
+    fpr_step = torch.cat(
+        [
+            torch.full_like(normal_scores, 1.0 / n_normal, dtype=torch.float64),
+            torch.zeros_like(defect_scores, dtype=torch.float64),
+        ]
+    )
+    pro_step = torch.cat(
+        [
+            torch.zeros_like(normal_scores, dtype=torch.float64),
+            1.0 / (areas[region] * regions.n_regions),
+        ]
+    )
+    sorted_scores, order = torch.sort(all_scores, descending=True, stable=True)
     last = torch.nonzero(sorted_scores[1:] != sorted_scores[:-1]).reshape(-1)
-    ends = torch.cat([last, torch.tensor([flat.numel() - 1], device=flat.device)])
-    fprs = torch.cumsum(fpr_step[order], 0)[ends]
-    pros = torch.cumsum(pro_step[order], 0)[ends]
-    zero = fprs.new_zeros(1)
-    fprs = torch.cat([zero, fprs]).clamp_(max=1.0).cpu().numpy()
-    pros = torch.cat([zero, pros]).clamp_(max=1.0).cpu().numpy()
-    return truncated_auc(fprs, pros, fpr_limit)
+    ends = torch.cat([last, torch.tensor([all_scores.numel() - 1], device=dev)])
+    zero = areas.new_zeros(1)
+    fprs = torch.cat([zero, torch.cumsum(fpr_step[order], 0)[ends]]).clamp_(max=1.0)
+    pros = torch.cat([zero, torch.cumsum(pro_step[order], 0)[ends]]).clamp_(max=1.0)
+    return truncated_auc(fprs.cpu().numpy(), pros.cpu().numpy(), fpr_limit)
 
 
 def aupro(

@@ -158,9 +158,7 @@ def inputs_key(
             "index": frame_sha256(index.frame),
             "phrases": [phrases.get(i) for i in split_ids],
             "references": references,
-            "settings": ev.model_dump(
-                mode="json", include={"image_size", "split", "map_dtype"}
-            ),
+            "settings": ev.model_dump(mode="json", include={"image_size", "split", "map_dtype"}),
         }
     )
 

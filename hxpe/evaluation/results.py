@@ -67,7 +67,9 @@ def _read_parts(results_dir: Path, name: str, columns: list[str]) -> pd.DataFram
     files = sorted((metrics_dir(results_dir) / "parts").glob(f"*/*/*/{name}"))
     frames = [pd.read_csv(f, dtype={"cls": str, "dataset": str}) for f in files]
     frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    return (
+        pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    )
 
 
 def merge_metrics(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

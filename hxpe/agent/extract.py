@@ -1,0 +1,195 @@
+"""Stage 03: the LLM (or the rule extractor) turns each description into an :class:`Extraction`,
+the anti-false-alarm rule gives the verdict, and the CLIP phrase is kept within its token budget.
+
+Example:
+    >>> report = run_extract(agent / "descriptions.jsonl", cfg.agent, agent / "extractions.jsonl")  # doctest: +SKIP
+    >>> phrases = load_phrases(agent / "extractions.jsonl")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from hxpe.agent.backend_base import ExtractRequest, Extractor, engine_settings, make_extractor
+from hxpe.agent.cache import JsonlCache, Shard, content_hash, in_shard
+from hxpe.agent.config import AgentConfig
+from hxpe.agent.describe import load_records
+from hxpe.agent.parsing import parse_extraction
+from hxpe.agent.phrase import count_clip_tokens, fit_phrase
+from hxpe.agent.replay import replay_records, replay_source
+from hxpe.agent.runner import (
+    Outcome,
+    StageReport,
+    provenance,
+    run_with_retries,
+    settings_hash,
+    stage_settings,
+    timing,
+)
+from hxpe.agent.schema import Extraction, verdict, vlm_says_no_anomaly
+from hxpe.agent.templates import load_template
+
+log = logging.getLogger(__name__)
+
+RAW_CHARS = 2000  # how much of a failed raw output a record keeps
+
+
+class ExtractReport(StageReport):
+    """Report of :func:`run_extract` (``skipped``: images whose description failed)."""
+
+
+def _replay_match(rec: dict[str, Any]) -> tuple[Any, ...]:
+    return (rec["image_id"], rec["description_key"], rec["model_id"], rec["template_id"])
+
+
+def _fields(out: Outcome[Extraction], description: str, cfg: AgentConfig) -> dict[str, Any]:
+    """The record's judgement fields (empty and not anomalous when extraction failed)."""
+    if not out.ok or out.value is None:
+        return {
+            "anomaly": None,
+            "defect_type": "",
+            "location": "",
+            "appearance": "",
+            "phrase": "",
+            "phrase_tokens": 0,
+            "phrase_truncated": False,
+            "vlm_no_anomaly": vlm_says_no_anomaly(description),
+            "verdict": None,
+            "raw": out.raw[:RAW_CHARS],
+        }
+    rec = out.value
+    phrase, cut = fit_phrase(rec.phrase, cfg.extract.max_phrase_tokens) if rec.phrase else ("", False)
+    return {
+        "anomaly": rec.anomaly,
+        "defect_type": rec.defect_type,
+        "location": rec.location,
+        "appearance": rec.appearance,
+        "phrase": phrase,
+        "phrase_tokens": count_clip_tokens(phrase) if phrase else 0,
+        "phrase_truncated": cut,
+        "vlm_no_anomaly": vlm_says_no_anomaly(description),
+        "verdict": verdict(rec.anomaly, description, cfg.anti_false_alarm),
+        "raw": out.raw[:RAW_CHARS],
+    }
+
+
+def run_extract(
+    descriptions_path: Path,
+    cfg: AgentConfig,
+    cache_path: Path,
+    *,
+    shard: Shard = (0, 1),
+    extractor: Extractor | None = None,
+) -> ExtractReport:
+    """Extract and judge every successful description not yet in the cache.
+
+    Descriptions are the newest per image in ``descriptions_path``; failed ones are skipped (counted
+    in ``report.skipped``). ``extractor`` replaces the configured backend.
+    """
+    started = time.perf_counter()
+    ecfg = cfg.extract
+    template = load_template(ecfg.template)
+    if template.stage != "extract":
+        raise ValueError(f"agent.extract.template {ecfg.template!r} is a {template.stage} template")
+    frame = load_records(descriptions_path)
+    frame = frame[[in_shard(i, shard) for i in frame["image_id"]]] if len(frame) else frame
+    ok = frame[frame["status"] == "ok"] if len(frame) else frame
+    replay = ecfg.backend == "replay"
+    settings = stage_settings(
+        "extract",
+        ecfg,
+        template,
+        {} if replay else engine_settings(ecfg),
+        anti_false_alarm=cfg.anti_false_alarm,
+        max_phrase_tokens=ecfg.max_phrase_tokens,
+    )
+    digest = settings_hash(settings)
+    cache = JsonlCache(cache_path, shard)
+    report = ExtractReport("extract", cache.write_path, digest, total=len(ok))
+    report.skipped = len(frame) - len(ok)
+    rows = list(ok.itertuples(index=False))
+
+    if replay:
+        wanted = [(r.image_id, (r.image_id, r.key, ecfg.model_id, template.id)) for r in rows]
+        found = replay_records(wanted, replay_source(ecfg.options, cache_path), _replay_match)
+        known = cache.keys()
+        cache.append(r for r in found if r["key"] not in known)
+        for rec in found:
+            report.cached += 1
+            report.count_failure(rec.get("error"))
+        report.elapsed_s = time.perf_counter() - started
+        log.info("%s", report)
+        return report
+
+    known = {r["key"]: r for r in cache.records()}
+    keyed = [(content_hash({"settings": digest, "description_key": r.key}), r) for r in rows]
+    pending = [(k, r) for k, r in keyed if k not in known]
+    for k, _ in keyed:
+        if k in known:
+            report.cached += 1
+            report.count_failure(known[k].get("error"))
+    if pending:
+        extractor = extractor or make_extractor(ecfg)
+        prov = provenance(settings)
+        bar = tqdm(total=len(pending), desc="extract", unit="img")
+        for start in range(0, len(pending), ecfg.batch_size):
+            batch = pending[start : start + ecfg.batch_size]
+            requests = [
+                ExtractRequest(
+                    image_id=r.image_id,
+                    description=r.text,
+                    prompt=template.render(description=r.text),
+                    system=template.system,
+                )
+                for _, r in batch
+            ]
+            outcomes = run_with_retries(requests, extractor.extract, parse_extraction, ecfg)
+            records = []
+            for (key, r), out in zip(batch, outcomes, strict=True):
+                records.append(
+                    {
+                        "key": key,
+                        "settings_hash": digest,
+                        "description_key": r.key,
+                        "image_id": r.image_id,
+                        "dataset": r.dataset,
+                        "cls": r.cls,
+                        "model_id": ecfg.model_id,
+                        "template_id": template.id,
+                        "status": "ok" if out.ok else "failed",
+                        "error": out.error,
+                        "attempts": out.attempts,
+                        **_fields(out, r.text, cfg),
+                        "provenance": prov,
+                        "timing": timing(out.seconds),
+                    }
+                )
+                report.count_failure(out.error)
+                report.done += int(out.ok)
+            cache.append(records)
+            bar.update(len(batch))
+        bar.close()
+    report.elapsed_s = time.perf_counter() - started
+    log.info("%s", report)
+    return report
+
+
+def load_extractions(path: Path, *, settings_hash: str | None = None) -> pd.DataFrame:
+    """The extractions cache as a frame, one row per image (its newest record)."""
+    return load_records(path, settings_hash=settings_hash)
+
+
+def load_phrases(extractions_path: Path) -> dict[str, str | None]:
+    """``image_id -> phrase``, gated by the verdict: ``None`` when judged normal or failed."""
+    frame = load_extractions(extractions_path)
+    out: dict[str, str | None] = {}
+    for row in frame.itertuples(index=False):
+        usable = row.status == "ok" and bool(row.verdict) and bool(row.phrase)
+        out[row.image_id] = row.phrase if usable else None
+    return out

@@ -1,0 +1,173 @@
+"""Small trees in each benchmark's *raw* on-disk layout, for the paper-path dry run and tests.
+
+The images are the demo generator's (real photos and drawn objects with planted defects and masks),
+re-laid out with each dataset's own names and quirks: MVTec/MPDD/DTD folders, BTAD's ``ok``/``ko``
+and mixed extensions, VisA's ``split_csv/1cls.csv`` and small-integer masks, KolektorSDD's tall
+``kosNN/PartK.jpg`` with ``PartK_label.bmp``, DAGM's ``ClassN/{Train,Test}`` with ``Label/*_label.PNG``.
+They exercise the real index builders (``hxpe prepare``) without the real downloads.
+
+Example:
+    >>> write_raw_fixture("btad", Path("/tmp/fx/btad"), demo_root)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from hxpe.data.config import DemoDataConfig
+from hxpe.data.demo import generate_demo_dataset
+from hxpe.data.registry import get_spec
+
+RAW_KINDS = ("mvtec", "visa", "mpdd", "btad", "ksdd", "dagm", "dtd")
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Path
+    mask: Path | None = None
+    defect: str = "good"
+
+
+def demo_samples(demo_root: Path) -> dict[str, dict[str, list[Sample]]]:
+    """Per demo class: ``train`` normals, ``good`` test normals and ``defect`` test anomalies."""
+    out: dict[str, dict[str, list[Sample]]] = {}
+    for cls_dir in sorted(p for p in demo_root.iterdir() if p.is_dir()):
+        train = [Sample(p) for p in sorted((cls_dir / "train" / "good").glob("*.png"))]
+        good = [Sample(p) for p in sorted((cls_dir / "test" / "good").glob("*.png"))]
+        defects = []
+        for d in sorted(p for p in (cls_dir / "test").iterdir() if p.name != "good"):
+            for img in sorted(d.glob("*.png")):
+                mask = cls_dir / "ground_truth" / d.name / f"{img.stem}_mask.png"
+                defects.append(Sample(img, mask, d.name))
+        out[cls_dir.name] = {"train": train, "good": good, "defect": defects}
+    return out
+
+
+def _save(src: Path, dst: Path, mode: str = "RGB", scale_mask: int | None = None) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as im:
+        im = im.convert(mode)
+        if scale_mask is not None:
+            arr = (np.asarray(im) > 0).astype(np.uint8) * scale_mask
+            im = Image.fromarray(arr)
+        im.save(dst)
+
+
+def _cycle(pool: dict[str, dict[str, list[Sample]]], classes: list[str]):
+    """Pair each fixture class with a demo class, cycling through the demo classes."""
+    return zip(classes, itertools.cycle(pool.values()), strict=False)
+
+
+def _mvtec_like(root, pool, classes, normal="good", defect_dir=None, image_ext=".png", n=(2, 1, 2)):
+    n_train, n_good, n_defect = n
+    for k, (cls, src) in enumerate(_cycle(pool, classes)):
+        ext = image_ext if isinstance(image_ext, str) else image_ext[k % len(image_ext)]
+        for i, s in enumerate(src["train"][:n_train]):
+            _save(s.image, root / cls / "train" / normal / f"{i:03d}{ext}")
+        for i, s in enumerate(src["good"][:n_good]):
+            _save(s.image, root / cls / "test" / normal / f"{i:03d}{ext}")
+        for i, s in enumerate(src["defect"][:n_defect]):
+            folder = defect_dir or s.defect
+            _save(s.image, root / cls / "test" / folder / f"{i:03d}{ext}")
+            suffix = "" if defect_dir else "_mask"
+            _save(s.mask, root / cls / "ground_truth" / folder / f"{i:03d}{suffix}.png", "L")
+
+
+def _visa(root, pool, classes, n=(2, 1, 2)):
+    rows = []
+    for cls, src in _cycle(pool, classes):
+        k = 0
+        for split, samples in (("train", src["train"][: n[0]]), ("test", src["good"][: n[1]])):
+            for s in samples:
+                rel = f"{cls}/Data/Images/Normal/{k:04d}.JPG"
+                _save(s.image, root / rel)
+                rows.append((cls, split, "normal", rel, ""))
+                k += 1
+        for i, s in enumerate(src["defect"][: n[2]]):
+            rel, mrel = (
+                f"{cls}/Data/Images/Anomaly/{i:03d}.JPG",
+                f"{cls}/Data/Masks/Anomaly/{i:03d}.png",
+            )
+            _save(s.image, root / rel)
+            _save(s.mask, root / mrel, "L", scale_mask=1)  # VisA masks hold small integers
+            rows.append((cls, "test", "anomaly", rel, mrel))
+    csv = root / "split_csv" / "1cls.csv"
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["object", "split", "label", "image", "mask"]).to_csv(
+        csv, index=False
+    )
+
+
+def _ksdd(root, pool, n_parts: int = 4):
+    """Tall grey ``PartK.jpg`` made of three demo images stacked; one band of some parts defective."""
+    samples = [s for src in pool.values() for s in src["good"] + src["train"]]
+    defects = [s for src in pool.values() for s in src["defect"]]
+    for k in range(n_parts):
+        folder = root / f"kos{k // 2 + 1:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        bands, labels = [], []
+        for b in range(3):
+            s = defects[k] if (b == 1 and k % 2 == 0) else samples[(3 * k + b) % len(samples)]
+            with Image.open(s.image) as im:
+                bands.append(np.asarray(im.convert("L")))
+            if s.mask is not None:
+                with Image.open(s.mask) as m:
+                    labels.append((np.asarray(m.convert("L")) > 0).astype(np.uint8) * 255)
+            else:
+                labels.append(np.zeros_like(bands[-1]))
+        Image.fromarray(np.vstack(bands)).save(folder / f"Part{k % 2}.jpg")
+        Image.fromarray(np.vstack(labels)).save(folder / f"Part{k % 2}_label.bmp")
+
+
+def _dagm(root, pool, classes, n_normal: int = 3, n_defect: int = 1):
+    for cls, src in _cycle(pool, classes):
+        normals = src["train"] + src["good"]
+        for part, offset in (("Train", 0), ("Test", 1)):
+            label_dir = root / cls / part / "Label"
+            label_dir.mkdir(parents=True, exist_ok=True)
+            names = []
+            for i, s in enumerate(normals[offset : offset + n_normal], start=1):
+                _save(s.image, root / cls / part / f"{i:04d}.PNG", "L")
+            for j, s in enumerate(src["defect"][offset : offset + n_defect], start=n_normal + 1):
+                _save(s.image, root / cls / part / f"{j:04d}.PNG", "L")
+                _save(s.mask, label_dir / f"{j:04d}_label.PNG", "L", scale_mask=255)
+                names.append(f"{j:04d}")
+            (label_dir / "Labels.txt").write_text("\n".join(names) + "\n")
+
+
+def write_raw_fixture(kind: str, root: Path, demo_root: Path, n_classes: int = 2) -> list[str]:
+    """Write a small ``kind`` tree in its raw layout under ``root``; return the classes written."""
+    pool = demo_samples(demo_root)
+    spec = get_spec(kind)
+    classes = list(spec.classes[:n_classes])
+    if kind in ("mvtec", "mpdd", "dtd"):
+        _mvtec_like(root, pool, classes)
+    elif kind == "btad":
+        _mvtec_like(root, pool, classes, normal="ok", defect_dir="ko", image_ext=(".png", ".bmp"))
+    elif kind == "visa":
+        _visa(root, pool, classes)
+    elif kind == "ksdd":
+        _ksdd(root, pool)
+        classes = list(spec.classes)
+    elif kind == "dagm":
+        _dagm(root, pool, classes)
+    else:
+        raise ValueError(f"No raw fixture for kind {kind!r}; kinds: {RAW_KINDS}")
+    return classes
+
+
+def write_all_fixtures(out: Path, *, image_size: int = 128, n_classes: int = 2) -> dict[str, Path]:
+    """A raw-layout fixture tree for each of the seven benchmarks under ``out/<kind>``."""
+    demo_root = generate_demo_dataset(
+        out / "_demo_source", "aux", DemoDataConfig(image_size=image_size)
+    )
+    return {
+        kind: (write_raw_fixture(kind, out / kind, demo_root, n_classes), out / kind)[1]
+        for kind in RAW_KINDS
+    }
