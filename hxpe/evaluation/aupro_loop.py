@@ -2,8 +2,9 @@
 
 Written from the published description (anchors.md §7), for the benchmark in
 :mod:`hxpe.evaluation.aupro_bench` and as a cross-check: at each of the 200 thresholds it binarises the
-whole stack, labels every mask again (``skimage.measure.label`` + ``regionprops``) and counts covered
-pixels per region. It is slow on purpose; use :func:`hxpe.evaluation.metrics.aupro` for real work.
+whole stack (both assignments), labels every mask again (``skimage.measure.label`` +
+``regionprops``), counts covered pixels per region and rebuilds ``1 - masks`` for the FPR, step for step
+as the original. It is slow on purpose; use :func:`hxpe.evaluation.metrics.aupro` for real work.
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ def aupro_anomalyclip_loop(
 ) -> float:
     """AnomalyCLIP-convention AUPRO of ``maps`` against binary ``masks`` (both ``[N, H, W]``)."""
     maps = np.asarray(maps, dtype=np.float32)
-    masks = (np.asarray(masks) > 0).astype(np.uint8)
+    masks = (np.asarray(masks) > 0).astype(
+        np.float32
+    )  # float 0/1, as the AnomalyCLIP test loop keeps them
     thresholds = anomalyclip_thresholds(maps.min(), maps.max(), steps)
-    normal = masks == 0
-    n_normal = normal.sum()
+    binary = np.zeros_like(maps, dtype=bool)
     pros, fprs = [], []
     for th in tqdm(thresholds, desc="AUPRO loop", disable=not progress):
-        binary = maps > th
+        binary[maps <= th], binary[maps > th] = 0, 1
         overlaps = []
         for binary_map, mask in zip(binary, masks, strict=True):
             for region in measure.regionprops(measure.label(mask, connectivity=2)):
                 rows, cols = region.coords[:, 0], region.coords[:, 1]
                 overlaps.append(binary_map[rows, cols].sum() / region.area)
+        inverse = 1 - masks
         pros.append(np.mean(overlaps))
-        fprs.append(np.logical_and(normal, binary).sum() / n_normal)
+        fprs.append(np.logical_and(inverse, binary).sum() / inverse.sum())
     return anomalyclip_auc(np.asarray(fprs), np.asarray(pros), fpr_limit)

@@ -70,14 +70,21 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _from_numpy(x: ArrayLike) -> torch.Tensor:
+    """A tensor view of an array (copied only when NumPy marks it read-only)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.as_tensor(np.require(x, requirements="W"))
+
+
 def _as_tensor(x: ArrayLike, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
+    t = _from_numpy(x)
     return t.to(device=device, dtype=dtype).reshape(-1)
 
 
 def _as_scores(x: ArrayLike, device: torch.device) -> torch.Tensor:
     """Flattened scores; float64 input stays float64 (no new ties), anything else becomes float32."""
-    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
+    t = _from_numpy(x)
     dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     return t.to(device=device, dtype=dtype).reshape(-1)
 
@@ -407,7 +414,7 @@ def pixel_metrics(
     """
     conventions = [aupro_conventions] if isinstance(aupro_conventions, str) else aupro_conventions
     dev = torch.device(device) if device is not None else default_device()
-    mask_t = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks)
+    mask_t = _from_numpy(masks)
     mask_t = mask_t > 0
     result = ranking_metrics(mask_t, maps, prefix="pixel", device=dev)
     regions = label_regions(mask_t.cpu())
