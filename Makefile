@@ -76,7 +76,7 @@ $(OUT)/01_data_prep.ipynb: $(NB)/01_data_prep.ipynb $(PARAMS) $(wildcard hxpe/da
 $(OUT)/02_vlm_descriptions.ipynb: $(NB)/02_vlm_descriptions.ipynb $(OUT)/01_data_prep.ipynb $(wildcard hxpe/agent/*.py hxpe/agent/templates/*) | $(STAMP)
 	$(call STAGE_RUN,describe,$(AGENT_KERNEL))
 
-$(OUT)/03_llm_extraction.ipynb: $(NB)/03_llm_extraction.ipynb $(OUT)/02_vlm_descriptions.ipynb | $(STAMP)
+$(OUT)/03_llm_extraction.ipynb: $(NB)/03_llm_extraction.ipynb $(OUT)/02_vlm_descriptions.ipynb $(wildcard hxpe/agent/*.py) | $(STAMP)
 	$(call STAGE_RUN,extract,$(AGENT_KERNEL))
 
 $(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(wildcard hxpe/model/*.py hxpe/model/*/*) hxpe/train.py | $(STAMP)

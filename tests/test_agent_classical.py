@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hxpe.agent.backend_base import DescribeRequest, Sampling
+from hxpe.agent.backend_base import DescribeRequest, ExtractRequest, Generation, Sampling
 from hxpe.agent.backend_classical import NO_ANOMALY, ClassicalDescriber
 from hxpe.agent.backend_rules import RuleExtractor
 from hxpe.agent.parsing import parse_extraction
-from hxpe.agent.backend_base import ExtractRequest, Generation
 from hxpe.agent.testing import plant_scratch, plant_spot, texture_crop
 
 

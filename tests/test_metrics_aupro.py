@@ -58,7 +58,8 @@ def reference_exact(masks: np.ndarray, maps: np.ndarray, limit: float = 0.3) -> 
         xs.append((hit & normal).sum() / normal.sum())
         ys.append(np.mean([hit[i][r].sum() / r.sum() for i, r in regions]))
     area = 0.0
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+    for j in range(1, len(xs)):
+        x0, y0, x1, y1 = xs[j - 1], ys[j - 1], xs[j], ys[j]
         if x0 >= limit:
             break
         if x1 > limit:

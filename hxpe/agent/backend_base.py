@@ -32,8 +32,12 @@ class Sampling:
     @classmethod
     def for_attempt(cls, cfg: DescribeConfig | ExtractConfig, attempt: int) -> Sampling:
         """Attempt 0 decodes as configured; retries sample (``retry_temperature``, seed + attempt)."""
-        temperature = cfg.temperature if attempt == 0 else max(cfg.temperature, cfg.retry_temperature)
-        return cls(temperature=temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + attempt)
+        temperature = (
+            cfg.temperature if attempt == 0 else max(cfg.temperature, cfg.retry_temperature)
+        )
+        return cls(
+            temperature=temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + attempt
+        )
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,9 @@ class Extractor(Protocol):
 
     def settings(self) -> dict[str, Any]: ...
 
-    def extract(self, requests: Sequence[ExtractRequest], sampling: Sampling) -> list[Generation]: ...
+    def extract(
+        self, requests: Sequence[ExtractRequest], sampling: Sampling
+    ) -> list[Generation]: ...
 
 
 def make_describer(cfg: DescribeConfig) -> Describer:

@@ -192,7 +192,15 @@ class ClassicalDescriber:
         if chroma > 15:
             colour = v.hue_word(float(np.degrees(np.arctan2(b, a))))
         else:
-            colour = "black" if lt < 25 else "dark grey" if lt < 50 else "light grey" if lt < 80 else "white"
+            colour = (
+                "black"
+                if lt < 25
+                else "dark grey"
+                if lt < 50
+                else "light grey"
+                if lt < 80
+                else "white"
+            )
         st, sr = ft[rows, cols, 3].mean(), fr[rows, cols, 3].mean()
         texture = "rougher" if st > 1.5 * sr + 1 else "smoother" if st < sr / 1.5 - 1 else "similar"
         ref_chroma = float(np.hypot(fr[rows, cols, 1].mean(), fr[rows, cols, 2].mean()))

@@ -72,7 +72,13 @@ class RuleExtractor:
     def parse(self, description: str) -> dict[str, Any]:
         """The extraction record (as a dict) for one description."""
         v = self.vocab
-        empty = {"anomaly": False, "defect_type": "", "location": "", "appearance": "", "phrase": ""}
+        empty = {
+            "anomaly": False,
+            "defect_type": "",
+            "location": "",
+            "appearance": "",
+            "phrase": "",
+        }
         if not description.strip() or any(p.search(description) for p in self._negatives):
             return empty
         text = self._normalise(description)

@@ -47,7 +47,9 @@ def check_shard(shard: Shard) -> Shard:
     """Validate ``(i, n)``: ``0 <= i < n``."""
     i, n = int(shard[0]), int(shard[1])
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard {shard!r} is invalid: need 0 <= i < n (e.g. --shard 0 --num-shards 4)")
+        raise ValueError(
+            f"shard {shard!r} is invalid: need 0 <= i < n (e.g. --shard 0 --num-shards 4)"
+        )
     return i, n
 
 
@@ -86,7 +88,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline, else a torn line
     if tail.strip():
-        log.warning("%s: ignoring a torn last line (%d bytes) from an interrupted write", path, len(tail))
+        log.warning(
+            "%s: ignoring a torn last line (%d bytes) from an interrupted write", path, len(tail)
+        )
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

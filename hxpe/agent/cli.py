@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.set_defaults(func=cmd_describe)
     p = subparsers.add_parser(
-        "extract", help="Stage 03: LLM extraction and anti-false-alarm verdicts (cached, shardable)."
+        "extract",
+        help="Stage 03: LLM extraction and anti-false-alarm verdicts (cached, shardable).",
     )
     _add_common(p)
     p.set_defaults(func=cmd_extract)

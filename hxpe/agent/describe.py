@@ -22,8 +22,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from hxpe.agent.backend_base import (
-    DescribeRequest,
     Describer,
+    DescribeRequest,
     engine_settings,
     make_describer,
 )
@@ -165,7 +165,9 @@ def run_describe(
     dcfg = cfg.describe
     template = load_template(dcfg.template)
     if template.stage != "describe":
-        raise ValueError(f"agent.describe.template {dcfg.template!r} is a {template.stage} template")
+        raise ValueError(
+            f"agent.describe.template {dcfg.template!r} is a {template.stage} template"
+        )
     if reference_rule == "none" and template.needs_reference:
         raise ValueError(
             f"template {template.id!r} compares with a reference but reference_rule is 'none'; "
@@ -181,7 +183,10 @@ def run_describe(
 
     if replay:
         wanted = [
-            (it.image_id, (it.image_id, it.image_sha256, it.reference_sha256, dcfg.model_id, template.id))
+            (
+                it.image_id,
+                (it.image_id, it.image_sha256, it.reference_sha256, dcfg.model_id, template.id),
+            )
             for it in items
         ]
         found = replay_records(wanted, replay_source(dcfg.options, cache_path), _replay_match)
@@ -246,19 +251,27 @@ def latest_per_image(records: list[dict[str, Any]]) -> pd.DataFrame:
     if not records:
         return pd.DataFrame(columns=["image_id", "key", "status"])
     frame = pd.DataFrame(records)
-    return frame.drop_duplicates("image_id", keep="last").sort_values("image_id").reset_index(drop=True)
+    return (
+        frame.drop_duplicates("image_id", keep="last")
+        .sort_values("image_id")
+        .reset_index(drop=True)
+    )
 
 
 def load_records(path: Path, *, settings_hash: str | None = None) -> pd.DataFrame:
     """Records of a stage cache as a frame (newest per image; optionally only one settings hash)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run the stage first (make describe/extract)")
+        raise FileNotFoundError(
+            f"{path} does not exist; run the stage first (make describe/extract)"
+        )
     unmerged = shard_files(path)
     if unmerged:
         log.warning(
-            "%s has %d shard file(s) beside it; run `hxpe %s --merge` to include them",
-            path, len(unmerged), "describe" if "descr" in path.name else "extract",
+            "%s has %d unmerged shard file(s) beside it; run `hxpe describe --merge` "
+            "(or `hxpe extract --merge`) to include them",
+            path,
+            len(unmerged),
         )
     records = read_records(path)
     if settings_hash is not None:

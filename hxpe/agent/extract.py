@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from hxpe.agent.backend_base import ExtractRequest, Extractor, engine_settings, make_extractor
+from hxpe.agent.backend_base import Extractor, ExtractRequest, engine_settings, make_extractor
 from hxpe.agent.cache import JsonlCache, Shard, content_hash, in_shard
 from hxpe.agent.config import AgentConfig
 from hxpe.agent.describe import load_records
@@ -64,7 +64,9 @@ def _fields(out: Outcome[Extraction], description: str, cfg: AgentConfig) -> dic
             "raw": out.raw[:RAW_CHARS],
         }
     rec = out.value
-    phrase, cut = fit_phrase(rec.phrase, cfg.extract.max_phrase_tokens) if rec.phrase else ("", False)
+    phrase, cut = (
+        fit_phrase(rec.phrase, cfg.extract.max_phrase_tokens) if rec.phrase else ("", False)
+    )
     return {
         "anomaly": rec.anomaly,
         "defect_type": rec.defect_type,

@@ -64,7 +64,9 @@ def load_template(name: str | Path) -> PromptTemplate:
     if path.suffix not in (".yaml", ".yml"):
         path = TEMPLATE_DIR / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml") if not p.stem.startswith("vocabulary"))
+        known = sorted(
+            p.stem for p in TEMPLATE_DIR.glob("*.yaml") if not p.stem.startswith("vocabulary")
+        )
         raise FileNotFoundError(
             f"Prompt template {str(name)!r} not found ({path}); known ids: {known}. "
             f"Set agent.describe.template / agent.extract.template to one of them or to a YAML path."

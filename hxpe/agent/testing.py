@@ -73,7 +73,9 @@ def planted_index(root: str | Path, name: str = "planted", n_good: int = 2) -> D
             add(cls, "test", "good", f"{i:03d}", texture_crop(y0 + 2 * i, x0 + 3 * i))
         add(cls, "test", "scratch", "000", plant_scratch(texture_crop(y0, x0), (10, 15, 45, 30)))
         add(cls, "test", "spot", "000", plant_spot(texture_crop(y0, x0), (90, 90, 104, 104)))
-    return DatasetIndex(name=name, root=root, frame=validate_frame(pd.DataFrame(rows)), kind="mvtec")
+    return DatasetIndex(
+        name=name, root=root, frame=validate_frame(pd.DataFrame(rows)), kind="mvtec"
+    )
 
 
 # -- tiny random Qwen models (for the transformers and vLLM backends' tests) ------------------------
@@ -139,15 +141,25 @@ def save_tiny_qwen2_vl(out_dir: str | Path, hidden: int = 32, seed: int = 0) -> 
             "num_attention_heads": 2,
             "num_key_value_heads": 1,
             "max_position_embeddings": 2048,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                "mrope_section": [2, 3, 3]},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3],
+            },
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
         },
-        vision_config={"depth": 1, "embed_dim": hidden, "hidden_size": hidden, "num_heads": 2,
-                       "mlp_ratio": 2, "patch_size": 14, "spatial_merge_size": 2,
-                       "temporal_patch_size": 2},
+        vision_config={
+            "depth": 1,
+            "embed_dim": hidden,
+            "hidden_size": hidden,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],

@@ -1,0 +1,199 @@
+"""Result tables of stage 05: per class, dataset summaries beside the published numbers, ablations.
+
+All values are ×100 with one decimal, as the papers print them. Written to ``results/<profile>/tables/``
+as CSV and markdown. Tables of the demo profile carry a banner saying that they come from tiny
+random-init models on generated data.
+
+Example:
+    >>> paths = write_tables("results/demo", profile="demo", main_variant="hxpe")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hxpe.evaluation.maps import atomic_write_text
+from hxpe.evaluation.published import (
+    PUBLISHED_TABLES,
+    REFERENCE_METHOD,
+    PublishedTable,
+    load_published,
+)
+from hxpe.evaluation.results import load_metrics, write_csv
+
+logger = logging.getLogger(__name__)
+
+DEMO_PROFILE = "demo"
+DEMO_NOTE = (
+    "Demo profile: these numbers come from tiny random-init models on generated data. "
+    "They exercise the pipeline and say nothing about HXPE's accuracy."
+)
+METRIC_ORDER = [
+    "image_auroc",
+    "image_ap",
+    "image_f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "pixel_f1_max",
+    "pixel_aupro",
+]
+
+
+def with_aupro_alias(frame: pd.DataFrame, aupro: str) -> pd.DataFrame:
+    """Rename ``pixel_aupro_<aupro>`` (the reported convention) to ``pixel_aupro``; the other
+    convention keeps its suffixed name."""
+    return frame.replace({"metric": {f"pixel_aupro_{aupro}": "pixel_aupro"}})
+
+
+def _ordered_metrics(metrics: pd.Series | list[str]) -> list[str]:
+    present = list(dict.fromkeys(metrics))
+    known = [m for m in METRIC_ORDER if m in present]
+    return known + sorted(m for m in present if m not in known)
+
+
+def per_class_table(per_class: pd.DataFrame, aupro: str = "anomalyclip") -> pd.DataFrame:
+    """Wide per-class table: one row per (direction, variant, dataset, class), metrics ×100."""
+    long = with_aupro_alias(per_class, aupro)
+    wide = long.pivot_table(
+        index=["direction", "variant", "dataset", "cls"], columns="metric", values="value"
+    )
+    wide = (100 * wide[_ordered_metrics(long["metric"])]).round(1)
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def summary_table(
+    per_dataset: pd.DataFrame,
+    published: PublishedTable,
+    variant: str,
+    method: str | None = None,
+    aupro: str = "anomalyclip",
+) -> pd.DataFrame:
+    """Our dataset means beside ``method``'s published values, with deltas (ours − published).
+
+    One row per (direction, dataset) of ``variant``, plus ``average``: the mean over our datasets,
+    beside the published mean over the same datasets (published ``average`` row when we cover all
+    of the paper's datasets). Datasets the paper does not have get empty published cells.
+    """
+    method = method or REFERENCE_METHOD.get(published.name, published.methods[-1])
+    ours = with_aupro_alias(per_dataset[per_dataset["variant"] == variant], aupro)
+    if ours.empty:
+        raise ValueError(
+            f"no metrics for variant {variant!r}; have {sorted(per_dataset['variant'].unique())}"
+        )
+    ours = ours.pivot_table(index=["direction", "dataset"], columns="metric", values="value") * 100
+    rows = []
+    for (direction, dataset), values in ours.iterrows():
+        row: dict[str, object] = {
+            "direction": direction,
+            "dataset": dataset,
+            "paper_row": published.rows.get(dataset, ""),
+        }
+        for m in published.metrics:
+            row[f"{m} (ours)"] = values.get(m, np.nan)
+            row[f"{m} ({method})"] = published.value(method, dataset, m)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    avg: dict[str, object] = {"direction": "", "dataset": "average", "paper_row": ""}
+    covered = [d for d in published.rows if d != "average" and d in set(table["dataset"])]
+    full = len(covered) == len([r for r in published.rows if r != "average"])
+    for m in published.metrics:
+        avg[f"{m} (ours)"] = table[f"{m} (ours)"].mean()
+        pub_avg = published.value(method, "average", m) if full else None
+        if pub_avg is None and covered:
+            vals = [published.value(method, d, m) for d in covered]
+            pub_avg = float(np.mean(vals)) if None not in vals else None
+        avg[f"{m} ({method})"] = pub_avg
+    avg["paper_row"] = (
+        "Average" if full else f"mean of {len(covered)} matched rows" if covered else "no match"
+    )
+    table = pd.concat([table, pd.DataFrame([avg])], ignore_index=True)
+    for m in published.metrics:
+        ours_col, pub_col = f"{m} (ours)", f"{m} ({method})"
+        table[pub_col] = pd.to_numeric(table[pub_col])
+        table[f"{m} (Δ)"] = table[ours_col] - table[pub_col]
+    order = ["direction", "dataset", "paper_row"] + [
+        f"{m} ({k})" for m in published.metrics for k in ("ours", method, "Δ")
+    ]
+    return table[order].round(1)
+
+
+def ablation_table(per_dataset: pd.DataFrame, aupro: str = "anomalyclip") -> pd.DataFrame:
+    """One row per (direction, variant): each metric's mean over the direction's datasets, ×100."""
+    long = with_aupro_alias(per_dataset, aupro)
+    wide = long.pivot_table(index=["direction", "variant"], columns="metric", values="value")
+    wide = (100 * wide[_ordered_metrics(long["metric"])]).round(1)
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table; missing values print as ``–``."""
+
+    def cell(v: object) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "–"
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _write(frame: pd.DataFrame, out: Path, stem: str, title: str, notes: list[str]) -> list[Path]:
+    csv_path = write_csv(frame, out / f"{stem}.csv")
+    text = f"# {title}\n\n" + "".join(f"> {n}\n>\n" for n in notes) + "\n" + to_markdown(frame)
+    md_path = out / f"{stem}.md"
+    atomic_write_text(md_path, text)
+    return [csv_path, md_path]
+
+
+def write_tables(
+    results_dir: str | Path,
+    *,
+    profile: str,
+    main_variant: str,
+    aupro: str = "anomalyclip",
+    published: tuple[str, ...] = PUBLISHED_TABLES,
+) -> list[Path]:
+    """Write per-class, summary (one per published table) and ablation tables to ``tables/``."""
+    rd = Path(results_dir)
+    per_class, per_dataset = load_metrics(rd)
+    out = rd / "tables"
+    banner = [DEMO_NOTE] if profile == DEMO_PROFILE else []
+    scale = (
+        "Values ×100 (fractions in metrics/*.csv); dataset value = unweighted mean over classes."
+    )
+    aupro_note = f"pixel_aupro = the '{aupro}' convention (pixel_aupro_{aupro})."
+    paths = _write(
+        per_class_table(per_class, aupro),
+        out,
+        "per_class",
+        f"Per-class results ({profile})",
+        [*banner, scale, aupro_note],
+    )
+    for name in published:
+        table = load_published(name)
+        notes = [*banner, f"Published: {table.citation()}.", *table.caveats, scale, aupro_note]
+        if table.aupro_convention and table.aupro_convention != aupro:
+            notes.append(
+                f"Published AUPRO uses the '{table.aupro_convention}' convention; ours is '{aupro}'."
+            )
+        summary = summary_table(per_dataset, table, main_variant, aupro=aupro)
+        paths += _write(
+            summary, out, f"summary_{name}", f"{main_variant} vs {table.name} ({profile})", notes
+        )
+    paths += _write(
+        ablation_table(per_dataset, aupro),
+        out,
+        "ablation",
+        f"Variants (ablation rows), mean over each direction's datasets ({profile})",
+        [*banner, scale, aupro_note, f"Main variant: {main_variant}."],
+    )
+    logger.info("wrote %d table files to %s", len(paths), out)
+    return paths

@@ -1,0 +1,508 @@
+"""Score and explain one image of your own: ``hxpe predict`` and :func:`predict`.
+
+The image (any size, any mode Pillow reads: RGB, RGBA, grayscale, 16-bit, palette, ...) is brought to
+8-bit RGB, resized to the model's input, and scored by a trained HXPE checkpoint. The explainable
+phrase comes from a description you give (``description=``, run through the configured extractor and
+the anti-false-alarm verdict) or from the agent (``agent=<backend>``: the describer first compares the
+image with ``reference``, then the extractor). Without either, the model uses its generic prompts.
+
+Example:
+    >>> from hxpe.predict import predict
+    >>> result = predict("part.png", checkpoint="results/demo/checkpoints/aux_to_target/hxpe")  # doctest: +SKIP
+    >>> result.image_score, result.save("out/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from hxpe.config import Config, load_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARAMS = "notebooks/params/demo.yaml"
+AREA_THRESHOLD = 0.5
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be used as an image (the message says which, why and what to do)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Input images
+# --------------------------------------------------------------------------------------------------
+
+
+def _high_depth_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """16/32-bit integer or float pixels to 8 bits.
+
+    Integers up to 255 are kept, up to 65535 are divided by 257 (the full 16-bit range); anything
+    else (floats outside [0, 1], wider integers) is stretched from its minimum to its maximum.
+    """
+    a = arr.astype(np.float64)
+    finite = a[np.isfinite(a)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if np.issubdtype(arr.dtype, np.integer) and lo >= 0 and hi <= 255:
+        scaled = a
+    elif np.issubdtype(arr.dtype, np.integer) and lo >= 0 and hi <= 65535:
+        scaled = a / 257.0
+    elif np.issubdtype(arr.dtype, np.floating) and lo >= 0 and hi <= 1:
+        scaled = a * 255.0
+    else:
+        scaled = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+    return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB: transparency over black, high bit depths rescaled."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        gray = _high_depth_to_uint8(np.asarray(im))
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return im.convert("RGB")
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB image (EXIF orientation applied, first frame of animations)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"Image {p} does not exist; check the path.")
+    if not p.is_file():
+        raise ImageReadError(f"{p} is not a file; pass the path of one image.")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return to_rgb(ImageOps.exif_transpose(im) or im)
+    except UnidentifiedImageError as err:
+        raise ImageReadError(
+            f"{p} is not an image Pillow can read (PNG, JPEG, TIFF, BMP, WebP, GIF, ...); "
+            f"convert it to PNG first."
+        ) from err
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(
+            f"{p} is too large for Pillow's safety limit ({err}); downscale it first."
+        ) from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(
+            f"Cannot decode {p}: {err}. The file is probably truncated or corrupt; "
+            f"re-export or re-download it."
+        ) from err
+
+
+def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """``[3, size, size]`` float in [0, 1], resized bicubically (as the evaluation stage does)."""
+    resized = image.resize((size, size), Image.Resampling.BICUBIC)
+    arr = np.asarray(resized, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# The explanation: description -> phrase -> verdict
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Explained:
+    """The agent's chain for one image (``phrase`` is already gated by the verdict)."""
+
+    description: str | None = None
+    extraction: dict[str, Any] | None = None
+    verdict: bool | None = None
+    phrase: str | None = None
+    backends: dict[str, str] = field(default_factory=dict)
+
+
+def describe_image(
+    cfg: Config,
+    backend: str,
+    image: Image.Image,
+    reference: Image.Image | None,
+    class_name: str,
+) -> str:
+    """Run the describer ``backend`` on (reference, image); the description text."""
+    from hxpe.agent.backend_base import DescribeRequest, make_describer
+    from hxpe.agent.parsing import check_description
+    from hxpe.agent.runner import run_with_retries
+    from hxpe.agent.templates import load_template
+
+    dcfg = cfg.agent.describe.model_copy(update={"backend": backend})
+    template = load_template(dcfg.template)
+    if reference is None and template.needs_reference:
+        if backend == "classical":
+            raise ValueError(
+                "--agent classical compares the image with a normal reference: pass "
+                "--reference IMG (a defect-free image of the same part)."
+            )
+        log.info("no reference image: describing with template describe_noref_v1")
+        template = load_template("describe_noref_v1")
+    request = DescribeRequest(
+        image_id="predict",
+        class_name=class_name,
+        prompt=template.render(class_name=class_name),
+        image=image,
+        reference=reference if template.needs_reference else None,
+    )
+    outcome = run_with_retries([request], make_describer(dcfg).describe, check_description, dcfg)[0]
+    if not outcome.ok:
+        raise ValueError(f"the {backend} describer failed on this image: {outcome.error}")
+    return outcome.value
+
+
+def extract_phrase(cfg: Config, description: str) -> Explained:
+    """Run the configured extractor and the anti-false-alarm verdict on ``description``."""
+    from hxpe.agent.backend_base import ExtractRequest, make_extractor
+    from hxpe.agent.parsing import parse_extraction
+    from hxpe.agent.phrase import fit_phrase
+    from hxpe.agent.runner import run_with_retries
+    from hxpe.agent.schema import verdict
+    from hxpe.agent.templates import load_template
+
+    ecfg = cfg.agent.extract
+    template = load_template(ecfg.template)
+    request = ExtractRequest(
+        image_id="predict",
+        description=description,
+        prompt=template.render(description=description),
+        system=template.system,
+    )
+    outcome = run_with_retries([request], make_extractor(ecfg).extract, parse_extraction, ecfg)[0]
+    backends = {"extract": f"{ecfg.backend}:{ecfg.model_id}"}
+    if not outcome.ok or outcome.value is None:
+        log.warning("extraction failed (%s); the model uses its generic prompts", outcome.error)
+        return Explained(description, {"error": outcome.error}, None, None, backends)
+    rec = outcome.value
+    judged = verdict(rec.anomaly, description, cfg.agent.anti_false_alarm)
+    phrase = fit_phrase(rec.phrase, ecfg.max_phrase_tokens)[0] if rec.phrase else None
+    return Explained(description, rec.model_dump(), judged, phrase if judged else None, backends)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+_MODELS: dict[tuple[str, float], nn.Module] = {}
+
+
+def _checkpoint_key(directory: Path) -> tuple[str, float]:
+    weights = directory / "trainable.safetensors"
+    return str(directory.resolve()), weights.stat().st_mtime if weights.is_file() else 0.0
+
+
+def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
+    """The model of ``checkpoint`` (or of the profile's main variant); cached per process."""
+    from hxpe.model.checkpoint import load_checkpoint
+    from hxpe.train import checkpoint_dir, model_for_evaluation
+
+    if checkpoint is not None:
+        directory = Path(checkpoint).expanduser()
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{directory} is not a checkpoint directory (no config.json); pass a directory "
+                f"like results/<profile>/checkpoints/<direction>/<variant>."
+            )
+        key = _checkpoint_key(directory)
+        if key not in _MODELS:
+            _MODELS[key] = load_checkpoint(directory).eval()
+        return _MODELS[key], str(directory)
+    direction = cfg.evaluation.directions[0].name
+    directory = checkpoint_dir(cfg.results_dir, direction, cfg.main_variant)
+    key = _checkpoint_key(directory)
+    if key not in _MODELS:
+        _MODELS[key] = model_for_evaluation(cfg, direction, cfg.main_variant, cfg.results_dir)
+    return _MODELS[key], str(directory)
+
+
+def _model_provenance(model: nn.Module, source: str) -> dict[str, Any]:
+    model_cfg = getattr(model, "cfg", None)
+    out: dict[str, Any] = {"checkpoint": source}
+    if model_cfg is not None:
+        dumped = json.dumps(model_cfg.model_dump(mode="json"), sort_keys=True)
+        out |= {
+            "base": model_cfg.base,
+            "clip": model_cfg.clip.model_name,
+            "clip_pretrained": model_cfg.clip.pretrained,
+            "explain": model_cfg.explain.enabled,
+            "vfm": model_cfg.vfm.enabled,
+            "model_config_sha256": hashlib.sha256(dumped.encode()).hexdigest()[:16],
+        }
+        if model_cfg.clip.pretrained is None:
+            out["note"] = "random-init CLIP (tiny demo model): the score shows the pipeline only"
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict` returns; :meth:`save` writes the overlay PNG and the JSON."""
+
+    image_path: Path
+    image: Image.Image  # the RGB input at its own size
+    image_score: float
+    anomaly_map: np.ndarray  # [S, S] float32 at the model input size
+    vfm_prompt: np.ndarray | None
+    explained: Explained
+    reference_path: Path | None
+    provenance: dict[str, Any]
+
+    @property
+    def description(self) -> str | None:
+        return self.explained.description
+
+    @property
+    def phrase(self) -> str | None:
+        return self.explained.phrase
+
+    @property
+    def verdict(self) -> bool | None:
+        return self.explained.verdict
+
+    @property
+    def map_stats(self) -> dict[str, float]:
+        """``max``, ``mean`` and ``area_above_0.5`` (fraction of pixels) of the anomaly map."""
+        m = self.anomaly_map
+        return {
+            "max": float(m.max()),
+            "mean": float(m.mean()),
+            f"area_above_{AREA_THRESHOLD}": float((m > AREA_THRESHOLD).mean()),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "image": str(self.image_path),
+            "reference": str(self.reference_path) if self.reference_path else None,
+            "image_size": list(self.image.size),
+            "model_input_size": list(self.anomaly_map.shape),
+            "image_score": self.image_score,
+            "map": self.map_stats,
+            "description": self.description,
+            "extraction": self.explained.extraction,
+            "verdict": self.verdict,
+            "phrase": self.phrase,
+            "agent": self.explained.backends,
+            "provenance": self.provenance,
+        }
+
+    def overlay_map(self) -> np.ndarray:
+        """The anomaly map resized (bilinear) to the input image's own size."""
+        t = torch.from_numpy(self.anomaly_map)[None, None]
+        w, h = self.image.size
+        return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear")[0, 0].numpy()
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``<stem>_overlay.png`` and ``<stem>_prediction.json`` into ``out_dir``."""
+        from hxpe.explorer import prediction_figure
+
+        out = Path(out_dir).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        stem = self.image_path.stem
+        paths = {"overlay": out / f"{stem}_overlay.png", "json": out / f"{stem}_prediction.json"}
+        fig = prediction_figure(self)
+        fig.savefig(paths["overlay"], dpi=120, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        paths["json"].write_text(json.dumps(self.as_dict(), indent=1) + "\n")
+        log.info("wrote %s and %s", paths["overlay"], paths["json"])
+        return paths
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in ("hxpe", "torch", "open_clip_torch", "transformers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def predict(
+    image: str | Path,
+    *,
+    reference: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    description: str | None = None,
+    agent: str | None = None,
+    params: str | Path = DEFAULT_PARAMS,
+    class_name: str = "object",
+    image_size: int | None = None,
+    model: nn.Module | None = None,
+) -> Prediction:
+    """Score and explain one image (see the module docstring).
+
+    Args:
+        image, reference: paths of the image and of an optional defect-free image of the same part.
+        checkpoint: a checkpoint directory; default the profile's main variant (first direction).
+        description: your description of the image; goes through the configured extractor.
+        agent: describer backend (``classical``, ``transformers``, ``vllm``); mutually exclusive
+            with ``description``.
+        params: the profile YAML whose agent settings (and default checkpoint) are used.
+        class_name: the part's name in the describer's prompt.
+        image_size: model input side; default the checkpoint's CLIP input size.
+        model: an already loaded model (then ``checkpoint`` only labels the provenance).
+    """
+    if description is not None and agent is not None:
+        raise ValueError("give either description or agent, not both")
+    cfg = load_config(params)
+    img = read_image(image)
+    ref = read_image(reference) if reference is not None else None
+    if model is None:
+        model, source = load_model(cfg, checkpoint)
+    else:
+        source = str(checkpoint) if checkpoint is not None else "model passed by the caller"
+    explained = Explained()
+    if agent is not None:
+        text = describe_image(cfg, agent, img, ref, class_name)
+        explained = extract_phrase(cfg, text)
+        explained.backends["describe"] = f"{agent}:{cfg.agent.describe.model_id}"
+    elif description is not None:
+        explained = extract_phrase(cfg, description)
+    out = _forward(model, img, ref, explained.phrase, image_size or _input_size(model))
+    provenance = _model_provenance(model, source) | {
+        "params": str(params),
+        "profile": cfg.profile,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    return Prediction(
+        image_path=Path(image),
+        image=img,
+        image_score=out[0],
+        anomaly_map=out[1],
+        vfm_prompt=out[2],
+        explained=explained,
+        reference_path=Path(reference) if reference is not None else None,
+        provenance=provenance,
+    )
+
+
+def _input_size(model: nn.Module) -> int:
+    model_cfg = getattr(model, "cfg", None)
+    if model_cfg is None:
+        raise ValueError("the model has no .cfg to take its input size from; pass image_size")
+    return int(model_cfg.clip.image_size)
+
+
+@torch.inference_mode()
+def _forward(
+    model: nn.Module, image: Image.Image, reference: Image.Image | None, phrase: str | None, size: int
+) -> tuple[float, np.ndarray, np.ndarray | None]:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = to_tensor(image, size)[None].to(device)
+    ref = to_tensor(reference, size)[None].to(device) if reference is not None else None
+    has_ref = torch.ones(1, dtype=torch.bool, device=device) if ref is not None else None
+    model.eval()
+    out = model(x, [phrase], ref, has_ref)
+    vfm = out.vfm_prompt[0].float().cpu().numpy() if out.vfm_prompt is not None else None
+    return float(out.image_score[0]), out.anomaly_map[0].float().cpu().numpy(), vfm
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    result = predict(
+        args.image,
+        reference=args.reference,
+        checkpoint=args.checkpoint,
+        description=args.description,
+        agent=args.agent,
+        params=args.params,
+        class_name=args.class_name,
+        image_size=args.image_size,
+    )
+    paths = result.save(args.out)
+    stats = result.map_stats
+    print(
+        f"image score {result.image_score:.4f}; map max {stats['max']:.4f}, mean "
+        f"{stats['mean']:.4f}, area above {AREA_THRESHOLD}: {100 * stats[f'area_above_{AREA_THRESHOLD}']:.1f}%"
+    )
+    print(f"phrase: {result.phrase!r}; verdict: {result.verdict}")
+    print(f"wrote {paths['overlay']} and {paths['json']}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hxpe predict`` to the ``hxpe`` command."""
+    p = subparsers.add_parser(
+        "predict",
+        help="Score and explain one image of your own (overlay PNG + JSON).",
+        description="Score one image with a trained HXPE checkpoint and explain it: writes "
+        "<stem>_overlay.png (image, anomaly map) and <stem>_prediction.json (image score, map "
+        "max/mean/area above 0.5, description, phrase, verdict, model provenance). Any image "
+        "Pillow reads works (RGB, RGBA, grayscale, 16-bit, palette; any size).",
+    )
+    p.add_argument("image", help="The image to score.")
+    p.add_argument(
+        "--reference",
+        metavar="IMG",
+        help="A defect-free image of the same part: the DINOv2 prompt compares with it and the "
+        "describer (--agent) contrasts the image with it. Without it the DINOv2 prompt uses "
+        "patch rarity within the image.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="Checkpoint directory (results/<profile>/checkpoints/<direction>/<variant>). "
+        "Default: the profile's main variant for its first direction.",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--description",
+        metavar="TEXT",
+        help="Your description of the image; the profile's extractor turns it into the "
+        "explainable phrase and the anti-false-alarm verdict.",
+    )
+    source.add_argument(
+        "--agent",
+        metavar="BACKEND",
+        choices=["classical", "transformers", "vllm"],
+        help="Describe the image with this describer backend first (classical: needs "
+        "--reference; transformers/vllm: the profile's VLM), then extract the phrase.",
+    )
+    p.add_argument(
+        "--params",
+        default=DEFAULT_PARAMS,
+        metavar="FILE",
+        help=f"Profile YAML for the agent settings and the default checkpoint (default {DEFAULT_PARAMS}).",
+    )
+    p.add_argument(
+        "--class-name",
+        default="object",
+        help="The part's name in the describer's prompt (default: object).",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        help="Model input side in pixels (default: the checkpoint's CLIP input size).",
+    )
+    p.add_argument(
+        "--out", default="predictions", metavar="DIR", help="Output directory (default predictions/)."
+    )
+    p.set_defaults(func=_cmd_predict)

@@ -1,0 +1,105 @@
+"""Tables: published numbers as data, summaries with deltas, demo banner, markdown."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hxpe.evaluation.published import PUBLISHED_TABLES, load_published
+from hxpe.evaluation.results import merge_metrics, write_part
+from hxpe.evaluation.tables import DEMO_NOTE, summary_table, to_markdown, write_tables
+
+METRICS = {
+    "image_auroc": 0.9,
+    "image_ap": 0.8,
+    "image_f1_max": 0.85,
+    "pixel_auroc": 0.95,
+    "pixel_ap": 0.4,
+    "pixel_f1_max": 0.45,
+    "pixel_aupro_anomalyclip": 0.7,
+    "pixel_aupro_exact": 0.6,
+}
+
+
+def fake_results(rd: Path) -> None:
+    """Two classes per dataset; class values differ by ±0.02 so the class mean equals METRICS."""
+    units = [
+        ("mvtec_to_others", "hxpe", "visa"),
+        ("visa_to_mvtec", "hxpe", "mvtec"),
+        ("aux_to_target", "hxpe", "demo_target"),
+        ("visa_to_mvtec", "no_vfm", "mvtec"),
+    ]
+    for direction, variant, dataset in units:
+        shift = -0.1 if variant == "no_vfm" else 0.0
+        rows = [
+            (dataset, cls, m, v + shift + d)
+            for cls, d in (("x", 0.02), ("y", -0.02))
+            for m, v in METRICS.items()
+        ]
+        per_class = pd.DataFrame(rows, columns=["dataset", "cls", "metric", "value"])
+        skipped = pd.DataFrame(columns=["dataset", "cls", "metric", "reason"])
+        write_part(rd, direction, variant, dataset, per_class, skipped)
+    merge_metrics(rd)
+
+
+@pytest.mark.parametrize("name", PUBLISHED_TABLES)
+def test_published_files_cite_source_and_parse(name: str) -> None:
+    t = load_published(name)
+    assert t.source["arxiv"] and "Table 1" in t.source["table"] and t.caveats
+    assert set(t.frame["dataset"]) <= set(t.rows)
+
+
+def test_published_values_match_the_papers() -> None:
+    ada = load_published("adaclip_table1")
+    assert ada.value("AdaCLIP", "ksdd", "image_auroc") == 97.1
+    assert ada.value("AdaCLIP", "average", "pixel_f1_max") == 50.2
+    ac = load_published("anomalyclip_table1")
+    assert ac.value("AnomalyCLIP", "mvtec", "pixel_aupro") == 81.4
+    assert ac.value("WinCLIP", "btad", "pixel_aupro") == 27.3
+    assert ac.value("CoOp", "dtd", "image_auroc") is None
+    assert sorted(ac.methods) == sorted(
+        ["CLIP", "CLIP-AC", "WinCLIP", "VAND", "CoOp", "AnomalyCLIP"]
+    )
+
+
+def test_summary_has_ours_published_and_deltas(tmp_path: Path) -> None:
+    fake_results(tmp_path)
+    per_dataset = pd.read_csv(tmp_path / "metrics" / "per_dataset.csv")
+    table = summary_table(per_dataset, load_published("anomalyclip_table1"), "hxpe").set_index(
+        "dataset"
+    )
+    assert table.loc["mvtec", "image_auroc (ours)"] == pytest.approx(90.0)
+    assert table.loc["mvtec", "image_auroc (AnomalyCLIP)"] == 91.5
+    assert table.loc["mvtec", "image_auroc (Δ)"] == pytest.approx(-1.5)
+    assert table.loc["visa", "pixel_aupro (ours)"] == pytest.approx(70.0)  # anomalyclip convention
+    assert pd.isna(table.loc["demo_target", "image_auroc (AnomalyCLIP)"])
+    # Average: published mean over the matched datasets only (MVTec, VisA).
+    assert table.loc["average", "image_auroc (AnomalyCLIP)"] == pytest.approx((91.5 + 82.1) / 2)
+    exact = summary_table(per_dataset, load_published("anomalyclip_table1"), "hxpe", aupro="exact")
+    assert exact.set_index("dataset").loc["visa", "pixel_aupro (ours)"] == pytest.approx(60.0)
+
+
+def test_write_tables_demo_banner_and_files(tmp_path: Path) -> None:
+    fake_results(tmp_path)
+    paths = write_tables(tmp_path, profile="demo", main_variant="hxpe")
+    names = {p.name for p in paths}
+    assert {"per_class.csv", "per_class.md", "ablation.md", "summary_adaclip_table1.md"} <= names
+    summary = (tmp_path / "tables" / "summary_adaclip_table1.md").read_text()
+    assert DEMO_NOTE in summary and "2407.15795" in summary
+    assert "| 89.2 |" in summary and "nan" not in summary.lower()
+    ablation = pd.read_csv(tmp_path / "tables" / "ablation.csv").set_index("variant")
+    assert ablation.loc["no_vfm", "image_auroc"] == pytest.approx(80.0)
+    per_class = pd.read_csv(tmp_path / "tables" / "per_class.csv")
+    assert per_class["image_auroc"].max() == pytest.approx(92.0)
+    paper = write_tables(tmp_path, profile="paper", main_variant="hxpe")
+    assert DEMO_NOTE not in Path(paper[1]).read_text()
+
+
+def test_markdown_prints_missing_as_dash() -> None:
+    md = to_markdown(pd.DataFrame({"a": [1.234, float("nan")], "b": ["x", None]}))
+    assert md.splitlines()[2] == "| 1.2 | x |"
+    assert md.splitlines()[3] == "| – | – |"
