@@ -28,7 +28,7 @@ PKG_COMMON := hxpe/config.py hxpe/pipeline.py hxpe/paths.py hxpe/seeding.py
 STAGE_RUN = $(PY) -m hxpe.cli stage $(1) --params $(PARAMS) --kernel $(2)
 
 .PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest data describe extract train \
-        evaluate figures doctor fetch-models lab clean venv lock gpu-env verify bench format
+        evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env verify bench format
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
@@ -87,6 +87,9 @@ $(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $
 
 $(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures*.py) | $(STAMP)
 	$(call STAGE_RUN,figures,$(KERNEL))
+
+protocol: | $(STAMP)  ## Stage 05 as a command, sharded: DATASETS="visa mpdd" (one shard per GPU), then MERGE=1
+	$(PY) -m hxpe.cli evaluate --params $(PARAMS) $(foreach d,$(DATASETS),--dataset $(d)) $(if $(MERGE),--merge)
 
 reproduce:  ## The paper profile: make doctor, then all stages (A100-class GPU, weights, datasets)
 	$(MAKE) doctor PROFILE=paper

@@ -91,7 +91,10 @@ def _image_options(art: Artifacts, direction: str, variant: str, dataset: str, c
     scores = art.scores(direction, variant, dataset)
     scores = scores[scores["cls"] == cls]
     return [
-        (f"{r.defect_type}/{r.image_id.rsplit('/', 1)[-1]}  (score {r.image_score:.3f})", r.image_id)
+        (
+            f"{r.defect_type}/{r.image_id.rsplit('/', 1)[-1]}  (score {r.image_score:.3f})",
+            r.image_id,
+        )
         for r in scores.itertuples(index=False)
     ]
 
@@ -114,7 +117,9 @@ class Explorer:
 
         self.art, self.direction = art, direction
         datasets = [t for d, t in art.targets() if d == direction]
-        self.variant = w.Dropdown(options=list(art.cfg.variants), value=variant, description="variant")
+        self.variant = w.Dropdown(
+            options=list(art.cfg.variants), value=variant, description="variant"
+        )
         self.dataset = w.Dropdown(options=datasets, description="dataset")
         self.cls = w.Dropdown(description="class")
         self.image = w.Dropdown(description="image", layout=w.Layout(width="460px"))

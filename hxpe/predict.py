@@ -408,7 +408,11 @@ def _input_size(model: nn.Module) -> int:
 
 @torch.inference_mode()
 def _forward(
-    model: nn.Module, image: Image.Image, reference: Image.Image | None, phrase: str | None, size: int
+    model: nn.Module,
+    image: Image.Image,
+    reference: Image.Image | None,
+    phrase: str | None,
+    size: int,
 ) -> tuple[float, np.ndarray, np.ndarray | None]:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = to_tensor(image, size)[None].to(device)
@@ -503,6 +507,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Model input side in pixels (default: the checkpoint's CLIP input size).",
     )
     p.add_argument(
-        "--out", default="predictions", metavar="DIR", help="Output directory (default predictions/)."
+        "--out",
+        default="predictions",
+        metavar="DIR",
+        help="Output directory (default predictions/).",
     )
     p.set_defaults(func=_cmd_predict)

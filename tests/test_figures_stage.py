@@ -225,7 +225,9 @@ def test_word_importance_matches_separate_forwards() -> None:
     assert [w for w, _ in values] == phrase.split()
     with torch.no_grad():
         full = model(image[None], [phrase], ref[None], torch.tensor([True])).image_score[0]
-        drop = model(image[None], ["small scratch on the upper left"], ref[None], torch.tensor([True]))
+        drop = model(
+            image[None], ["small scratch on the upper left"], ref[None], torch.tensor([True])
+        )
     assert values[1][1] == pytest.approx(float(full - drop.image_score[0]), abs=1e-5)
     single = word_importance(model, image, "scratch")
     assert len(single) == 1 and single[0][0] == "scratch"

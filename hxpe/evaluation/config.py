@@ -31,7 +31,6 @@ class EvaluationConfig(BaseModel):
         ]
     )
     image_size: int = Field(518, description="Protocol resolution for maps and masks.")
-    sigma: float = Field(4.0, description="Gaussian smoothing of anomaly maps (pixels).")
     aupro: Literal["anomalyclip", "exact"] = Field(
         "anomalyclip", description="AUPRO convention reported in the main table."
     )

@@ -79,7 +79,9 @@ def _word_examples(art: Artifacts) -> tuple[str, list[Sample]]:
         ]
         chosen = round_robin(with_phrase, art.cfg.figures.word_examples)
         if not chosen.empty:
-            return direction, [art.sample(direction, variant, dataset, i) for i in chosen["image_id"]]
+            return direction, [
+                art.sample(direction, variant, dataset, i) for i in chosen["image_id"]
+            ]
     raise MissingArtifact(
         f"no anomalous target image of variant {variant!r} has stored maps and a gated phrase "
         f"(stages 03 and 05 write them)"
@@ -151,7 +153,10 @@ def make_all(
     for direction, dataset in art.targets():
         tag = f"{direction}_{dataset}"
         written += _save(
-            cfg, f"qualitative_{tag}", out, lambda d=direction, t=dataset: qualitative_grid(art, d, t)
+            cfg,
+            f"qualitative_{tag}",
+            out,
+            lambda d=direction, t=dataset: qualitative_grid(art, d, t),
         )
         written += _save(
             cfg, f"cards_{tag}", out, lambda d=direction, t=dataset: cards_figure(art, d, t)
@@ -162,7 +167,9 @@ def make_all(
             out,
             lambda d=direction, t=dataset: comparison_figure(art, d, t, roles),
         )
-    written += _save(cfg, "metrics_per_dataset", out, lambda: dataset_bars(art.metrics()[1], cfg, roles))
+    written += _save(
+        cfg, "metrics_per_dataset", out, lambda: dataset_bars(art.metrics()[1], cfg, roles)
+    )
     written += _save(cfg, "ablation", out, lambda: ablation_heatmap(art.metrics()[1], cfg))
     written += _word_outputs(art, out, load_model)
     log.info("figures: wrote %d files to %s", len(written), out)

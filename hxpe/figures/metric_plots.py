@@ -21,7 +21,7 @@ METRIC_LABELS = {
     "pixel_auroc": "pixel AUROC",
     "pixel_ap": "pixel AP",
     "pixel_f1_max": "pixel F1-max",
-    "pixel_aupro_anomalyclip": "pixel AUPRO",
+    "pixel_aupro_anomalyclip": "pixel AUPRO (AnomalyCLIP)",
     "pixel_aupro_exact": "pixel AUPRO (exact)",
 }
 
@@ -87,7 +87,9 @@ def ablation_heatmap(per_dataset: pd.DataFrame, cfg: Config) -> Figure | None:
     means = (100 * means).reset_index()
     preferred = bar_metrics(cfg)
     present = list(dict.fromkeys(means["metric"]))
-    metric_order = [m for m in preferred if m in present] + [m for m in present if m not in preferred]
+    metric_order = [m for m in preferred if m in present] + [
+        m for m in present if m not in preferred
+    ]
     variant_order = [v for v in cfg.variants if v in set(means["variant"])]
     variant_order += [v for v in dict.fromkeys(means["variant"]) if v not in variant_order]
     directions = list(dict.fromkeys(means["direction"]))
@@ -119,7 +121,7 @@ def ablation_heatmap(per_dataset: pd.DataFrame, cfg: Config) -> Figure | None:
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=35, labelsize=8)
-        ax.tick_params(axis="y", labelsize=8)
+        ax.tick_params(axis="y", labelsize=8, rotation=0)
     fig.suptitle("Ablation: every variant × metric")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig

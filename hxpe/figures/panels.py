@@ -9,8 +9,6 @@ import logging
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -115,9 +113,13 @@ def comparison_figure(
     present = [r for r in roles if art.has_maps(direction, r.variant, dataset)]
     for r in roles:
         if r not in present:
-            log.info("figures: no maps of %s on %s/%s; column left out", r.label, direction, dataset)
+            log.info(
+                "figures: no maps of %s on %s/%s; column left out", r.label, direction, dataset
+            )
     if len(present) < 2:
-        log.info("figures: fewer than two variants with maps on %s/%s; no comparison", direction, dataset)
+        log.info(
+            "figures: fewer than two variants with maps on %s/%s; no comparison", direction, dataset
+        )
         return None
     scores = art.scores(direction, present[0].variant, dataset)
     ids = qualitative_rows(scores, art.cfg.figures.comparison_rows)
@@ -143,7 +145,9 @@ def comparison_figure(
             if i == 0:
                 axes[i][j].set_title(wrap(role.label, 24), fontsize=9)
     axes[0][0].set_title("image + ground truth", fontsize=9)
-    fig.suptitle(f"{dataset}, {direction}: anomaly maps side by side (each column on its own scale)")
+    fig.suptitle(
+        f"{dataset}, {direction}: anomaly maps side by side (each column on its own scale)"
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
@@ -175,7 +179,9 @@ def cards_figure(art: Artifacts, direction: str, dataset: str) -> Figure:
     entries: list[tuple[str, Sample | None]] = []
     for kind, frame in kinds.items():
         ids = frame["image_id"].tolist()
-        entries += [(kind, art.sample(direction, variant, dataset, i)) for i in ids] or [(kind, None)]
+        entries += [(kind, art.sample(direction, variant, dataset, i)) for i in ids] or [
+            (kind, None)
+        ]
     vrange = value_range([s.anomaly_map for _, s in entries if s and s.anomaly_map is not None])
     fig, axes = plt.subplots(
         len(entries),
@@ -203,8 +209,3 @@ def cards_figure(art: Artifacts, direction: str, dataset: str) -> Figure:
     fig.suptitle(f"Explanation cards: HXPE ({variant}) on {dataset}, {direction}")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
-
-
-def scores_summary(scores: pd.DataFrame) -> str:
-    """One line on a score table (for log messages)."""
-    return f"{len(scores)} images, {int(np.sum(scores['label']))} anomalous"

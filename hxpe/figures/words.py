@@ -30,7 +30,9 @@ def _batch(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
-        raise ValueError(f"{name} must be [3, H, W] or [1, 3, H, W] in [0, 1]; got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be [3, H, W] or [1, 3, H, W] in [0, 1]; got {tuple(x.shape)}"
+        )
     return x
 
 

@@ -36,14 +36,34 @@ def multihead_attention(
     ``key_bias`` [B, L] is added to the logits of every query for each key; ``value_value`` uses
     the values as queries and keys (v-v attention).
     """
-    q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = _qkv(mha, x)
     if value_value:
         q = k = v
-    q, k, v = (_split_heads(t, mha.num_heads) for t in (q, k, v))
+    return _attend(mha, q, k, v, key_bias, x.shape)
+
+
+def _qkv(
+    mha: nn.MultiheadAttention, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-head queries, keys and values [B, heads, L, C/heads] (one input projection)."""
+    qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (_split_heads(t, mha.num_heads) for t in qkv)
+    return q, k, v
+
+
+def _attend(
+    mha: nn.MultiheadAttention,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    shape: torch.Size,
+) -> torch.Tensor:
+    """Fused scaled-dot-product attention (flash / memory-efficient kernels where the device has
+    them), then the output projection."""
     mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(x.shape)
-    return mha.out_proj(out)
+    return mha.out_proj(out.transpose(1, 2).reshape(shape))
 
 
 class DualPathAttention(nn.Module):
@@ -68,10 +88,14 @@ class DualPathAttention(nn.Module):
     def dual(
         self, x: torch.Tensor, key_bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(q-k output, v-v output) for ``x`` [B, L, C]; the bias applies to both."""
+        """(q-k output, v-v output) for ``x`` [B, L, C]; the bias applies to both.
+
+        The input projection runs once for both paths (the v-v path only needs its values).
+        """
+        q, k, v = _qkv(self.mha, x)
         return (
-            multihead_attention(self.mha, x, key_bias),
-            multihead_attention(self.mha, x, key_bias, value_value=True),
+            _attend(self.mha, q, k, v, key_bias, x.shape),
+            _attend(self.mha, v, v, v, key_bias, x.shape),
         )
 
 

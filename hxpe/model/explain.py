@@ -8,10 +8,18 @@ in mode ``fuse`` the phrase is encoded alone by the frozen text encoder and fuse
 Batching: sentences of all prompts of a batch go through the text encoder in one call. Unless the
 text prompts depend on the image (AdaCLIP dynamic prompts), the normal prompt is encoded once and
 each distinct phrase once.
+
+Caching across batches: with a :class:`PhraseCache` attached (``TextBank.phrase_cache``, off by
+default; :func:`hxpe.model.inference.enable_phrase_cache` attaches one), prompt embeddings are kept
+per (kind, phrase) and reused by later batches. The cache is consulted only in eval mode with
+gradients off, and is emptied whenever a trainable parameter changes (its version counter, storage,
+dtype or device) or the autocast setting differs, so it never serves a stale embedding.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +39,48 @@ class _Unit:
     kind: Kind
     phrase: str | None
     image: int | None
+
+
+class PhraseCache:
+    """An LRU of prompt embeddings keyed by (kind, phrase), tied to a parameter signature."""
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._signature: tuple | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def check(self, signature: tuple) -> None:
+        """Empty the cache when ``signature`` (parameters, autocast) differs from the last one."""
+        if signature != self._signature:
+            self._data.clear()
+            self._signature = signature
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        hit = self._data.get(key)
+        if hit is None:
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return hit
+
+    def put(self, key: Hashable, value: torch.Tensor) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+
+def _tensor_signature(t: torch.Tensor) -> tuple:
+    return (id(t), t._version, t.data_ptr(), t.dtype, t.device)
 
 
 def gate(phrases: list[str | None], enabled: bool = True) -> list[str | None]:
@@ -60,6 +110,32 @@ class TextBank(nn.Module):
         self.fuse_lambda = (
             nn.Parameter(lam, requires_grad=cfg.learn_lambda) if cfg.mode == "fuse" else None
         )
+        self.phrase_cache: PhraseCache | None = None
+
+    def _active_cache(self) -> PhraseCache | None:
+        """The phrase cache when it may be used now (eval, no grad), validated against the
+        current parameters; else None."""
+        cache = self.phrase_cache
+        if cache is None or self.training or torch.is_grad_enabled():
+            return None
+        device = self.encoder.token_embedding.weight.device.type
+        params = [*self.prompter.parameters(), self.encoder.token_embedding.weight]
+        if self.fuse_lambda is not None:
+            params.append(self.fuse_lambda)
+        autocast = (
+            torch.is_autocast_enabled(device),
+            torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None,
+        )
+        cache.check(
+            (
+                tuple(_tensor_signature(p) for p in params),
+                autocast,
+                self.encoder.trim_context,
+                self.cfg,
+                self.object_name,
+            )
+        )
+        return cache
 
     def sentences(self, kind: Kind, phrase: str | None) -> list[str]:
         """The sentences of one prompt; the phrase is cut to fit CLIP's context if needed."""
@@ -113,11 +189,34 @@ class TextBank(nn.Module):
         with torch.no_grad():
             return self.encoder(self.plain_tokenizer(texts).to(self.encoder.attn_mask.device))
 
+    @staticmethod
+    def _cached(
+        cache: PhraseCache, items: list, encode: object, tag: str = "prompt"
+    ) -> torch.Tensor:
+        """Rows for ``items`` from ``cache``, encoding the missing ones in one call."""
+        keys = [(tag, item) for item in items]
+        rows = [cache.get(k) for k in keys]
+        todo = [item for item, row in zip(items, rows, strict=True) if row is None]
+        if todo:
+            fresh = encode(todo)
+            for item, row in zip(todo, fresh, strict=True):
+                cache.put((tag, item), row)
+            lookup = dict(zip(todo, fresh, strict=True))
+            rows = [
+                lookup[item] if row is None else row for item, row in zip(items, rows, strict=True)
+            ]
+        return torch.stack(rows)
+
     def forward(self, phrases: list[str | None], cond: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings [B, 2, D]: per image (normal, abnormal), L2-normalised."""
         phrases = gate(phrases, self.cfg.enabled)
         units = self._units(phrases)
-        emb = self._encode_units(units, cond)
+        cache = None if self.prompter.text_conditioned else self._active_cache()
+        emb = (
+            self._encode_units(units, cond)
+            if cache is None
+            else self._cached(cache, units, lambda todo: self._encode_units(todo, cond))
+        )
         if self.prompter.text_conditioned:
             b = len(phrases)
             out = torch.stack([emb[:b], emb[b:]], dim=1)
@@ -135,7 +234,12 @@ class TextBank(nn.Module):
         distinct = [p for p in dict.fromkeys(phrases) if p is not None]
         if not distinct:
             return out
-        g_e = self._phrase_alone(distinct)
+        cache = self._active_cache()
+        g_e = (
+            self._phrase_alone(distinct)
+            if cache is None
+            else self._cached(cache, distinct, self._phrase_alone, tag="alone")
+        )
         lookup = {p: i for i, p in enumerate(distinct)}
         has = torch.tensor([p is not None for p in phrases], device=out.device)
         extra = torch.zeros_like(out[:, 1])

@@ -21,10 +21,17 @@ def layer_probabilities(
     ``patches``: unit tokens [B, N, D] per layer; ``text``: unit embeddings [B, 2, D].
     """
     out = []
-    for p in patches:
-        logits = torch.einsum("bnd,bkd->bkn", p, text) / temperature
-        out.append(logits.softmax(dim=1).view(p.shape[0], 2, *grid))
+    with _full_precision(text):
+        text = text.float()
+        for p in patches:
+            logits = torch.einsum("bnd,bkd->bkn", p.float(), text) / temperature
+            out.append(logits.softmax(dim=1).view(p.shape[0], 2, *grid))
     return out
+
+
+def _full_precision(t: torch.Tensor) -> torch.autocast:
+    """Autocast switched off: the map head and the smoothing run in float32 even under bf16."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
 
 
 def aggregate(layer_probs: list[torch.Tensor]) -> torch.Tensor:
@@ -51,11 +58,13 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
     if sigma <= 0:
         return maps
     r = int(truncate * sigma + 0.5)
-    t = torch.arange(-r, r + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = maps.unsqueeze(1)
-    x = _symmetric_pad(_symmetric_pad(x, r, 2), r, 3)
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    with _full_precision(maps):
+        maps = maps.float()
+        t = torch.arange(-r, r + 1, dtype=maps.dtype, device=maps.device)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        x = maps.unsqueeze(1)
+        x = _symmetric_pad(_symmetric_pad(x, r, 2), r, 3)
+        x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+        x = F.conv2d(x, kernel.view(1, 1, 1, -1))
     return x[:, 0]

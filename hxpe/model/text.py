@@ -98,6 +98,10 @@ class TextEncoder(nn.Module):
         self.ln_final = clip.ln_final
         self.text_projection = clip.text_projection
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.causal = _is_causal(clip.attn_mask)
+        # Run only up to the batch's last EOT token (exact under a causal mask: no position before
+        # EOT attends to the padding after it). False reproduces the full 77-token pass.
+        self.trim_context = True
 
     @property
     def width(self) -> int:
@@ -117,17 +121,30 @@ class TextEncoder(nn.Module):
             context: [S, c, width] learnable context placed after the ``n_slots`` deep-prompt slots.
             deep: per prompted block (0-based) tokens [S, n_slots, width] for the slots.
         """
+        if self.trim_context and self.causal:
+            length = int(tokens.argmax(dim=-1).max()) + 1
+            tokens = tokens[:, :length]
+        length = tokens.shape[1]
+        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
         x = self.token_embedding(tokens)
         if context is not None and context.shape[1]:
             start = 1 + n_slots
             x = torch.cat([x[:, :start], context.to(x.dtype), x[:, start + context.shape[1] :]], 1)
-        x = x + self.positional_embedding.to(x.dtype)
+        x = x + self.positional_embedding[:length].to(x.dtype)
         for i, block in enumerate(self.transformer.resblocks):
             if deep and i < len(deep):
                 x = torch.cat([x[:, :1], deep[i].to(x.dtype), x[:, 1 + n_slots :]], dim=1)
-            x = block(x, attn_mask=self.attn_mask)
+            x = block(x, attn_mask=mask)
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
         proj = self.text_projection
         x = proj(x) if isinstance(proj, nn.Module) else x @ proj
         return F.normalize(x, dim=-1)
+
+
+def _is_causal(mask: torch.Tensor | None) -> bool:
+    """Whether ``mask`` is CLIP's causal mask (−inf strictly above the diagonal, 0 elsewhere)."""
+    if mask is None or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+        return False
+    upper = torch.ones(mask.shape, dtype=torch.bool, device=mask.device).triu(1)
+    return bool(torch.equal(torch.isneginf(mask), upper) and (mask[~upper] == 0).all())

@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,8 +53,24 @@ def rarity(feats: torch.Tensor, k: int) -> torch.Tensor:
     return 1.0 - sim.topk(k, dim=2).values.mean(dim=2)
 
 
+def _last_attention(dinov2: nn.Module) -> nn.Module | None:
+    """The last layer's self-attention of a transformers DINOv2 (q_proj/k_proj), or None."""
+    try:
+        attn = dinov2.encoder.layer[-1].attention
+    except (AttributeError, IndexError, TypeError):
+        return None
+    ok = all(hasattr(attn, a) for a in ("q_proj", "k_proj", "num_attention_heads", "scaling"))
+    return attn if ok else None
+
+
 class VfmPrompter(nn.Module):
-    """Frozen DINOv2 plus the prompt-map computation."""
+    """Frozen DINOv2 plus the prompt-map computation.
+
+    The CLS self-attention salience is recomputed from the last layer's input (its CLS query row
+    against all keys, exactly what the layer's softmax holds), so DINOv2 itself runs with fused SDPA
+    attention and never materialises its N x N attention maps. Models without that structure fall
+    back to ``output_attentions=True`` (eager attention).
+    """
 
     def __init__(self, dinov2: nn.Module, cfg: VfmConfig) -> None:
         super().__init__()
@@ -61,6 +79,21 @@ class VfmPrompter(nn.Module):
         self.patch = int(dinov2.config.patch_size)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._last_attn = _last_attention(dinov2)
+        if self._last_attn is not None and hasattr(dinov2, "set_attn_implementation"):
+            with contextlib.suppress(ValueError, ImportError, AttributeError):
+                dinov2.set_attn_implementation("sdpa")
+        self.reference_cache: ReferenceCache | None = None
+
+    def _salience_from(self, hidden: torch.Tensor, n_extra: int) -> torch.Tensor:
+        """Head-mean softmax of the CLS query over the patch keys, from the layer input [B, L, C]."""
+        attn = self._last_attn
+        b, n, _ = hidden.shape
+        heads = attn.num_attention_heads
+        q = attn.q_proj(hidden[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
+        k = attn.k_proj(hidden).view(b, n, heads, -1).transpose(1, 2)
+        weights = ((q @ k.transpose(-1, -2)) * attn.scaling).float().softmax(dim=-1)
+        return weights[:, :, 0, n_extra:].mean(dim=1)
 
     @torch.no_grad()
     def features(
@@ -68,16 +101,53 @@ class VfmPrompter(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit patch features [B, N, C] and CLS salience [B, N] on ``grid`` (aligned with CLIP)."""
         size = (grid[0] * self.patch, grid[1] * self.patch)
-        x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        out = self.dinov2(pixel_values=(x - self.mean) / self.std, output_attentions=True)
-        if not out.attentions:
-            raise RuntimeError(
-                "DINOv2 returned no attentions; load it with attn_implementation='eager'."
+        x = images
+        if tuple(images.shape[-2:]) != size:
+            x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        pixels = (x - self.mean) / self.std
+        if self._last_attn is None:
+            out = self.dinov2(pixel_values=pixels, output_attentions=True)
+            if not out.attentions:
+                raise RuntimeError(
+                    "DINOv2 returned no attentions; load it with attn_implementation='eager'."
+                )
+            n_extra = out.last_hidden_state.shape[1] - grid[0] * grid[1]
+            salience = out.attentions[-1][:, :, 0, n_extra:].mean(dim=1)
+        else:
+            seen: list[torch.Tensor] = []
+            hook = self._last_attn.register_forward_pre_hook(
+                lambda m, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]),
+                with_kwargs=True,
             )
-        n_extra = out.last_hidden_state.shape[1] - grid[0] * grid[1]
+            try:
+                out = self.dinov2(pixel_values=pixels)
+            finally:
+                hook.remove()
+            n_extra = out.last_hidden_state.shape[1] - grid[0] * grid[1]
+            salience = self._salience_from(seen[-1], n_extra)
         feats = F.normalize(out.last_hidden_state[:, n_extra:], dim=-1)
-        salience = out.attentions[-1][:, :, 0, n_extra:].mean(dim=1)
         return feats, salience
+
+    def reference_features(self, references: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch features of ``references`` [R, 3, H, W]; each distinct reference computed once
+        (within the batch, and across batches when :attr:`reference_cache` is set)."""
+        cache = self.reference_cache
+        reps, inverse = unique_rows(references)
+        todo = []
+        out: list[torch.Tensor | None] = []
+        for r in reps:
+            hit = cache.get(references[r], grid) if cache is not None else None
+            out.append(hit)
+            if hit is None:
+                todo.append(r)
+        if todo:
+            feats, _ = self.features(references[todo], grid)
+            for j, r in enumerate(todo):
+                out[reps.index(r)] = feats[j]
+                if cache is not None:
+                    cache.put(references[r], grid, feats[j])
+        stacked = torch.stack(out)  # type: ignore[arg-type]
+        return stacked[torch.tensor(inverse, device=stacked.device)]
 
     @torch.no_grad()
     def forward(
@@ -97,7 +167,7 @@ class VfmPrompter(nn.Module):
                 else has_reference.to(images.device).bool()
             )
             if has.any():
-                ref_feats, _ = self.features(references[has], grid)
+                ref_feats = self.reference_features(references[has], grid)
                 ref_dist = reference_distance(
                     feats[has], ref_feats, self.cfg.distance == "mutual_nn"
                 )
@@ -106,3 +176,63 @@ class VfmPrompter(nn.Module):
         gamma = self.cfg.salience_weight
         m = minmax(dist) * ((1.0 - gamma) + gamma * minmax(salience))
         return minmax(m).view(-1, *grid)
+
+
+def _row_keys(x: torch.Tensor, samples: int = 1024) -> list[bytes]:
+    """A cheap per-row fingerprint (a strided sample of the values); equal rows give equal keys."""
+    flat = x.reshape(x.shape[0], -1)
+    step = max(1, flat.shape[1] // samples)
+    sample = flat[:, ::step].float().cpu().numpy()
+    return [row.tobytes() for row in sample]
+
+
+def unique_rows(x: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Representatives of the distinct rows of ``x`` [R, ...] and, per row, its representative's
+    position; rows are compared exactly (a fingerprint narrows the candidates)."""
+    reps: list[int] = []
+    inverse: list[int] = []
+    by_key: dict[bytes, list[int]] = {}
+    for i, key in enumerate(_row_keys(x)):
+        for pos in by_key.get(key, []):
+            if torch.equal(x[reps[pos]], x[i]):
+                inverse.append(pos)
+                break
+        else:
+            by_key.setdefault(key, []).append(len(reps))
+            inverse.append(len(reps))
+            reps.append(i)
+    return reps, inverse
+
+
+class ReferenceCache:
+    """Frozen DINOv2 features of normal references kept across batches (LRU, exact match).
+
+    DINOv2 is frozen, so the features depend only on the reference pixels and the grid: no training
+    invalidation is needed. Entries are compared exactly with :func:`torch.equal`.
+    """
+
+    def __init__(self, maxsize: int = 32) -> None:
+        self.maxsize = maxsize
+        self._data: list[tuple[bytes, tuple[int, int], torch.Tensor, torch.Tensor]] = []
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, reference: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
+        key = _row_keys(reference[None])[0]
+        for i, (k, g, ref, feats) in enumerate(self._data):
+            same = k == key and g == grid and ref.shape == reference.shape
+            if same and ref.device == reference.device and torch.equal(ref, reference):
+                self._data.append(self._data.pop(i))
+                self.hits += 1
+                return feats
+        self.misses += 1
+        return None
+
+    def put(self, reference: torch.Tensor, grid: tuple[int, int], feats: torch.Tensor) -> None:
+        key = _row_keys(reference[None])[0]
+        self._data.append((key, grid, reference.detach().clone(), feats.detach()))
+        while len(self._data) > self.maxsize:
+            self._data.pop(0)
