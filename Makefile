@@ -95,6 +95,11 @@ reproduce:  ## The paper profile: make doctor, then all stages (A100-class GPU, 
 	$(MAKE) doctor PROFILE=paper
 	$(MAKE) all PROFILE=paper AGENT_KERNEL=hxpe-vllm
 
+reproduce-dryrun: | $(STAMP)  ## The paper path on CPU: real-size random-weight models, raw-layout fixtures of the 7 datasets, tiny agent LLMs
+	$(PY) -m hxpe.dryrun --out build/dryrun
+	$(MAKE) all PROFILE=dryrun
+	$(MAKE) verify PROFILE=dryrun
+
 doctor: | $(STAMP)  ## Say what is missing for PROFILE (GPU, vLLM, weights, datasets) and how to get it
 	$(PY) -m hxpe.cli doctor --params $(PARAMS)
 

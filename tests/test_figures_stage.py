@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from hxpe.agent import run_describe, run_extract
-from hxpe.config import Config, file_sha256, load_config
+from hxpe.config import Config, load_config
 from hxpe.data.index import DatasetIndex, make_image_id, save_index, validate_frame
 from hxpe.evaluation.protocol import run_protocol
 from hxpe.figures import make_all, word_importance
@@ -31,6 +31,7 @@ from hxpe.figures.selection import (
     winclip_variant,
 )
 from hxpe.figures.style import DEMO_NOTE
+from hxpe.hashing import file_sha256
 from hxpe.model.checkpoint import save_checkpoint
 from hxpe.model.hxpe import build_model
 from hxpe.model.tiny import TINY_MODEL
@@ -113,7 +114,6 @@ def fixture_config() -> Config:
             "evaluation": {
                 "directions": [{"name": DIRECTION, "train": "aux", "test": [TARGET]}],
                 "image_size": SIZE,
-                "sigma": 1.0,
                 "batch_size": 8,
                 "num_workers": 0,
                 "metrics_device": "cpu",
