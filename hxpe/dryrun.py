@@ -27,8 +27,9 @@ def setup(out: Path, *, image_size: int = 128) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     roots = write_all_fixtures(out / "raw", image_size=image_size)
     models = {
-        "vlm": save_tiny_qwen2_vl(out / "models" / "tiny-qwen2-vl"),
-        "llm": save_tiny_qwen2(out / "models" / "tiny-qwen2"),
+        # Every 3rd token id also ends generation, so random outputs stay short and reach stage 03.
+        "vlm": save_tiny_qwen2_vl(out / "models" / "tiny-qwen2-vl", stop_every=3),
+        "llm": save_tiny_qwen2(out / "models" / "tiny-qwen2", stop_every=3),
     }
     log.warning(
         "Dry-run inputs in %s: fixture trees for %s and tiny RANDOM Qwen models; nothing here is "
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Write the inputs of the paper-path dry run (fixture datasets in their raw "
         "layouts, tiny random Qwen models); then `make all PROFILE=dryrun` runs every stage.",
     )
-    parser.add_argument("--out", default="build/dryrun", help="Output folder (default build/dryrun).")
+    parser.add_argument(
+        "--out", default="build/dryrun", help="Output folder (default build/dryrun)."
+    )
     parser.add_argument("--image-size", type=int, default=128, help="Fixture image size in pixels.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -266,3 +266,30 @@ def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir:
             variant,
         )
     return model.eval()
+
+
+def train_all(
+    cfg: Config,
+    phrases: dict[str, str | None],
+    *,
+    results_dir: Path | None = None,
+    variants: list[str] | None = None,
+) -> dict[tuple[str, str], Path]:
+    """Stage 04: train every trainable variant for every direction of the profile.
+
+    Each direction trains on its auxiliary dataset's index (``index/<direction.train>``) with that
+    dataset's normal references; returns ``{(direction, variant): checkpoint_dir}``.
+    """
+    from hxpe.data.index import load_index
+
+    rd = results_dir or cfg.results_dir
+    out: dict[tuple[str, str], Path] = {}
+    for direction in cfg.evaluation.directions:
+        aux = load_index(rd / "index" / direction.train)
+        references = select_references(aux, cfg.data.reference_rule)
+        for variant in variants or trainable_variants(cfg):
+            target = checkpoint_dir(rd, direction.name, variant)
+            out[(direction.name, variant)] = train(
+                cfg, aux, phrases, target, variant, references=references
+            )
+    return out

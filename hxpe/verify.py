@@ -84,3 +84,49 @@ def register(subparsers) -> None:
     )
     p.add_argument("--params", default="notebooks/params/demo.yaml", help="Profile params file.")
     p.set_defaults(func=_cmd_verify)
+
+
+def compare_runs(a: Path, b: Path, *, atol: float = 1e-6) -> list[str]:
+    """Differences between two results folders of the same profile (empty when they agree).
+
+    Compares ``metrics/per_class.csv`` value by value (``atol``) and the agent caches record by record
+    with their timing/host fields dropped. ``atol`` is 1e-6 on CPU; use ~1e-4 for GPU reruns with
+    ``deterministic: true`` (some CUDA kernels have no deterministic variant).
+    """
+    import json
+
+    import pandas as pd
+
+    from hxpe.agent.cache import stable_view
+
+    problems: list[str] = []
+    pa, pb = a / "metrics" / "per_class.csv", b / "metrics" / "per_class.csv"
+    if pa.is_file() and pb.is_file():
+        keys = ["direction", "variant", "dataset", "cls", "metric"]
+        fa, fb = pd.read_csv(pa), pd.read_csv(pb)
+        merged = fa.merge(fb, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
+        for row in merged[merged["_merge"] != "both"].itertuples():
+            problems.append(
+                f"metric only in one run: {row.variant}/{row.dataset}/{row.cls}/{row.metric}"
+            )
+        both = merged[merged["_merge"] == "both"]
+        diff = (both["value_a"] - both["value_b"]).abs()
+        for row in both[diff > atol].itertuples():
+            problems.append(
+                f"metric differs: {row.variant}/{row.dataset}/{row.cls}/{row.metric} "
+                f"{row.value_a!r} vs {row.value_b!r}"
+            )
+    elif pa.is_file() != pb.is_file():
+        problems.append("metrics/per_class.csv exists in only one run")
+    for name in ("descriptions.jsonl", "extractions.jsonl"):
+        fa, fb = a / "agent" / name, b / "agent" / name
+        if not (fa.is_file() or fb.is_file()):
+            continue
+        if fa.is_file() != fb.is_file():
+            problems.append(f"agent/{name} exists in only one run")
+            continue
+        ra = [stable_view(json.loads(line)) for line in fa.read_text().splitlines() if line]
+        rb = [stable_view(json.loads(line)) for line in fb.read_text().splitlines() if line]
+        if ra != rb:
+            problems.append(f"agent/{name} differs ({len(ra)} vs {len(rb)} records)")
+    return problems

@@ -177,6 +177,9 @@ def run_extract(
             cache.append(records)
             bar.update(len(batch))
         bar.close()
+    # An empty cache file still marks the stage as run (e.g. every description failed upstream).
+    cache.write_path.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_path.touch(exist_ok=True)
     report.elapsed_s = time.perf_counter() - started
     log.info("%s", report)
     return report

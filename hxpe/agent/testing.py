@@ -118,7 +118,17 @@ def tiny_qwen_tokenizer(vocab_size: int = 400):
     )
 
 
-def save_tiny_qwen2_vl(out_dir: str | Path, hidden: int = 32, seed: int = 0) -> Path:
+def _stop_ids(eos: int, vocab_size: int, stop_every: int) -> int | list[int]:
+    """``eos``, plus every ``stop_every``-th token id when > 0: a random model's greedy output then
+    ends after a few tokens instead of running to ``max_new_tokens`` (used by the dry run)."""
+    if stop_every <= 0:
+        return eos
+    return sorted({eos, *range(0, vocab_size, stop_every)})
+
+
+def save_tiny_qwen2_vl(
+    out_dir: str | Path, hidden: int = 32, seed: int = 0, stop_every: int = 0
+) -> Path:
     """A random-init Qwen2-VL (1 text layer, 1 vision block) and its real processor, saved."""
     import torch
     from transformers import (
@@ -167,7 +177,9 @@ def save_tiny_qwen2_vl(out_dir: str | Path, hidden: int = 32, seed: int = 0) -> 
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.eos_token_id = _stop_ids(
+        ids["<|im_end|>"], model.config.get_text_config().vocab_size, stop_every
+    )
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     pixels = {"min_pixels": 4 * 28 * 28, "max_pixels": 16 * 28 * 28}
     processor = Qwen2VLProcessor(
@@ -181,7 +193,9 @@ def save_tiny_qwen2_vl(out_dir: str | Path, hidden: int = 32, seed: int = 0) -> 
     return out
 
 
-def save_tiny_qwen2(out_dir: str | Path, hidden: int = 32, seed: int = 0) -> Path:
+def save_tiny_qwen2(
+    out_dir: str | Path, hidden: int = 32, seed: int = 0, stop_every: int = 0
+) -> Path:
     """A random-init Qwen2 causal LM (1 layer) with the tiny tokenizer, saved."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -202,6 +216,9 @@ def save_tiny_qwen2(out_dir: str | Path, hidden: int = 32, seed: int = 0) -> Pat
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).eval()
+    model.generation_config.eos_token_id = _stop_ids(
+        config.eos_token_id, len(tokenizer), stop_every
+    )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -139,7 +139,9 @@ def load_index(index_dir: str | Path) -> DatasetIndex:
             f"Run stage 01 first (make data PROFILE=<profile>) or `hxpe prepare`."
         )
     info = json.loads((d / "dataset.json").read_text())
-    frame = pd.read_csv(d / "index.csv", dtype={"mask": str, "image": str}, keep_default_na=False)
+    # Every column but the label is text: class "01" (BTAD) must not become the integer 1.
+    text = {c: str for c in INDEX_COLUMNS if c != "label"}
+    frame = pd.read_csv(d / "index.csv", dtype=text, keep_default_na=False)
     return DatasetIndex(
         name=info["name"], root=Path(info["root"]), frame=validate_frame(frame), kind=info["kind"]
     )

@@ -1,0 +1,51 @@
+"""Two runs of the demo pipeline give identical metrics and agent caches (issue 9)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from hxpe.agent import load_phrases, run_describe, run_extract
+from hxpe.config import load_config
+from hxpe.data import prepare_all
+from hxpe.evaluation.protocol import run_protocol
+from hxpe.paths import repo_root
+from hxpe.seeding import seed_everything
+from hxpe.train import train_all
+from hxpe.verify import compare_runs
+
+# The demo profile, trimmed to one trained variant and a few steps so that two runs take seconds.
+OVERRIDES = {"train": {"epochs": 1, "max_steps": 4}}
+VARIANTS = {"hxpe": {}, "winclip": {"base": "winclip"}}
+
+
+def run_pipeline(root, monkeypatch):
+    monkeypatch.setenv("HXPE_RESULTS_ROOT", str(root))
+    cfg = load_config(repo_root() / "notebooks" / "params" / "demo.yaml", OVERRIDES)
+    cfg = cfg.model_copy(update={"variants": VARIANTS})
+    seed_everything(cfg.seed, cfg.deterministic)
+    rd = cfg.results_dir
+    indexes = prepare_all(cfg)
+    run_describe(list(indexes.values()), cfg.agent, rd / "agent" / "descriptions.jsonl")
+    run_extract(rd / "agent" / "descriptions.jsonl", cfg.agent, rd / "agent" / "extractions.jsonl")
+    train_all(cfg, load_phrases(rd / "agent" / "extractions.jsonl"))
+    run_protocol(cfg)
+    return rd
+
+
+def test_two_demo_runs_compare_equal(tmp_path, monkeypatch):
+    first = run_pipeline(tmp_path / "a", monkeypatch)
+    second = run_pipeline(tmp_path / "b", monkeypatch)
+    assert compare_runs(first, second) == []
+    metrics = pd.read_csv(first / "metrics" / "per_class.csv")
+    assert set(metrics["variant"]) == {"hxpe", "winclip"} and metrics["value"].notna().all()
+
+
+def test_compare_runs_reports_a_changed_metric(tmp_path, monkeypatch):
+    first = run_pipeline(tmp_path / "a", monkeypatch)
+    per_class = first / "metrics" / "per_class.csv"
+    frame = pd.read_csv(per_class)
+    (tmp_path / "b" / "metrics").mkdir(parents=True)
+    frame.loc[0, "value"] += 0.01
+    frame.to_csv(tmp_path / "b" / "metrics" / "per_class.csv", index=False)
+    problems = compare_runs(first, tmp_path / "b")
+    assert any("metric differs" in p for p in problems)
