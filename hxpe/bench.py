@@ -365,7 +365,7 @@ def _train_batch(dataset: IndexDataset, n: int, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _train_steps(model: HXPEModel, batch: dict, steps: int, bf16: bool, naive: bool) -> float:
+def _train_steps(model: HXPEModel, batch: dict, steps: int, bf16: bool) -> float:
     """Seconds per optimiser step (forward, losses, backward, Adam) on ``batch``."""
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -386,7 +386,6 @@ def _train_steps(model: HXPEModel, batch: dict, steps: int, bf16: bool, naive: b
         sync(device)
         times.append(time.perf_counter() - t0)
     model.eval()
-    del naive
     return float(np.median(times))
 
 
@@ -410,15 +409,14 @@ def measure_train(
     many = _train_batch(dataset, batch_size, device)
     try:
         with naive_mode(model):
-            model.cfg = model.cfg.model_copy(update={"sigma": model.cfg.sigma if False else 0.0})
             if warmup:
-                _train_steps(model, one, 1, False, True)
+                _train_steps(model, one, 1, False)
             with PeakMemory(device) as mem_naive:
-                naive = _train_steps(model, one, steps, False, True)
+                naive = _train_steps(model, one, steps, False)
         if warmup:
-            _train_steps(model, many, 1, bf16, False)
+            _train_steps(model, many, 1, bf16)
         with PeakMemory(device) as mem_fast:
-            fast = _train_steps(model, many, steps, bf16, False)
+            fast = _train_steps(model, many, steps, bf16)
     finally:
         with torch.no_grad():
             for k, p in model.trainable_state().items():
@@ -772,7 +770,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     batch_size=min(batch, n_demo),
                     n_naive=n_demo,
                     train_batch=4,
-                    train_steps=2 if quick else 3,
+                    train_steps=2 if quick else 5,
                     n_phrases=8 if quick else 32,
                     profile_images=min(batch, n_demo),
                     num_workers=workers,

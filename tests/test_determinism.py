@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from hxpe.agent import load_phrases, run_describe, run_extract
 from hxpe.config import load_config
@@ -20,6 +21,10 @@ VARIANTS = {"hxpe": {}, "winclip": {"base": "winclip"}}
 
 def run_pipeline(root, monkeypatch):
     monkeypatch.setenv("HXPE_RESULTS_ROOT", str(root))
+    return _run(root)
+
+
+def _run(root):
     cfg = load_config(repo_root() / "notebooks" / "params" / "demo.yaml", OVERRIDES)
     cfg = cfg.model_copy(update={"variants": VARIANTS})
     seed_everything(cfg.seed, cfg.deterministic)
@@ -32,16 +37,23 @@ def run_pipeline(root, monkeypatch):
     return rd
 
 
-def test_two_demo_runs_compare_equal(tmp_path, monkeypatch):
-    first = run_pipeline(tmp_path / "a", monkeypatch)
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run_a")
+    with pytest.MonkeyPatch.context() as mp:
+        return run_pipeline(root, mp)
+
+
+def test_two_demo_runs_compare_equal(first_run, tmp_path, monkeypatch):
+    first = first_run
     second = run_pipeline(tmp_path / "b", monkeypatch)
     assert compare_runs(first, second) == []
     metrics = pd.read_csv(first / "metrics" / "per_class.csv")
     assert set(metrics["variant"]) == {"hxpe", "winclip"} and metrics["value"].notna().all()
 
 
-def test_compare_runs_reports_a_changed_metric(tmp_path, monkeypatch):
-    first = run_pipeline(tmp_path / "a", monkeypatch)
+def test_compare_runs_reports_a_changed_metric(first_run, tmp_path):
+    first = first_run
     per_class = first / "metrics" / "per_class.csv"
     frame = pd.read_csv(per_class)
     (tmp_path / "b" / "metrics").mkdir(parents=True)

@@ -101,9 +101,12 @@ def run_with_retries(
     return [o for o in outcomes if o is not None]
 
 
-def reason_of(error: str | None) -> str | None:
-    """The short reason of an error string (``'schema: phrase: ...'`` -> ``'schema'``)."""
-    return None if error is None else error.split(":", 1)[0]
+def reason_of(error: object) -> str | None:
+    """The short reason of an error string (``'schema: phrase: ...'`` -> ``'schema'``).
+
+    Anything that is not a non-empty string (None, or NaN from a pandas column) means no error.
+    """
+    return error.split(":", 1)[0] if isinstance(error, str) and error else None
 
 
 @functools.lru_cache(maxsize=1)

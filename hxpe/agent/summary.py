@@ -21,7 +21,7 @@ def failure_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Counts per dataset and status/reason (``ok`` or the failure reason)."""
     if frame.empty:
         return pd.DataFrame(columns=["dataset", "outcome", "n"])
-    outcome = [reason_of(e) or "ok" for e in frame["error"].where(frame["error"].notna(), None)]
+    outcome = [reason_of(e) or "ok" for e in frame["error"]]
     return (
         frame.assign(outcome=outcome)
         .groupby(["dataset", "outcome"])
