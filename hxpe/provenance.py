@@ -13,12 +13,12 @@ import os
 import platform
 import socket
 import subprocess
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hxpe.atomic import write_json_atomic
 from hxpe.config import file_sha256
 from hxpe.paths import repo_root
 
@@ -116,16 +116,6 @@ def hash_tree(paths: list[Path], base: Path) -> dict[str, str]:
 def read_manifest(results_dir: Path) -> dict[str, Any]:
     path = results_dir / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same directory, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def model_provenance(keys: list[str]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from hxpe.atomic import replace_dir
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, select_references
 from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
@@ -138,18 +139,6 @@ def _write_loss(rows: list[dict[str, Any]], directory: Path, title: str) -> None
     plt.close(fig)
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move ``tmp`` to ``out_dir``, replacing an older checkpoint only after success."""
-    old = out_dir.with_name(out_dir.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def train(
     cfg: Config,
     index: DatasetIndex,
@@ -231,7 +220,7 @@ def train(
             "n_images": len(loader.dataset),
         }
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hxpe.atomic import replace_dir
 from hxpe.data.checks import require_root
 from hxpe.data.config import DatasetSource
 from hxpe.data.counts import check_counts
@@ -64,18 +65,6 @@ def source_root(source: DatasetSource, default_root: Path | None = None) -> Path
     return Path(default_root)
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Replace ``out`` by ``staging`` (old content removed only after the rename succeeded)."""
-    old = out.parent / f".{out.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        out.rename(old)
-    staging.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def prepare_dataset(
     source: DatasetSource,
     out_dir: Path,
@@ -105,7 +94,7 @@ def prepare_dataset(
         if tree_root.is_relative_to(staging):
             index.root = out / tree_root.relative_to(staging)
         save_index(index, staging)
-        _swap_into_place(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

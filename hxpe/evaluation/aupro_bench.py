@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from hxpe.atomic import write_text_atomic
 from hxpe.evaluation.aupro_loop import aupro_anomalyclip_loop
-from hxpe.evaluation.maps import atomic_write_text
 from hxpe.evaluation.metrics import aupro, default_device
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"value {result['exact_convention_value']:.6f}"
     )
     if args.out is not None:
-        atomic_write_text(args.out, json.dumps(result, indent=1))
+        write_text_atomic(args.out, json.dumps(result, indent=1))
     return result
 
 

@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hxpe.atomic import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ["image_id", "cls", "label", "image_score", "file"]
@@ -52,19 +54,6 @@ def safe_name(image_id: str) -> str:
     readable = _UNSAFE.sub("_", image_id.replace("/", "__"))[-120:]
     digest = hashlib.sha1(image_id.encode()).hexdigest()[:8]
     return f"{readable}-{digest}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -204,7 +193,7 @@ class MapStore:
             w.close()
         os.replace(self.partial_scores_path, self.scores_path)
         manifest = {"key": key, "n_images": w.n, "dtype": self.dtype.name, **meta}
-        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+        write_text_atomic(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
 
     def clear(self) -> None:
         """Remove a previous run's files."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hxpe.evaluation.maps import atomic_write_text
+from hxpe.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def part_dir(results_dir: Path, direction: str, variant: str, dataset: str) -> P
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     """Atomic CSV write (temporary file + rename)."""
-    atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+    write_text_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
     return path
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hxpe.evaluation.maps import atomic_write_text
+from hxpe.atomic import write_text_atomic
 from hxpe.evaluation.published import (
     PUBLISHED_TABLES,
     REFERENCE_METHOD,
@@ -149,7 +149,7 @@ def _write(frame: pd.DataFrame, out: Path, stem: str, title: str, notes: list[st
     csv_path = write_csv(frame, out / f"{stem}.csv")
     text = f"# {title}\n\n" + "".join(f"> {n}\n>\n" for n in notes) + "\n" + to_markdown(frame)
     md_path = out / f"{stem}.md"
-    atomic_write_text(md_path, text)
+    write_text_atomic(md_path, text)
     return [csv_path, md_path]
 
 
