@@ -16,8 +16,8 @@ PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python
 KERNEL  ?= hxpe
-# The agent stages of the paper profile run in the vLLM venv's kernel (make gpu-env).
-AGENT_KERNEL ?= $(KERNEL)
+# The agent stages run in the vLLM venv's kernel once `make gpu-env` has built it.
+AGENT_KERNEL ?= $(if $(wildcard .venv-vllm/bin/python),hxpe-vllm,$(KERNEL))
 STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1

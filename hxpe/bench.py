@@ -541,7 +541,8 @@ def measure_streaming(
     device = model_device(model)
     for n in sizes:
         dataset = dataset_for(index, map_size, n)
-        for mode in ("stream_to_disk", "keep_in_ram"):
+        modes = ["stream_to_disk"] + (["keep_in_ram"] if n == max(sizes) else [])
+        for mode in modes:
             tmp = Path(tempfile.mkdtemp(prefix="hxpe-bench-maps-"))
             kept: list[np.ndarray] = []
             gc.collect()
@@ -655,11 +656,11 @@ def _demo_model_cfg(variant: str) -> ModelConfig:
 
 @contextmanager
 def _stage(name: str, record: dict[str, float]) -> Any:
-    log.info("== %s", name)
+    print(f"[bench] {name} ...", flush=True)
     t0 = time.perf_counter()
     yield
     record[name] = round(time.perf_counter() - t0, 2)
-    log.info("   %s done in %.1f s", name, record[name])
+    print(f"[bench] {name} done in {record[name]:.1f} s", flush=True)
 
 
 def run_model_section(
@@ -796,7 +797,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 n_test_good=2,
                 n_test_per_defect=1,
             )
-            n_paper = args.paper_images or (64 if gpu else 4)
+            n_paper = args.paper_images or (64 if gpu else 2)
             paper_eval = dataset_for(paper, 518, n_paper)
             for base in args.paper_bases:
                 with _stage(f"paper/{base}", timings):
@@ -810,8 +811,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         n_naive=args.paper_naive_images or (8 if gpu else 2),
                         train_batch=8 if gpu else 1,
                         train_steps=(3 if gpu else 1) if args.paper_train else 0,
-                        n_phrases=64 if gpu else 8,
-                        profile_images=batch if gpu else 1,
+                        n_phrases=64 if gpu else 2,
+                        profile_images=batch if gpu else (1 if args.paper_profile else 0),
                         num_workers=workers,
                         precision=args.precision,
                         compile=args.compile,
@@ -986,7 +987,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper-size section")
-    parser.add_argument("--paper-images", type=int, default=None, help="fast path (4 CPU, 64 GPU)")
+    parser.add_argument("--paper-images", type=int, default=None, help="fast path (2 CPU, 64 GPU)")
     parser.add_argument("--paper-naive-images", type=int, default=None, help="(2 CPU, 8 GPU)")
     parser.add_argument("--paper-batch", type=int, default=2, help="CPU fast batch, paper size")
     parser.add_argument(
@@ -997,6 +998,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="time training steps at paper size",
+    )
+    parser.add_argument(
+        "--paper-profile",
+        action="store_true",
+        help="torch.profiler on a paper-size batch on CPU too (always on GPU)",
     )
     parser.add_argument("--host", default=None, help="file name stem (default: hostname)")
     args = parser.parse_args(argv)

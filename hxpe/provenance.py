@@ -143,6 +143,34 @@ def model_provenance(keys: list[str]) -> dict[str, Any]:
     return out
 
 
+def random_init_models(cfg) -> dict[str, Any]:
+    """Backbones this profile builds from configs with random weights (demo, dry run), said plainly."""
+    out: dict[str, Any] = {}
+    for variant in cfg.variants:
+        m = cfg.model_for(variant)
+        if m.clip.pretrained is None:
+            out["clip (random init)"] = {
+                "model_name": m.clip.model_name,
+                "config": m.clip.config_file,
+            }
+        if m.vfm.enabled and m.vfm.config_file:
+            out["dinov2 (random init)"] = {"config": m.vfm.config_file}
+    return out
+
+
+def dataset_provenance(results_dir: Path) -> dict[str, Any]:
+    """Root, size and index hash of every dataset indexed under ``results_dir/index``."""
+    out: dict[str, Any] = {}
+    index_dir = results_dir / "index"
+    if index_dir.is_dir():
+        for info_file in sorted(index_dir.glob("*/dataset.json")):
+            info = json.loads(info_file.read_text())
+            out[info["name"]] = {
+                k: info.get(k) for k in ("kind", "root", "n_images", "n_anomalous", "index_sha256")
+            }
+    return out
+
+
 def record_stage(
     results_dir: Path,
     stage: str,
@@ -170,6 +198,17 @@ def record_stage(
             "hardware": hardware(),
         }
     )
+    from hxpe.doctor import required_weight_keys
+
+    manifest["models"] = {
+        **model_provenance(required_weight_keys(cfg)),
+        **random_init_models(cfg),
+    }
+    manifest["agent_models"] = {
+        stage: {"backend": c.backend, "model_id": c.model_id, "revision": c.revision}
+        for stage, c in (("describe", cfg.agent.describe), ("extract", cfg.agent.extract))
+    }
+    manifest["datasets"] = dataset_provenance(results_dir)
     existing = [p for p in outputs if p.exists()]
     manifest.setdefault("stages", {})[stage] = {
         "started_utc": started,

@@ -115,6 +115,8 @@ def test_manifest_records_hashes_and_environment():
     assert manifest["packages"]["torch"]
     assert {"commit", "dirty"} <= set(manifest["stages"]["evaluate"]["git"])
     assert manifest["hardware"]["cpu_count"] >= 1
+    assert "clip (random init)" in manifest["models"]  # the demo says its models are random
+    assert manifest["agent_models"]["describe"]["backend"] == "classical"
 
 
 def test_verify_passes_then_names_tampered_and_untracked_files():
@@ -133,3 +135,18 @@ def test_verify_passes_then_names_tampered_and_untracked_files():
 def test_verify_without_manifest_says_how_to_fix(tmp_path):
     report = verify_results(tmp_path)
     assert not report.ok and "Rerun the pipeline" in str(report)
+
+
+def test_manifest_records_dataset_index_hashes():
+    import pandas as pd
+
+    from hxpe.data.index import INDEX_COLUMNS, DatasetIndex, frame_sha256, save_index
+
+    results = load_config(DEMO).results_dir
+    row = ["d/c/test/good/0", "d", "c", "test", 0, "good", "c/test/good/0.png", "", "ab"]
+    frame = pd.DataFrame([row], columns=INDEX_COLUMNS)
+    save_index(DatasetIndex("d", results, frame), results / "index" / "d")
+    _fake_run(results)
+    manifest = json.loads((results / "provenance.json").read_text())
+    assert manifest["datasets"]["d"]["index_sha256"] == frame_sha256(frame)
+    assert manifest["datasets"]["d"]["n_images"] == 1
