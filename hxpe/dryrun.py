@@ -22,10 +22,15 @@ from hxpe.paths import resolve
 log = logging.getLogger(__name__)
 
 
-def setup(out: Path, *, image_size: int = 128) -> dict[str, Path]:
-    """Write the raw fixture trees under ``out/raw`` and the tiny agent models under ``out/models``."""
+def setup(out: Path, *, image_size: int = 128, n_classes: int = 1) -> dict[str, Path]:
+    """Write the raw fixture trees under ``out/raw`` and the tiny agent models under ``out/models``.
+
+    One class per dataset by default (the first of its official list; KSDD has one anyway), with one
+    normal and one anomalous test image: the real-size models cost ~15-25 s per image on 2 CPU
+    cores, so this keeps the whole dry run near a quarter of an hour.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    roots = write_all_fixtures(out / "raw", image_size=image_size)
+    roots = write_all_fixtures(out / "raw", image_size=image_size, n_classes=n_classes)
     models = {
         # Every 3rd token id also ends generation, so random outputs stay short and reach stage 03.
         "vlm": save_tiny_qwen2_vl(out / "models" / "tiny-qwen2-vl", stop_every=3),

@@ -64,7 +64,7 @@ def _cycle(pool: dict[str, dict[str, list[Sample]]], classes: list[str]):
     return zip(classes, itertools.cycle(pool.values()), strict=False)
 
 
-def _mvtec_like(root, pool, classes, normal="good", defect_dir=None, image_ext=".png", n=(2, 1, 2)):
+def _mvtec_like(root, pool, classes, normal="good", defect_dir=None, image_ext=".png", n=(2, 1, 1)):
     n_train, n_good, n_defect = n
     for k, (cls, src) in enumerate(_cycle(pool, classes)):
         ext = image_ext if isinstance(image_ext, str) else image_ext[k % len(image_ext)]
@@ -79,7 +79,7 @@ def _mvtec_like(root, pool, classes, normal="good", defect_dir=None, image_ext="
             _save(s.mask, root / cls / "ground_truth" / folder / f"{i:03d}{suffix}.png", "L")
 
 
-def _visa(root, pool, classes, n=(2, 1, 2)):
+def _visa(root, pool, classes, n=(2, 1, 1)):
     rows = []
     for cls, src in _cycle(pool, classes):
         k = 0
@@ -149,7 +149,7 @@ def write_raw_fixture(kind: str, root: Path, demo_root: Path, n_classes: int = 2
     if kind in ("mvtec", "mpdd", "dtd"):
         _mvtec_like(root, pool, classes)
     elif kind == "btad":
-        _mvtec_like(root, pool, classes, normal="ok", defect_dir="ko", image_ext=(".png", ".bmp"))
+        _mvtec_like(root, pool, classes, normal="ok", defect_dir="ko", image_ext=(".bmp", ".png"))
     elif kind == "visa":
         _visa(root, pool, classes)
     elif kind == "ksdd":
