@@ -115,6 +115,9 @@ lab: | $(STAMP)  ## JupyterLab on the venv kernel
 clean:  ## Remove results/PROFILE and build outputs (keeps .venv)
 	rm -rf $(OUT) build
 
+bench: | $(STAMP)  ## Speed and memory: fast vs naive inference, train step, phrase cost, AUPRO -> results/bench/<host>.{json,md}
+	$(PY) -m hxpe.bench $(BENCH_ARGS)
+
 # ---------------------------------------------------------------- tests
 lint: | $(STAMP)
 	$(PY) -m ruff check .

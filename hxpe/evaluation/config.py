@@ -42,6 +42,10 @@ class EvaluationConfig(BaseModel):
     fpr_limit: float = 0.3
     split: str = Field("test", description="Index split evaluated on the target datasets.")
     batch_size: int = 8
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Inference precision: auto = bf16 autocast on CUDA, fp32 on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile the backbones (CUDA only).")
     num_workers: int = 2
     map_dtype: Literal["float16", "float32"] = "float16"
     metrics_device: Literal["auto", "cpu", "cuda"] = Field(

@@ -27,16 +27,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from hxpe.config import Config, file_sha256
 from hxpe.data.index import DatasetIndex, frame_sha256, load_index, select_references
-from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
+from hxpe.data.torch_dataset import IndexDataset
 from hxpe.evaluation.config import Direction, EvaluationConfig
 from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.results import PER_CLASS_COLUMNS, merge_metrics, write_part
 from hxpe.evaluation.scoring import evaluate_store
+from hxpe.model.inference import infer_fast, make_loader, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ CHECKPOINT_FILES = ("trainable.safetensors", "config.json")
 # --------------------------------------------------------------------------------------------------
 # Inference
 # --------------------------------------------------------------------------------------------------
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _to_size(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -86,41 +81,21 @@ def infer_dataset(
         raise ValueError(
             f"{index.name} has no images in split {cfg.split!r}; check the index or evaluation.split"
         )
-    device = _model_device(model)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=False,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, model_device(model))
+    batches = tqdm(loader, desc=f"infer {index.name}", leave=False)
     store = MapStore(out_dir, cfg.map_dtype)
-    model.eval()
-    with (
-        store.writer(key, dataset=index.name, image_size=cfg.image_size) as writer,
-        torch.inference_mode(),
-    ):
-        for batch in tqdm(loader, desc=f"infer {index.name}", leave=False):
-            images = batch["image"].to(device, non_blocking=True)
-            refs = batch.get("reference")
-            has_ref = batch.get("has_reference")
-            out = model(
-                images,
-                phrases_from_batch(batch),
-                refs.to(device, non_blocking=True) if refs is not None else None,
-                has_ref.to(device) if has_ref is not None else None,
-            )
-            maps = _to_size(out.anomaly_map, cfg.image_size).float().cpu()
-            scores = out.image_score.float().cpu()
-            vfm = out.vfm_prompt.float().cpu() if out.vfm_prompt is not None else None
-            for i, image_id in enumerate(batch["image_id"]):
+    with store.writer(key, dataset=index.name, image_size=cfg.image_size) as writer:
+        # The fast path (hxpe.model.inference): batched, cached phrases/references, bf16 on GPU.
+        for res in infer_fast(model, batches, precision=cfg.precision, compile=cfg.compile):
+            maps = _to_size(torch.from_numpy(res.anomaly_maps), cfg.image_size)
+            for i, image_id in enumerate(res.image_ids):
                 writer.add(
                     image_id,
                     maps[i],
-                    cls=batch["cls"][i],
-                    label=int(batch["label"][i]),
-                    image_score=float(scores[i]),
-                    vfm_prompt=vfm[i] if vfm is not None else None,
+                    cls=res.cls[i],
+                    label=int(res.labels[i]),
+                    image_score=float(res.image_scores[i]),
+                    vfm_prompt=res.vfm_prompts[i] if res.vfm_prompts is not None else None,
                 )
             writer.flush()
     logger.info("wrote %d maps of %s to %s", len(dataset), index.name, out_dir)

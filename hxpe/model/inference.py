@@ -191,11 +191,12 @@ def infer_fast(
     """
     device = model_device(model)
     model.eval()
-    if phrase_cache:
+    hxpe_model = isinstance(model, HXPEModel)  # other models with the same forward: no caches
+    if phrase_cache and hxpe_model:
         enable_phrase_cache(model)
-    if reference_cache:
+    if reference_cache and hxpe_model:
         enable_reference_cache(model)
-    if compile:
+    if compile and hxpe_model:
         maybe_compile(model, device)
     bf16 = use_bf16(precision, device)
     with (
