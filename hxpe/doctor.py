@@ -53,12 +53,9 @@ def required_weight_keys(cfg: Config) -> list[str]:
 
 
 def _uses_pretrained_vfm(model_cfg) -> bool:
-    vfm = getattr(model_cfg, "vfm", None)
-    if vfm is None:
-        return False
-    enabled = getattr(vfm, "enabled", False)
-    source = getattr(vfm, "model_id", None) or getattr(vfm, "pretrained", None)
-    return bool(enabled and source)
+    """DINOv2 weights are needed when the prompts are on and not built from a config (random)."""
+    vfm = model_cfg.vfm
+    return bool(vfm.enabled and vfm.model_id and not vfm.config_file)
 
 
 def check_gpu(need: bool) -> Check:

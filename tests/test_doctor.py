@@ -47,3 +47,10 @@ def test_local_snapshot_finds_a_cached_revision(tmp_path, monkeypatch):
     assert local_snapshot(spec) is None  # no weight file yet
     (snap / "model.safetensors").write_bytes(b"x")
     assert local_snapshot(spec) == snap
+
+
+def test_demo_profile_needs_no_pinned_weights():
+    cfg = load_config(repo_root() / "notebooks" / "params" / "demo.yaml")
+    assert required_weight_keys(cfg) == []
+    text, ready = report(run_checks(cfg))
+    assert ready, text
