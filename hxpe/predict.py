@@ -169,30 +169,19 @@ def describe_image(
 
 def extract_phrase(cfg: Config, description: str) -> Explained:
     """Run the configured extractor and the anti-false-alarm verdict on ``description``."""
-    from hxpe.agent.backend_base import ExtractRequest, make_extractor
-    from hxpe.agent.parsing import parse_extraction
-    from hxpe.agent.phrase import fit_phrase
-    from hxpe.agent.runner import run_with_retries
-    from hxpe.agent.schema import verdict
-    from hxpe.agent.templates import load_template
+    from hxpe.agent.extract import extract_one
 
     ecfg = cfg.agent.extract
-    template = load_template(ecfg.template)
-    request = ExtractRequest(
-        image_id="predict",
-        description=description,
-        prompt=template.render(description=description),
-        system=template.system,
-    )
-    outcome = run_with_retries([request], make_extractor(ecfg).extract, parse_extraction, ecfg)[0]
     backends = {"extract": f"{ecfg.backend}:{ecfg.model_id}"}
-    if not outcome.ok or outcome.value is None:
-        log.warning("extraction failed (%s); the model uses its generic prompts", outcome.error)
-        return Explained(description, {"error": outcome.error}, None, None, backends)
-    rec = outcome.value
-    judged = verdict(rec.anomaly, description, cfg.agent.anti_false_alarm)
-    phrase = fit_phrase(rec.phrase, ecfg.max_phrase_tokens)[0] if rec.phrase else None
-    return Explained(description, rec.model_dump(), judged, phrase if judged else None, backends)
+    record = extract_one(description, cfg.agent)
+    if record["status"] != "ok":
+        log.warning("extraction failed (%s); the model uses its generic prompts", record["error"])
+        return Explained(description, {"error": record["error"]}, None, None, backends)
+    fields = {k: record[k] for k in ("anomaly", "defect_type", "location", "appearance", "phrase")}
+    judged = record["verdict"]
+    return Explained(
+        description, fields, judged, record["phrase"] or None if judged else None, backends
+    )
 
 
 # --------------------------------------------------------------------------------------------------

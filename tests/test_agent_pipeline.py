@@ -195,3 +195,22 @@ def test_cli_parser():
     args = parser.parse_args(["extract", "--merge"])
     assert args.merge and args.params == "notebooks/params/demo.yaml"
     assert args.func.__name__ == "cmd_extract"
+
+
+def test_extract_one_gates_the_phrase_with_the_verdict():
+    from hxpe.agent import extract_one
+    from hxpe.agent.config import AgentConfig
+
+    cfg = AgentConfig.model_validate(
+        {"describe": {"backend": "classical"}, "extract": {"backend": "rules"}}
+    )
+    text = (
+        "Image 2 differs from the normal brick in Image 1. There is a small thin line running "
+        "vertically in the upper left of the image, covering about 1.0% of it. It is darker than the "
+        "surrounding surface, black in colour, with a rougher texture. It looks like a scratch."
+    )
+    found = extract_one(text, cfg)
+    assert found["status"] == "ok" and found["verdict"] is True
+    assert "upper left" in found["phrase"]
+    clean = extract_one("No anomaly", cfg)
+    assert clean["verdict"] is False and clean["vlm_no_anomaly"] is True

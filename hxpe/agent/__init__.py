@@ -8,13 +8,20 @@ Entry points (used by notebooks 02/03 and ``hxpe describe`` / ``hxpe extract``):
 
 from hxpe.agent.cache import merge_shards
 from hxpe.agent.describe import DescribeReport, load_descriptions, run_describe
-from hxpe.agent.extract import ExtractReport, load_extractions, load_phrases, run_extract
+from hxpe.agent.extract import (
+    ExtractReport,
+    extract_one,
+    load_extractions,
+    load_phrases,
+    run_extract,
+)
 from hxpe.agent.schema import Extraction
 
 __all__ = [
     "DescribeReport",
     "ExtractReport",
     "Extraction",
+    "extract_one",
     "load_descriptions",
     "load_extractions",
     "load_phrases",

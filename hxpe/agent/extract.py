@@ -81,6 +81,31 @@ def _fields(out: Outcome[Extraction], description: str, cfg: AgentConfig) -> dic
     }
 
 
+def extract_one(
+    description: str, cfg: AgentConfig, *, extractor: Extractor | None = None
+) -> dict[str, Any]:
+    """Extract and judge one description outside the cache (``hxpe predict``, notebooks).
+
+    Returns the same fields as a cache record (``anomaly``, ``phrase``, ``verdict``, ...) plus
+    ``status`` and ``error``; the phrase is already cut to ``max_phrase_tokens``.
+    """
+    ecfg = cfg.extract
+    template = load_template(ecfg.template)
+    request = ExtractRequest(
+        image_id="single",
+        description=description,
+        prompt=template.render(description=description),
+        system=template.system,
+    )
+    extractor = extractor or make_extractor(ecfg)
+    out = run_with_retries([request], extractor.extract, parse_extraction, ecfg)[0]
+    return {
+        "status": "ok" if out.ok else "failed",
+        "error": out.error,
+        **_fields(out, description, cfg),
+    }
+
+
 def run_extract(
     descriptions_path: Path,
     cfg: AgentConfig,
