@@ -74,6 +74,15 @@ class Config(BaseModel):
         merged = deep_merge(self.model.model_dump(), self.variants[variant])
         return ModelConfig.model_validate(merged)
 
+    @property
+    def uses_random_weights(self) -> bool:
+        """True when any variant builds CLIP or DINOv2 without pretrained weights (demo, dry run)."""
+        for variant in self.variants:
+            m = self.model_for(variant)
+            if m.clip.pretrained is None or (m.vfm.enabled and m.vfm.config_file):
+                return True
+        return False
+
     def section_hash(self, *sections: str) -> str:
         """A short hash of the named sections (to tell when a stage's inputs changed)."""
         payload = {s: getattr(self, s) for s in sections}

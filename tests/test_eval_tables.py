@@ -103,3 +103,18 @@ def test_markdown_prints_missing_as_dash() -> None:
     md = to_markdown(pd.DataFrame({"a": [1.234, float("nan")], "b": ["x", None]}))
     assert md.splitlines()[2] == "| 1.2 | x |"
     assert md.splitlines()[3] == "| – | – |"
+
+
+def test_random_weight_tables_say_so(tmp_path):
+    from hxpe.evaluation.tables import RANDOM_WEIGHTS_NOTE
+
+    per_class = pd.DataFrame(
+        [("visa", "candle", "image_auroc", 0.5)], columns=["dataset", "cls", "metric", "value"]
+    )
+    skipped = pd.DataFrame(columns=["dataset", "cls", "metric", "reason"])
+    write_part(tmp_path, "mvtec_to_others", "hxpe", "visa", per_class, skipped)
+    merge_metrics(tmp_path)
+    paths = write_tables(tmp_path, profile="dryrun", main_variant="hxpe", random_weights=True)
+    md = [p for p in paths if p.suffix == ".md"]
+    assert md and all(RANDOM_WEIGHTS_NOTE in p.read_text() for p in md)
+    assert DEMO_NOTE not in md[0].read_text()

@@ -76,7 +76,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.merge or not shard:
         merge_metrics(rd)
         paths = write_tables(
-            rd, profile=cfg.profile, main_variant=cfg.main_variant, aupro=cfg.evaluation.aupro
+            rd,
+            profile=cfg.profile,
+            main_variant=cfg.main_variant,
+            aupro=cfg.evaluation.aupro,
+            random_weights=cfg.uses_random_weights,
         )
         logger.info("tables: %s", ", ".join(p.name for p in paths))
     else:

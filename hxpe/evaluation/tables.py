@@ -32,6 +32,10 @@ DEMO_NOTE = (
     "Demo profile: these numbers come from tiny random-init models on generated data. "
     "They exercise the pipeline and say nothing about HXPE's accuracy."
 )
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS: CLIP (and DINOv2) were built without pretrained weights (a dry run of the "
+    "pipeline). These numbers say nothing about HXPE's accuracy."
+)
 METRIC_ORDER = [
     "image_auroc",
     "image_ap",
@@ -160,12 +164,19 @@ def write_tables(
     main_variant: str,
     aupro: str = "anomalyclip",
     published: tuple[str, ...] = PUBLISHED_TABLES,
+    random_weights: bool = False,
 ) -> list[Path]:
-    """Write per-class, summary (one per published table) and ablation tables to ``tables/``."""
+    """Write per-class, summary (one per published table) and ablation tables to ``tables/``.
+
+    The demo profile's tables, and any table from random-weight models (``random_weights``), carry a
+    banner that says so.
+    """
     rd = Path(results_dir)
     per_class, per_dataset = load_metrics(rd)
     out = rd / "tables"
     banner = [DEMO_NOTE] if profile == DEMO_PROFILE else []
+    if random_weights and profile != DEMO_PROFILE:
+        banner.append(RANDOM_WEIGHTS_NOTE)
     scale = (
         "Values ×100 (fractions in metrics/*.csv); dataset value = unweighted mean over classes."
     )
