@@ -10,21 +10,10 @@ import importlib.util
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from hxpe.config import Config
-from hxpe.paths import repo_root
+from hxpe.paths import repo_root, resolve
 from hxpe.weights import local_snapshot, registry, spec_for_repo
-
-DATASET_URLS = {
-    "mvtec": "https://www.mvtec.com/company/research/datasets/mvtec-ad",
-    "visa": "https://github.com/amazon-science/spot-diff (VisA_20220922.tar)",
-    "mpdd": "https://github.com/stepanje/MPDD",
-    "btad": "https://github.com/pankajmishra000/VT-ADL (BTech_Dataset_transformed.zip)",
-    "ksdd": "https://www.vicos.si/resources/kolektorsdd/ (KolektorSDD v1, not KSDD2)",
-    "dagm": "https://www.kaggle.com/datasets/mhskjelvareid/dagm-2007-competition-dataset-optical-inspection",
-    "dtd": "https://drive.google.com/drive/folders/10OyPzvI3H6llCZBxKxFlKWt1Pw1tkMK1 (DTD-Synthetic, Aota et al.)",
-}
 
 
 @dataclass
@@ -120,19 +109,24 @@ def check_weights(keys: list[str]) -> list[Check]:
 
 
 def check_datasets(cfg: Config) -> list[Check]:
+    """Each dataset root exists; the fix names the download (``hxpe/data/datasets.yaml``)."""
+    from hxpe.data.registry import get_spec
+
     out = []
     for src in cfg.data.datasets:
         if src.kind == "demo":
             continue
-        root = Path(src.root) if src.root else None
+        root = resolve(src.root) if src.root else None
         ok = root is not None and root.is_dir()
-        url = DATASET_URLS.get(src.kind, "")
         out.append(
             Check(
                 f"dataset {src.name}",
                 ok,
                 f"{src.kind} at {root}" + ("" if ok else " (missing)"),
-                "" if ok else f"download from {url}, unpack, and set HXPE_DATA_ROOT or `root:`",
+                ""
+                if ok
+                else f"download: {get_spec(src.kind).download}; unpack it and set HXPE_DATA_ROOT "
+                f"(or `root:` in the params file); then `hxpe prepare {src.kind} --root PATH` checks it",
             )
         )
     return out
