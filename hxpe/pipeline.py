@@ -50,14 +50,19 @@ STAGES: dict[str, Stage] = {
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """One log format for notebooks and the command line (idempotent)."""
+    """One log format for notebooks and the command line (idempotent).
+
+    ``hxpe`` logs at ``level``; other libraries (open_clip logs every model build at INFO on the root
+    logger) only from WARNING, so notebooks stay readable.
+    """
     root = logging.getLogger()
     if not any(getattr(h, "_hxpe", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler._hxpe = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(max(level, logging.WARNING))
+    logging.getLogger("hxpe").setLevel(level)
 
 
 def notebook_setup(params_file: str | Path, stage: str) -> Config:
