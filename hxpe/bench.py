@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from hxpe.data.config import DemoDataConfig
 from hxpe.data.index import NORMAL_TYPE, DatasetIndex, make_image_id, select_references
-from hxpe.data.torch_dataset import IndexDataset
+from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
 from hxpe.model.config import ModelConfig
 from hxpe.model.hxpe import HXPEModel, build_model, build_paper_architecture_random
 from hxpe.model.inference import (
@@ -372,7 +372,7 @@ def _train_steps(model: HXPEModel, batch: dict, steps: int, bf16: bool) -> float
     opt = torch.optim.Adam(params, lr=1e-3)
     weights = {"focal": 1.0, "dice": 1.0, "image": 1.0}
     model.train()
-    phrases = [p or None for p in batch["phrase"]]
+    phrases = phrases_from_batch(batch)
     times = []
     for _ in range(steps):
         sync(device)

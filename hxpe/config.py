@@ -74,14 +74,24 @@ class Config(BaseModel):
         merged = deep_merge(self.model.model_dump(), self.variants[variant])
         return ModelConfig.model_validate(merged)
 
+    def random_init_backbones(self) -> dict[str, dict[str, Any]]:
+        """Backbones that some variant builds from a config with random weights (demo, dry run)."""
+        out: dict[str, dict[str, Any]] = {}
+        for variant in self.variants:
+            m = self.model_for(variant)
+            if m.clip.pretrained is None:
+                out["clip (random init)"] = {
+                    "model_name": m.clip.model_name,
+                    "config": m.clip.config_file,
+                }
+            if m.vfm.enabled and m.vfm.config_file:
+                out["dinov2 (random init)"] = {"config": m.vfm.config_file}
+        return out
+
     @property
     def uses_random_weights(self) -> bool:
         """True when any variant builds CLIP or DINOv2 without pretrained weights (demo, dry run)."""
-        for variant in self.variants:
-            m = self.model_for(variant)
-            if m.clip.pretrained is None or (m.vfm.enabled and m.vfm.config_file):
-                return True
-        return False
+        return bool(self.random_init_backbones())
 
     def section_hash(self, *sections: str) -> str:
         """A short hash of the named sections (to tell when a stage's inputs changed)."""

@@ -143,21 +143,6 @@ def model_provenance(keys: list[str]) -> dict[str, Any]:
     return out
 
 
-def random_init_models(cfg) -> dict[str, Any]:
-    """Backbones this profile builds from configs with random weights (demo, dry run), said plainly."""
-    out: dict[str, Any] = {}
-    for variant in cfg.variants:
-        m = cfg.model_for(variant)
-        if m.clip.pretrained is None:
-            out["clip (random init)"] = {
-                "model_name": m.clip.model_name,
-                "config": m.clip.config_file,
-            }
-        if m.vfm.enabled and m.vfm.config_file:
-            out["dinov2 (random init)"] = {"config": m.vfm.config_file}
-    return out
-
-
 def dataset_provenance(results_dir: Path) -> dict[str, Any]:
     """Root, size and index hash of every dataset indexed under ``results_dir/index``."""
     out: dict[str, Any] = {}
@@ -202,7 +187,7 @@ def record_stage(
 
     manifest["models"] = {
         **model_provenance(required_weight_keys(cfg)),
-        **random_init_models(cfg),
+        **cfg.random_init_backbones(),
     }
     manifest["agent_models"] = {
         stage: {"backend": c.backend, "model_id": c.model_id, "revision": c.revision}

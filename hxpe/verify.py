@@ -93,11 +93,9 @@ def compare_runs(a: Path, b: Path, *, atol: float = 1e-6) -> list[str]:
     with their timing/host fields dropped. ``atol`` is 1e-6 on CPU; use ~1e-4 for GPU reruns with
     ``deterministic: true`` (some CUDA kernels have no deterministic variant).
     """
-    import json
-
     import pandas as pd
 
-    from hxpe.agent.cache import stable_view
+    from hxpe.agent.cache import read_records, stable_view
 
     problems: list[str] = []
     pa, pb = a / "metrics" / "per_class.csv", b / "metrics" / "per_class.csv"
@@ -125,8 +123,8 @@ def compare_runs(a: Path, b: Path, *, atol: float = 1e-6) -> list[str]:
         if fa.is_file() != fb.is_file():
             problems.append(f"agent/{name} exists in only one run")
             continue
-        ra = [stable_view(json.loads(line)) for line in fa.read_text().splitlines() if line]
-        rb = [stable_view(json.loads(line)) for line in fb.read_text().splitlines() if line]
+        ra = [stable_view(r) for r in read_records(fa)]
+        rb = [stable_view(r) for r in read_records(fb)]
         if ra != rb:
             problems.append(f"agent/{name} differs ({len(ra)} vs {len(rb)} records)")
     return problems

@@ -22,14 +22,9 @@ from hxpe.data.checks import (
 from hxpe.data.errors import DatasetError
 from hxpe.data.index import INDEX_COLUMNS, DatasetIndex, make_image_id, validate_frame
 from hxpe.data.layout import Entry
+from hxpe.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    from hxpe.config import file_sha256  # hxpe.config imports hxpe.data: import when called
-
-    return file_sha256(path)
 
 
 def entries_to_index(entries: Sequence[Entry], root: Path, name: str, kind: str) -> DatasetIndex:
@@ -58,7 +53,7 @@ def entries_to_index(entries: Sequence[Entry], root: Path, name: str, kind: str)
                 "defect_type": e.defect_type,
                 "image": image,
                 "mask": mask,
-                "sha256": _sha256(e.image),
+                "sha256": file_sha256(e.image),
             }
         )
     report_non_binary(non_binary, name)

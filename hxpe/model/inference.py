@@ -38,6 +38,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader, Dataset
 
+from hxpe.data.torch_dataset import phrases_from_batch
 from hxpe.model.explain import PhraseCache
 from hxpe.model.hxpe import HXPEModel
 from hxpe.model.vfm import ReferenceCache
@@ -95,10 +96,6 @@ def make_loader(
 def model_device(model: torch.nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def _phrases(batch: dict) -> list[str | None]:
-    return [p or None for p in batch["phrase"]]
 
 
 def _labels(batch: dict, n: int) -> np.ndarray:
@@ -208,7 +205,7 @@ def infer_fast(
             has_ref = batch.get("has_reference")
             out = model(
                 images,
-                _phrases(batch),
+                phrases_from_batch(batch),
                 references=_to(batch.get("reference"), device),
                 has_reference=None if has_ref is None else torch.as_tensor(has_ref).to(device),
             )
@@ -253,7 +250,7 @@ def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResu
     text_max = model.cfg.score_mode == "text_max"
     with naive_mode(model) as sigma, torch.no_grad():
         for batch in batches:
-            phrases = _phrases(batch)
+            phrases = phrases_from_batch(batch)
             refs, has_ref = batch.get("reference"), batch.get("has_reference")
             ids = _strings(batch, "image_id", len(phrases))
             cls = _strings(batch, "cls", len(phrases))
