@@ -101,8 +101,8 @@ def _open(path: str | Path, what: str, max_pixels: int | None) -> Image.Image:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageTooLargeError(
-                    f"{p.name} is {w}×{h} = {w * h / 1e6:.1f} megapixels; the limit is "
-                    f"{max_pixels / 1e6:.1f} megapixels. Downscale it first."
+                    f"{p.name} is {w}×{h} = {w * h:,} pixels; the limit is {max_pixels:,} "
+                    f"pixels ({max_pixels / 1e6:g} megapixels). Downscale it first."
                 )
             im.load()
             return ImageOps.exif_transpose(im) or im.copy()
