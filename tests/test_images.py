@@ -125,14 +125,17 @@ def test_masks_are_non_zero_in_any_colour_channel(tmp_path):
 def test_too_large_and_unreadable_files_say_so(tmp_path):
     big = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(big)
-    with pytest.raises(ImageTooLargeError, match=r"300×200 = 60,000 pixels; the limit is 50,000 pixels \(0.05 megapixels\)"):
+    with pytest.raises(
+        ImageTooLargeError,
+        match=r"300×200 = 60,000 pixels; the limit is 50,000 pixels \(0.05 megapixels\)",
+    ):
         read_image(big, max_pixels=50_000)
     assert read_image(big, max_pixels=60_000).size == (300, 200)
     text = tmp_path / "notes.png"
     text.write_text("not an image at all")
     with pytest.raises(ImageReadError, match="notes.png is not an image Pillow can read"):
         read_image(text)
-    with pytest.raises(ImageReadError, match="RGB image"):
+    with pytest.raises(ValueError, match="needs an RGB image"):
         to_tensor(Image.new("L", (4, 4)), 4)
 
 
