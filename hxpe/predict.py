@@ -254,20 +254,30 @@ class Prediction:
         return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear")[0, 0].numpy()
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``<stem>_overlay.png`` and ``<stem>_prediction.json`` into ``out_dir``."""
-        from hxpe.explorer import prediction_figure
+        """Write into ``out_dir``: ``<stem>_overlay.png``, ``<stem>_dinov2_prompt.png`` (when the
+        model has a DINOv2 prompt), ``<stem>_words.png`` (when the word importance was computed)
+        and ``<stem>_prediction.json``; returns their paths by kind."""
+        import matplotlib.pyplot as plt
+
+        from hxpe.explorer import prediction_figure, prompt_figure, word_importance_figure
 
         out = Path(out_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
         stem = self.image_path.stem
-        paths = {"overlay": out / f"{stem}_overlay.png", "json": out / f"{stem}_prediction.json"}
-        fig = prediction_figure(self)
-        fig.savefig(paths["overlay"], dpi=120, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        figures = {"overlay": prediction_figure}
+        if self.vfm_prompt is not None:
+            figures["dinov2_prompt"] = prompt_figure
+        if self.word_importance is not None:
+            figures["words"] = word_importance_figure
+        paths: dict[str, Path] = {}
+        for kind, make in figures.items():
+            paths[kind] = out / f"{stem}_{kind}.png"
+            fig = make(self)
+            fig.savefig(paths[kind], dpi=120, bbox_inches="tight")
+            plt.close(fig)
+        paths["json"] = out / f"{stem}_prediction.json"
         paths["json"].write_text(json.dumps(self.as_dict(), indent=1) + "\n")
-        log.info("wrote %s and %s", paths["overlay"], paths["json"])
+        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         return paths
 
 
@@ -408,7 +418,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         f"{stats['mean']:.4f}, area above {AREA_THRESHOLD}: {100 * stats[f'area_above_{AREA_THRESHOLD}']:.1f}%"
     )
     print(f"phrase: {result.phrase!r}; verdict: {result.verdict}")
-    print(f"wrote {paths['overlay']} and {paths['json']}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -418,9 +428,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="Score and explain one image of your own (overlay PNG + JSON).",
         description="Score one image with a trained HXPE checkpoint and explain it: writes "
-        "<stem>_overlay.png (image, anomaly map) and <stem>_prediction.json (image score, map "
-        "max/mean/area above 0.5, description, phrase, verdict, model provenance). Any image "
-        "Pillow reads works (RGB, RGBA, grayscale, 16-bit, palette; any size).",
+        "<stem>_overlay.png (image, anomaly map), <stem>_dinov2_prompt.png (when the model has "
+        "a DINOv2 prompt), <stem>_words.png (with --word-importance) and <stem>_prediction.json "
+        "(image score, map max/mean/area above 0.5, description, phrase, verdict, model "
+        "provenance). Any image Pillow reads works (RGB, RGBA, grayscale, 16-bit, palette; any "
+        "size); the project's one reader (hxpe.data.images) prepares it as evaluation does.",
     )
     p.add_argument("image", help="The image to score.")
     p.add_argument(
