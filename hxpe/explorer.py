@@ -215,7 +215,7 @@ def prediction_figure(pred: Prediction) -> Figure:
     fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02)
     phrase = f'phrase: "{pred.phrase}"' if pred.phrase else "phrase: (none: generic prompts)"
     verdict = {True: "anomalous", False: "normal", None: "no verdict"}[pred.verdict]
-    fig.suptitle(wrap(f"{pred.image_path.name}: {phrase}; verdict: {verdict}", 100, 2), fontsize=9)
+    fig.suptitle(wrap(f"{pred.image_path.name}: {phrase}; verdict: {verdict}", 80, 2), fontsize=9)
     note = pred.provenance.get("note")
     if note:
         fig.text(0.5, 0.005, note, ha="center", fontsize=7, color="#b00020")
