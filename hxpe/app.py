@@ -28,7 +28,8 @@ from typing import Any
 
 from hxpe.config import Config, load_config
 from hxpe.data.images import ImageReadError, ImageTooLargeError
-from hxpe.predict import DEFAULT_PARAMS, load_model, predict
+from hxpe import predict as prediction
+from hxpe.predict import DEFAULT_PARAMS
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def analyse(
     cfg = load_config(params)
     ckpt = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(cfg)
     try:
-        model, source = load_model(cfg, ckpt)
+        model, source = prediction.load_model(cfg, ckpt)
     except (FileNotFoundError, ValueError) as err:
         return Page.error("Checkpoint not usable", err)
     agent = None if agent in (None, "", NO_AGENT) else agent
@@ -142,7 +143,7 @@ def analyse(
             "Two explanations", "choose an agent backend or type a description, not both."
         )
     try:
-        pred = predict(
+        pred = prediction.predict(
             image,
             reference=reference or None,
             checkpoint=source,
