@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hxpe import predict as prediction
 from hxpe.config import Config, load_config
 from hxpe.data.images import ImageReadError, ImageTooLargeError
-from hxpe import predict as prediction
 from hxpe.predict import DEFAULT_PARAMS
 
 log = logging.getLogger(__name__)
