@@ -147,3 +147,15 @@ def test_a_checkpoint_that_does_not_match_its_model_config_is_named(checkpoint, 
 def test_choices_offered_by_the_page(checkpoint):
     assert found_checkpoints(checkpoint.parents[3]) == [str(checkpoint)]
     assert available_backends(load_config(DEFAULT_PARAMS))[0] == "classical"
+
+
+def test_hxpe_app_binds_to_this_machine_by_default(capsys):
+    from hxpe.cli import build_parser, main
+
+    args = build_parser().parse_args(["app"])
+    assert (args.host, args.port, args.max_pixels) == ("127.0.0.1", 7860, 40_000_000)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["app", "--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default 127.0.0.1: this machine only" in help_text
