@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -192,7 +193,9 @@ def image_extensions() -> list[str]:
 
 
 def build_app(params: str | Path = DEFAULT_PARAMS, max_pixels: int = MAX_PIXELS) -> Any:
-    """The Gradio Blocks of the page (not launched)."""
+    """The Gradio Blocks of the page (not launched). Gradio's usage analytics are off unless
+    ``GRADIO_ANALYTICS_ENABLED`` says otherwise: the page is local and calls no one."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
     cfg = load_config(params)
