@@ -3,6 +3,7 @@
 #   make test                 lint + unit tests + the six notebooks as tests (nbval)
 #   make reproduce            the paper profile (runs `make doctor` first; A100-class GPU)
 #   make <stage> PROFILE=p    one stage: data describe extract train evaluate figures
+#   make app                  a local web page to score and explain your own images (127.0.0.1:7860)
 # PROFILE=<name> picks notebooks/params/<name>.yaml; outputs go to results/<name>/.
 
 SHELL := /bin/bash
@@ -38,7 +39,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or pass PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test,app]'
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (hxpe)" >/dev/null
 	touch $@
 
@@ -46,7 +47,7 @@ venv: $(STAMP)  ## Create .venv from the pinned constraints and register the Jup
 
 lock:  ## Regenerate constraints.txt from a fresh install (maintainers)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet -e '.[notebooks,test]'
+	.venv-lock/bin/pip install --quiet -e '.[notebooks,test,app]'
 	{ sed -n '1,/^# CPU\/GPU common pins:/p' constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^hxpe'; } > constraints.new && mv constraints.new constraints.txt
 	rm -rf .venv-lock
 
@@ -108,6 +109,13 @@ fetch-models: | $(STAMP)  ## Download the pinned weights (MODELS="clip dinov2 vl
 
 verify: | $(STAMP)  ## Recompute artifact hashes against results/PROFILE/provenance.json
 	$(PY) -m hxpe.cli verify --params $(PARAMS)
+
+# ---- app (issue 16)
+.PHONY: app
+APP_ARGS ?=
+app: | $(STAMP)  ## Web page for your own images: upload, map, DINOv2 prompt, explanation (APP_ARGS="--port 8000")
+	$(PY) -m hxpe.cli app --params $(PARAMS) $(APP_ARGS)
+# ---- end app
 
 lab: | $(STAMP)  ## JupyterLab on the venv kernel
 	$(VENV)/bin/jupyter lab --notebook-dir=$(NB)

@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "hxpe.agent.cli",
     "hxpe.evaluation.cli",
     "hxpe.predict",
+    "hxpe.app",
     "hxpe.verify",
 )
 

@@ -27,7 +27,18 @@ from hxpe.config import Config
 from hxpe.figures.artifacts import Artifacts, MissingArtifact, Sample
 from hxpe.figures.panels import grid_figure, sample_row
 from hxpe.figures.selection import qualitative_rows
-from hxpe.figures.style import MAP_CMAP, add_note, blank, show_image, value_range, wrap
+from hxpe.figures.style import (
+    MAP_CMAP,
+    VFM_CMAP,
+    add_note,
+    blank,
+    show_image,
+    show_map,
+    text_panel,
+    value_range,
+    wrap,
+)
+from hxpe.figures.words import word_bars
 
 if TYPE_CHECKING:
     from hxpe.predict import Prediction
@@ -204,9 +215,37 @@ def prediction_figure(pred: Prediction) -> Figure:
     fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02)
     phrase = f'phrase: "{pred.phrase}"' if pred.phrase else "phrase: (none: generic prompts)"
     verdict = {True: "anomalous", False: "normal", None: "no verdict"}[pred.verdict]
-    fig.suptitle(wrap(f"{pred.image_path.name}: {phrase}; verdict: {verdict}", 100, 2), fontsize=9)
+    fig.suptitle(wrap(f"{pred.image_path.name}: {phrase}; verdict: {verdict}", 80, 2), fontsize=9)
     note = pred.provenance.get("note")
     if note:
         fig.text(0.5, 0.005, note, ha="center", fontsize=7, color="#b00020")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def prompt_figure(pred: Prediction) -> Figure:
+    """The DINOv2 prompt map of a prediction over its image (fixed scale 0 to 1)."""
+    image = np.asarray(pred.image, dtype=np.float32) / 255.0
+    h, w = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(4.6, 4.4 * h / max(w, 1) + 0.6))
+    if pred.vfm_prompt is None:
+        text_panel(ax, "this checkpoint has no DINOv2 prompt (vfm disabled)")
+    else:
+        show_map(ax, image, pred.vfm_prompt, 0.0, 1.0, cmap=VFM_CMAP)
+        source = "vs the reference" if pred.reference_path is not None else "patch rarity"
+        ax.set_title(f"DINOv2 prompt ({source})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def word_importance_figure(pred: Prediction) -> Figure:
+    """Leave-one-word-out bars of a prediction's phrase, or a note saying why there are none."""
+    values = pred.word_importance or []
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.32 * max(len(values), 3)))
+    if values and pred.phrase:
+        word_bars(ax, pred.phrase, values)
+    else:
+        reason = "no phrase (generic prompts)" if not pred.phrase else "not computed"
+        text_panel(ax, f"word importance: {reason}")
+    fig.tight_layout()
     return fig

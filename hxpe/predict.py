@@ -1,7 +1,8 @@
 """Score and explain one image of your own: ``hxpe predict`` and :func:`predict`.
 
-The image (any size, any mode Pillow reads: RGB, RGBA, grayscale, 16-bit, palette, ...) is brought to
-8-bit RGB, resized to the model's input, and scored by a trained HXPE checkpoint. The explainable
+The image (any size, any mode Pillow reads: RGB, RGBA, grayscale, 16-bit, palette, ...) is read by the
+project's one reader (:mod:`hxpe.data.images`, the same as evaluation's), resized to the model's
+input, and scored by a trained HXPE checkpoint. The explainable
 phrase comes from a description you give (``description=``, run through the configured extractor and
 the anti-false-alarm verdict) or from the agent (``agent=<backend>``: the describer first compares the
 image with ``reference``, then the extractor). Without either, the model uses its generic prompts.
@@ -26,93 +27,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
 from hxpe.config import Config, load_config
+from hxpe.data.images import ImageReadError, ImageTooLargeError, read_image, to_rgb, to_tensor
+
+__all__ = [
+    "ImageReadError",
+    "ImageTooLargeError",
+    "Prediction",
+    "load_model",
+    "model_inputs",
+    "predict",
+    "read_image",
+    "to_rgb",
+    "to_tensor",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PARAMS = "notebooks/params/demo.yaml"
 AREA_THRESHOLD = 0.5
-_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
-
-
-class ImageReadError(ValueError):
-    """A file that cannot be used as an image (the message says which, why and what to do)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Input images
-# --------------------------------------------------------------------------------------------------
-
-
-def _high_depth_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """16/32-bit integer or float pixels to 8 bits.
-
-    Integers up to 255 are kept, up to 65535 are divided by 257 (the full 16-bit range); anything
-    else (floats outside [0, 1], wider integers) is stretched from its minimum to its maximum.
-    """
-    a = arr.astype(np.float64)
-    finite = a[np.isfinite(a)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    if np.issubdtype(arr.dtype, np.integer) and lo >= 0 and hi <= 255:
-        scaled = a
-    elif np.issubdtype(arr.dtype, np.integer) and lo >= 0 and hi <= 65535:
-        scaled = a / 257.0
-    elif np.issubdtype(arr.dtype, np.floating) and lo >= 0 and hi <= 1:
-        scaled = a * 255.0
-    else:
-        scaled = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
-    return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow image as 8-bit RGB: transparency over black, high bit depths rescaled."""
-    if im.mode == "RGB":
-        return im.copy()
-    if im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        gray = _high_depth_to_uint8(np.asarray(im))
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    return im.convert("RGB")
-
-
-def read_image(path: str | Path) -> Image.Image:
-    """Open ``path`` as an 8-bit RGB image (EXIF orientation applied, first frame of animations)."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"Image {p} does not exist; check the path.")
-    if not p.is_file():
-        raise ImageReadError(f"{p} is not a file; pass the path of one image.")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            return to_rgb(ImageOps.exif_transpose(im) or im)
-    except UnidentifiedImageError as err:
-        raise ImageReadError(
-            f"{p} is not an image Pillow can read (PNG, JPEG, TIFF, BMP, WebP, GIF, ...); "
-            f"convert it to PNG first."
-        ) from err
-    except Image.DecompressionBombError as err:
-        raise ImageReadError(
-            f"{p} is too large for Pillow's safety limit ({err}); downscale it first."
-        ) from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(
-            f"Cannot decode {p}: {err}. The file is probably truncated or corrupt; "
-            f"re-export or re-download it."
-        ) from err
-
-
-def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """``[3, size, size]`` float in [0, 1], resized bicubically (as the evaluation stage does)."""
-    resized = image.resize((size, size), Image.Resampling.BICUBIC)
-    arr = np.asarray(resized, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,6 +134,8 @@ def _checkpoint_key(directory: Path) -> tuple[str, float]:
 
 def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
     """The model of ``checkpoint`` (or of the profile's main variant); cached per process."""
+    from pydantic import ValidationError
+
     from hxpe.model.checkpoint import load_checkpoint
     from hxpe.train import checkpoint_dir, model_for_evaluation
 
@@ -210,7 +148,15 @@ def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, s
             )
         key = _checkpoint_key(directory)
         if key not in _MODELS:
-            _MODELS[key] = load_checkpoint(directory).eval()
+            try:
+                _MODELS[key] = load_checkpoint(directory).eval()
+            except ValidationError as err:
+                raise ValueError(
+                    f"Checkpoint {directory} does not match this code's model config: "
+                    f"{directory / 'config.json'} fails validation ({err.error_count()} errors; "
+                    f"first: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}). It was written by "
+                    f"other code; retrain it or pick another checkpoint."
+                ) from err
         return _MODELS[key], str(directory)
     direction = cfg.evaluation.directions[0].name
     directory = checkpoint_dir(cfg.results_dir, direction, cfg.main_variant)
@@ -255,6 +201,8 @@ class Prediction:
     explained: Explained
     reference_path: Path | None
     provenance: dict[str, Any]
+    # (word, score(full phrase) - score(without the word)); None when not asked or no phrase
+    word_importance: list[tuple[str, float]] | None = None
 
     @property
     def description(self) -> str | None:
@@ -291,6 +239,11 @@ class Prediction:
             "verdict": self.verdict,
             "phrase": self.phrase,
             "agent": self.explained.backends,
+            "word_importance": (
+                None
+                if self.word_importance is None
+                else [{"word": w, "delta_score": d} for w, d in self.word_importance]
+            ),
             "provenance": self.provenance,
         }
 
@@ -301,20 +254,30 @@ class Prediction:
         return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear")[0, 0].numpy()
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``<stem>_overlay.png`` and ``<stem>_prediction.json`` into ``out_dir``."""
-        from hxpe.explorer import prediction_figure
+        """Write into ``out_dir``: ``<stem>_overlay.png``, ``<stem>_dinov2_prompt.png`` (when the
+        model has a DINOv2 prompt), ``<stem>_words.png`` (when the word importance was computed)
+        and ``<stem>_prediction.json``; returns their paths by kind."""
+        import matplotlib.pyplot as plt
+
+        from hxpe.explorer import prediction_figure, prompt_figure, word_importance_figure
 
         out = Path(out_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
         stem = self.image_path.stem
-        paths = {"overlay": out / f"{stem}_overlay.png", "json": out / f"{stem}_prediction.json"}
-        fig = prediction_figure(self)
-        fig.savefig(paths["overlay"], dpi=120, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        figures = {"overlay": prediction_figure}
+        if self.vfm_prompt is not None:
+            figures["dinov2_prompt"] = prompt_figure
+        if self.word_importance is not None:
+            figures["words"] = word_importance_figure
+        paths: dict[str, Path] = {}
+        for kind, make in figures.items():
+            paths[kind] = out / f"{stem}_{kind}.png"
+            fig = make(self)
+            fig.savefig(paths[kind], dpi=120, bbox_inches="tight")
+            plt.close(fig)
+        paths["json"] = out / f"{stem}_prediction.json"
         paths["json"].write_text(json.dumps(self.as_dict(), indent=1) + "\n")
-        log.info("wrote %s and %s", paths["overlay"], paths["json"])
+        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         return paths
 
 
@@ -339,6 +302,8 @@ def predict(
     class_name: str = "object",
     image_size: int | None = None,
     model: nn.Module | None = None,
+    words: bool = False,
+    max_pixels: int | None = None,
 ) -> Prediction:
     """Score and explain one image (see the module docstring).
 
@@ -352,12 +317,15 @@ def predict(
         class_name: the part's name in the describer's prompt.
         image_size: model input side; default the checkpoint's CLIP input size.
         model: an already loaded model (then ``checkpoint`` only labels the provenance).
+        words: also compute the word importance of the phrase (leave one word out,
+            :func:`hxpe.figures.words.word_importance`; one extra forward per word).
+        max_pixels: refuse images with more pixels (:class:`ImageTooLargeError`).
     """
     if description is not None and agent is not None:
         raise ValueError("give either description or agent, not both")
     cfg = load_config(params)
-    img = read_image(image)
-    ref = read_image(reference) if reference is not None else None
+    img = read_image(image, max_pixels=max_pixels)
+    ref = read_image(reference, max_pixels=max_pixels) if reference is not None else None
     if model is None:
         model, source = load_model(cfg, checkpoint)
     else:
@@ -369,7 +337,13 @@ def predict(
         explained.backends["describe"] = f"{agent}:{cfg.agent.describe.model_id}"
     elif description is not None:
         explained = extract_phrase(cfg, description)
-    out = _forward(model, img, ref, explained.phrase, image_size or _input_size(model))
+    x, x_ref = model_inputs(img, ref, image_size or _input_size(model))
+    out = _forward(model, x, x_ref, explained.phrase)
+    importance = None
+    if words and explained.phrase:
+        from hxpe.figures.words import word_importance
+
+        importance = word_importance(model, x, explained.phrase, x_ref)
     provenance = _model_provenance(model, source) | {
         "params": str(params),
         "profile": cfg.profile,
@@ -385,6 +359,7 @@ def predict(
         explained=explained,
         reference_path=Path(reference) if reference is not None else None,
         provenance=provenance,
+        word_importance=importance,
     )
 
 
@@ -395,17 +370,23 @@ def _input_size(model: nn.Module) -> int:
     return int(model_cfg.clip.image_size)
 
 
+def model_inputs(
+    image: Image.Image, reference: Image.Image | None, size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's ``[3, size, size]`` inputs of the image and the reference (same as evaluation)."""
+    return to_tensor(image, size), to_tensor(reference, size) if reference is not None else None
+
+
 @torch.inference_mode()
 def _forward(
     model: nn.Module,
-    image: Image.Image,
-    reference: Image.Image | None,
+    image: torch.Tensor,
+    reference: torch.Tensor | None,
     phrase: str | None,
-    size: int,
 ) -> tuple[float, np.ndarray, np.ndarray | None]:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = to_tensor(image, size)[None].to(device)
-    ref = to_tensor(reference, size)[None].to(device) if reference is not None else None
+    x = image[None].to(device)
+    ref = reference[None].to(device) if reference is not None else None
     has_ref = torch.ones(1, dtype=torch.bool, device=device) if ref is not None else None
     model.eval()
     out = model(x, [phrase], ref, has_ref)
@@ -428,6 +409,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         params=args.params,
         class_name=args.class_name,
         image_size=args.image_size,
+        words=args.word_importance,
     )
     paths = result.save(args.out)
     stats = result.map_stats
@@ -436,7 +418,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         f"{stats['mean']:.4f}, area above {AREA_THRESHOLD}: {100 * stats[f'area_above_{AREA_THRESHOLD}']:.1f}%"
     )
     print(f"phrase: {result.phrase!r}; verdict: {result.verdict}")
-    print(f"wrote {paths['overlay']} and {paths['json']}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -446,9 +428,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="Score and explain one image of your own (overlay PNG + JSON).",
         description="Score one image with a trained HXPE checkpoint and explain it: writes "
-        "<stem>_overlay.png (image, anomaly map) and <stem>_prediction.json (image score, map "
-        "max/mean/area above 0.5, description, phrase, verdict, model provenance). Any image "
-        "Pillow reads works (RGB, RGBA, grayscale, 16-bit, palette; any size).",
+        "<stem>_overlay.png (image, anomaly map), <stem>_dinov2_prompt.png (when the model has "
+        "a DINOv2 prompt), <stem>_words.png (with --word-importance) and <stem>_prediction.json "
+        "(image score, map max/mean/area above 0.5, description, phrase, verdict, model "
+        "provenance). Any image Pillow reads works (RGB, RGBA, grayscale, 16-bit, palette; any "
+        "size); the project's one reader (hxpe.data.images) prepares it as evaluation does.",
     )
     p.add_argument("image", help="The image to score.")
     p.add_argument(
@@ -494,6 +478,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="PX",
         help="Model input side in pixels (default: the checkpoint's CLIP input size).",
+    )
+    p.add_argument(
+        "--word-importance",
+        action="store_true",
+        help="Also score the phrase with each word left out (one forward per word) and store "
+        "each word's effect on the image score in the JSON.",
     )
     p.add_argument(
         "--out",

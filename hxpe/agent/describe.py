@@ -41,6 +41,7 @@ from hxpe.agent.runner import (
 )
 from hxpe.agent.templates import PromptTemplate, load_template
 from hxpe.config import file_sha256
+from hxpe.data.images import read_image
 from hxpe.data.index import DatasetIndex, select_references
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,8 @@ def _replay_match(rec: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    """The project's one image reader (:mod:`hxpe.data.images`), as evaluation and predict use."""
+    return read_image(path)
 
 
 def _requests(items: list[DescribeItem], template: PromptTemplate) -> list[DescribeRequest]:

@@ -11,9 +11,9 @@ import textwrap
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from PIL import Image
 
 from hxpe.agent.runner import reason_of
+from hxpe.data.images import read_image
 from hxpe.data.index import DatasetIndex
 
 
@@ -92,8 +92,7 @@ def description_figure(
         for ax, image_id, title in zip(row_axes[:2], ids, ("reference", "test"), strict=True):
             ax.axis("off")
             if image_id:
-                with Image.open(index.abs_path(index.row(image_id)["image"])) as img:
-                    ax.imshow(img.convert("RGB"))
+                ax.imshow(read_image(index.abs_path(index.row(image_id)["image"])))
             ax.set_title(title if image_id else "no reference", fontsize=8)
         row_axes[2].axis("off")
         body = textwrap.fill(str(rec.text), width)

@@ -2,7 +2,7 @@
 
 Each check raises :class:`~hxpe.data.errors.DatasetError` with one message that names the file or
 class at fault and says how to fix it. Masks are binarised by one rule everywhere: a pixel is a defect
-when it is non-zero (``hxpe.data.torch_dataset.load_mask`` applies it). VisA's masks hold small
+when it is non-zero (``hxpe.data.images.read_mask`` applies it). VisA's masks hold small
 integers, MVTec's hold 0/255; both are valid, and any other non-binary mask is reported once and
 binarised by that rule.
 """
@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from hxpe.data.errors import DatasetError
+from hxpe.data.images import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +88,10 @@ def safe_join(root: Path, rel: str, where: str) -> Path:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image after fully decoding it, so truncated files are caught."""
+    """(width, height) of an image as the project's reader sees it (fully decoded, so truncated
+    files are caught; EXIF orientation applied)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.size
+        return read_image(path).size
     except (OSError, ValueError, SyntaxError) as err:
         raise DatasetError(
             f"Cannot read image {path}: {err}. The file is unreadable or truncated; re-download or "

@@ -6,8 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from PIL import Image
 
+from hxpe.data.images import read_image, read_mask
 from hxpe.data.index import DatasetIndex
 
 MASK_COLOUR = np.array([1.0, 0.1, 0.1])
@@ -44,11 +44,9 @@ def summary_table(indexes: dict[str, DatasetIndex]) -> pd.DataFrame:
 
 
 def _overlay(index: DatasetIndex, row: pd.Series) -> np.ndarray:
-    with Image.open(index.abs_path(row["image"])) as im:
-        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    rgb = np.asarray(read_image(index.abs_path(row["image"])), dtype=np.float32) / 255.0
     if row["mask"]:
-        with Image.open(index.abs_path(row["mask"])) as m:
-            mask = np.asarray(m.convert("L")) > 0
+        mask = read_mask(index.abs_path(row["mask"]))
         rgb[mask] = (1 - MASK_OPACITY) * rgb[mask] + MASK_OPACITY * MASK_COLOUR
     return rgb
 

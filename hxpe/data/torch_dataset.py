@@ -1,9 +1,10 @@
 """A torch Dataset over an index: images and masks at the protocol resolution.
 
-Images come out as float32 RGB in [0, 1] (no normalisation: each backbone normalises its own input, so
-CLIP and DINOv2 are fed from one preprocessed batch). Masks are binarised by the stated rule: a raw mask
-pixel is a defect when it is non-zero (VisA's masks use small integers), then the mask is resized
-bilinearly and thresholded at 0.5, as AnomalyCLIP's transform does.
+Images are read by the project's one reader (:mod:`hxpe.data.images`: EXIF orientation, transparency
+over black, high bit depths rescaled) and come out as float32 RGB in [0, 1] (no normalisation: each
+backbone normalises its own input, so CLIP and DINOv2 are fed from one preprocessed batch). Masks are
+binarised by the stated rule: a raw mask pixel is a defect when it is non-zero (VisA's masks use small
+integers), then the mask is resized bilinearly and thresholded at 0.5, as AnomalyCLIP's transform does.
 """
 
 from __future__ import annotations
@@ -11,36 +12,19 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from hxpe.data.images import load_image, mask_tensor, read_mask
 from hxpe.data.index import DatasetIndex
 
-
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """RGB image resized (bicubic, no crop) to ``size``×``size``, float32 [3, size, size] in [0, 1]."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as err:
-        raise OSError(f"Cannot read image {path}: {err}. Re-download or remove the file.") from err
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+__all__ = ["IndexDataset", "load_image", "load_mask", "phrases_from_batch"]
 
 
 def load_mask(path: str | Path | None, size: int) -> torch.Tensor:
     """Binary mask float32 [1, size, size]; zeros when ``path`` is empty (a normal image)."""
     if not path:
         return torch.zeros(1, size, size)
-    try:
-        with Image.open(path) as im:
-            raw = np.asarray(im.convert("L"))
-    except (OSError, ValueError) as err:
-        raise OSError(f"Cannot read mask {path}: {err}.") from err
-    binary = torch.from_numpy((raw > 0).astype(np.float32))[None, None]
-    resized = torch.nn.functional.interpolate(binary, size=(size, size), mode="bilinear")
-    return (resized[0] > 0.5).float()
+    return mask_tensor(read_mask(path), size)
 
 
 class IndexDataset(torch.utils.data.Dataset):

@@ -17,6 +17,7 @@ import logging
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -79,6 +80,21 @@ def word_importance(
     return [(w, full - s) for w, s in zip(words, scores[1:], strict=True)]
 
 
+def word_bars(ax: Axes, phrase: str, values: list[tuple[str, float]]) -> None:
+    """One horizontal bar per word, in phrase order: red raises the score, blue lowers it."""
+    words = [w for w, _ in values]
+    deltas = np.array([v for _, v in values])
+    colours = ["#b00020" if d > 0 else "#1f5fa8" for d in deltas]
+    y = np.arange(len(words))
+    ax.barh(y, deltas, color=colours)
+    ax.set_yticks(y, words, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_title(wrap(f'"{phrase}"', 70, 2), fontsize=8)
+    ax.set_xlabel("score(full phrase) − score(without the word)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+
+
 def word_figure(rows: list[tuple[Sample, str, list[tuple[str, float]]]], title: str) -> Figure:
     """Per example: the image with its ground truth, and one bar per word of its phrase."""
     fig, axes = plt.subplots(
@@ -91,17 +107,7 @@ def word_figure(rows: list[tuple[Sample, str, list[tuple[str, float]]]], title: 
     for (sample, phrase, values), (ax_img, ax_bar) in zip(rows, axes, strict=True):
         show_mask(ax_img, sample.image, sample.mask)
         ax_img.set_title(wrap(f"{sample.cls} / {sample.defect_type}", 28), fontsize=8)
-        words = [w for w, _ in values]
-        deltas = np.array([v for _, v in values])
-        colours = ["#b00020" if d > 0 else "#1f5fa8" for d in deltas]
-        y = np.arange(len(words))
-        ax_bar.barh(y, deltas, color=colours)
-        ax_bar.set_yticks(y, words, fontsize=8)
-        ax_bar.invert_yaxis()
-        ax_bar.axvline(0, color="black", linewidth=0.6)
-        ax_bar.set_title(wrap(f'"{phrase}"', 70, 2), fontsize=8)
-        ax_bar.set_xlabel("score(full phrase) − score(without the word)", fontsize=8)
-        ax_bar.tick_params(axis="x", labelsize=7)
+        word_bars(ax_bar, phrase, values)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig

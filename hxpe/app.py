@@ -1,0 +1,346 @@
+"""``make app`` / ``hxpe app``: a local web page to score and explain one image of your own.
+
+A thin Gradio UI over :mod:`hxpe.predict`: upload a test image (and, optionally, a defect-free
+reference of the same part), pick a checkpoint and an agent backend, and the page shows the anomaly
+overlay, the DINOv2 prompt map, the description, the explainable phrase, the verdict, the image score
+and the word-importance bars, with the JSON record of ``hxpe predict`` to download. Uploads are read
+by the project's one image reader (:mod:`hxpe.data.images`), exactly as evaluation reads its images.
+
+The server binds to 127.0.0.1 unless told otherwise (``--host``). Gradio is imported only when the
+page is built, so this module's logic (:func:`analyse`) works without it.
+
+Example:
+    >>> page = analyse("part.png", "good.png", checkpoint="results/demo/checkpoints/aux_to_target/hxpe",
+    ...                agent="classical")  # doctest: +SKIP
+    >>> page.phrase, page.score  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hxpe import predict as prediction
+from hxpe.config import Config, load_config
+from hxpe.data.images import ImageReadError, ImageTooLargeError
+from hxpe.predict import DEFAULT_PARAMS
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 40_000_000  # 40 megapixels: larger uploads are refused with this limit in the message
+MAX_FILE_SIZE = "50mb"  # Gradio refuses larger uploads before they reach us
+NO_AGENT = "none (generic prompts or your description)"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+# --------------------------------------------------------------------------------------------------
+# Choices offered by the page
+# --------------------------------------------------------------------------------------------------
+
+
+def default_checkpoint(cfg: Config) -> Path:
+    """The profile's main variant for its first direction (the demo's: ``results/demo/...``)."""
+    from hxpe.train import checkpoint_dir
+
+    return checkpoint_dir(cfg.results_dir, cfg.evaluation.directions[0].name, cfg.main_variant)
+
+
+def found_checkpoints(results_root: Path) -> list[str]:
+    """Checkpoint directories under ``results_root`` (``*/checkpoints/<direction>/<variant>``)."""
+    if not results_root.is_dir():
+        return []
+    found = results_root.glob("*/checkpoints/*/*/config.json")
+    return sorted(str(p.parent) for p in found if (p.parent / "trainable.safetensors").is_file())
+
+
+def _vlm_is_local(model_id: str) -> bool:
+    from hxpe.weights import local_snapshot, spec_for_repo
+
+    if Path(model_id).expanduser().is_dir():
+        return True
+    spec = spec_for_repo(model_id)
+    return spec is not None and local_snapshot(spec) is not None
+
+
+def available_backends(cfg: Config) -> list[str]:
+    """Describer backends this machine can run for the profile: ``classical`` always (CPU);
+    ``transformers`` when the profile's VLM weights are local; ``vllm`` when vLLM imports and a
+    GPU is visible (and the weights are local)."""
+    backends = ["classical"]
+    model_id = cfg.agent.describe.model_id
+    if cfg.agent.describe.backend in ("transformers", "vllm") and _vlm_is_local(model_id):
+        backends.append("transformers")
+        if importlib.util.find_spec("vllm") is not None:
+            import torch
+
+            if torch.cuda.is_available():
+                backends.append("vllm")
+    return backends
+
+
+# --------------------------------------------------------------------------------------------------
+# One request
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Page:
+    """What one click shows: a status line, or the prediction's pictures, texts and record."""
+
+    status: str
+    overlay: Path | None = None
+    prompt: Path | None = None
+    words: Path | None = None
+    description: str = ""
+    phrase: str = ""
+    verdict: str = ""
+    score: str = ""
+    record: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def error(cls, title: str, err: BaseException | str) -> Page:
+        return cls(status=f"**{title}:** {err}")
+
+
+def _verdict_text(verdict: bool | None) -> str:
+    return {True: "anomalous", False: "normal", None: "no verdict (no description)"}[verdict]
+
+
+def analyse(
+    image: str | Path | None,
+    reference: str | Path | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    agent: str | None = None,
+    description: str | None = None,
+    class_name: str = "object",
+    params: str | Path = DEFAULT_PARAMS,
+    max_pixels: int = MAX_PIXELS,
+    out_dir: str | Path | None = None,
+) -> Page:
+    """Score and explain ``image`` with :func:`hxpe.predict.predict`; errors become a status line."""
+    if not image:
+        return Page.error("No image", "upload a test image first.")
+    started = time.perf_counter()
+    cfg = load_config(params)
+    ckpt = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(cfg)
+    try:
+        model, source = prediction.load_model(cfg, ckpt)
+    except (FileNotFoundError, ValueError) as err:
+        return Page.error("Checkpoint not usable", err)
+    agent = None if agent in (None, "", NO_AGENT) else agent
+    text = (description or "").strip() or None
+    if agent is not None and text is not None:
+        return Page.error(
+            "Two explanations", "choose an agent backend or type a description, not both."
+        )
+    try:
+        pred = prediction.predict(
+            image,
+            reference=reference or None,
+            checkpoint=source,
+            agent=agent,
+            description=text,
+            params=params,
+            class_name=class_name.strip() or "object",
+            model=model,
+            words=True,
+            max_pixels=max_pixels,
+        )
+    except ImageTooLargeError as err:
+        return Page.error("Image too large", err)
+    except ImageReadError as err:
+        return Page.error("Not an image", err)
+    except (FileNotFoundError, ValueError) as err:
+        return Page.error("Cannot explain this image", err)
+    files = pred.save(Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="hxpe-app-")))
+    seconds = time.perf_counter() - started
+    note = pred.provenance.get("note")
+    status = f"Done in {seconds:.1f} s with `{source}`." + (f" Note: {note}." if note else "")
+    return Page(
+        status=status,
+        overlay=files["overlay"],
+        prompt=files.get("dinov2_prompt"),
+        words=files.get("words"),
+        description=pred.description or "",
+        phrase=pred.phrase or "(none: the model uses its generic prompts)",
+        verdict=_verdict_text(pred.verdict),
+        score=f"{pred.image_score:.4f}",
+        record=files["json"],
+        files=files,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The page
+# --------------------------------------------------------------------------------------------------
+
+
+def image_extensions() -> list[str]:
+    """File extensions Pillow can open (the upload boxes accept these)."""
+    from PIL import Image
+
+    return sorted({ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN})
+
+
+def build_app(params: str | Path = DEFAULT_PARAMS, max_pixels: int = MAX_PIXELS) -> Any:
+    """The Gradio Blocks of the page (not launched). Gradio's usage analytics are off unless
+    ``GRADIO_ANALYTICS_ENABLED`` says otherwise: the page is local and calls no one."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    cfg = load_config(params)
+    default = str(default_checkpoint(cfg))
+    choices = sorted({default, *found_checkpoints(Path(cfg.results_dir).parent)})
+    backends = [NO_AGENT, *available_backends(cfg)]
+    extensions = image_extensions()
+
+    with gr.Blocks(title="HXPE: score and explain your image") as app:
+        gr.Markdown(
+            "## HXPE: score and explain one image\n"
+            "Upload a test image and, for the DINOv2 prompt and the classical describer, a "
+            f"defect-free reference of the same part. Images up to {max_pixels / 1e6:g} megapixels "
+            f"and {MAX_FILE_SIZE}."
+        )
+        with gr.Row():
+            image = gr.File(label="Test image", file_types=extensions, elem_id="image")
+            reference = gr.File(
+                label="Normal reference (optional)", file_types=extensions, elem_id="reference"
+            )
+        with gr.Row():
+            checkpoint = gr.Dropdown(
+                choices=choices,
+                value=default,
+                allow_custom_value=True,
+                label="Checkpoint directory",
+                elem_id="checkpoint",
+            )
+            agent = gr.Dropdown(
+                choices=backends, value=backends[-1], label="Agent backend", elem_id="agent"
+            )
+            class_name = gr.Textbox(value="object", label="Part name", elem_id="class_name")
+        description = gr.Textbox(
+            label="Or your own description (with agent 'none')", lines=2, elem_id="description"
+        )
+        run = gr.Button("Score and explain", variant="primary", elem_id="run")
+        status = gr.Markdown(elem_id="status")
+        with gr.Row():
+            overlay = gr.Image(label="Anomaly map", type="filepath", elem_id="overlay")
+            prompt = gr.Image(label="DINOv2 prompt", type="filepath", elem_id="prompt")
+        with gr.Row():
+            score = gr.Textbox(label="Image score", elem_id="score")
+            verdict = gr.Textbox(label="Verdict", elem_id="verdict")
+            phrase = gr.Textbox(label="Explainable phrase", elem_id="phrase")
+        described = gr.Textbox(label="Description", lines=3, elem_id="described")
+        words = gr.Image(label="Word importance", type="filepath", elem_id="words")
+        record = gr.File(label="JSON record", elem_id="record")
+
+        def _on_click(img, ref, ckpt, backend, text, name):  # type: ignore[no-untyped-def]
+            page = analyse(
+                img,
+                ref,
+                checkpoint=ckpt,
+                agent=backend,
+                description=text,
+                class_name=name,
+                params=params,
+                max_pixels=max_pixels,
+            )
+            return (
+                page.status,
+                page.overlay and str(page.overlay),
+                page.prompt and str(page.prompt),
+                page.score,
+                page.verdict,
+                page.phrase,
+                page.description,
+                page.words and str(page.words),
+                page.record and str(page.record),
+            )
+
+        run.click(
+            _on_click,
+            inputs=[image, reference, checkpoint, agent, description, class_name],
+            outputs=[status, overlay, prompt, score, verdict, phrase, described, words, record],
+        )
+    return app
+
+
+def serve(
+    params: str | Path = DEFAULT_PARAMS,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    max_pixels: int = MAX_PIXELS,
+) -> None:
+    """Build the page and serve it until interrupted."""
+    started = time.perf_counter()
+    app = build_app(params, max_pixels)
+    log.info(
+        "app built in %.1f s; serving on http://%s:%d", time.perf_counter() - started, host, port
+    )
+    app.queue().launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=MAX_FILE_SIZE,
+        show_error=True,
+        inbrowser=False,
+    )
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    serve(args.params, args.host, args.port, args.max_pixels)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hxpe app`` to the ``hxpe`` command."""
+    p = subparsers.add_parser(
+        "app",
+        help="A local web page to score and explain your own images (needs the app extra).",
+        description="Serve a Gradio page over `hxpe predict`: upload an image and an optional "
+        "normal reference, pick a checkpoint and an agent backend, and see the anomaly map, the "
+        "DINOv2 prompt, the description, the phrase, the verdict, the image score and the word "
+        "importance; download the JSON record. Install Gradio with: pip install -c constraints.txt "
+        "-e '.[app]' (make app does it).",
+    )
+    p.add_argument(
+        "--params",
+        default=DEFAULT_PARAMS,
+        metavar="FILE",
+        help=f"Profile YAML: agent settings and default checkpoint (default {DEFAULT_PARAMS}).",
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"Address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 exposes it).",
+    )
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"Port (default {DEFAULT_PORT}).")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help=f"Refuse larger images (default {MAX_PIXELS:,} pixels).",
+    )
+    p.set_defaults(func=_cmd_app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hxpe.cli import main as cli_main
+
+    return cli_main(["app", *(argv or [])])
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
