@@ -95,6 +95,11 @@ class WinClipModel(nn.Module):
         visual = clip.visual
         if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
             raise ValueError("WinCLIP needs a class-token CLIP vision tower (no attentional pool).")
+        if cfg.explain.enabled or cfg.vfm.enabled:
+            log.warning(
+                "WinCLIP uses neither explainable prompts nor DINOv2 prompts; model.explain and "
+                "model.vfm are ignored (disable them in the variant to silence this)."
+            )
         self.cfg = cfg
         self.clip = clip
         self.scales = tuple(cfg.winclip.scales)
