@@ -120,7 +120,10 @@ def check_datasets(cfg: Config) -> list[Check]:
     for src in cfg.data.datasets:
         if src.kind == "demo":
             continue
-        root = resolve(src.root) if src.root else None
+        candidates = [resolve(r) for r in src.prefer_roots] + (
+            [resolve(src.root)] if src.root else []
+        )
+        root = next((r for r in candidates if r.is_dir()), candidates[-1] if candidates else None)
         ok = root is not None and root.is_dir()
         out.append(
             Check(
