@@ -146,3 +146,17 @@ def test_prefer_roots_take_the_authors_tree_when_present(tmp_path: Path) -> None
     assert source_root(source) == raw
     prepared.mkdir()
     assert source_root(source) == prepared
+
+
+def test_doctor_reports_the_preferred_root(tmp_path: Path) -> None:
+    from hxpe.config import Config
+    from hxpe.doctor import check_datasets
+
+    raw, prepared = tmp_path / "DAGM_KaggleUpload", tmp_path / "DAGM_anomaly_detection"
+    source = {"name": "dagm", "kind": "dagm", "root": str(raw), "prefer_roots": [str(prepared)]}
+    cfg = Config(profile="t", data={"datasets": [source]})
+    (check,) = check_datasets(cfg)
+    assert not check.ok and str(raw) in check.detail  # neither exists: the fallback is named
+    prepared.mkdir()
+    (check,) = check_datasets(cfg)
+    assert check.ok and str(prepared) in check.detail
