@@ -18,6 +18,7 @@ from torch import nn
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, load_index, make_image_id, save_index
 from hxpe.evaluation.maps import MapStore
+from hxpe.evaluation.metrics import pixel_metrics
 from hxpe.evaluation.protocol import infer_dataset, run_protocol, store_dir
 from hxpe.evaluation.results import merge_metrics
 
@@ -116,11 +117,11 @@ def make_cfg() -> Config:
     )
 
 
-def expected_class_values(
+def class_arrays(
     index: DatasetIndex, cls: str, flat: bool = False, dtype: type = np.float32
-) -> dict[str, float]:
-    """Metrics computed independently: PIL + scikit-learn on the float32 maps (``flat``: the
-    :class:`FlatStandIn` maps; ``dtype``: round the maps through it first)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, float32 maps and boolean masks of one class's test images, read with PIL
+    (``flat``: the :class:`FlatStandIn` maps; ``dtype``: round the maps through it first)."""
     rows = index.split("test")
     rows = rows[rows["cls"] == cls]
     maps, masks = [], []
@@ -132,8 +133,15 @@ def expected_class_values(
         maps.append(amap.astype(dtype).astype(np.float32))
         m = np.asarray(Image.open(index.abs_path(r.mask))) if r.mask else np.zeros((SIZE, SIZE))
         masks.append(m > 0)
-    maps_a, masks_a = np.stack(maps), np.stack(masks)
-    labels, scores = rows["label"].to_numpy(), maps_a.max(axis=(1, 2))
+    return rows["label"].to_numpy(), np.stack(maps), np.stack(masks)
+
+
+def expected_class_values(
+    index: DatasetIndex, cls: str, flat: bool = False, dtype: type = np.float32
+) -> dict[str, float]:
+    """Metrics computed independently: scikit-learn on :func:`class_arrays`."""
+    labels, maps_a, masks_a = class_arrays(index, cls, flat, dtype)
+    scores = maps_a.max(axis=(1, 2))
     return {
         "image_auroc": roc_auc_score(labels, scores),
         "image_ap": average_precision_score(labels, scores),
@@ -259,6 +267,14 @@ def test_flat_maps_metrics_are_full_precision_whatever_the_store(
         for metric, value in full.items():
             assert got[(cls, metric)] == pytest.approx(value, abs=1e-12), (cls, metric)
             rounding_shift = max(rounding_shift, abs(half[metric] - value))
+        # AUPRO and F1-max too: the metric functions on the float32 maps, not on float16 ones
+        _, maps32, masks = class_arrays(index, cls, flat=True)
+        pix32 = pixel_metrics(masks, maps32, ["anomalyclip", "exact"], 0.3, device="cpu").values
+        _, maps16, _ = class_arrays(index, cls, flat=True, dtype=np.float16)
+        pix16 = pixel_metrics(masks, maps16, ["anomalyclip", "exact"], 0.3, device="cpu").values
+        for metric in ("pixel_aupro_anomalyclip", "pixel_aupro_exact", "pixel_f1_max"):
+            assert got[(cls, metric)] == pytest.approx(pix32[metric], abs=1e-12), (cls, metric)
+            rounding_shift = max(rounding_shift, abs(pix16[metric] - pix32[metric]))
     assert rounding_shift > 1e-4  # float16 maps would have moved the metrics: the test can fail
     store = MapStore(store_dir(rd, "aux_to_tgt", "plain", "tgt"), dtype)
     first = store.scores()["image_id"].iloc[0]
