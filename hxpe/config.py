@@ -80,10 +80,11 @@ class Config(BaseModel):
         for variant in self.variants:
             m = self.model_for(variant)
             if m.clip.pretrained is None:
-                out["clip (random init)"] = {
-                    "model_name": m.clip.model_name,
-                    "config": m.clip.config_file,
-                }
+                entry = {"model_name": m.clip.model_name, "config": m.clip.config_file}
+                key = "clip (random init)"
+                if out.get(key, entry) != entry:  # a second random CLIP (the demo's WinCLIP)
+                    key = f"clip {m.clip.model_name} (random init)"
+                out[key] = entry
             if m.vfm.enabled and m.vfm.config_file:
                 out["dinov2 (random init)"] = {"config": m.vfm.config_file}
         return out

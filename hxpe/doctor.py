@@ -26,11 +26,15 @@ class Check:
 
 
 def required_weight_keys(cfg: Config) -> list[str]:
-    """Which pinned weights the profile loads (CLIP, DINOv2, the agent's VLM and LLM)."""
+    """Which pinned weights the profile loads (CLIPs, DINOv2, the agent's VLM and LLM)."""
+    from hxpe.model.loading import pinned_clip_key
+
     keys: list[str] = []
     models = [cfg.model_for(v) for v in cfg.variants]
-    if any(m.clip.pretrained == "openai" for m in models):
-        keys.append("clip")
+    for m in models:
+        key = pinned_clip_key(m.clip)
+        if key is not None and key not in keys:
+            keys.append(key)
     if any(_uses_pretrained_vfm(m) for m in models):
         keys.append("dinov2")
     for stage in (cfg.agent.describe, cfg.agent.extract):
@@ -116,7 +120,10 @@ def check_datasets(cfg: Config) -> list[Check]:
     for src in cfg.data.datasets:
         if src.kind == "demo":
             continue
-        root = resolve(src.root) if src.root else None
+        candidates = [resolve(r) for r in src.prefer_roots] + (
+            [resolve(src.root)] if src.root else []
+        )
+        root = next((r for r in candidates if r.is_dir()), candidates[-1] if candidates else None)
         ok = root is not None and root.is_dir()
         out.append(
             Check(

@@ -74,7 +74,7 @@ def test_failed_run_leaves_no_complete_cache(tmp_path) -> None:
 
 
 def test_bad_inputs_are_clear_errors(tmp_path) -> None:
-    store = MapStore(tmp_path / "s")
+    store = MapStore(tmp_path / "s", "float16")
     with store.writer(key="k") as w:
         with pytest.raises(ValueError, match="overflows float16"):
             w.add("x/c/test/good/0", np.full((2, 2), 1e6), cls="c", label=0, image_score=0.0)

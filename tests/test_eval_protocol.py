@@ -18,6 +18,7 @@ from torch import nn
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, load_index, make_image_id, save_index
 from hxpe.evaluation.maps import MapStore
+from hxpe.evaluation.metrics import pixel_metrics
 from hxpe.evaluation.protocol import infer_dataset, run_protocol, store_dir
 from hxpe.evaluation.results import merge_metrics
 
@@ -40,6 +41,19 @@ class StandIn(nn.Module):
             anomaly_map=amap,
             vfm_prompt=amap[:, ::8, ::8],
         )
+
+
+FLAT = 0.025  # flat maps: values within ±0.0125 of 0.5, as a weakly separating model gives
+
+
+class FlatStandIn(StandIn):
+    """The stand-in's map squeezed to 0.5 ± 0.0125 (float16 has ~2.4e-4 resolution there)."""
+
+    def forward(self, images, phrases, references, has_reference):
+        out = super().forward(images, phrases, references, has_reference)
+        out.anomaly_map = 0.5 + FLAT * (out.anomaly_map - 0.5)
+        out.image_score = out.anomaly_map.amax(dim=(1, 2))
+        return out
 
 
 def write_dataset(root: Path) -> DatasetIndex:
@@ -103,18 +117,31 @@ def make_cfg() -> Config:
     )
 
 
-def expected_class_values(index: DatasetIndex, cls: str) -> dict[str, float]:
-    """Metrics computed independently: PIL + scikit-learn on the float16-rounded maps."""
+def class_arrays(
+    index: DatasetIndex, cls: str, flat: bool = False, dtype: type = np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, float32 maps and boolean masks of one class's test images, read with PIL
+    (``flat``: the :class:`FlatStandIn` maps; ``dtype``: round the maps through it first)."""
     rows = index.split("test")
     rows = rows[rows["cls"] == cls]
     maps, masks = [], []
     for r in rows.itertuples():
         img = np.asarray(Image.open(index.abs_path(r.image)), dtype=np.float32) / 255
-        maps.append(img.mean(-1).astype(np.float16).astype(np.float32))
+        amap = img.mean(-1)
+        if flat:
+            amap = np.float32(0.5) + np.float32(FLAT) * (amap - np.float32(0.5))
+        maps.append(amap.astype(dtype).astype(np.float32))
         m = np.asarray(Image.open(index.abs_path(r.mask))) if r.mask else np.zeros((SIZE, SIZE))
         masks.append(m > 0)
-    maps_a, masks_a = np.stack(maps), np.stack(masks)
-    labels, scores = rows["label"].to_numpy(), maps_a.max(axis=(1, 2))
+    return rows["label"].to_numpy(), np.stack(maps), np.stack(masks)
+
+
+def expected_class_values(
+    index: DatasetIndex, cls: str, flat: bool = False, dtype: type = np.float32
+) -> dict[str, float]:
+    """Metrics computed independently: scikit-learn on :func:`class_arrays`."""
+    labels, maps_a, masks_a = class_arrays(index, cls, flat, dtype)
+    scores = maps_a.max(axis=(1, 2))
     return {
         "image_auroc": roc_auc_score(labels, scores),
         "image_ap": average_precision_score(labels, scores),
@@ -133,7 +160,7 @@ def test_infer_dataset_writes_maps_scores_and_vfm(results: Path, tmp_path: Path)
     scores = store.scores()
     assert len(scores) == len(index.split("test")) and store.is_complete("k")
     first = scores["image_id"].iloc[0]
-    assert store.read_map(first).shape == (SIZE, SIZE) and store.read_map(first).dtype == np.float16
+    assert store.read_map(first).shape == (SIZE, SIZE) and store.read_map(first).dtype == np.float32
     assert store.read_vfm_prompt(first).shape == (4, 4)
     assert model.calls[0]["phrases"][0] == "a scratch" and model.calls[0]["phrases"][1] is None
     assert model.calls[0]["has_reference"].tolist() == [True, True, True]
@@ -212,3 +239,51 @@ def test_missing_phrases_is_an_error_only_for_explain_variants(tmp_path: Path) -
     run_protocol(cfg, results_dir=rd, variants=["plain"], load_model=lambda *a: StandIn())
     with pytest.raises(FileNotFoundError, match="uses explainable prompts"):
         run_protocol(cfg, results_dir=rd, variants=["hxpe"], load_model=lambda *a: StandIn())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_flat_maps_metrics_are_full_precision_whatever_the_store(
+    dtype: str, tmp_path: Path
+) -> None:
+    """Flat maps (±0.0125): the metrics equal the float32 computation for both map dtypes; a
+    float16 store keeps them from before the cast, and its cache reuses them."""
+    rd = tmp_path / "r"
+    save_index(write_dataset(rd / "data" / "tgt"), rd / "index" / "tgt")
+    cfg = make_cfg()
+    cfg.evaluation.map_dtype = dtype
+    loads: list[str] = []
+
+    def load_model(cfg, direction, variant, rd):
+        loads.append(variant)
+        return FlatStandIn()
+
+    per_class = run_protocol(cfg, results_dir=rd, variants=["plain"], load_model=load_model)
+    got = per_class.set_index(["cls", "metric"])["value"]
+    index = load_index(rd / "index" / "tgt")
+    rounding_shift = 0.0
+    for cls in ("a", "b"):
+        full = expected_class_values(index, cls, flat=True)
+        half = expected_class_values(index, cls, flat=True, dtype=np.float16)
+        for metric, value in full.items():
+            assert got[(cls, metric)] == pytest.approx(value, abs=1e-12), (cls, metric)
+            rounding_shift = max(rounding_shift, abs(half[metric] - value))
+        # AUPRO and F1-max too: the metric functions on the float32 maps, not on float16 ones
+        _, maps32, masks = class_arrays(index, cls, flat=True)
+        pix32 = pixel_metrics(masks, maps32, ["anomalyclip", "exact"], 0.3, device="cpu").values
+        _, maps16, _ = class_arrays(index, cls, flat=True, dtype=np.float16)
+        pix16 = pixel_metrics(masks, maps16, ["anomalyclip", "exact"], 0.3, device="cpu").values
+        for metric in ("pixel_aupro_anomalyclip", "pixel_aupro_exact", "pixel_f1_max"):
+            assert got[(cls, metric)] == pytest.approx(pix32[metric], abs=1e-12), (cls, metric)
+            rounding_shift = max(rounding_shift, abs(pix16[metric] - pix32[metric]))
+    assert rounding_shift > 1e-4  # float16 maps would have moved the metrics: the test can fail
+    store = MapStore(store_dir(rd, "aux_to_tgt", "plain", "tgt"), dtype)
+    first = store.scores()["image_id"].iloc[0]
+    assert store.read_map(first).dtype == np.dtype(dtype)
+    assert store.manifest()["dtype"] == dtype
+    assert (store.root / "full_precision").is_dir() == (dtype == "float16")
+    again = run_protocol(cfg, results_dir=rd, variants=["plain"], load_model=load_model)
+    assert loads == ["plain"]  # cached: no second inference
+    pd.testing.assert_frame_equal(again, per_class)
+    cfg.evaluation.fpr_limit = 0.2  # other metric settings: float16 maps must be inferred again
+    run_protocol(cfg, results_dir=rd, variants=["plain"], load_model=load_model)
+    assert loads == (["plain"] if dtype == "float32" else ["plain", "plain"])

@@ -118,3 +118,64 @@ def test_random_weight_tables_say_so(tmp_path):
     md = [p for p in paths if p.suffix == ".md"]
     assert md and all(RANDOM_WEIGHTS_NOTE in p.read_text() for p in md)
     assert DEMO_NOTE not in md[0].read_text()
+
+
+def test_tables_state_splits_precision_and_baselines(tmp_path: Path) -> None:
+    """Each table says per dataset which split was used and from which precision the metrics
+    come; a baseline variant gets its row beside its published column."""
+    import json
+
+    from hxpe.evaluation.tables import BASELINE_NOTES, PRECISION_NOTES
+
+    fake_results(tmp_path)
+    rows = [(d, "x", m, v - 0.2) for d in ("mvtec", "dagm") for m, v in METRICS.items()]
+    per_class = pd.DataFrame(rows, columns=["dataset", "cls", "metric", "value"])
+    empty = pd.DataFrame(columns=["dataset", "cls", "metric", "reason"])
+    dagm, mvtec = (per_class[per_class["dataset"] == d] for d in ("dagm", "mvtec"))
+    write_part(tmp_path, "mvtec_to_others", "winclip", "dagm", dagm, empty)
+    write_part(tmp_path, "visa_to_mvtec", "winclip", "mvtec", mvtec, empty)
+    write_part(tmp_path, "mvtec_to_others", "hxpe", "dagm", dagm, empty)
+    merge_metrics(tmp_path)
+    split = {"source": "authors", "text": "prepared by the authors: AdaCLIP's DAGM", "note": "N1"}
+    (tmp_path / "index" / "dagm").mkdir(parents=True)
+    (tmp_path / "index" / "dagm" / "dataset.json").write_text(json.dumps({"split": split}))
+    (tmp_path / "index" / "mvtec").mkdir(parents=True)
+    official = {"source": "official", "text": "the official release's split", "note": ""}
+    (tmp_path / "index" / "mvtec" / "dataset.json").write_text(json.dumps({"split": official}))
+    paths = write_tables(
+        tmp_path,
+        profile="paper",
+        main_variant="hxpe",
+        map_dtype="float16",
+        baselines={"winclip": "WinCLIP"},
+    )
+    names = {p.name for p in paths}
+    assert "summary_anomalyclip_table1_winclip.md" in names
+    assert "summary_adaclip_table1_winclip.md" not in names  # no WinCLIP column transcribed
+    for p in paths:
+        if p.suffix == ".md":
+            text = p.read_text()
+            assert (
+                "Splits: dagm: prepared by the authors: AdaCLIP's DAGM; demo_target: not recorded"
+            ) in text
+            assert "mvtec: the official release's split" in text and "> N1" in text
+            assert PRECISION_NOTES["float16"] in text
+    win = pd.read_csv(tmp_path / "tables" / "summary_anomalyclip_table1_winclip.csv")
+    win = win.set_index("dataset")
+    assert win.loc["dagm", "image_auroc (ours)"] == pytest.approx(70.0)
+    assert win.loc["dagm", "image_auroc (WinCLIP)"] == 91.8
+    assert win.loc["dagm", "image_auroc (Δ)"] == pytest.approx(70.0 - 91.8)
+    md = (tmp_path / "tables" / "summary_anomalyclip_table1_winclip.md").read_text()
+    assert BASELINE_NOTES["WinCLIP"] in md
+    with pytest.raises(ValueError, match="map_dtype must be one of"):
+        write_tables(tmp_path, profile="paper", main_variant="hxpe", map_dtype="int8")
+
+
+def test_table_options_from_the_profiles() -> None:
+    from hxpe.config import load_config
+    from hxpe.evaluation.tables import table_options
+
+    paper = table_options(load_config(Path("notebooks/params/paper.yaml")))
+    assert paper["map_dtype"] == "float32" and paper["baselines"] == {"winclip": "WinCLIP"}
+    demo = table_options(load_config(Path("notebooks/params/demo.yaml")))
+    assert demo["map_dtype"] == "float16" and demo["profile"] == "demo"

@@ -48,6 +48,10 @@ def test_output_shapes_per_base(base: str) -> None:
     assert out.image_score.shape == (3,)
     assert ((out.image_score >= 0) & (out.image_score <= 1)).all()
     assert out.anomaly_map.shape == (3, 120, 120)
+    assert out.image_logits.shape == (3, 2)
+    if base == "winclip":  # hxpe.model.winclip: no per-layer maps, no DINOv2 prompt
+        assert out.layer_maps == [] and out.vfm_prompt is None
+        return
     assert len(out.layer_maps) == 4
     for probs in out.layer_maps:
         assert probs.shape == (3, 2, 8, 8)
@@ -105,7 +109,7 @@ def test_dynamic_prompts_change_with_the_image() -> None:
 
 
 def test_positional_embedding_is_not_mutated() -> None:
-    model = tiny("winclip")
+    model = tiny("adaclip")
     before = model.visual.visual.positional_embedding.detach().clone()
     with torch.no_grad():
         model(images(1, size=168), [None])  # 12x12 grid against the native 8x8

@@ -56,7 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "Check a dataset on disk and write its index: index.csv (one row per image, with "
             "sha256), an AnomalyCLIP-compatible meta.json and dataset.json. Per-class counts are "
             "compared with the official release. KolektorSDD and DAGM are first restructured into an "
-            "MVTec-style tree under <out>/prepared/."
+            "MVTec-style tree under <out>/prepared/, unless the root holds the authors' prepared "
+            "files (AdaCLIP's SDD_anomaly_detection / DAGM_anomaly_detection trees, AnomalyCLIP's "
+            "SDD or DAGM meta.json), which are detected and indexed as they are (no flags); "
+            "dataset.json records which split was used."
         ),
         epilog=_datasets_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -90,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--mask-suffix",
         default=None,
-        help="mask file name suffix before the extension (default '_mask'; BTAD '')",
+        help="mask file name suffix before the extension (default '_mask'; BTAD ''; DAGM "
+        "'_label', '_mask' accepted too)",
     )
     parser.set_defaults(func=run_prepare)
     return parser

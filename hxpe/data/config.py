@@ -23,6 +23,11 @@ class DatasetSource(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Builder options (e.g. folder dataset's normal_dir)."
     )
+    prefer_roots: list[str] = Field(
+        default_factory=list,
+        description="Roots tried before `root`, in order; the first that exists is indexed (the "
+        "authors' prepared KSDD/DAGM trees, whose split is theirs file for file).",
+    )
 
 
 class DemoDataConfig(BaseModel):

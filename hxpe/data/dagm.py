@@ -7,8 +7,10 @@ As AdaCLIP's ``dagm-pre.py`` does, within each original part (Train, Test) the f
 defective images go to ``test/defect``. We sort the files first and prefix every file with its part
 (``train_0001.PNG``, ``test_0001.PNG``): AdaCLIP merges both parts into one folder, so equal file names
 overwrite each other there. The prepared tree holds symbolic links to the raw files
-(``options["link"]: "copy"`` copies instead). A root that already holds a prepared MVTec-style tree is
-indexed as it is.
+(``options["link"]: "copy"`` copies instead). The authors' files are detected and indexed as they are
+(:mod:`hxpe.data.authors`): AdaCLIP's prepared ``DAGM_anomaly_detection`` tree (masks
+``NNNN_label.PNG``) and AnomalyCLIP's ``meta.json`` over the raw tree (the whole original Test part, a
+different protocol). Any other prepared MVTec-style tree is indexed as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from hxpe.data.authors import detect_prepared, entries_from_meta
 from hxpe.data.checks import check_pairs, require_dir
 from hxpe.data.layout import discover_classes, list_images, walk_layout
 from hxpe.data.spec import BuildRequest, BuildResult
@@ -74,7 +77,12 @@ def prepare_dagm_tree(raw_root: Path, out_root: Path, classes: tuple[str, ...], 
 
 
 def build_dagm(req: BuildRequest) -> BuildResult:
-    """Index raw DAGM 2007 (prepared into ``work_dir``) or an already prepared MVTec-style tree."""
+    """Index the authors' DAGM files (from their ``meta.json``, :mod:`hxpe.data.authors`), an already
+    prepared MVTec-style tree (AdaCLIP's ``NNNN_label.PNG`` masks pair by stem), or raw DAGM 2007
+    (prepared into ``work_dir``)."""
+    found = detect_prepared(req.root, "dagm") if req.use_authors_split else None
+    if found is not None and found.meta is not None:
+        return req.root, entries_from_meta(req.root, found.meta, req.options.get("classes", ()))
     if discover_classes(req.root):
         return req.root, walk_layout(req.root, req.options.get("classes", ()), req.layout)
     link = req.options.get("link", "symlink")

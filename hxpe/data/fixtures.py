@@ -4,7 +4,10 @@ The images are the demo generator's (real photos and drawn objects with planted 
 re-laid out with each dataset's own names and quirks: MVTec/MPDD/DTD folders, BTAD's ``ok``/``ko``
 and mixed extensions, VisA's ``split_csv/1cls.csv`` and small-integer masks, KolektorSDD's tall
 ``kosNN/PartK.jpg`` with ``PartK_label.bmp``, DAGM's ``ClassN/{Train,Test}`` with ``Label/*_label.PNG``.
-They exercise the real index builders (``hxpe prepare``) without the real downloads.
+:func:`write_prepared_fixture` lays out the authors' prepared KSDD/DAGM trees and meta files in their
+exact naming (AdaCLIP's ``SDD_anomaly_detection``/``DAGM_anomaly_detection``, AnomalyCLIP's ``SDD`` and
+DAGM ``meta.json``). They exercise the real index builders (``hxpe prepare``) without the real
+downloads.
 
 Example:
     >>> write_raw_fixture("btad", Path("/tmp/fx/btad"), demo_root)  # doctest: +SKIP
@@ -13,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +143,142 @@ def _dagm(root, pool, classes, n_normal: int = 3, n_defect: int = 1):
                 _save(s.mask, label_dir / f"{j:04d}_label.PNG", "L", scale_mask=255)
                 names.append(f"{j:04d}")
             (label_dir / "Labels.txt").write_text("\n".join(names) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# The authors' prepared trees (hxpe.data.authors), in their exact naming
+# --------------------------------------------------------------------------------------------------
+
+PREPARED_LAYOUTS = ("adaclip_ksdd", "adaclip_dagm", "anomalyclip_ksdd", "anomalyclip_dagm")
+
+
+def _record(img: str, mask: str, cls: str, specie: str, anomaly: int) -> dict:
+    return {
+        "img_path": img,
+        "mask_path": mask,
+        "cls_name": cls,
+        "specie_name": specie,
+        "anomaly": anomaly,
+    }
+
+
+def _tree_meta(root: Path, classes: list[str]) -> dict:
+    """The ``meta.json`` AdaCLIP's data_preprocess/{sdd,dagm}.py (and AnomalyCLIP's SDD.py) write for
+    a prepared tree: per split and defect folder, images and masks each sorted and paired by
+    position."""
+    meta: dict[str, dict[str, list[dict]]] = {"train": {}, "test": {}}
+    for cls in classes:
+        for phase in ("train", "test"):
+            records = []
+            phase_dir = root / cls / phase
+            species = sorted(d.name for d in phase_dir.iterdir()) if phase_dir.is_dir() else []
+            for specie in species:
+                abnormal = specie != "good"
+                images = sorted(p.name for p in (phase_dir / specie).iterdir())
+                gt = root / cls / "ground_truth" / specie
+                masks = sorted(p.name for p in gt.iterdir()) if abnormal else []
+                for k, img in enumerate(images):
+                    mask = f"{cls}/ground_truth/{specie}/{masks[k]}" if abnormal else ""
+                    records.append(
+                        _record(f"{cls}/{phase}/{specie}/{img}", mask, cls, specie, int(abnormal))
+                    )
+            meta[phase][cls] = records
+    return meta
+
+
+def _write_meta(root: Path, meta: dict) -> None:
+    (root / "meta.json").write_text(json.dumps(meta, indent=4) + "\n")
+
+
+def _adaclip_ksdd(root: Path, pool) -> list[str]:
+    """``SDD/{train/good, test/good, test/defect, ground_truth/defect/<stem>_mask.png}`` with band
+    names ``kosNN_PartK_B.png``, as sdd-pre.py writes them."""
+    normals = [s for src in pool.values() for s in src["train"] + src["good"]]
+    defects = [s for src in pool.values() for s in src["defect"]]
+    for i, s in enumerate(normals[:4]):
+        split = "train" if i < 2 else "test"
+        _save(s.image, root / "SDD" / split / "good" / f"kos{i + 2:02d}_Part0_{i % 3}.png", "L")
+    for i, s in enumerate(defects[:2]):
+        stem = f"kos01_Part{i}_1"
+        _save(s.image, root / "SDD" / "test" / "defect" / f"{stem}.png", "L")
+        _save(s.mask, root / "SDD" / "ground_truth" / "defect" / f"{stem}_mask.png", "L", 255)
+    return ["SDD"]
+
+
+def _adaclip_dagm(root: Path, pool, classes: list[str]) -> list[str]:
+    """``ClassN/{train/good, test/good, test/defect}/NNNN.PNG`` with masks
+    ``ground_truth/defect/NNNN_label.PNG``, as dagm-pre.py writes them."""
+    for cls, src in _cycle(pool, classes):
+        normals = src["train"] + src["good"]
+        for i, s in enumerate(normals[:3], start=1):
+            split = "train" if i > 1 else "test"
+            _save(s.image, root / cls / split / "good" / f"{i:04d}.PNG", "L")
+        for j, s in enumerate(src["defect"][:2], start=7):
+            _save(s.image, root / cls / "test" / "defect" / f"{j:04d}.PNG", "L")
+            _save(s.mask, root / cls / "ground_truth" / "defect" / f"{j:04d}_label.PNG", "L", 255)
+    return classes
+
+
+def _anomalyclip_ksdd(root: Path, pool) -> list[str]:
+    """AnomalyCLIP's released ``SDD``: ``electrical_commutators/test/{good, defect}`` only."""
+    cls = "electrical_commutators"
+    normals = [s for src in pool.values() for s in src["good"]]
+    defects = [s for src in pool.values() for s in src["defect"]]
+    for i, s in enumerate(normals[:2]):
+        _save(s.image, root / cls / "test" / "good" / f"kos0{i + 1}_Part0_0.png", "L")
+    for i, s in enumerate(defects[:2]):
+        stem = f"kos01_Part5_{i}"
+        _save(s.image, root / cls / "test" / "defect" / f"{stem}.png", "L")
+        _save(s.mask, root / cls / "ground_truth" / "defect" / f"{stem}_mask.png", "L", 255)
+    return [cls]
+
+
+def anomalyclip_dagm_meta(raw_root: Path, classes: list[str]) -> dict:
+    """The ``meta.json`` AnomalyCLIP's generate_dataset_json/DAGM.py writes over the raw DAGM tree:
+    splits ``Train``/``Test`` are the original parts, whole; normal images first, then defective."""
+    meta: dict[str, dict[str, list[dict]]] = {"Train": {}, "Test": {}}
+    for cls in classes:
+        for phase in ("Train", "Test"):
+            part = raw_root / cls / phase
+            images = sorted(p.name for p in part.iterdir() if p.name.endswith(".PNG"))
+            labels = sorted(p.name for p in (part / "Label").iterdir() if p.name.endswith(".PNG"))
+            defective = [f"{m.split('_')[0]}.PNG" for m in labels]
+            normal = sorted(set(images) - set(defective))
+            records = [_record(f"{cls}/{phase}/{n}", "", cls, "", 0) for n in normal]
+            records += [
+                _record(f"{cls}/{phase}/{img}", f"{cls}/{phase}/Label/{m}", cls, "", 1)
+                for img, m in zip(defective, labels, strict=True)
+            ]
+            meta[phase][cls] = records
+    return meta
+
+
+def write_prepared_fixture(
+    layout: str, root: Path, demo_root: Path, *, with_meta: bool = True, n_classes: int = 2
+) -> list[str]:
+    """A small tree laid out as an author's prepared KSDD or DAGM (``PREPARED_LAYOUTS``) under
+    ``root``, with its ``meta.json`` unless ``with_meta`` is false; returns the classes.
+
+    ``anomalyclip_dagm`` is the raw DAGM fixture plus AnomalyCLIP's meta file over it.
+    """
+    pool = demo_samples(demo_root)
+    dagm_classes = list(get_spec("dagm").classes[:n_classes])
+    if layout == "adaclip_ksdd":
+        classes = _adaclip_ksdd(root, pool)
+    elif layout == "adaclip_dagm":
+        classes = _adaclip_dagm(root, pool, dagm_classes)
+    elif layout == "anomalyclip_ksdd":
+        classes = _anomalyclip_ksdd(root, pool)
+    elif layout == "anomalyclip_dagm":
+        _dagm(root, pool, dagm_classes)
+        if with_meta:
+            _write_meta(root, anomalyclip_dagm_meta(root, dagm_classes))
+        return dagm_classes
+    else:
+        raise ValueError(f"No prepared fixture {layout!r}; layouts: {PREPARED_LAYOUTS}")
+    if with_meta:
+        _write_meta(root, _tree_meta(root, classes))
+    return classes
 
 
 def write_raw_fixture(kind: str, root: Path, demo_root: Path, n_classes: int = 2) -> list[str]:

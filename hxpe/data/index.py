@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -40,6 +40,7 @@ class DatasetIndex:
     root: Path
     frame: pd.DataFrame
     kind: str = "mvtec"
+    split_source: dict[str, str] = field(default_factory=dict)  # hxpe.data.spec.SplitInfo fields
 
     def abs_path(self, rel: str) -> Path:
         """Absolute path of an index path, refusing paths that escape the root."""
@@ -125,6 +126,7 @@ def save_index(index: DatasetIndex, out_dir: str | Path) -> Path:
         "n_anomalous": int(frame["label"].sum()),
         "classes": sorted(frame["cls"].unique()),
         "index_sha256": frame_sha256(frame),
+        "split": index.split_source,
     }
     (out / "dataset.json").write_text(json.dumps(info, indent=1))
     return out
@@ -143,7 +145,11 @@ def load_index(index_dir: str | Path) -> DatasetIndex:
     text = {c: str for c in INDEX_COLUMNS if c != "label"}
     frame = pd.read_csv(d / "index.csv", dtype=text, keep_default_na=False)
     return DatasetIndex(
-        name=info["name"], root=Path(info["root"]), frame=validate_frame(frame), kind=info["kind"]
+        name=info["name"],
+        root=Path(info["root"]),
+        frame=validate_frame(frame),
+        kind=info["kind"],
+        split_source=dict(info.get("split") or {}),
     )
 
 

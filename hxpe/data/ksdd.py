@@ -4,9 +4,11 @@ Raw layout: ``<root>/kosNN/PartK.jpg`` with ``PartK_label.bmp``. Each image is c
 horizontal bands (AdaCLIP's ``sdd-pre.py`` calls them vertical crops); a band with any label pixel is
 a test anomaly (``test/defect`` + ``ground_truth/defect/<stem>_mask.png``), the normal bands are split
 75/25 into train/test with ``train_test_split(random_state=42)``. We sort the files first, so the
-split does not depend on the file system's listing order as AdaCLIP's does. AnomalyCLIP's released
-SDD split differs (181 normal / 74 anomalous test images). A root that already holds a prepared
-MVTec-style tree (``<cls>/train/good``, ``<cls>/test``...) is indexed as it is.
+split does not depend on the file system's listing order as AdaCLIP's does (so it is not AdaCLIP's file
+for file). AnomalyCLIP's released SDD split differs (181 normal / 74 anomalous test images). The
+authors' prepared trees (AdaCLIP's ``SDD_anomaly_detection``, AnomalyCLIP's ``SDD``) are detected and
+indexed from their ``meta.json`` (:mod:`hxpe.data.authors`); any other prepared MVTec-style tree
+(``<cls>/train/good``, ``<cls>/test``...) is indexed as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from hxpe.data.authors import detect_prepared, entries_from_meta
 from hxpe.data.checks import listing
 from hxpe.data.errors import DatasetError
 from hxpe.data.layout import discover_classes, subdirs, walk_layout
@@ -128,7 +131,11 @@ def prepare_ksdd_tree(raw_root: Path, out_root: Path, cls: str) -> Path:
 
 
 def build_ksdd(req: BuildRequest) -> BuildResult:
-    """Index a raw KolektorSDD folder (prepared into ``work_dir``) or an already prepared tree."""
+    """Index the authors' prepared KSDD (from its ``meta.json``, :mod:`hxpe.data.authors`), an
+    already prepared tree, or a raw KolektorSDD folder (prepared into ``work_dir``)."""
+    found = detect_prepared(req.root, "ksdd") if req.use_authors_split else None
+    if found is not None and found.meta is not None:
+        return req.root, entries_from_meta(req.root, found.meta, req.options.get("classes", ()))
     if discover_classes(req.root):
         return req.root, walk_layout(req.root, req.options.get("classes", ()), req.layout)
     cls = req.classes[0] if req.classes else "electrical_commutators"

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hxpe.atomic import replace_dir
+from hxpe.data.authors import split_info
 from hxpe.data.checks import require_root
 from hxpe.data.config import DatasetSource
 from hxpe.data.counts import check_counts
@@ -41,6 +43,7 @@ KNOWN_OPTIONS = {
     "cls": "class name of a single-class folder dataset (default: the root folder's name)",
     "link": "DAGM prepared tree: 'symlink' (default) or 'copy'",
     "part": "demo: 'aux' or 'target'",
+    "authors_split": "KSDD/DAGM: index the authors' prepared files when found (default true)",
 }
 
 
@@ -54,7 +57,13 @@ def _check_options(source: DatasetSource) -> None:
 
 
 def source_root(source: DatasetSource, default_root: Path | None = None) -> Path:
-    """The source's root (relative paths start at the repository root) or ``default_root``."""
+    """The first existing of the source's ``prefer_roots``, else its root (relative paths start at
+    the repository root), else ``default_root``."""
+    for preferred in source.prefer_roots:
+        path = resolve(preferred)
+        if path.is_dir():
+            logger.info("%s: indexing the preferred root %s", source.name, path)
+            return path
     if source.root:
         return resolve(source.root)
     if default_root is None:
@@ -90,6 +99,7 @@ def prepare_dataset(
         req = BuildRequest(source.name, root, spec, dict(source.options), staging)
         tree_root, entries = get_builder(source.kind)(req)
         index = entries_to_index(entries, tree_root, source.name, source.kind)
+        index.split_source = asdict(split_info(source.kind, root, req.use_authors_split))
         check_counts(index, spec.counts, allow_count_mismatch)
         if tree_root.is_relative_to(staging):
             index.root = out / tree_root.relative_to(staging)

@@ -36,6 +36,20 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class SplitInfo:
+    """Where an index's train/test split comes from, for the result tables.
+
+    ``source``: ``official`` (the release's), ``authors`` (a method's authors' prepared files),
+    ``rebuilt`` (from raw data with our sorted listing), ``prepared`` (a prepared tree of unknown
+    origin) or ``generated`` (demo); ``text`` says it in words, ``note`` what it is comparable with.
+    """
+
+    source: str
+    text: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class BuildRequest:
     """A builder's input: the dataset's name, raw root, kind and options, and a scratch folder.
 
@@ -53,6 +67,11 @@ class BuildRequest:
     def classes(self) -> tuple[str, ...]:
         """``options["classes"]`` when given (a subset), else the kind's class list."""
         return tuple(self.options.get("classes") or self.spec.classes)
+
+    @property
+    def use_authors_split(self) -> bool:
+        """``options["authors_split"]`` (default true): index the authors' prepared files when found."""
+        return bool(self.options.get("authors_split", True))
 
     @property
     def layout(self) -> LayoutSpec:

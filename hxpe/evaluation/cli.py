@@ -59,7 +59,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from hxpe.config import load_config
     from hxpe.evaluation.protocol import run_protocol
     from hxpe.evaluation.results import merge_metrics
-    from hxpe.evaluation.tables import write_tables
+    from hxpe.evaluation.tables import table_options, write_tables
 
     cfg = load_config(args.params)
     rd = cfg.results_dir
@@ -75,13 +75,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
     if args.merge or not shard:
         merge_metrics(rd)
-        paths = write_tables(
-            rd,
-            profile=cfg.profile,
-            main_variant=cfg.main_variant,
-            aupro=cfg.evaluation.aupro,
-            random_weights=cfg.uses_random_weights,
-        )
+        paths = write_tables(rd, **table_options(cfg))
         logger.info("tables: %s", ", ".join(p.name for p in paths))
     else:
         logger.info("shard %s done; run `hxpe evaluate --merge` after all shards", args.datasets)

@@ -47,7 +47,12 @@ class EvaluationConfig(BaseModel):
     )
     compile: bool = Field(False, description="torch.compile the backbones (CUDA only).")
     num_workers: int = 2
-    map_dtype: Literal["float16", "float32"] = "float16"
+    map_dtype: Literal["float16", "float32"] = Field(
+        "float32",
+        description="dtype of the stored maps. Metrics always come from float32 maps: a float16 "
+        "store is scored before its maps are cast (half the disk; recomputing metrics with other "
+        "settings then re-runs inference).",
+    )
     metrics_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where pixel metrics run; auto = CUDA when available."
     )

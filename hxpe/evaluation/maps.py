@@ -2,10 +2,16 @@
 
 Layout of one store (``results/<profile>/maps/<direction>/<variant>/<dataset>/``)::
 
-    maps/<safe name>.npy    one [H, W] map per image (``map_dtype``, float16 by default)
+    maps/<safe name>.npy    one [H, W] map per image (``map_dtype``, float32 by default)
     vfm/<safe name>.npy     the DINOv2 attention prompt [h, w], when the model returns one
     scores.csv              image_id, cls, label, image_score, file
     manifest.json           {"key": <inputs hash>, "n_images", "dtype", "image_size"}: written last
+    full_precision/         float16 stores only: per_class.csv + skipped.csv, the metrics computed
+                            from the float32 maps before they were cast (:meth:`MapStore.compact`)
+
+Metrics are always computed from float32 maps. A float16 store (half the disk) is written in float32
+first, scored, then cast in place; its metrics are kept beside it, since the float16 maps would shift
+them (by up to 1 AUPRO point on flat maps).
 
 Writes stream: each map goes to its own file as it arrives and score rows are appended to a partial
 CSV, so peak memory does not grow with the dataset. ``manifest.json`` appears only when
@@ -42,6 +48,7 @@ from hxpe.atomic import write_text_atomic
 logger = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ["image_id", "cls", "label", "image_score", "file"]
+FULL_PRECISION_DIR = "full_precision"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -136,7 +143,7 @@ class MapWriter:
 class MapStore:
     """The maps and scores of one (direction, variant, dataset), keyed by ``image_id``."""
 
-    def __init__(self, root: str | Path, dtype: str = "float16") -> None:
+    def __init__(self, root: str | Path, dtype: str = "float32") -> None:
         if dtype not in ("float16", "float32"):
             raise ValueError(f"map dtype must be float16 or float32; got {dtype!r}")
         self.root = Path(root)
@@ -195,10 +202,46 @@ class MapStore:
         manifest = {"key": key, "n_images": w.n, "dtype": self.dtype.name, **meta}
         write_text_atomic(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
 
+    def compact(
+        self, dtype: str, per_class: pd.DataFrame, skipped: pd.DataFrame, metrics_key: str
+    ) -> None:
+        """Cast a finished store's maps to ``dtype`` in place, keeping the metrics computed from
+        the full-precision maps (``per_class``, ``skipped``) under ``metrics_key``."""
+        manifest = self.manifest()
+        if manifest is None:
+            raise RuntimeError(f"{self.root} holds no finished run to compact")
+        target = np.dtype(dtype)
+        full = self.root / FULL_PRECISION_DIR
+        full.mkdir(exist_ok=True)
+        for name, frame in (("per_class.csv", per_class), ("skipped.csv", skipped)):
+            write_text_atomic(full / name, frame.to_csv(index=False, lineterminator="\n"))
+        for sub in ("maps", "vfm"):
+            for path in sorted((self.root / sub).glob("*.npy")):
+                with np.errstate(over="ignore"):
+                    cast = np.load(path).astype(target)
+                if not np.isfinite(cast).all():
+                    raise ValueError(
+                        f"{path} overflows {target.name}: set evaluation.map_dtype: float32"
+                    )
+                atomic_save_npy(path, cast)
+        manifest.update(dtype=target.name, metrics_from="float32", metrics_key=metrics_key)
+        write_text_atomic(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+        self.dtype = target
+
+    def full_precision_metrics(self, metrics_key: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """The metrics kept by :meth:`compact` when they were computed under ``metrics_key``."""
+        manifest = self.manifest() or {}
+        full = self.root / FULL_PRECISION_DIR
+        if manifest.get("metrics_key") != metrics_key or not (full / "per_class.csv").is_file():
+            return None
+        per_class = pd.read_csv(full / "per_class.csv", dtype={"dataset": str, "cls": str})
+        skipped = pd.read_csv(full / "skipped.csv", dtype={"dataset": str, "cls": str})
+        return per_class, skipped
+
     def clear(self) -> None:
         """Remove a previous run's files."""
         self.manifest_path.unlink(missing_ok=True)
-        for sub in ("maps", "vfm"):
+        for sub in ("maps", "vfm", FULL_PRECISION_DIR):
             shutil.rmtree(self.root / sub, ignore_errors=True)
         for f in (self.scores_path, self.partial_scores_path):
             f.unlink(missing_ok=True)

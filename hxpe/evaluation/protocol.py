@@ -71,8 +71,9 @@ def infer_dataset(
 
     ``model(images, phrases, references, has_reference)`` must return an object with
     ``image_score [B]``, ``anomaly_map [B, H, W]`` and ``vfm_prompt [B, h, w] | None``. Maps are
-    resized to ``cfg.image_size`` when needed and stored as ``cfg.map_dtype``. ``key`` (the inputs'
-    hash) goes into the store's manifest for the cache check. Returns ``out_dir``.
+    resized to ``cfg.image_size`` when needed and stored in float32 (:func:`score_unit` casts a
+    float16 store after scoring it). ``key`` (the inputs' hash) goes into the store's manifest for
+    the cache check. Returns ``out_dir``.
     """
     dataset = IndexDataset(
         index, cfg.image_size, split=cfg.split, phrases=phrases, references=references
@@ -83,7 +84,7 @@ def infer_dataset(
         )
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, model_device(model))
     batches = tqdm(loader, desc=f"infer {index.name}", leave=False)
-    store = MapStore(out_dir, cfg.map_dtype)
+    store = MapStore(out_dir, "float32")
     with store.writer(key, dataset=index.name, image_size=cfg.image_size) as writer:
         # The fast path (hxpe.model.inference): batched, cached phrases/references, bf16 on GPU.
         for res in infer_fast(model, batches, precision=cfg.precision, compile=cfg.compile):
@@ -136,6 +137,36 @@ def inputs_key(
             "settings": ev.model_dump(mode="json", include={"image_size", "split", "map_dtype"}),
         }
     )
+
+
+def metrics_key(index: DatasetIndex, ev: EvaluationConfig) -> str:
+    """The inputs of the metrics beside the maps: the index (masks) and the metric settings."""
+    fields = {"image_size", "split", "aupro_conventions", "aupro_steps", "fpr_limit"}
+    return _digest(
+        {"index": frame_sha256(index.frame), "settings": ev.model_dump(mode="json", include=fields)}
+    )
+
+
+def score_unit(
+    store: MapStore, index: DatasetIndex, ev: EvaluationConfig, fresh: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-class and skipped metrics of one store, always from float32 maps.
+
+    A float32 store is scored from its maps. For ``map_dtype: float16`` a ``fresh`` store (just
+    written in float32) is scored first and then cast (:meth:`MapStore.compact`); a cached float16
+    store returns the metrics kept from that moment.
+    """
+    if ev.map_dtype == "float32":
+        return evaluate_store(store, index, ev)
+    mkey = metrics_key(index, ev)
+    if not fresh:
+        kept = store.full_precision_metrics(mkey)
+        if kept is None:
+            raise RuntimeError(f"{store.root}: no full-precision metrics for these settings")
+        return kept
+    per_class, skipped = evaluate_store(MapStore(store.root, "float32"), index, ev)
+    store.compact(ev.map_dtype, per_class, skipped, mkey)
+    return per_class, skipped
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,7 +260,12 @@ def run_protocol(
                 image_phrases = phrases.get(variant) if uses_phrases else {}
                 key = inputs_key(ckpt, index, image_phrases, refs, ev)
                 store = MapStore(store_dir(rd, direction, variant, target), ev.map_dtype)
-                if store.is_complete(key) and not recompute_maps:
+                cached = store.is_complete(key) and not recompute_maps
+                if cached and ev.map_dtype != "float32":
+                    # float16 maps would shift the metrics: reuse them only with the float32
+                    # metrics kept at inference, else infer again
+                    cached = store.full_precision_metrics(metrics_key(index, ev)) is not None
+                if cached:
                     logger.info("%s/%s/%s: cached maps reused", direction, variant, target)
                 else:
                     if model is None:
@@ -237,7 +273,7 @@ def run_protocol(
                         if torch.cuda.is_available():
                             model = model.to("cuda")
                     infer_dataset(model, index, image_phrases, refs, ev, store.root, key=key)
-                per_class, skipped = evaluate_store(store, index, ev)
+                per_class, skipped = score_unit(store, index, ev, fresh=not cached)
                 write_part(rd, direction, variant, target, per_class, skipped)
                 frames.append(per_class.assign(direction=direction, variant=variant))
             del model

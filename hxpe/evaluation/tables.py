@@ -10,8 +10,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,9 @@ from hxpe.evaluation.published import (
 )
 from hxpe.evaluation.results import load_metrics, write_csv
 
+if TYPE_CHECKING:
+    from hxpe.config import Config
+
 logger = logging.getLogger(__name__)
 
 DEMO_PROFILE = "demo"
@@ -36,6 +41,23 @@ RANDOM_WEIGHTS_NOTE = (
     "RANDOM WEIGHTS: CLIP (and DINOv2) were built without pretrained weights (a dry run of the "
     "pipeline). These numbers say nothing about HXPE's accuracy."
 )
+# Baseline variants (by base) and the published column they sit beside, with what the row is.
+BASELINE_METHODS = {"winclip": "WinCLIP"}
+BASELINE_NOTES = {
+    "WinCLIP": (
+        "Our WinCLIP row: zero-shot, multi-scale windows (2x2 and 3x3 patches, stride 1) re-encoded "
+        "by CLIP, harmonic aggregation, WinCLIP's prompt ensemble; image score = the class token's "
+        "(hxpe/model/winclip.py, pinned against anomalib's WinClipModel). Published WinCLIP cells "
+        "on MVTec AD and VisA come from WinCLIP's paper (ViT-B/16+ at 240 px)."
+    )
+}
+PRECISION_NOTES = {
+    "float32": "Metrics computed from float32 maps (maps stored as float32).",
+    "float16": (
+        "Metrics computed from the float32 maps before they were stored as float16 (a float16 "
+        "store would shift flat maps' AUPRO by up to 1 point)."
+    ),
+}
 METRIC_ORDER = [
     "image_auroc",
     "image_ap",
@@ -149,6 +171,40 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def split_notes(results_dir: Path, datasets: list[str]) -> list[str]:
+    """Which split each dataset's index holds (``index/<name>/dataset.json``), then what that split
+    is comparable with: one note line for the splits, one per comparability note."""
+    parts, notes = [], []
+    for name in datasets:
+        info_path = Path(results_dir) / "index" / name / "dataset.json"
+        split = {}
+        if info_path.is_file():
+            split = json.loads(info_path.read_text()).get("split") or {}
+        parts.append(
+            f"{name}: {split.get('text', 'not recorded (index built before splits were recorded)')}"
+        )
+        if split.get("note") and split["note"] not in notes:
+            notes.append(split["note"])
+    return (["Splits: " + "; ".join(parts) + "."] if parts else []) + notes
+
+
+def table_options(cfg: Config) -> dict[str, object]:
+    """The :func:`write_tables` keywords a profile implies (main variant, baselines, precision)."""
+    baselines = {
+        v: BASELINE_METHODS[cfg.model_for(v).base]
+        for v in cfg.variants
+        if cfg.model_for(v).base in BASELINE_METHODS
+    }
+    return {
+        "profile": cfg.profile,
+        "main_variant": cfg.main_variant,
+        "aupro": cfg.evaluation.aupro,
+        "random_weights": cfg.uses_random_weights,
+        "map_dtype": cfg.evaluation.map_dtype,
+        "baselines": baselines,
+    }
+
+
 def _write(frame: pd.DataFrame, out: Path, stem: str, title: str, notes: list[str]) -> list[Path]:
     csv_path = write_csv(frame, out / f"{stem}.csv")
     text = f"# {title}\n\n" + "".join(f"> {n}\n>\n" for n in notes) + "\n" + to_markdown(frame)
@@ -165,11 +221,15 @@ def write_tables(
     aupro: str = "anomalyclip",
     published: tuple[str, ...] = PUBLISHED_TABLES,
     random_weights: bool = False,
+    map_dtype: str = "float32",
+    baselines: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write per-class, summary (one per published table) and ablation tables to ``tables/``.
 
-    The demo profile's tables, and any table from random-weight models (``random_weights``), carry a
-    banner that says so.
+    ``baselines`` maps a baseline variant to its published column (``{"winclip": "WinCLIP"}``): each
+    gets a summary beside that column in every published table that has it. Every table says which
+    split each dataset used and the maps' precision; the demo profile's tables, and any table from
+    random-weight models (``random_weights``), carry a banner that says so.
     """
     rd = Path(results_dir)
     per_class, per_dataset = load_metrics(rd)
@@ -181,16 +241,25 @@ def write_tables(
         "Values ×100 (fractions in metrics/*.csv); dataset value = unweighted mean over classes."
     )
     aupro_note = f"pixel_aupro = the '{aupro}' convention (pixel_aupro_{aupro})."
+    if map_dtype not in PRECISION_NOTES:
+        raise ValueError(f"map_dtype must be one of {sorted(PRECISION_NOTES)}; got {map_dtype!r}")
+    common = [
+        scale,
+        aupro_note,
+        PRECISION_NOTES[map_dtype],
+        *split_notes(rd, sorted(per_dataset["dataset"].unique())),
+    ]
     paths = _write(
         per_class_table(per_class, aupro),
         out,
         "per_class",
         f"Per-class results ({profile})",
-        [*banner, scale, aupro_note],
+        [*banner, *common],
     )
+    present = set(per_dataset["variant"])
     for name in published:
         table = load_published(name)
-        notes = [*banner, f"Published: {table.citation()}.", *table.caveats, scale, aupro_note]
+        notes = [*banner, f"Published: {table.citation()}.", *table.caveats, *common]
         if table.aupro_convention and table.aupro_convention != aupro:
             notes.append(
                 f"Published AUPRO uses the '{table.aupro_convention}' convention; ours is '{aupro}'."
@@ -199,12 +268,23 @@ def write_tables(
         paths += _write(
             summary, out, f"summary_{name}", f"{main_variant} vs {table.name} ({profile})", notes
         )
+        for variant, method in (baselines or {}).items():
+            if method not in table.methods or variant not in present:
+                continue
+            row = summary_table(per_dataset, table, variant, method=method, aupro=aupro)
+            paths += _write(
+                row,
+                out,
+                f"summary_{name}_{variant}",
+                f"{variant} vs {method} in {table.name} ({profile})",
+                [*notes, BASELINE_NOTES.get(method, "")],
+            )
     paths += _write(
         ablation_table(per_dataset, aupro),
         out,
         "ablation",
         f"Variants (ablation rows), mean over each direction's datasets ({profile})",
-        [*banner, scale, aupro_note, f"Main variant: {main_variant}."],
+        [*banner, *common, f"Main variant: {main_variant}."],
     )
     logger.info("wrote %d table files to %s", len(paths), out)
     return paths

@@ -71,9 +71,13 @@ class AnomalyClipConfig(_Section):
 
 
 class WinClipConfig(_Section):
-    """WinCLIP-style zero-shot template ensemble (no training)."""
+    """WinCLIP zero-shot (hxpe.model.winclip): multi-scale windows re-encoded by CLIP, no training."""
 
     template_set: str = Field("winclip", description="Template list in prompts.yaml.")
+    scales: list[int] = Field(
+        default_factory=lambda: [2, 3],
+        description="Window sizes in patches (stride 1 over the patch grid); WinCLIP's 2x2 and 3x3.",
+    )
 
 
 class ExplainConfig(_Section):

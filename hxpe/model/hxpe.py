@@ -177,7 +177,13 @@ class HXPEModel(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> HXPEModel:
-    """Load the backbones named by ``cfg`` (frozen) and build the model around them."""
+    """Load the backbones named by ``cfg`` (frozen) and build the model around them.
+
+    ``base: winclip`` builds :class:`hxpe.model.winclip.WinClipModel` (same forward interface)."""
+    if cfg.base == "winclip":
+        from hxpe.model.winclip import build_winclip
+
+        return build_winclip(cfg)  # type: ignore[return-value]
     clip, tokenizer = load_clip(cfg.clip, seed=cfg.random_init_seed)
     dinov2 = load_dinov2(cfg.vfm, seed=cfg.random_init_seed + 1) if cfg.vfm.enabled else None
     with torch.random.fork_rng(devices=[]):

@@ -149,6 +149,9 @@ def maybe_compile(model: HXPEModel, device: torch.device) -> bool:
         return False
     if getattr(model, "_hxpe_compiled", False):
         return True
+    if not isinstance(model, HXPEModel):
+        log.info("torch.compile skipped: %s is not an HXPE model.", type(model).__name__)
+        return False
     model.visual.compile(dynamic=False)
     model.text.encoder.compile(dynamic=True)
     if model.vfm is not None:
@@ -228,6 +231,9 @@ def infer_fast(
 def naive_mode(model: HXPEModel) -> Iterator[float]:
     """The model as the anchors run it: no caches, the full 77-token text context, and no on-device
     smoothing (yields the σ to apply on the CPU). Restores the model afterwards."""
+    if not isinstance(model, HXPEModel):  # other models (WinCLIP): no caches, no smoothing to move
+        yield 0.0
+        return
     cfg, trim = model.cfg, model.text.encoder.trim_context
     caches = (model.text.phrase_cache, model.vfm.reference_cache if model.vfm else None)
     disable_caches(model)

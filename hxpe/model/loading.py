@@ -40,7 +40,13 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 _PINNED_CLIP_TAGS = {
     ("ViT-L-14-336-quickgelu", "openai"): "clip",
     ("ViT-L-14-336", "openai"): "clip",
+    ("ViT-B-16-plus-240", "laion400m_e31"): "winclip_clip",
 }
+
+
+def pinned_clip_key(cfg: ClipConfig) -> str | None:
+    """The ``hxpe/weights.yaml`` key of the CLIP weights ``cfg`` loads, or None (random init)."""
+    return _PINNED_CLIP_TAGS.get((cfg.model_name, cfg.pretrained or ""))
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -94,7 +100,7 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
             f"config, or pick one of open_clip.list_models()."
         )
     pretrained: str | None = cfg.pretrained
-    key = _PINNED_CLIP_TAGS.get((cfg.model_name, cfg.pretrained or ""))
+    key = pinned_clip_key(cfg)
     if key is not None:
         pretrained = str(_pinned_file(weight_spec(key)))
     with seeded(seed):
