@@ -85,7 +85,7 @@ $(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb
 $(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) | $(STAMP)
 	$(call STAGE_RUN,evaluate,$(KERNEL))
 
-$(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures*.py) | $(STAMP)
+$(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures/*.py) | $(STAMP)
 	$(call STAGE_RUN,figures,$(KERNEL))
 
 protocol: | $(STAMP)  ## Stage 05 as a command, sharded: DATASETS="visa mpdd" (one shard per GPU), then MERGE=1

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hxpe.atomic import write_json_atomic
-from hxpe.config import file_sha256
+from hxpe.hashing import file_sha256
 from hxpe.paths import repo_root
 
 MANIFEST = "provenance.json"

@@ -22,7 +22,6 @@ from hxpe.agent import run_describe, run_extract
 from hxpe.config import Config, load_config
 from hxpe.data.index import DatasetIndex, make_image_id, save_index, validate_frame
 from hxpe.evaluation.protocol import run_protocol
-from hxpe.figures import make_all, word_importance
 from hxpe.figures.selection import (
     card_rows,
     comparison_roles,
@@ -30,6 +29,7 @@ from hxpe.figures.selection import (
     learnable_only_variant,
     winclip_variant,
 )
+from hxpe.figures.stage import make_all, word_importance
 from hxpe.figures.style import DEMO_NOTE
 from hxpe.hashing import file_sha256
 from hxpe.model.checkpoint import save_checkpoint

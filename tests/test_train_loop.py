@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from hxpe.config import Config, file_sha256
+from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, load_index, make_image_id, save_index
 from hxpe.data.torch_dataset import IndexDataset
+from hxpe.hashing import file_sha256
 from hxpe.model.checkpoint import load_checkpoint
 from hxpe.model.hxpe import build_model
 from hxpe.model.losses import hxpe_loss

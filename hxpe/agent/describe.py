@@ -40,8 +40,8 @@ from hxpe.agent.runner import (
     timing,
 )
 from hxpe.agent.templates import PromptTemplate, load_template
-from hxpe.config import file_sha256
 from hxpe.data.index import DatasetIndex, select_references
+from hxpe.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from hxpe.config import file_sha256
 from hxpe.data.index import DatasetIndex, make_image_id, validate_frame
+from hxpe.hashing import file_sha256
 
 
 def texture_crop(y: int, x: int, size: int = 128) -> Image.Image:

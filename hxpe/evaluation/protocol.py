@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from hxpe.config import Config, file_sha256
+from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, frame_sha256, load_index, select_references
 from hxpe.data.torch_dataset import IndexDataset
 from hxpe.evaluation.config import Direction, EvaluationConfig
 from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.results import PER_CLASS_COLUMNS, merge_metrics, write_part
 from hxpe.evaluation.scoring import evaluate_store
+from hxpe.hashing import file_sha256
 from hxpe.model.inference import infer_fast, make_loader, model_device
 
 logger = logging.getLogger(__name__)
