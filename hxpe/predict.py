@@ -20,7 +20,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from hxpe.config import Config, load_config
+from hxpe.versions import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -318,16 +318,6 @@ class Prediction:
         return paths
 
 
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in ("hxpe", "torch", "open_clip_torch", "transformers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def predict(
     image: str | Path,
     *,
@@ -374,7 +364,7 @@ def predict(
         "params": str(params),
         "profile": cfg.profile,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": software_versions(),
     }
     return Prediction(
         image_path=Path(image),

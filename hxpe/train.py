@@ -34,8 +34,9 @@ from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.inference import model_device
 from hxpe.model.losses import hxpe_loss
-from hxpe.provenance import git_state, package_versions, utc_now
+from hxpe.provenance import git_state, utc_now
 from hxpe.seeding import generator, seed_everything, worker_init_fn
+from hxpe.versions import software_versions
 
 log = logging.getLogger(__name__)
 BASE_BATCH_SIZE = {"adaclip": 1, "anomalyclip": 8}
@@ -209,7 +210,7 @@ def train(
         _write_loss(rows, tmp, f"{variant} on {index.name}")
         provenance = {
             "git": git_state(),
-            "versions": package_versions(),
+            "versions": software_versions(),
             "seed": cfg.seed,
             "deterministic": cfg.deterministic,
             "device": device,

@@ -3,16 +3,13 @@ producer provenance and the run report."""
 
 from __future__ import annotations
 
-import functools
 import logging
-import platform
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -24,12 +21,12 @@ from hxpe.agent.config import DescribeConfig, ExtractConfig
 from hxpe.agent.parsing import OutputError
 from hxpe.agent.replay import replay_records
 from hxpe.agent.templates import PromptTemplate
+from hxpe.versions import software_versions
 
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Val = TypeVar("Val")
-_VERSIONED = ("torch", "transformers", "vllm", "open_clip_torch", "pillow", "scikit-image", "hxpe")
 
 
 @dataclass
@@ -195,17 +192,6 @@ def reason_of(error: object) -> str | None:
     return error.split(":", 1)[0] if isinstance(error, str) and error else None
 
 
-@functools.lru_cache(maxsize=1)
-def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def stage_settings(
     stage: str,
     cfg: DescribeConfig | ExtractConfig,
@@ -234,7 +220,7 @@ def stage_settings(
 
 def provenance(settings: dict[str, Any]) -> dict[str, Any]:
     """The ``provenance`` sub-dict of a record: its settings plus host and library versions."""
-    return {**settings, "host": socket.gethostname(), "versions": library_versions()}
+    return {**settings, "host": socket.gethostname(), "versions": software_versions()}
 
 
 def timing(seconds: float) -> dict[str, Any]:
