@@ -100,7 +100,8 @@ def _loader(
     )
 
 
-def _step(model: HXPEModel, batch: dict, train_cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def step_losses(model: HXPEModel, batch: dict, train_cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Forward one batch (moved to the model's device) and return its losses (``total`` and parts)."""
     device = model_device(model)
     refs = batch.get("reference")
     out = model(
@@ -182,7 +183,7 @@ def train(
     for epoch in range(1, cfg.train.epochs + 1):
         bar = tqdm(loader, desc=f"{variant} epoch {epoch}/{cfg.train.epochs}", leave=False)
         for batch in bar:
-            losses = _step(model, batch, cfg.train)
+            losses = step_losses(model, batch, cfg.train)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
