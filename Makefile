@@ -124,7 +124,7 @@ lint: | $(STAMP)
 	$(PY) -m ruff format --check .
 
 unit: | $(STAMP)
-	$(PY) -m pytest -m "not slow" -q tests
+	$(PY) -m pytest -m "not slow" -q tests hxpe
 
 nbtest: | $(STAMP)
 	rm -rf build/nbval

@@ -6,8 +6,9 @@ default.
 
 Example:
     >>> from hxpe.config import load_config
-    >>> cfg = load_config("notebooks/params/demo.yaml")  # doctest: +SKIP
-    >>> cfg.train.epochs  # doctest: +SKIP
+    >>> cfg = load_config("notebooks/params/demo.yaml")  # relative paths start at the repo root
+    >>> cfg.profile, cfg.train.epochs, cfg.results_dir.name
+    ('demo', 2, 'demo')
 """
 
 from __future__ import annotations

@@ -1,12 +1,20 @@
 """Stage 02: the VLM (or the classical describer) writes what differs between each image and the
 normal reference of its class; results go to an append-only cache (``agent/descriptions.jsonl``).
 
-Example:
-    >>> from hxpe.config import load_config  # doctest: +SKIP
-    >>> cfg = load_config("notebooks/params/demo.yaml")  # doctest: +SKIP
-    >>> idx = load_index(cfg.results_dir / "index" / "demo_target")  # doctest: +SKIP
-    >>> report = run_describe([idx], cfg.agent, cfg.results_dir / "agent" / "descriptions.jsonl")  # doctest: +SKIP
-    >>> print(report)  # doctest: +SKIP
+Example (the demo profile's classical describer on planted defects):
+    >>> import tempfile
+    >>> from hxpe.agent.testing import planted_index
+    >>> from hxpe.config import load_config
+    >>> cfg = load_config("notebooks/params/demo.yaml")
+    >>> index = planted_index(tempfile.mkdtemp(), n_good=1)
+    >>> cache = Path(tempfile.mkdtemp()) / "descriptions.jsonl"
+    >>> report = run_describe([index], cfg.agent, cache)
+    >>> report.total, report.done, report.failed
+    (6, 6, 0)
+    >>> run_describe([index], cfg.agent, cache).cached  # a rerun reads the cache
+    6
+    >>> load_descriptions(cache)[["image_id", "status"]].values[0].tolist()
+    ['planted/tile/test/good/000', 'ok']
 """
 
 from __future__ import annotations

@@ -1,9 +1,21 @@
 """Stage 03: the LLM (or the rule extractor) turns each description into an :class:`Extraction`,
 the anti-false-alarm rule gives the verdict, and the CLIP phrase is kept within its token budget.
 
-Example:
-    >>> report = run_extract(agent / "descriptions.jsonl", cfg.agent, agent / "extractions.jsonl")  # doctest: +SKIP
-    >>> phrases = load_phrases(agent / "extractions.jsonl")  # doctest: +SKIP
+Example (the demo profile: classical describer, rule extractor):
+    >>> import tempfile
+    >>> from hxpe.agent.describe import run_describe
+    >>> from hxpe.agent.testing import planted_index
+    >>> from hxpe.config import load_config
+    >>> cfg = load_config("notebooks/params/demo.yaml")
+    >>> agent = Path(tempfile.mkdtemp())
+    >>> index = planted_index(tempfile.mkdtemp(), n_good=1)
+    >>> _ = run_describe(index, cfg.agent, agent / "descriptions.jsonl")
+    >>> report = run_extract(agent / "descriptions.jsonl", cfg.agent, agent / "extractions.jsonl")
+    >>> report.done, report.failed
+    (6, 0)
+    >>> phrases = load_phrases(agent / "extractions.jsonl")
+    >>> phrases["planted/tile/test/good/000"], phrases["planted/tile/test/spot/000"]
+    (None, 'small red contamination on the lower right')
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@ The images are crops of scikit-image's real ``brick`` photo (bundled offline); a
 dark scratch or a red spot drawn at a known place.
 
 Example:
-    >>> index = planted_index(tempfile.mkdtemp())  # doctest: +SKIP
+    >>> import tempfile
+    >>> index = planted_index(tempfile.mkdtemp())
+    >>> index.frame.groupby(["split", "defect_type"]).size().to_dict()
+    {('test', 'good'): 4, ('test', 'scratch'): 2, ('test', 'spot'): 2, ('train', 'good'): 2}
 """
 
 from __future__ import annotations
 
-import tempfile  # noqa: F401 - used by the docstring example
 from pathlib import Path
 
 import numpy as np

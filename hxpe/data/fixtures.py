@@ -6,8 +6,17 @@ and mixed extensions, VisA's ``split_csv/1cls.csv`` and small-integer masks, Kol
 ``kosNN/PartK.jpg`` with ``PartK_label.bmp``, DAGM's ``ClassN/{Train,Test}`` with ``Label/*_label.PNG``.
 They exercise the real index builders (``hxpe prepare``) without the real downloads.
 
-Example:
-    >>> write_raw_fixture("btad", Path("/tmp/fx/btad"), demo_root)  # doctest: +SKIP
+Example (BTAD's layout from two small demo classes):
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> small = DemoDataConfig(
+    ...     image_size=64, target_classes=["gravel", "bracket"], n_train_good=1, n_test_good=1
+    ... )
+    >>> demo_root = generate_demo_dataset(tmp / "demo", "target", small)
+    >>> write_raw_fixture("btad", tmp / "btad", demo_root)
+    ['01', '02']
+    >>> sorted(p.name for p in (tmp / "btad" / "01").iterdir())
+    ['ground_truth', 'test', 'train']
 """
 
 from __future__ import annotations
