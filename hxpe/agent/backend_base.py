@@ -144,26 +144,26 @@ def _able(role: str) -> str:
     return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def _build(cfg: DescribeConfig | ExtractConfig, role: str, stage: str) -> Any:
+    """Call the ``role`` factory (``describer``/``extractor``) of the backend ``cfg`` names."""
+    backend = find_backend(cfg.backend)
+    factory = getattr(backend, role) if backend is not None else None
+    if factory is None:
+        raise ValueError(
+            f"agent.{stage}.backend {cfg.backend!r} has no {role} "
+            f"('replay' reads the cache; use {_able(role)})"
+        )
+    return factory(cfg)
+
+
 def make_describer(cfg: DescribeConfig) -> Describer:
     """The describer named by ``cfg.backend`` (engines are imported and loaded only here)."""
-    backend = find_backend(cfg.backend)
-    if backend is None or backend.describer is None:
-        raise ValueError(
-            f"agent.describe.backend {cfg.backend!r} has no describer "
-            f"('replay' reads the cache; use {_able('describer')})"
-        )
-    return backend.describer(cfg)
+    return _build(cfg, "describer", "describe")
 
 
 def make_extractor(cfg: ExtractConfig) -> Extractor:
     """The extractor named by ``cfg.backend``."""
-    backend = find_backend(cfg.backend)
-    if backend is None or backend.extractor is None:
-        raise ValueError(
-            f"agent.extract.backend {cfg.backend!r} has no extractor "
-            f"('replay' reads the cache; use {_able('extractor')})"
-        )
-    return backend.extractor(cfg)
+    return _build(cfg, "extractor", "extract")
 
 
 def engine_settings(cfg: DescribeConfig | ExtractConfig) -> dict[str, Any]:
