@@ -198,8 +198,7 @@ def _checkpoint_key(directory: Path) -> tuple[str, float]:
 
 def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
     """The model of ``checkpoint`` (or of the profile's main variant); cached per process."""
-    from hxpe.model.checkpoint import load_checkpoint
-    from hxpe.train import checkpoint_dir, model_for_evaluation
+    from hxpe.model.checkpoint import checkpoint_dir, load_checkpoint, model_for_evaluation
 
     if checkpoint is not None:
         directory = Path(checkpoint).expanduser()
@@ -302,7 +301,7 @@ class Prediction:
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``<stem>_overlay.png`` and ``<stem>_prediction.json`` into ``out_dir``."""
-        from hxpe.explorer import prediction_figure
+        from hxpe.figures.prediction import prediction_figure
 
         out = Path(out_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from hxpe.atomic import replace_dir
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, select_references
 from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
-from hxpe.model.checkpoint import load_checkpoint, save_checkpoint
+from hxpe.model.checkpoint import checkpoint_dir, save_checkpoint
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.inference import model_device
@@ -231,33 +231,6 @@ def train(
         "Trained %s: %d steps, final loss %.4f -> %s", variant, step, rows[-1]["total"], out_dir
     )
     return out_dir
-
-
-def checkpoint_dir(results_dir: Path, direction: str, variant: str) -> Path:
-    """``results_dir/checkpoints/<direction>/<variant>``."""
-    return Path(results_dir) / "checkpoints" / direction / variant
-
-
-def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
-    """The model of ``variant`` for ``direction``: its checkpoint when it trains, built otherwise."""
-    model_cfg = cfg.model_for(variant)
-    if not model_cfg.trains:
-        return build_model(model_cfg).eval()
-    ckpt = checkpoint_dir(results_dir, direction, variant)
-    if not (ckpt / "trainable.safetensors").is_file():
-        raise FileNotFoundError(
-            f"No checkpoint for variant {variant!r}, direction {direction!r} in {ckpt}. Run stage "
-            f"04 first (make train PROFILE={cfg.profile})."
-        )
-    model = load_checkpoint(ckpt)
-    if model.cfg != model_cfg:
-        log.warning(
-            "Checkpoint %s was trained with a model config that differs from the profile's "
-            "variant %r; using the checkpoint's.",
-            ckpt,
-            variant,
-        )
-    return model.eval()
 
 
 def train_all(

@@ -15,11 +15,11 @@ from hxpe.config import Config
 from hxpe.data.fixtures import IndexWriter
 from hxpe.data.index import DatasetIndex, load_index, save_index
 from hxpe.data.torch_dataset import IndexDataset
-from hxpe.model.checkpoint import load_checkpoint
+from hxpe.model.checkpoint import load_checkpoint, model_for_evaluation
 from hxpe.model.hxpe import build_model
 from hxpe.model.losses import hxpe_loss
 from hxpe.model.tiny import TINY_MODEL
-from hxpe.train import model_for_evaluation, train, trainable_variants
+from hxpe.train import train, trainable_variants
 
 SIZE = 112
 

@@ -154,7 +154,7 @@ def _select(kind: str, available: Sequence[str], wanted: Sequence[str] | None) -
 
 
 def _default_model_loader(cfg: Config, direction: str, variant: str, rd: Path) -> nn.Module:
-    from hxpe.train import model_for_evaluation
+    from hxpe.model.checkpoint import model_for_evaluation
 
     return model_for_evaluation(cfg, direction, variant, rd)
 
@@ -206,7 +206,7 @@ def run_protocol(
     ``datasets`` selects target datasets (a shard); metrics are merged into
     ``metrics/per_class.csv`` / ``per_dataset.csv`` when ``merge`` is true (default: only when no
     dataset selection was given). ``load_model`` and ``load_phrases`` replace
-    ``hxpe.train.model_for_evaluation`` and ``hxpe.agent.load_phrases`` (tests, other models).
+    ``hxpe.model.checkpoint.model_for_evaluation`` and ``hxpe.agent.load_phrases`` (tests, other models).
     """
     rd = Path(results_dir) if results_dir is not None else cfg.results_dir
     ev = cfg.evaluation

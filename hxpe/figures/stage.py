@@ -61,7 +61,7 @@ def _save(cfg: Config, name: str, out_dir: Path, build: Callable[[], Figure | No
 
 
 def _default_loader(cfg: Config, direction: str, variant: str, results_dir: Path) -> nn.Module:
-    from hxpe.train import model_for_evaluation
+    from hxpe.model.checkpoint import model_for_evaluation
 
     return model_for_evaluation(cfg, direction, variant, results_dir)
 
@@ -144,7 +144,7 @@ def make_all(
     """Regenerate every figure of the profile from its stored artifacts; return the files written.
 
     ``load_model(cfg, direction, variant, results_dir)`` replaces
-    :func:`hxpe.train.model_for_evaluation` for the leave-one-word-out figure.
+    :func:`hxpe.model.checkpoint.model_for_evaluation` for the leave-one-word-out figure.
     """
     art = Artifacts(cfg, results_dir)
     out = art.root / "figures"
