@@ -86,7 +86,7 @@ $(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb
 $(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) | $(STAMP)
 	$(call STAGE_RUN,evaluate,$(KERNEL))
 
-$(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures*.py) | $(STAMP)
+$(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures/*.py) | $(STAMP)
 	$(call STAGE_RUN,figures,$(KERNEL))
 
 protocol: | $(STAMP)  ## Stage 05 as a command, sharded: DATASETS="visa mpdd" (one shard per GPU), then MERGE=1
@@ -132,7 +132,7 @@ lint: | $(STAMP)
 	$(PY) -m ruff format --check .
 
 unit: | $(STAMP)
-	$(PY) -m pytest -m "not slow" -q tests
+	$(PY) -m pytest -m "not slow" -q tests hxpe
 
 nbtest: | $(STAMP)
 	rm -rf build/nbval

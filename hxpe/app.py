@@ -48,7 +48,7 @@ DEFAULT_PORT = 7860
 
 def default_checkpoint(cfg: Config) -> Path:
     """The profile's main variant for its first direction (the demo's: ``results/demo/...``)."""
-    from hxpe.train import checkpoint_dir
+    from hxpe.model.checkpoint import checkpoint_dir
 
     return checkpoint_dir(cfg.results_dir, cfg.evaluation.directions[0].name, cfg.main_variant)
 

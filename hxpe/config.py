@@ -6,16 +6,13 @@ default.
 
 Example:
     >>> from hxpe.config import load_config
-    >>> cfg = load_config("notebooks/params/demo.yaml")  # doctest: +SKIP
-    >>> cfg.train.epochs  # doctest: +SKIP
+    >>> cfg = load_config("notebooks/params/demo.yaml")  # relative paths start at the repo root
+    >>> cfg.profile, cfg.train.epochs, cfg.results_dir.name
+    ('demo', 2, 'demo')
 """
 
 from __future__ import annotations
 
-# First, so that section modules that import it while hxpe.config is loading find it (re-exported).
-from hxpe.hashing import file_sha256
-
-# isort: split
 import copy
 import hashlib
 import json
@@ -30,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hxpe.agent.config import AgentConfig
 from hxpe.data.config import DataConfig
 from hxpe.evaluation.config import EvaluationConfig
-from hxpe.figures_config import FiguresConfig
+from hxpe.figures.config import FiguresConfig
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.paths import resolve
 from hxpe.paths import results_dir as _results_dir
@@ -159,4 +156,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     return Config.model_validate(expand_env(raw))
 
 
-__all__ = ["Config", "deep_merge", "expand_env", "file_sha256", "load_config"]
+__all__ = ["Config", "deep_merge", "expand_env", "load_config"]

@@ -21,7 +21,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from torch import nn
 
 from hxpe.config import Config, load_config
 from hxpe.data.images import ImageReadError, ImageTooLargeError, read_image, to_rgb, to_tensor
+from hxpe.versions import software_versions
 
 __all__ = [
     "ImageReadError",
@@ -136,8 +136,7 @@ def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, s
     """The model of ``checkpoint`` (or of the profile's main variant); cached per process."""
     from pydantic import ValidationError
 
-    from hxpe.model.checkpoint import load_checkpoint
-    from hxpe.train import checkpoint_dir, model_for_evaluation
+    from hxpe.model.checkpoint import checkpoint_dir, load_checkpoint, model_for_evaluation
 
     if checkpoint is not None:
         directory = Path(checkpoint).expanduser()
@@ -259,7 +258,7 @@ class Prediction:
         and ``<stem>_prediction.json``; returns their paths by kind."""
         import matplotlib.pyplot as plt
 
-        from hxpe.explorer import prediction_figure, prompt_figure, word_importance_figure
+        from hxpe.figures.prediction import prediction_figure, prompt_figure, word_importance_figure
 
         out = Path(out_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
@@ -279,16 +278,6 @@ class Prediction:
         paths["json"].write_text(json.dumps(self.as_dict(), indent=1) + "\n")
         log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         return paths
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in ("hxpe", "torch", "open_clip_torch", "transformers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def predict(
@@ -348,7 +337,7 @@ def predict(
         "params": str(params),
         "profile": cfg.profile,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": software_versions(),
     }
     return Prediction(
         image_path=Path(image),

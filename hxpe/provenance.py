@@ -14,30 +14,15 @@ import platform
 import socket
 import subprocess
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from hxpe.atomic import write_json_atomic
-from hxpe.config import file_sha256
+from hxpe.hashing import file_sha256
 from hxpe.paths import repo_root
+from hxpe.versions import software_versions
 
 MANIFEST = "provenance.json"
-TRACKED_PACKAGES = (
-    "torch",
-    "torchvision",
-    "open_clip_torch",
-    "transformers",
-    "huggingface_hub",
-    "numpy",
-    "scipy",
-    "pandas",
-    "scikit-learn",
-    "scikit-image",
-    "pillow",
-    "papermill",
-    "vllm",
-)
 
 
 def utc_now() -> str:
@@ -60,16 +45,6 @@ def git_state() -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def hardware() -> dict[str, Any]:
@@ -179,7 +154,7 @@ def record_stage(
             "seed": cfg.seed,
             "deterministic": cfg.deterministic,
             "python": platform.python_version(),
-            "packages": package_versions(),
+            "packages": software_versions(),
             "hardware": hardware(),
         }
     )

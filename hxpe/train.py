@@ -29,13 +29,14 @@ from hxpe.atomic import replace_dir
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, select_references
 from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
-from hxpe.model.checkpoint import load_checkpoint, save_checkpoint
+from hxpe.model.checkpoint import checkpoint_dir, save_checkpoint
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.inference import model_device
 from hxpe.model.losses import hxpe_loss
-from hxpe.provenance import git_state, package_versions, utc_now
+from hxpe.provenance import git_state, utc_now
 from hxpe.seeding import generator, seed_everything, worker_init_fn
+from hxpe.versions import software_versions
 
 log = logging.getLogger(__name__)
 BASE_BATCH_SIZE = {"adaclip": 1, "anomalyclip": 8}
@@ -99,7 +100,8 @@ def _loader(
     )
 
 
-def _step(model: HXPEModel, batch: dict, train_cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def step_losses(model: HXPEModel, batch: dict, train_cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Forward one batch (moved to the model's device) and return its losses (``total`` and parts)."""
     device = model_device(model)
     refs = batch.get("reference")
     out = model(
@@ -181,7 +183,7 @@ def train(
     for epoch in range(1, cfg.train.epochs + 1):
         bar = tqdm(loader, desc=f"{variant} epoch {epoch}/{cfg.train.epochs}", leave=False)
         for batch in bar:
-            losses = _step(model, batch, cfg.train)
+            losses = step_losses(model, batch, cfg.train)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
@@ -209,7 +211,7 @@ def train(
         _write_loss(rows, tmp, f"{variant} on {index.name}")
         provenance = {
             "git": git_state(),
-            "versions": package_versions(),
+            "versions": software_versions(),
             "seed": cfg.seed,
             "deterministic": cfg.deterministic,
             "device": device,
@@ -229,33 +231,6 @@ def train(
         "Trained %s: %d steps, final loss %.4f -> %s", variant, step, rows[-1]["total"], out_dir
     )
     return out_dir
-
-
-def checkpoint_dir(results_dir: Path, direction: str, variant: str) -> Path:
-    """``results_dir/checkpoints/<direction>/<variant>``."""
-    return Path(results_dir) / "checkpoints" / direction / variant
-
-
-def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
-    """The model of ``variant`` for ``direction``: its checkpoint when it trains, built otherwise."""
-    model_cfg = cfg.model_for(variant)
-    if not model_cfg.trains:
-        return build_model(model_cfg).eval()
-    ckpt = checkpoint_dir(results_dir, direction, variant)
-    if not (ckpt / "trainable.safetensors").is_file():
-        raise FileNotFoundError(
-            f"No checkpoint for variant {variant!r}, direction {direction!r} in {ckpt}. Run stage "
-            f"04 first (make train PROFILE={cfg.profile})."
-        )
-    model = load_checkpoint(ckpt)
-    if model.cfg != model_cfg:
-        log.warning(
-            "Checkpoint %s was trained with a model config that differs from the profile's "
-            "variant %r; using the checkpoint's.",
-            ckpt,
-            variant,
-        )
-    return model.eval()
 
 
 def train_all(

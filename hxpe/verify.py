@@ -11,7 +11,8 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hxpe.config import file_sha256, load_config
+from hxpe.config import load_config
+from hxpe.hashing import file_sha256
 from hxpe.paths import resolve
 from hxpe.provenance import MANIFEST, read_manifest
 

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import pytest  # noqa: E402
-
-from hxpe.agent import load_descriptions, load_extractions, run_describe, run_extract  # noqa: E402
-from hxpe.agent.backend_base import DescribeRequest, ExtractRequest, Sampling  # noqa: E402
-from hxpe.agent.backend_hf import HFDescriber, HFExtractor  # noqa: E402
-from hxpe.agent.cache import read_records  # noqa: E402
-from hxpe.agent.config import AgentConfig  # noqa: E402
-from hxpe.agent.templates import load_template  # noqa: E402
-from hxpe.agent.testing import planted_index, save_tiny_qwen2, save_tiny_qwen2_vl  # noqa: E402
+from hxpe.agent import load_descriptions, load_extractions, run_describe, run_extract
+from hxpe.agent.backend_base import DescribeRequest, ExtractRequest, Sampling
+from hxpe.agent.backend_hf import HFDescriber, HFExtractor
+from hxpe.agent.cache import read_records
+from hxpe.agent.config import AgentConfig
+from hxpe.agent.templates import load_template
+from hxpe.agent.testing import planted_index, save_tiny_qwen2, save_tiny_qwen2_vl
 
 
 @pytest.fixture(scope="module")

@@ -5,30 +5,25 @@ The stand-in only records what the backend sends; vLLM itself is CUDA-only and n
 
 from __future__ import annotations
 
-import os
+import json
+import sys
+import types
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import pytest
 
-import json  # noqa: E402
-import sys  # noqa: E402
-import types  # noqa: E402
-
-import pytest  # noqa: E402
-
-from hxpe.agent import load_descriptions, run_describe  # noqa: E402
-from hxpe.agent.backend_base import DescribeRequest, ExtractRequest, Sampling  # noqa: E402
-from hxpe.agent.backend_vllm import (  # noqa: E402
+from hxpe.agent import load_descriptions, run_describe
+from hxpe.agent.backend_base import DescribeRequest, ExtractRequest, Sampling
+from hxpe.agent.backend_vllm import (
     VllmDescriber,
     VllmExtractor,
     import_vllm,
     settings_for,
     structured_output_kwargs,
 )
-from hxpe.agent.config import AgentConfig, DescribeConfig, ExtractConfig  # noqa: E402
-from hxpe.agent.schema import Extraction  # noqa: E402
-from hxpe.agent.templates import load_template  # noqa: E402
-from hxpe.agent.testing import (  # noqa: E402
+from hxpe.agent.config import AgentConfig, DescribeConfig, ExtractConfig
+from hxpe.agent.schema import Extraction
+from hxpe.agent.templates import load_template
+from hxpe.agent.testing import (
     planted_index,
     save_tiny_qwen2,
     save_tiny_qwen2_vl,

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import json
 
-from hxpe.bench import PeakMemory, main
+from hxpe.bench.run import main
+from hxpe.bench.timers import PeakMemory
 
 
 def test_quick_bench_writes_json_and_markdown(tmp_path) -> None:
@@ -50,3 +46,42 @@ def test_peak_memory_sees_an_allocation() -> None:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         del block
     assert mem.peak_bytes - mem.baseline_bytes > 48 * 2**20
+
+
+def test_bench_train_step_is_the_training_codes_step(tmp_path) -> None:
+    """One timed bench step moves the prompts exactly as one step of hxpe.train (same optimiser,
+    learning rate and loss weights)."""
+    import copy
+
+    import torch
+
+    from hxpe.bench.inputs import dataset_for, demo_index
+    from hxpe.bench.measure import _train_batch, _train_steps
+    from hxpe.model.config import TrainConfig
+    from hxpe.model.hxpe import build_model
+    from hxpe.model.tiny import tiny_model_config
+    from hxpe.train import make_optimizer, step_losses
+
+    index = demo_index(tmp_path, "bench_demo", 64, ["gravel"], n_train_good=1, n_test_good=1)
+    batch = _train_batch(dataset_for(index, 64, None), 2, torch.device("cpu"))
+    train_cfg = TrainConfig(lr=0.05, loss_weights={"focal": 2.0, "dice": 0.5, "image": 3.0})
+    torch.manual_seed(0)
+    bench_model = build_model(tiny_model_config("adaclip")).eval()
+    train_model = copy.deepcopy(bench_model)
+    initial = {k: v.detach().clone() for k, v in bench_model.trainable_state().items()}
+
+    _train_steps(bench_model, batch, train_cfg, 1, False)
+
+    train_model.train()
+    params = [p for p in train_model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, train_cfg, train_model.cfg)
+    step_losses(train_model, batch, train_cfg)["total"].backward()
+    optimizer.step()
+
+    moved = 0
+    for (name, p), q in zip(
+        bench_model.trainable_state().items(), train_model.trainable_state().values(), strict=True
+    ):
+        torch.testing.assert_close(p, q, msg=name)
+        moved += int(not torch.equal(p, initial[name]))
+    assert moved > 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,6 @@ from test_data_fixtures import write_image, write_mask, write_mvtec_tree
 from hxpe.data import prepare_dataset
 from hxpe.data.config import DatasetSource
 from hxpe.data.index import INDEX_COLUMNS, load_index
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def sha(path: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,6 @@ from test_data_fixtures import write_image, write_mask, write_mvtec_tree
 from hxpe.data import DatasetError, prepare_dataset
 from hxpe.data.config import DatasetSource
 from hxpe.data.index import load_index
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ONE_CLASS = {"bottle": {"train": 1, "good": 1, "crack": 1}}
 

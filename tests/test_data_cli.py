@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,6 @@ from test_data_fixtures import write_mvtec_tree
 from hxpe.data.cli import register
 from hxpe.data.index import load_index
 from hxpe.data.registry import load_specs
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,6 @@ from hxpe.data.config import DataConfig, DatasetSource, DemoDataConfig
 from hxpe.data.demo import demo_classes, generate_demo_dataset, generate_demo_parts
 from hxpe.data.demo_defects import DEFECTS
 from hxpe.data.summary import sample_grid, summary_table
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SMALL = DemoDataConfig(n_train_good=1, n_test_good=1, n_test_per_defect=1, image_size=64)
 

@@ -1,9 +1,5 @@
 """The ``evaluate`` sub-command's parser and its dispatch."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import argparse
 
 import pytest

@@ -1,9 +1,5 @@
 """The per-image map store: round trip, float16, streaming, cache manifest."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import pytest
 import torch

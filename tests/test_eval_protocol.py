@@ -1,9 +1,5 @@
 """The protocol runner with a stand-in model: maps, cache, metric values, shards and merge."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +12,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from hxpe.config import Config
-from hxpe.data.index import DatasetIndex, load_index, make_image_id, save_index
+from hxpe.data.fixtures import IndexWriter
+from hxpe.data.index import DatasetIndex, load_index, save_index
 from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.metrics import pixel_metrics
 from hxpe.evaluation.protocol import infer_dataset, run_protocol, store_dir
@@ -59,7 +56,7 @@ class FlatStandIn(StandIn):
 def write_dataset(root: Path) -> DatasetIndex:
     """Classes ``a`` and ``b`` with normal and defective test images, ``c`` with normal ones only."""
     rng = np.random.default_rng(0)
-    rows = []
+    writer = IndexWriter(root, "tgt")
     for cls in ("a", "b", "c"):
         specs = [("train", "good", i) for i in range(2)] + [("test", "good", i) for i in range(3)]
         if cls != "c":
@@ -71,28 +68,8 @@ def write_dataset(root: Path) -> DatasetIndex:
                 y, x = rng.integers(2, SIZE - 10, 2)
                 mask[y : y + 6 + i, x : x + 5] = 255
                 img[mask > 0] += 100
-            rel = f"{cls}/{split}/{defect}/{i:03d}.png"
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(root / rel)
-            mask_rel = ""
-            if defect != "good":
-                mask_rel = f"{cls}/ground_truth/{defect}/{i:03d}_mask.png"
-                (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask).save(root / mask_rel)
-            rows.append(
-                {
-                    "image_id": make_image_id("tgt", cls, split, defect, rel),
-                    "dataset": "tgt",
-                    "cls": cls,
-                    "split": split,
-                    "label": int(defect != "good"),
-                    "defect_type": defect,
-                    "image": rel,
-                    "mask": mask_rel,
-                    "sha256": "",
-                }
-            )
-    return DatasetIndex(name="tgt", root=root, frame=pd.DataFrame(rows), kind="mvtec")
+            writer.add(cls, split, defect, f"{i:03d}", img, mask if defect != "good" else None)
+    return writer.index()
 
 
 @pytest.fixture(scope="module")

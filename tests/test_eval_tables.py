@@ -1,9 +1,5 @@
 """Tables: published numbers as data, summaries with deltas, demo banner, markdown."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from pathlib import Path
 
 import pandas as pd

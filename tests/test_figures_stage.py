@@ -3,11 +3,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import logging
 import shutil
 from pathlib import Path
@@ -20,9 +15,9 @@ from PIL import Image, ImageDraw
 
 from hxpe.agent import run_describe, run_extract
 from hxpe.config import Config, load_config
-from hxpe.data.index import DatasetIndex, make_image_id, save_index, validate_frame
+from hxpe.data.fixtures import IndexWriter
+from hxpe.data.index import DatasetIndex, save_index
 from hxpe.evaluation.protocol import run_protocol
-from hxpe.figures import make_all, word_importance
 from hxpe.figures.selection import (
     card_rows,
     comparison_roles,
@@ -30,8 +25,8 @@ from hxpe.figures.selection import (
     learnable_only_variant,
     winclip_variant,
 )
+from hxpe.figures.stage import make_all, word_importance
 from hxpe.figures.style import DEMO_NOTE
-from hxpe.hashing import file_sha256
 from hxpe.model.checkpoint import save_checkpoint
 from hxpe.model.hxpe import build_model
 from hxpe.model.tiny import TINY_MODEL
@@ -65,40 +60,15 @@ def _defect(img: np.ndarray, kind: str, seed: int) -> tuple[Image.Image, Image.I
 
 def build_index(data_root: Path) -> DatasetIndex:
     """Two classes: one train normal, two test normals, three test defects with masks each."""
-    rows = []
-
-    def add(cls: str, split: str, defect: str, stem: str, img: Image.Image, mask=None) -> None:
-        rel = f"{cls}/{split}/{defect}/{stem}.png"
-        (data_root / rel).parent.mkdir(parents=True, exist_ok=True)
-        img.save(data_root / rel)
-        mask_rel = ""
-        if mask is not None:
-            mask_rel = f"{cls}/ground_truth/{defect}/{stem}_mask.png"
-            (data_root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-            mask.save(data_root / mask_rel)
-        rows.append(
-            {
-                "image_id": make_image_id(TARGET, cls, split, defect, rel),
-                "dataset": TARGET,
-                "cls": cls,
-                "split": split,
-                "label": int(defect != "good"),
-                "defect_type": defect,
-                "image": rel,
-                "mask": mask_rel,
-                "sha256": file_sha256(data_root / rel),
-            }
-        )
-
+    writer = IndexWriter(data_root, TARGET)
     for c, (cls, tone) in enumerate({"plate": 150, "tile": 90}.items()):
-        add(cls, "train", "good", "000", Image.fromarray(_texture(100 * c, tone)))
+        writer.add(cls, "train", "good", "000", _texture(100 * c, tone))
         for i in range(2):
-            add(cls, "test", "good", f"{i:03d}", Image.fromarray(_texture(100 * c + i + 1, tone)))
+            writer.add(cls, "test", "good", f"{i:03d}", _texture(100 * c + i + 1, tone))
         for i, kind in enumerate(["scratch", "spot", "scratch"]):
             img, mask = _defect(_texture(100 * c + 10 + i, tone), kind, i + 3 * c)
-            add(cls, "test", kind, f"{i:03d}", img, mask)
-    frame = validate_frame(pd.DataFrame(rows))
-    return DatasetIndex(name=TARGET, root=data_root, frame=frame, kind="mvtec")
+            writer.add(cls, "test", kind, f"{i:03d}", img, mask)
+    return writer.index()
 
 
 def fixture_config() -> Config:

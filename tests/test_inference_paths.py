@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import logging
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
-from hxpe.data.index import DatasetIndex, make_image_id
+from hxpe.data.fixtures import IndexWriter
+from hxpe.data.index import DatasetIndex
 from hxpe.data.torch_dataset import IndexDataset
 from hxpe.model.explain import PhraseCache
 from hxpe.model.hxpe import build_model
@@ -171,27 +165,11 @@ def test_text_trim_is_exact() -> None:
 
 
 def _toy_index(root, n: int = 5) -> DatasetIndex:
-    rows = []
+    writer = IndexWriter(root, "toy")
     for i in range(n):
-        rel = f"w/test/good/{i:03d}.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)).save(
-            root / rel
-        )
-        rows.append(
-            {
-                "image_id": make_image_id("toy", "w", "test", "good", rel),
-                "dataset": "toy",
-                "cls": "w",
-                "split": "test",
-                "label": 0,
-                "defect_type": "good",
-                "image": rel,
-                "mask": "",
-                "sha256": "",
-            }
-        )
-    return DatasetIndex(name="toy", root=root, frame=pd.DataFrame(rows))
+        image = (np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)
+        writer.add("w", "test", "good", f"{i:03d}", image)
+    return writer.index()
 
 
 def test_make_loader_yields_ordered_batches(tmp_path) -> None:

@@ -1,9 +1,5 @@
 """AUPRO in both conventions against straightforward reference loops written here."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import pytest
 from scipy import ndimage

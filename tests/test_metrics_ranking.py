@@ -1,9 +1,5 @@
 """Image and pixel ranking metrics (AUROC, AP, F1-max) against scikit-learn, ties included."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import pytest
 import torch

@@ -14,7 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hxpe.config import file_sha256, load_config
+from hxpe.config import load_config
+from hxpe.hashing import file_sha256
 from hxpe.paths import repo_root
 from hxpe.pipeline import STAGES, execute_notebook_atomic
 from hxpe.provenance import record_stage, utc_now

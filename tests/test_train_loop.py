@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import csv
 import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
-from hxpe.config import Config, file_sha256
-from hxpe.data.index import DatasetIndex, load_index, make_image_id, save_index
+from hxpe.config import Config
+from hxpe.data.fixtures import IndexWriter
+from hxpe.data.index import DatasetIndex, load_index, save_index
 from hxpe.data.torch_dataset import IndexDataset
-from hxpe.model.checkpoint import load_checkpoint
+from hxpe.model.checkpoint import load_checkpoint, model_for_evaluation
 from hxpe.model.hxpe import build_model
 from hxpe.model.losses import hxpe_loss
 from hxpe.model.tiny import TINY_MODEL
-from hxpe.train import model_for_evaluation, train, trainable_variants
+from hxpe.train import train, trainable_variants
 
 SIZE = 112
 
@@ -33,36 +27,18 @@ SIZE = 112
 def make_dataset(root: Path, n_good: int = 2, n_bad: int = 4, seed: int = 0) -> DatasetIndex:
     """Textured images of one class; 'bad' ones carry a bright square defect with its mask."""
     rng = np.random.default_rng(seed)
-    rows = []
+    writer = IndexWriter(root, "toy")
 
     def write(split: str, defect: str, stem: str, box: tuple[int, int, int] | None) -> None:
         img = (rng.random((SIZE // 8, SIZE // 8, 3)) * 80 + 60).astype(np.uint8)
         img = np.kron(img, np.ones((8, 8, 1), dtype=np.uint8))
-        mask_rel = ""
+        mask = None
         if box is not None:
             y, x, s = box
             img[y : y + s, x : x + s] = (250, 30, 200)
             mask = np.zeros((SIZE, SIZE), np.uint8)
             mask[y : y + s, x : x + s] = 255
-            mask_rel = f"widget/ground_truth/{defect}/{stem}_mask.png"
-            (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(root / mask_rel)
-        rel = f"widget/{split}/{defect}/{stem}.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(root / rel)
-        rows.append(
-            {
-                "image_id": make_image_id("toy", "widget", split, defect, rel),
-                "dataset": "toy",
-                "cls": "widget",
-                "split": split,
-                "label": int(box is not None),
-                "defect_type": defect,
-                "image": rel,
-                "mask": mask_rel,
-                "sha256": file_sha256(root / rel),
-            }
-        )
+        writer.add("widget", split, defect, stem, img, mask)
 
     write("train", "good", "000", None)
     for i in range(n_good):
@@ -70,8 +46,7 @@ def make_dataset(root: Path, n_good: int = 2, n_bad: int = 4, seed: int = 0) -> 
     for i in range(n_bad):
         y, x = (int(v) for v in rng.integers(10, SIZE - 40, size=2))
         write("test", "blob", f"{i:03d}", (y, x, 28))
-    index = DatasetIndex(name="toy", root=root, frame=pd.DataFrame(rows))
-    return load_index(save_index(index, root.parent / "index"))
+    return load_index(save_index(writer.index(), root.parent / "index"))
 
 
 def profile(**train: object) -> Config:

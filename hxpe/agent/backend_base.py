@@ -1,4 +1,4 @@
-"""The one small interface every agent backend implements, and the factory that picks one.
+"""The one small interface every agent backend implements, and the registry that picks one.
 
 A *describer* turns (reference image, test image, prompt) into text; an *extractor* turns a
 description into the JSON text of an :class:`hxpe.agent.schema.Extraction` (the same parser checks
@@ -12,7 +12,8 @@ cache key, so changing one of them redoes the affected records and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,56 +86,89 @@ class Extractor(Protocol):
     ) -> list[Generation]: ...
 
 
+BACKEND_MODULES: dict[str, str] = {
+    "classical": "hxpe.agent.backend_classical",
+    "rules": "hxpe.agent.backend_rules",
+    "transformers": "hxpe.agent.backend_hf",
+    "vllm": "hxpe.agent.backend_vllm",
+}
+"""Where each backend lives; its module registers it (:func:`register_backend`) when imported, and
+is imported on first use only, so that an unused engine (vLLM, transformers) is never loaded."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One agent backend: its engine settings, and the describer and/or extractor it builds."""
+
+    name: str
+    settings_for: Callable[[dict[str, Any]], dict[str, Any]]
+    describer: Callable[[DescribeConfig], Describer] | None = None
+    extractor: Callable[[ExtractConfig], Extractor] | None = None
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add ``backend`` to the registry (called by each backend module when it is imported)."""
+    if BACKEND_MODULES.get(backend.name) is None:
+        raise ValueError(
+            f"agent backend {backend.name!r} is not in BACKEND_MODULES "
+            f"(hxpe/agent/backend_base.py); add its module there so it can be found by name"
+        )
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def find_backend(name: str) -> Backend | None:
+    """The registered backend ``name``, importing its module on first use; ``None`` if unknown.
+
+    >>> find_backend("rules").extractor is not None
+    True
+    >>> find_backend("classical").extractor is None  # the classical backend only describes
+    True
+    >>> find_backend("replay") is None  # replay reads the cache: no engine
+    True
+    """
+    module = BACKEND_MODULES.get(name)
+    if module is None:
+        return None
+    if name not in _REGISTRY:
+        importlib.import_module(module)
+    return _REGISTRY[name]
+
+
+def _able(role: str) -> str:
+    """``'a, b or c'``: the backends that build a describer (``role='describer'``) or extractor."""
+    names = [n for n in BACKEND_MODULES if getattr(find_backend(n), role) is not None]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _build(cfg: DescribeConfig | ExtractConfig, role: str, stage: str) -> Any:
+    """Call the ``role`` factory (``describer``/``extractor``) of the backend ``cfg`` names."""
+    backend = find_backend(cfg.backend)
+    factory = getattr(backend, role) if backend is not None else None
+    if factory is None:
+        raise ValueError(
+            f"agent.{stage}.backend {cfg.backend!r} has no {role} "
+            f"('replay' reads the cache; use {_able(role)})"
+        )
+    return factory(cfg)
+
+
 def make_describer(cfg: DescribeConfig) -> Describer:
     """The describer named by ``cfg.backend`` (engines are imported and loaded only here)."""
-    if cfg.backend == "classical":
-        from hxpe.agent.backend_classical import ClassicalDescriber
-
-        return ClassicalDescriber(**cfg.options)
-    if cfg.backend == "transformers":
-        from hxpe.agent.backend_hf import HFDescriber
-
-        return HFDescriber.from_config(cfg)
-    if cfg.backend == "vllm":
-        from hxpe.agent.backend_vllm import VllmDescriber
-
-        return VllmDescriber.from_config(cfg)
-    raise ValueError(
-        f"agent.describe.backend {cfg.backend!r} has no describer "
-        f"('replay' reads the cache; use classical, transformers or vllm)"
-    )
+    return _build(cfg, "describer", "describe")
 
 
 def make_extractor(cfg: ExtractConfig) -> Extractor:
     """The extractor named by ``cfg.backend``."""
-    if cfg.backend == "rules":
-        from hxpe.agent.backend_rules import RuleExtractor
-
-        return RuleExtractor(**cfg.options)
-    if cfg.backend == "transformers":
-        from hxpe.agent.backend_hf import HFExtractor
-
-        return HFExtractor.from_config(cfg)
-    if cfg.backend == "vllm":
-        from hxpe.agent.backend_vllm import VllmExtractor
-
-        return VllmExtractor.from_config(cfg)
-    raise ValueError(
-        f"agent.extract.backend {cfg.backend!r} has no extractor "
-        f"('replay' reads the cache; use rules, transformers or vllm)"
-    )
+    return _build(cfg, "extractor", "extract")
 
 
 def engine_settings(cfg: DescribeConfig | ExtractConfig) -> dict[str, Any]:
     """``settings()`` of the configured backend, computed from the config without loading a model."""
-    if cfg.backend == "classical":
-        from hxpe.agent.backend_classical import settings_for
-    elif cfg.backend == "rules":
-        from hxpe.agent.backend_rules import settings_for
-    elif cfg.backend == "transformers":
-        from hxpe.agent.backend_hf import settings_for
-    elif cfg.backend == "vllm":
-        from hxpe.agent.backend_vllm import settings_for
-    else:
+    backend = find_backend(cfg.backend)
+    if backend is None:
         raise ValueError(f"backend {cfg.backend!r} has no engine settings")
-    return settings_for(cfg.options)
+    return backend.settings_for(cfg.options)

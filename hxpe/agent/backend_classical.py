@@ -32,7 +32,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage import color, filters, measure, registration
 
-from hxpe.agent.backend_base import DescribeRequest, Generation, Sampling
+from hxpe.agent.backend_base import Backend, DescribeRequest, Generation, Sampling, register_backend
 from hxpe.agent.vocabulary import Vocabulary, load_vocabulary
 
 log = logging.getLogger(__name__)
@@ -251,3 +251,12 @@ class ClassicalDescriber:
                 f"{texture}. It looks like a {reg.defect_type}."
             )
         return "".join(parts)
+
+
+register_backend(
+    Backend(
+        "classical",
+        settings_for=settings_for,
+        describer=lambda cfg: ClassicalDescriber(**cfg.options),
+    )
+)

@@ -19,7 +19,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from hxpe.agent.backend_base import DescribeRequest, ExtractRequest, Generation, Sampling
+from hxpe.agent.backend_base import (
+    Backend,
+    DescribeRequest,
+    ExtractRequest,
+    Generation,
+    Sampling,
+    register_backend,
+)
 from hxpe.agent.config import DescribeConfig, ExtractConfig
 
 log = logging.getLogger(__name__)
@@ -154,3 +161,13 @@ def chat_messages(req: ExtractRequest) -> list[dict[str, str]]:
     """System message (when the template has one) and the user prompt."""
     system = [{"role": "system", "content": req.system}] if req.system else []
     return [*system, {"role": "user", "content": req.prompt}]
+
+
+register_backend(
+    Backend(
+        "transformers",
+        settings_for=settings_for,
+        describer=HFDescriber.from_config,
+        extractor=HFExtractor.from_config,
+    )
+)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hxpe.agent.backend_base import ExtractRequest, Generation, Sampling
+from hxpe.agent.backend_base import Backend, ExtractRequest, Generation, Sampling, register_backend
 from hxpe.agent.vocabulary import Vocabulary, load_vocabulary
 
 _TONE_ADJ = {"darker": "dark", "brighter": "bright", "lighter": "light"}
@@ -108,3 +108,8 @@ class RuleExtractor:
             "appearance": " ".join(dict.fromkeys(" ".join(appearance_parts).split())),
             "phrase": phrase,
         }
+
+
+register_backend(
+    Backend("rules", settings_for=settings_for, extractor=lambda cfg: RuleExtractor(**cfg.options))
+)

@@ -24,7 +24,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from hxpe.agent.backend_base import DescribeRequest, ExtractRequest, Generation, Sampling
+from hxpe.agent.backend_base import (
+    Backend,
+    DescribeRequest,
+    ExtractRequest,
+    Generation,
+    Sampling,
+    register_backend,
+)
 from hxpe.agent.backend_hf import chat_messages
 from hxpe.agent.config import DescribeConfig, ExtractConfig
 from hxpe.agent.schema import Extraction
@@ -200,3 +207,13 @@ class VllmExtractor:
         params = sampling_params(self.vllm, sampling, **self.structured)
         outputs = self.llm.generate([self.prompt(r) for r in requests], params, use_tqdm=False)
         return _generations(outputs)
+
+
+register_backend(
+    Backend(
+        "vllm",
+        settings_for=settings_for,
+        describer=VllmDescriber.from_config,
+        extractor=VllmExtractor.from_config,
+    )
+)

@@ -1,12 +1,20 @@
 """Stage 02: the VLM (or the classical describer) writes what differs between each image and the
 normal reference of its class; results go to an append-only cache (``agent/descriptions.jsonl``).
 
-Example:
-    >>> from hxpe.config import load_config  # doctest: +SKIP
-    >>> cfg = load_config("notebooks/params/demo.yaml")  # doctest: +SKIP
-    >>> idx = load_index(cfg.results_dir / "index" / "demo_target")  # doctest: +SKIP
-    >>> report = run_describe([idx], cfg.agent, cfg.results_dir / "agent" / "descriptions.jsonl")  # doctest: +SKIP
-    >>> print(report)  # doctest: +SKIP
+Example (the demo profile's classical describer on planted defects):
+    >>> import tempfile
+    >>> from hxpe.agent.testing import planted_index
+    >>> from hxpe.config import load_config
+    >>> cfg = load_config("notebooks/params/demo.yaml")
+    >>> index = planted_index(tempfile.mkdtemp(), n_good=1)
+    >>> cache = Path(tempfile.mkdtemp()) / "descriptions.jsonl"
+    >>> report = run_describe([index], cfg.agent, cache)
+    >>> report.total, report.done, report.failed
+    (6, 6, 0)
+    >>> run_describe([index], cfg.agent, cache).cached  # a rerun reads the cache
+    6
+    >>> load_descriptions(cache)[["image_id", "status"]].values[0].tolist()
+    ['planted/tile/test/good/000', 'ok']
 """
 
 from __future__ import annotations
@@ -19,7 +27,6 @@ from typing import Any
 
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from hxpe.agent.backend_base import (
     Describer,
@@ -30,19 +37,20 @@ from hxpe.agent.backend_base import (
 from hxpe.agent.cache import JsonlCache, Shard, content_hash, in_shard, read_records, shard_files
 from hxpe.agent.config import AgentConfig
 from hxpe.agent.parsing import check_description
-from hxpe.agent.replay import replay_records, replay_source
+from hxpe.agent.replay import replay_source
 from hxpe.agent.runner import (
+    Outcome,
     StageReport,
-    provenance,
-    run_with_retries,
+    finish,
+    replay_stage,
+    run_stage,
     settings_hash,
     stage_settings,
-    timing,
 )
 from hxpe.agent.templates import PromptTemplate, load_template
-from hxpe.config import file_sha256
 from hxpe.data.images import read_image
 from hxpe.data.index import DatasetIndex, select_references
+from hxpe.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -190,61 +198,38 @@ def run_describe(
             )
             for it in items
         ]
-        found = replay_records(wanted, replay_source(dcfg.options, cache_path), _replay_match)
-        known = cache.keys()
-        cache.append(r for r in found if r["key"] not in known)
-        for rec in found:
-            report.cached += 1
-            report.count_failure(rec.get("error"))
-        report.elapsed_s = time.perf_counter() - started
-        log.info("%s", report)
-        return report
+        sources = replay_source(dcfg.options, cache_path)
+        replay_stage(wanted, sources, _replay_match, cache=cache, report=report)
+        return finish(report, started)
 
-    known = {r["key"]: r for r in cache.records()}
-    keyed = [(_key(it, digest, template), it) for it in items]
-    pending = [(k, it) for k, it in keyed if k not in known]
-    for k, _ in keyed:
-        if k in known:
-            report.cached += 1
-            report.count_failure(known[k].get("error"))
-    if pending:
-        describer = describer or make_describer(dcfg)
-        prov = provenance(settings)
-        bar = tqdm(total=len(pending), desc="describe", unit="img")
-        for start in range(0, len(pending), dcfg.batch_size):
-            batch = pending[start : start + dcfg.batch_size]
-            requests = _requests([it for _, it in batch], template)
-            outcomes = run_with_retries(requests, describer.describe, check_description, dcfg)
-            records = []
-            for (key, it), out in zip(batch, outcomes, strict=True):
-                records.append(
-                    {
-                        "key": key,
-                        "settings_hash": digest,
-                        "image_id": it.image_id,
-                        "dataset": it.dataset,
-                        "cls": it.cls,
-                        "reference_id": it.reference_id,
-                        "image_sha256": it.image_sha256,
-                        "reference_sha256": it.reference_sha256,
-                        "model_id": dcfg.model_id,
-                        "template_id": template.id,
-                        "text": out.value if out.ok else out.raw,
-                        "status": "ok" if out.ok else "failed",
-                        "error": out.error,
-                        "attempts": out.attempts,
-                        "provenance": prov,
-                        "timing": timing(out.seconds),
-                    }
-                )
-                report.count_failure(out.error)
-                report.done += int(out.ok)
-            cache.append(records)
-            bar.update(len(batch))
-        bar.close()
-    report.elapsed_s = time.perf_counter() - started
-    log.info("%s", report)
-    return report
+    def fields(it: DescribeItem, out: Outcome[str]) -> dict[str, Any]:
+        return {
+            "image_id": it.image_id,
+            "dataset": it.dataset,
+            "cls": it.cls,
+            "reference_id": it.reference_id,
+            "image_sha256": it.image_sha256,
+            "reference_sha256": it.reference_sha256,
+            "model_id": dcfg.model_id,
+            "template_id": template.id,
+            "text": out.value if out.ok else out.raw,
+            "status": "ok" if out.ok else "failed",
+            "error": out.error,
+            "attempts": out.attempts,
+        }
+
+    run_stage(
+        [(_key(it, digest, template), it) for it in items],
+        cache=cache,
+        report=report,
+        cfg=dcfg,
+        settings=settings,
+        backend=lambda: (describer or make_describer(dcfg)).describe,
+        requests=lambda batch: _requests(batch, template),
+        check=check_description,
+        fields=fields,
+    )
+    return finish(report, started)
 
 
 def latest_per_image(records: list[dict[str, Any]]) -> pd.DataFrame:

@@ -1,9 +1,21 @@
 """Stage 03: the LLM (or the rule extractor) turns each description into an :class:`Extraction`,
 the anti-false-alarm rule gives the verdict, and the CLIP phrase is kept within its token budget.
 
-Example:
-    >>> report = run_extract(agent / "descriptions.jsonl", cfg.agent, agent / "extractions.jsonl")  # doctest: +SKIP
-    >>> phrases = load_phrases(agent / "extractions.jsonl")  # doctest: +SKIP
+Example (the demo profile: classical describer, rule extractor):
+    >>> import tempfile
+    >>> from hxpe.agent.describe import run_describe
+    >>> from hxpe.agent.testing import planted_index
+    >>> from hxpe.config import load_config
+    >>> cfg = load_config("notebooks/params/demo.yaml")
+    >>> agent = Path(tempfile.mkdtemp())
+    >>> index = planted_index(tempfile.mkdtemp(), n_good=1)
+    >>> _ = run_describe(index, cfg.agent, agent / "descriptions.jsonl")
+    >>> report = run_extract(agent / "descriptions.jsonl", cfg.agent, agent / "extractions.jsonl")
+    >>> report.done, report.failed
+    (6, 0)
+    >>> phrases = load_phrases(agent / "extractions.jsonl")
+    >>> phrases["planted/tile/test/good/000"], phrases["planted/tile/test/spot/000"]
+    (None, 'small red contamination on the lower right')
 """
 
 from __future__ import annotations
@@ -14,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from hxpe.agent.backend_base import Extractor, ExtractRequest, engine_settings, make_extractor
 from hxpe.agent.cache import JsonlCache, Shard, content_hash, in_shard
@@ -22,15 +33,16 @@ from hxpe.agent.config import AgentConfig
 from hxpe.agent.describe import load_records
 from hxpe.agent.parsing import parse_extraction
 from hxpe.agent.phrase import count_clip_tokens, fit_phrase
-from hxpe.agent.replay import replay_records, replay_source
+from hxpe.agent.replay import replay_source
 from hxpe.agent.runner import (
     Outcome,
     StageReport,
-    provenance,
+    finish,
+    replay_stage,
+    run_stage,
     run_with_retries,
     settings_hash,
     stage_settings,
-    timing,
 )
 from hxpe.agent.schema import Extraction, verdict, vlm_says_no_anomaly
 from hxpe.agent.templates import load_template
@@ -144,70 +156,50 @@ def run_extract(
 
     if replay:
         wanted = [(r.image_id, (r.image_id, r.key, ecfg.model_id, template.id)) for r in rows]
-        found = replay_records(wanted, replay_source(ecfg.options, cache_path), _replay_match)
-        known = cache.keys()
-        cache.append(r for r in found if r["key"] not in known)
-        for rec in found:
-            report.cached += 1
-            report.count_failure(rec.get("error"))
-        report.elapsed_s = time.perf_counter() - started
-        log.info("%s", report)
-        return report
+        sources = replay_source(ecfg.options, cache_path)
+        replay_stage(wanted, sources, _replay_match, cache=cache, report=report)
+        return finish(report, started)
 
-    known = {r["key"]: r for r in cache.records()}
-    keyed = [(content_hash({"settings": digest, "description_key": r.key}), r) for r in rows]
-    pending = [(k, r) for k, r in keyed if k not in known]
-    for k, _ in keyed:
-        if k in known:
-            report.cached += 1
-            report.count_failure(known[k].get("error"))
-    if pending:
-        extractor = extractor or make_extractor(ecfg)
-        prov = provenance(settings)
-        bar = tqdm(total=len(pending), desc="extract", unit="img")
-        for start in range(0, len(pending), ecfg.batch_size):
-            batch = pending[start : start + ecfg.batch_size]
-            requests = [
-                ExtractRequest(
-                    image_id=r.image_id,
-                    description=r.text,
-                    prompt=template.render(description=r.text),
-                    system=template.system,
-                )
-                for _, r in batch
-            ]
-            outcomes = run_with_retries(requests, extractor.extract, parse_extraction, ecfg)
-            records = []
-            for (key, r), out in zip(batch, outcomes, strict=True):
-                records.append(
-                    {
-                        "key": key,
-                        "settings_hash": digest,
-                        "description_key": r.key,
-                        "image_id": r.image_id,
-                        "dataset": r.dataset,
-                        "cls": r.cls,
-                        "model_id": ecfg.model_id,
-                        "template_id": template.id,
-                        "status": "ok" if out.ok else "failed",
-                        "error": out.error,
-                        "attempts": out.attempts,
-                        **_fields(out, r.text, cfg),
-                        "provenance": prov,
-                        "timing": timing(out.seconds),
-                    }
-                )
-                report.count_failure(out.error)
-                report.done += int(out.ok)
-            cache.append(records)
-            bar.update(len(batch))
-        bar.close()
+    def requests(batch: list[Any]) -> list[ExtractRequest]:
+        return [
+            ExtractRequest(
+                image_id=r.image_id,
+                description=r.text,
+                prompt=template.render(description=r.text),
+                system=template.system,
+            )
+            for r in batch
+        ]
+
+    def fields(r: Any, out: Outcome[Extraction]) -> dict[str, Any]:
+        return {
+            "description_key": r.key,
+            "image_id": r.image_id,
+            "dataset": r.dataset,
+            "cls": r.cls,
+            "model_id": ecfg.model_id,
+            "template_id": template.id,
+            "status": "ok" if out.ok else "failed",
+            "error": out.error,
+            "attempts": out.attempts,
+            **_fields(out, r.text, cfg),
+        }
+
+    run_stage(
+        [(content_hash({"settings": digest, "description_key": r.key}), r) for r in rows],
+        cache=cache,
+        report=report,
+        cfg=ecfg,
+        settings=settings,
+        backend=lambda: (extractor or make_extractor(ecfg)).extract,
+        requests=requests,
+        check=parse_extraction,
+        fields=fields,
+    )
     # An empty cache file still marks the stage as run (e.g. every description failed upstream).
     cache.write_path.parent.mkdir(parents=True, exist_ok=True)
     cache.write_path.touch(exist_ok=True)
-    report.elapsed_s = time.perf_counter() - started
-    log.info("%s", report)
-    return report
+    return finish(report, started)
 
 
 def load_extractions(path: Path, *, settings_hash: str | None = None) -> pd.DataFrame:

@@ -1,31 +1,32 @@
-"""What both stages share: the bounded retry loop, producer provenance and the run report."""
+"""What both stages share: the stage skeleton (cache, batches, records), the bounded retry loop,
+producer provenance and the run report."""
 
 from __future__ import annotations
 
-import functools
 import logging
-import platform
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from tqdm.auto import tqdm
+
 from hxpe.agent.backend_base import Generation, Sampling
-from hxpe.agent.cache import content_hash
+from hxpe.agent.cache import JsonlCache, content_hash
 from hxpe.agent.config import DescribeConfig, ExtractConfig
 from hxpe.agent.parsing import OutputError
+from hxpe.agent.replay import replay_records
 from hxpe.agent.templates import PromptTemplate
+from hxpe.versions import software_versions
 
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Val = TypeVar("Val")
-_VERSIONED = ("torch", "transformers", "vllm", "open_clip_torch", "pillow", "scikit-image", "hxpe")
 
 
 @dataclass
@@ -101,23 +102,94 @@ def run_with_retries(
     return [o for o in outcomes if o is not None]
 
 
+Item = TypeVar("Item")
+
+
+def run_stage(
+    keyed: Sequence[tuple[str, Item]],
+    *,
+    cache: JsonlCache,
+    report: StageReport,
+    cfg: DescribeConfig | ExtractConfig,
+    settings: dict[str, Any],
+    backend: Callable[[], Callable[[list[Req], Sampling], list[Generation]]],
+    requests: Callable[[list[Item]], list[Req]],
+    check: Callable[[Generation], Val],
+    fields: Callable[[Item, Outcome[Val]], dict[str, Any]],
+) -> None:
+    """The skeleton both agent stages share: cache -> pending -> batches -> retries -> records.
+
+    ``keyed`` pairs each item with its cache key; items already in ``cache`` are counted as cached
+    (with their failures), the others are sent to the backend in batches of ``cfg.batch_size``
+    (``backend()`` is called once, and only when something is pending), and one record per item is
+    appended after each batch: ``key``, ``settings_hash``, the stage's ``fields(item, outcome)``,
+    then ``provenance`` and ``timing``. ``report`` counts done, cached and failed items.
+    """
+    known = {r["key"]: r for r in cache.records()}
+    pending = [(k, it) for k, it in keyed if k not in known]
+    for k, _ in keyed:
+        if k in known:
+            report.cached += 1
+            report.count_failure(known[k].get("error"))
+    if not pending:
+        return
+    call = backend()
+    prov = provenance(settings)
+    bar = tqdm(total=len(pending), desc=report.stage, unit="img")
+    for start in range(0, len(pending), cfg.batch_size):
+        batch = pending[start : start + cfg.batch_size]
+        outcomes = run_with_retries(requests([it for _, it in batch]), call, check, cfg)
+        records = []
+        for (key, it), out in zip(batch, outcomes, strict=True):
+            records.append(
+                {
+                    "key": key,
+                    "settings_hash": report.settings_hash,
+                    **fields(it, out),
+                    "provenance": prov,
+                    "timing": timing(out.seconds),
+                }
+            )
+            report.count_failure(out.error)
+            report.done += int(out.ok)
+        cache.append(records)
+        bar.update(len(batch))
+    bar.close()
+
+
+def replay_stage(
+    wanted: Sequence[tuple[str, tuple[Any, ...]]],
+    sources: Sequence[Path],
+    match: Callable[[dict[str, Any]], tuple[Any, ...]],
+    *,
+    cache: JsonlCache,
+    report: StageReport,
+) -> None:
+    """The ``replay`` backend: copy matching records of ``sources`` into ``cache`` (no engine).
+
+    ``wanted`` pairs each image id with the fields a record must match (:func:`replay_records`).
+    """
+    found = replay_records(wanted, sources, match)
+    known = cache.keys()
+    cache.append(r for r in found if r["key"] not in known)
+    for rec in found:
+        report.cached += 1
+        report.count_failure(rec.get("error"))
+
+
+def finish(report: StageReport, started: float) -> StageReport:
+    """Set the report's elapsed time since ``started`` (``time.perf_counter()``) and log it."""
+    report.elapsed_s = time.perf_counter() - started
+    log.info("%s", report)
+    return report
+
+
 def reason_of(error: object) -> str | None:
     """The short reason of an error string (``'schema: phrase: ...'`` -> ``'schema'``).
 
     Anything that is not a non-empty string (None, or NaN from a pandas column) means no error.
     """
     return error.split(":", 1)[0] if isinstance(error, str) and error else None
-
-
-@functools.lru_cache(maxsize=1)
-def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def stage_settings(
@@ -148,7 +220,7 @@ def stage_settings(
 
 def provenance(settings: dict[str, Any]) -> dict[str, Any]:
     """The ``provenance`` sub-dict of a record: its settings plus host and library versions."""
-    return {**settings, "host": socket.gethostname(), "versions": library_versions()}
+    return {**settings, "host": socket.gethostname(), "versions": software_versions()}
 
 
 def timing(seconds: float) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """Notebook helpers for stages 02-03: image pairs beside their descriptions, failures, verdicts.
 
 Example:
-    >>> fig = description_figure(load_descriptions(path), {i.name: i for i in indexes})  # doctest: +SKIP
-    >>> failure_table(load_extractions(path))  # doctest: +SKIP
+    >>> records = pd.DataFrame(
+    ...     {"dataset": ["d", "d", "d"], "error": [None, "schema: phrase: empty", "schema: x"]}
+    ... )
+    >>> failure_table(records).values.tolist()
+    [['d', 'ok', 1], ['d', 'schema', 2]]
 """
 
 from __future__ import annotations

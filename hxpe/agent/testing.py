@@ -4,20 +4,22 @@ The images are crops of scikit-image's real ``brick`` photo (bundled offline); a
 dark scratch or a red spot drawn at a known place.
 
 Example:
-    >>> index = planted_index(tempfile.mkdtemp())  # doctest: +SKIP
+    >>> import tempfile
+    >>> index = planted_index(tempfile.mkdtemp())
+    >>> index.frame.groupby(["split", "defect_type"]).size().to_dict()
+    {('test', 'good'): 4, ('test', 'scratch'): 2, ('test', 'spot'): 2, ('train', 'good'): 2}
 """
 
 from __future__ import annotations
 
-import tempfile  # noqa: F401 - used by the docstring example
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from hxpe.config import file_sha256
 from hxpe.data.index import DatasetIndex, make_image_id, validate_frame
+from hxpe.hashing import file_sha256
 
 
 def texture_crop(y: int, x: int, size: int = 128) -> Image.Image:

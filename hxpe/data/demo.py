@@ -7,9 +7,17 @@ of six blended defect types with a pixel mask (:mod:`hxpe.data.demo_defects`). E
 from its own random stream seeded by ``(seed, class, split, defect type, number)``, so a rerun writes
 bit-identical files. ``defects.csv`` records each image's defect type and parameters.
 
-Example:
+Example (two small target classes):
+    >>> import tempfile
     >>> from hxpe.data.config import DemoDataConfig
-    >>> root = generate_demo_dataset(Path("/tmp/demo_target"), "target", DemoDataConfig())  # doctest: +SKIP
+    >>> cfg = DemoDataConfig(
+    ...     image_size=64, target_classes=["gravel", "bracket"], n_train_good=1, n_test_good=1
+    ... )
+    >>> root = generate_demo_dataset(Path(tempfile.mkdtemp()) / "demo_target", "target", cfg)
+    >>> sorted(p.name for p in root.iterdir())
+    ['bracket', 'defects.csv', 'gravel']
+    >>> sorted(p.name for p in (root / "gravel").iterdir())
+    ['ground_truth', 'test', 'train']
 """
 
 from __future__ import annotations

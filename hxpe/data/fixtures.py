@@ -9,8 +9,17 @@ exact naming (AdaCLIP's ``SDD_anomaly_detection``/``DAGM_anomaly_detection``, An
 DAGM ``meta.json``). They exercise the real index builders (``hxpe prepare``) without the real
 downloads.
 
-Example:
-    >>> write_raw_fixture("btad", Path("/tmp/fx/btad"), demo_root)  # doctest: +SKIP
+Example (BTAD's layout from two small demo classes):
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> small = DemoDataConfig(
+    ...     image_size=64, target_classes=["gravel", "bracket"], n_train_good=1, n_test_good=1
+    ... )
+    >>> demo_root = generate_demo_dataset(tmp / "demo", "target", small)
+    >>> write_raw_fixture("btad", tmp / "btad", demo_root)
+    ['01', '02']
+    >>> sorted(p.name for p in (tmp / "btad" / "01").iterdir())
+    ['ground_truth', 'test', 'train']
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from PIL import Image
 
 from hxpe.data.config import DemoDataConfig
 from hxpe.data.demo import generate_demo_dataset
+from hxpe.data.index import NORMAL_TYPE, DatasetIndex, make_image_id, validate_frame
 from hxpe.data.registry import get_spec
+from hxpe.hashing import file_sha256
 
 RAW_KINDS = ("mvtec", "visa", "mpdd", "btad", "ksdd", "dagm", "dtd")
 
@@ -311,3 +322,73 @@ def write_all_fixtures(out: Path, *, image_size: int = 128, n_classes: int = 2) 
         kind: (write_raw_fixture(kind, out / kind, demo_root, n_classes), out / kind)[1]
         for kind in RAW_KINDS
     }
+
+
+class IndexWriter:
+    """Writes small images (and masks) into an MVTec-layout tree and indexes them, for tests.
+
+    Images go to ``<cls>/<split>/<defect>/<stem>.png``, masks to
+    ``<cls>/ground_truth/<defect>/<stem>_mask.png``; a row is anomalous when ``defect`` is not
+    ``good``. :meth:`index` returns the rows as a validated :class:`DatasetIndex` (canonical order,
+    SHA-256 of every image), as stage 01 would.
+
+    Example:
+        >>> import tempfile
+        >>> writer = IndexWriter(Path(tempfile.mkdtemp()), "toy")
+        >>> writer.add("widget", "train", "good", "000", np.zeros((8, 8, 3), np.uint8))
+        'toy/widget/train/good/000'
+        >>> spot = np.zeros((8, 8), np.uint8)
+        >>> spot[2:4, 2:4] = 255
+        >>> writer.add("widget", "test", "spot", "000", np.zeros((8, 8, 3), np.uint8), mask=spot)
+        'toy/widget/test/spot/000'
+        >>> writer.index().frame[["split", "label", "mask"]].values.tolist()
+        [['test', 1, 'widget/ground_truth/spot/000_mask.png'], ['train', 0, '']]
+    """
+
+    def __init__(self, root: Path, dataset: str, kind: str = "mvtec") -> None:
+        self.root = Path(root)
+        self.dataset = dataset
+        self.kind = kind
+        self.rows: list[dict[str, object]] = []
+
+    def add(
+        self,
+        cls: str,
+        split: str,
+        defect: str,
+        stem: str,
+        image: np.ndarray | Image.Image,
+        mask: np.ndarray | Image.Image | None = None,
+    ) -> str:
+        """Write one image (and its mask) and add its row; returns the ``image_id``."""
+        rel = f"{cls}/{split}/{defect}/{stem}.png"
+        _write_png(image, self.root / rel)
+        mask_rel = ""
+        if mask is not None:
+            mask_rel = f"{cls}/ground_truth/{defect}/{stem}_mask.png"
+            _write_png(mask, self.root / mask_rel)
+        image_id = make_image_id(self.dataset, cls, split, defect, rel)
+        self.rows.append(
+            {
+                "image_id": image_id,
+                "dataset": self.dataset,
+                "cls": cls,
+                "split": split,
+                "label": int(defect != NORMAL_TYPE),
+                "defect_type": defect,
+                "image": rel,
+                "mask": mask_rel,
+                "sha256": file_sha256(self.root / rel),
+            }
+        )
+        return image_id
+
+    def index(self) -> DatasetIndex:
+        """Everything added so far, as a validated index."""
+        frame = validate_frame(pd.DataFrame(self.rows))
+        return DatasetIndex(name=self.dataset, root=self.root, frame=frame, kind=self.kind)
+
+
+def _write_png(image: np.ndarray | Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(path)

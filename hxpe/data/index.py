@@ -5,8 +5,18 @@ POSIX and relative to the dataset root, which is stored beside the table in ``da
 AnomalyCLIP-compatible ``meta.json`` is written next to it so that users can move between codebases.
 
 Example:
-    >>> idx = load_index("results/demo/index/demo_target")  # doctest: +SKIP
-    >>> idx.frame.groupby(["cls", "label"]).size()  # doctest: +SKIP
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from hxpe.data.fixtures import IndexWriter
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> writer = IndexWriter(tmp / "data", "toy")
+    >>> for stem in ("000", "001"):
+    ...     _ = writer.add("widget", "test", "good", stem, np.zeros((8, 8, 3), np.uint8))
+    >>> idx = load_index(save_index(writer.index(), tmp / "index"))
+    >>> idx.frame.groupby(["cls", "label"]).size().to_dict()
+    {('widget', 0): 2}
+    >>> idx.abs_path(idx.frame["image"][0]).relative_to(tmp).as_posix()
+    'data/widget/test/good/000.png'
 """
 
 from __future__ import annotations

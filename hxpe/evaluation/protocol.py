@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from hxpe.config import Config, file_sha256
+from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, frame_sha256, load_index, select_references
 from hxpe.data.torch_dataset import IndexDataset
 from hxpe.evaluation.config import Direction, EvaluationConfig
 from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.results import PER_CLASS_COLUMNS, merge_metrics, write_part
 from hxpe.evaluation.scoring import evaluate_store
+from hxpe.hashing import file_sha256
 from hxpe.model.inference import infer_fast, make_loader, model_device
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def _select(kind: str, available: Sequence[str], wanted: Sequence[str] | None) -
 
 
 def _default_model_loader(cfg: Config, direction: str, variant: str, rd: Path) -> nn.Module:
-    from hxpe.train import model_for_evaluation
+    from hxpe.model.checkpoint import model_for_evaluation
 
     return model_for_evaluation(cfg, direction, variant, rd)
 
@@ -236,7 +237,7 @@ def run_protocol(
     ``datasets`` selects target datasets (a shard); metrics are merged into
     ``metrics/per_class.csv`` / ``per_dataset.csv`` when ``merge`` is true (default: only when no
     dataset selection was given). ``load_model`` and ``load_phrases`` replace
-    ``hxpe.train.model_for_evaluation`` and ``hxpe.agent.load_phrases`` (tests, other models).
+    ``hxpe.model.checkpoint.model_for_evaluation`` and ``hxpe.agent.load_phrases`` (tests, other models).
     """
     rd = Path(results_dir) if results_dir is not None else cfg.results_dir
     ev = cfg.evaluation

@@ -5,9 +5,15 @@ with one word removed). A word's importance is ``score(full) - score(without the
 when the word pushes the image towards "anomalous", negative when it pulls it back. A one-word phrase
 left without its word is the generic abnormal prompt (no phrase).
 
-Example:
-    >>> word_importance(model, image, "small dark scratch on the upper left")  # doctest: +SKIP
-    [('small', 0.004), ('dark', 0.012), ('scratch', 0.031), ...]
+Example (a tiny random-init model: the words are real, their importances mean nothing):
+    >>> from hxpe.model.hxpe import build_model
+    >>> from hxpe.model.tiny import tiny_model_config
+    >>> _ = torch.manual_seed(0)
+    >>> model = build_model(tiny_model_config("anomalyclip", vfm={"enabled": False}))
+    >>> image = torch.rand(3, 64, 64)
+    >>> ranked = word_importance(model, image, "small dark scratch")
+    >>> [word for word, _ in ranked], all(isinstance(v, float) for _, v in ranked)
+    (['small', 'dark', 'scratch'], True)
 """
 
 from __future__ import annotations

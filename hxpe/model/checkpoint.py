@@ -2,6 +2,10 @@
 ``config.json`` (the resolved model and training settings) + ``provenance.json``; the loss history
 (``loss.csv``, ``loss.png``) is written beside them by the trainer.
 
+Checkpoints live in ``results/<profile>/checkpoints/<direction>/<variant>/`` (:func:`checkpoint_dir`);
+:func:`model_for_evaluation` resolves a profile's variant to its model for evaluation, prediction and
+figures.
+
 Example:
     >>> model = load_checkpoint("results/demo/checkpoints/aux_to_target/hxpe")  # doctest: +SKIP
 """
@@ -11,12 +15,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save_file
 
 from hxpe.model.config import ModelConfig
 from hxpe.model.hxpe import HXPEModel, build_model
+
+if TYPE_CHECKING:
+    from hxpe.config import Config
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "trainable.safetensors"
@@ -67,3 +74,30 @@ def load_checkpoint(directory: str | Path, device: str | None = None) -> HXPEMod
         param.data.copy_(state[name])
     log.info("Loaded checkpoint %s (%d tensors)", directory, len(state))
     return model.to(device) if device else model
+
+
+def checkpoint_dir(results_dir: Path, direction: str, variant: str) -> Path:
+    """``results_dir/checkpoints/<direction>/<variant>``."""
+    return Path(results_dir) / "checkpoints" / direction / variant
+
+
+def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
+    """The model of ``variant`` for ``direction``: its checkpoint when it trains, built otherwise."""
+    model_cfg = cfg.model_for(variant)
+    if not model_cfg.trains:
+        return build_model(model_cfg).eval()
+    ckpt = checkpoint_dir(results_dir, direction, variant)
+    if not (ckpt / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"No checkpoint for variant {variant!r}, direction {direction!r} in {ckpt}. Run stage "
+            f"04 first (make train PROFILE={cfg.profile})."
+        )
+    model = load_checkpoint(ckpt)
+    if model.cfg != model_cfg:
+        log.warning(
+            "Checkpoint %s was trained with a model config that differs from the profile's "
+            "variant %r; using the checkpoint's.",
+            ckpt,
+            variant,
+        )
+    return model.eval()

@@ -1,0 +1,188 @@
+"""The package's module-level import graph has no cycle (so import order never matters).
+
+Only imports that run when a module is imported count: top-level statements (including ``try`` and
+plain ``if`` blocks), not imports inside functions and not ``if TYPE_CHECKING:`` blocks. Importing
+``a.b.c`` also runs ``a/__init__.py`` and ``a/b/__init__.py``, so those count too, except for the
+packages that contain the importer (Python has already started them).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "hxpe"
+PACKAGE = PACKAGE_DIR.name
+
+
+def module_files(package_dir: Path) -> dict[str, Path]:
+    """Dotted module name -> source file, for every ``.py`` file of the package."""
+    out: dict[str, Path] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = list(path.relative_to(package_dir.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _module_level(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
+    """Import statements that run on import (recursing into try/if/with, not into defs)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                found += _module_level(node.body)
+            found += _module_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
+                found += _module_level(block)
+        elif isinstance(node, ast.With):
+            found += _module_level(node.body)
+    return found
+
+
+def _with_parents(target: str, importer: str, modules: dict[str, Path]) -> set[str]:
+    """``target`` and the packages above it that importing it runs (not the importer's own)."""
+    parts = target.split(".")
+    out = set()
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        if name not in modules:
+            continue
+        if i < len(parts) and (importer == name or importer.startswith(name + ".")):
+            continue  # a package that contains the importer is already being initialised
+        out.add(name)
+    return out
+
+
+def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules that importing ``module`` imports directly."""
+    is_package = path.name == "__init__.py"
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in _module_level(tree.body):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                anchor = anchor if is_package else anchor[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [base]
+            # ``from pkg import sub`` imports the submodule when ``sub`` is one.
+            targets += [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+        for target in targets:
+            if target == PACKAGE or target.startswith(PACKAGE + "."):
+                out |= _with_parents(target, module, modules)
+    out.discard(module)
+    return out
+
+
+def import_graph(package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+    modules = module_files(package_dir)
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [_cycle_in(graph, set(c)) for c in components]
+
+
+def _cycle_in(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """A concrete cycle through the smallest module of a strongly connected component (BFS)."""
+    start = min(component)
+    parents: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt_frontier = []
+        for node in frontier:
+            for nxt in sorted(graph[node] & component):
+                if nxt == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(parents[path[-1]])
+                    return [*reversed(path), start]
+                if nxt not in parents:
+                    parents[nxt] = node
+                    nxt_frontier.append(nxt)
+        frontier = nxt_frontier
+    raise AssertionError(f"no cycle through {start} in {sorted(component)}")
+
+
+def test_graph_sees_the_known_edges():
+    graph = import_graph()
+    assert "hxpe.agent.config" in graph["hxpe.config"]
+    assert "hxpe.agent" in graph["hxpe.config"]  # importing hxpe.agent.config runs its __init__
+    assert "hxpe.agent.describe" in graph["hxpe.agent"]
+    assert "hxpe.agent" not in graph["hxpe.agent.describe"]  # its own package: already started
+
+
+def test_find_cycles_reports_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycles(graph) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import hxpe.hashing\n", {"hxpe.hashing"}),
+        ("from hxpe.agent import cache\n", {"hxpe.agent", "hxpe.agent.cache"}),
+        ("def f():\n    import hxpe.hashing\n", set()),
+        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import hxpe.hashing\n", set()),
+        ("try:\n    import hxpe.hashing\nexcept ImportError:\n    pass\n", {"hxpe.hashing"}),
+    ],
+)
+def test_imports_of_counts_module_level_imports_only(tmp_path, source, expected):
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    modules = module_files(PACKAGE_DIR)
+    assert imports_of("hxpe.probe", path, modules) == expected
+
+
+def test_package_has_no_import_cycle():
+    cycles = find_cycles(import_graph())
+    assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
