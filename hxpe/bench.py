@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from hxpe.data.config import DemoDataConfig
 from hxpe.data.index import NORMAL_TYPE, DatasetIndex, make_image_id, select_references
 from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
-from hxpe.model.config import ModelConfig
+from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model, build_paper_architecture_random
 from hxpe.model.inference import (
     BatchResult,
@@ -67,7 +67,7 @@ from hxpe.model.inference import (
     naive_mode,
     use_bf16,
 )
-from hxpe.model.losses import hxpe_loss
+from hxpe.model.losses import LossSpec, hxpe_loss
 from hxpe.model.maps import gaussian_blur
 
 log = logging.getLogger("hxpe.bench")
@@ -370,7 +370,7 @@ def _train_steps(model: HXPEModel, batch: dict, steps: int, bf16: bool) -> float
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3)
-    weights = {"focal": 1.0, "dice": 1.0, "image": 1.0}
+    spec = LossSpec.resolve(model.cfg, TrainConfig())
     model.train()
     phrases = phrases_from_batch(batch)
     times = []
@@ -379,7 +379,7 @@ def _train_steps(model: HXPEModel, batch: dict, steps: int, bf16: bool) -> float
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(batch["image"], phrases, batch.get("reference"), batch.get("has_reference"))
-        losses = hxpe_loss(out, batch["mask"], batch["label"], weights)
+        losses = hxpe_loss(out, batch["mask"], batch["label"], spec)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()

@@ -20,6 +20,8 @@ SUBCOMMAND_MODULES = (
     "hxpe.evaluation.cli",
     "hxpe.predict",
     "hxpe.verify",
+    "hxpe.equivalence",
+    "hxpe.model.importers",
 )
 
 log = logging.getLogger(__name__)

@@ -33,12 +33,11 @@ from hxpe.model.checkpoint import load_checkpoint, save_checkpoint
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.inference import model_device
-from hxpe.model.losses import hxpe_loss
+from hxpe.model.losses import LossSpec, hxpe_loss
 from hxpe.provenance import git_state, package_versions, utc_now
 from hxpe.seeding import generator, seed_everything, worker_init_fn
 
 log = logging.getLogger(__name__)
-BASE_BATCH_SIZE = {"adaclip": 1, "anomalyclip": 8}
 LOSS_COLUMNS = ("epoch", "step", "total", "focal", "dice", "image")
 
 
@@ -49,7 +48,7 @@ def trainable_variants(cfg: Config) -> list[str]:
 
 def batch_size_for(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     """``train.batch_size``, or the base's own (AdaCLIP 1, AnomalyCLIP 8)."""
-    return train_cfg.batch_size or BASE_BATCH_SIZE[model_cfg.base]
+    return train_cfg.batch_size or model_cfg.arithmetic.batch_size
 
 
 def make_optimizer(
@@ -58,7 +57,7 @@ def make_optimizer(
     """The base's optimiser by default: AdaCLIP AdamW, AnomalyCLIP Adam, both β = (0.5, 0.999)."""
     name = train_cfg.optimizer
     if name == "base":
-        name = "adamw" if model_cfg.base == "adaclip" else "adam"
+        name = model_cfg.arithmetic.optimizer
     if name == "sgd":
         return torch.optim.SGD(params, lr=train_cfg.lr, momentum=0.9)
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
@@ -99,22 +98,18 @@ def _loader(
     )
 
 
-def _step(model: HXPEModel, batch: dict, train_cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def _step(model: HXPEModel, batch: dict, spec: LossSpec) -> dict[str, torch.Tensor]:
     device = model_device(model)
     refs = batch.get("reference")
+    cls = batch.get("cls")
     out = model(
         batch["image"].to(device),
         phrases_from_batch(batch),
         references=None if refs is None else refs.to(device),
         has_reference=batch.get("has_reference"),
+        class_names=None if cls is None else [str(c) for c in cls],
     )
-    return hxpe_loss(
-        out,
-        batch["mask"].to(device),
-        batch["label"].to(device),
-        train_cfg.loss_weights,
-        train_cfg.focal_gamma,
-    )
+    return hxpe_loss(out, batch["mask"].to(device), batch["label"].to(device), spec)
 
 
 def _write_loss(rows: list[dict[str, Any]], directory: Path, title: str) -> None:
@@ -174,6 +169,7 @@ def train(
     loader = _loader(cfg, model_cfg, index, phrases, references)
     params = list(model.trainable_state().values())
     optimizer = make_optimizer(params, cfg.train, model_cfg)
+    loss_spec = LossSpec.resolve(model_cfg, cfg.train)
     rows: list[dict[str, Any]] = []
     started = utc_now()
     t0 = time.perf_counter()
@@ -181,7 +177,7 @@ def train(
     for epoch in range(1, cfg.train.epochs + 1):
         bar = tqdm(loader, desc=f"{variant} epoch {epoch}/{cfg.train.epochs}", leave=False)
         for batch in bar:
-            losses = _step(model, batch, cfg.train)
+            losses = _step(model, batch, loss_spec)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()

@@ -34,11 +34,18 @@ from hxpe.model.text import PromptTokenizer, TextEncoder
 
 @dataclass(frozen=True)
 class _Unit:
-    """One prompt to encode: its kind, phrase and (when conditioned) the image it belongs to."""
+    """One prompt to encode: its kind, phrase, object word and (when conditioned) its image."""
 
     kind: Kind
     phrase: str | None
+    obj: str
     image: int | None
+
+
+def class_word(name: str) -> str:
+    """A class name as AdaCLIP puts it into its prompts (``text.replace('-', ' ')``,
+    adaclip.py:213)."""
+    return name.replace("-", " ")
 
 
 class PhraseCache:
@@ -98,12 +105,14 @@ class TextBank(nn.Module):
         prompter: Prompter,
         cfg: ExplainConfig,
         object_name: str,
+        class_names: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.prompter = prompter
         self.cfg = cfg
         self.object_name = object_name
+        self.class_names = class_names  # prompts carry each image's class name
         self.tokenizer = PromptTokenizer(tokenizer, prompter.text_slots + prompter.text_context)
         self.plain_tokenizer = PromptTokenizer(tokenizer, 0)
         lam = torch.tensor(float(cfg.fuse_lambda))
@@ -137,34 +146,44 @@ class TextBank(nn.Module):
         )
         return cache
 
-    def sentences(self, kind: Kind, phrase: str | None) -> list[str]:
+    def sentences(self, kind: Kind, phrase: str | None, obj: str | None = None) -> list[str]:
         """The sentences of one prompt; the phrase is cut to fit CLIP's context if needed."""
         ps = self.prompter.prompt_set
+        obj = obj or self.object_name
         if phrase:
-            phrase = self.tokenizer.fit_phrase(
-                phrase, lambda p: ps.render(kind, self.object_name, p)
-            )
-        return ps.render(kind, self.object_name, phrase)
+            phrase = self.tokenizer.fit_phrase(phrase, lambda p: ps.render(kind, obj, p))
+        return ps.render(kind, obj, phrase)
 
-    def tokens(self, kind: Kind, phrase: str | None) -> torch.Tensor:
+    def tokens(self, kind: Kind, phrase: str | None, obj: str | None = None) -> torch.Tensor:
         """Token ids [n_sentences, 77] of one prompt (for inspection and tests)."""
-        return self.tokenizer(self.sentences(kind, phrase))
+        return self.tokenizer(self.sentences(kind, phrase, obj))
 
-    def _units(self, phrases: list[str | None]) -> list[_Unit]:
+    def objects(self, n: int, class_names: list[str] | None) -> list[str]:
+        """The object word of each image: its class name (policy ``class_name`` when names are
+        given) or the generic ``object_name``."""
+        if self.class_names and class_names is not None:
+            if len(class_names) != n:
+                raise ValueError(f"{n} images but {len(class_names)} class names")
+            return [class_word(c) if c else self.object_name for c in class_names]
+        return [self.object_name] * n
+
+    def _units(self, phrases: list[str | None], objs: list[str]) -> list[_Unit]:
         in_prompt = [p if self.cfg.mode == "in_prompt" else None for p in phrases]
         if self.prompter.text_conditioned:
-            return [_Unit("normal", None, b) for b in range(len(phrases))] + [
-                _Unit("abnormal", p, b) for b, p in enumerate(in_prompt)
+            return [_Unit("normal", None, o, b) for b, o in enumerate(objs)] + [
+                _Unit("abnormal", p, o, b)
+                for b, (p, o) in enumerate(zip(in_prompt, objs, strict=True))
             ]
-        distinct = list(dict.fromkeys(in_prompt))
-        return [_Unit("normal", None, None)] + [_Unit("abnormal", p, None) for p in distinct]
+        normal = [_Unit("normal", None, o, None) for o in dict.fromkeys(objs)]
+        pairs = dict.fromkeys(zip(in_prompt, objs, strict=True))
+        return normal + [_Unit("abnormal", p, o, None) for p, o in pairs]
 
     def _encode_units(self, units: list[_Unit], cond: torch.Tensor | None) -> torch.Tensor:
         """One text-encoder call for all units; returns [n_units, D]."""
         device = self.encoder.attn_mask.device
         rows, owner, contexts, conds = [], [], [], []
         for u, unit in enumerate(units):
-            ids = self.tokens(unit.kind, unit.phrase)
+            ids = self.tokens(unit.kind, unit.phrase, unit.obj)
             rows.append(ids)
             owner += [u] * len(ids)
             ctx = self.prompter.context(unit.kind)
@@ -207,10 +226,16 @@ class TextBank(nn.Module):
             ]
         return torch.stack(rows)
 
-    def forward(self, phrases: list[str | None], cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        phrases: list[str | None],
+        cond: torch.Tensor | None = None,
+        class_names: list[str] | None = None,
+    ) -> torch.Tensor:
         """Text embeddings [B, 2, D]: per image (normal, abnormal), L2-normalised."""
         phrases = gate(phrases, self.cfg.enabled)
-        units = self._units(phrases)
+        objs = self.objects(len(phrases), class_names)
+        units = self._units(phrases, objs)
         cache = None if self.prompter.text_conditioned else self._active_cache()
         emb = (
             self._encode_units(units, cond)
@@ -221,10 +246,12 @@ class TextBank(nn.Module):
             b = len(phrases)
             out = torch.stack([emb[:b], emb[b:]], dim=1)
         else:
-            where = {(u.kind, u.phrase): i for i, u in enumerate(units)}
+            where = {(u.kind, u.phrase, u.obj): i for i, u in enumerate(units)}
             in_prompt = [p if self.cfg.mode == "in_prompt" else None for p in phrases]
-            normal = emb[where[("normal", None)]].expand(len(phrases), -1)
-            abnormal = emb[[where[("abnormal", p)] for p in in_prompt]]
+            normal = emb[[where[("normal", None, o)] for o in objs]]
+            abnormal = emb[
+                [where[("abnormal", p, o)] for p, o in zip(in_prompt, objs, strict=True)]
+            ]
             out = torch.stack([normal, abnormal], dim=1)
         if self.fuse_lambda is not None:
             out = self._fuse(out, phrases)

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from hxpe.data.torch_dataset import phrases_from_batch
 from hxpe.model.explain import PhraseCache
 from hxpe.model.hxpe import HXPEModel
+from hxpe.model.maps import map_range
 from hxpe.model.vfm import ReferenceCache
 from hxpe.seeding import worker_init_fn
 
@@ -103,6 +104,13 @@ def _labels(batch: dict, n: int) -> np.ndarray:
     if labels is None:
         return np.full(n, -1, dtype=np.int64)
     return np.asarray(torch.as_tensor(labels), dtype=np.int64).reshape(n)
+
+
+def _class_names(batch: dict) -> dict[str, list[str]]:
+    """``{"class_names": [...]}`` when the batch carries classes (bases whose prompts name the
+    class use them), else ``{}`` (models without that keyword keep working)."""
+    values = batch.get("cls")
+    return {} if values is None else {"class_names": [str(v) for v in values]}
 
 
 def _strings(batch: dict, key: str, n: int) -> list[str]:
@@ -208,6 +216,7 @@ def infer_fast(
                 phrases_from_batch(batch),
                 references=_to(batch.get("reference"), device),
                 has_reference=None if has_ref is None else torch.as_tensor(has_ref).to(device),
+                **(_class_names(batch) if hxpe_model else {}),
             )
             n = images.shape[0]
             host = [out.anomaly_map.float(), out.image_score.float()]
@@ -244,10 +253,15 @@ def naive_mode(model: HXPEModel) -> Iterator[float]:
 
 
 def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResult]:
-    """The anchors' per-image loop (see the module docstring); yields one result per image."""
+    """The anchors' per-image loop (see the module docstring); yields one result per image.
+
+    Scores with ``score_mode: text_max`` take the CPU-smoothed map's maximum (scaled to [0, 1]).
+    """
     device = model_device(model)
     model.eval()
     text_max = model.cfg.score_mode == "text_max"
+    arith = model.cfg.arithmetic
+    top = map_range(arith.layer_fusion, len(model.cfg.clip.layers))
     with naive_mode(model) as sigma, torch.no_grad():
         for batch in batches:
             phrases = phrases_from_batch(batch)
@@ -256,9 +270,11 @@ def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResu
             cls = _strings(batch, "cls", len(phrases))
             labels = _labels(batch, len(phrases))
             for i in range(len(phrases)):
+                names = _class_names(batch) if isinstance(model, HXPEModel) else {}
                 out = model(
                     batch["image"][i : i + 1].to(device),
                     [phrases[i]],
+                    **({"class_names": names["class_names"][i : i + 1]} if names else {}),
                     references=None if refs is None else refs[i : i + 1].to(device),
                     has_reference=None
                     if has_ref is None
@@ -271,7 +287,7 @@ def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResu
                 if text_max:  # the score uses the smoothed map's maximum
                     text_prob = out.image_logits.softmax(dim=-1)[:, 1].cpu().numpy()
                     score = (
-                        ((text_prob + np.clip(amap.max(), 0, 1)) / 2.0)
+                        ((text_prob + np.clip(amap.max() / top, 0, 1)) / 2.0)
                         .astype(np.float32)
                         .reshape(1)
                     )
