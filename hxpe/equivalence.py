@@ -52,6 +52,18 @@ ADACLIP_FP16_LOSS_CHANGE = 4.47e-4  # README: AdaCLIP loss_total change from the
 CHECKPOINTS = {"anomalyclip": "prompt_learner.pth", "adaclip": "params.pth"}
 
 
+def golden_dir() -> Path | None:
+    """The golden folder: ``$HXPE_GOLDEN_DIR``, else ``../shared/golden`` beside the repository;
+    None when it holds no ``clip.json``."""
+    import os
+
+    from hxpe.paths import repo_root
+
+    env = os.environ.get("HXPE_GOLDEN_DIR")
+    path = Path(env) if env else repo_root().parent / "shared" / "golden"
+    return path if (path / "clip.json").is_file() else None
+
+
 @dataclass
 class Row:
     """One compared quantity."""

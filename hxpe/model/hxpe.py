@@ -100,6 +100,12 @@ class HXPEModel(nn.Module):
             SklearnKMeans(a.hsf_seed) if a.hsf_kmeans == "sklearn" else TorchKMeans(a.kmeans_iters)
         )
 
+    def reset_rng(self) -> None:
+        """Re-seed the HSF k-means RNG (``adaclip.hsf_seed``), as the authors' scripts seed NumPy
+        once before a pass; every inference pass starts here, so its scores do not depend on
+        what ran before."""
+        self.clusterer.reset()
+
     def backbones(self) -> list[nn.Module]:
         """The frozen pretrained modules."""
         mods: list[nn.Module] = [self.visual.visual, self.text.encoder]

@@ -203,6 +203,8 @@ def infer_fast(
         enable_reference_cache(model)
     if compile and hxpe_model:
         maybe_compile(model, device)
+    if hxpe_model:
+        model.reset_rng()
     bf16 = use_bf16(precision, device)
     with (
         torch.inference_mode(),
@@ -262,6 +264,8 @@ def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResu
     text_max = model.cfg.score_mode == "text_max"
     arith = model.cfg.arithmetic
     top = map_range(arith.layer_fusion, len(model.cfg.clip.layers))
+    if isinstance(model, HXPEModel):
+        model.reset_rng()
     with naive_mode(model) as sigma, torch.no_grad():
         for batch in batches:
             phrases = phrases_from_batch(batch)

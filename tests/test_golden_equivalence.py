@@ -1,0 +1,170 @@
+"""The bases against golden outputs of the authors' own code (``hxpe check-equivalence``), and the
+importers of the authors' checkpoints.
+
+The golden folder is ``$HXPE_GOLDEN_DIR``, else ``../shared/golden`` beside the repository; tests that
+need it are skipped with that reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hxpe.cli import main
+from hxpe.equivalence import check_folder, golden_clip, golden_dir, model_config
+from hxpe.hashing import file_sha256
+from hxpe.model.checkpoint import load_checkpoint
+from hxpe.model.hxpe import build_model
+from hxpe.model.importers import (
+    CheckpointRefused,
+    authors_name,
+    import_checkpoint,
+    our_name,
+    read_tensors,
+    to_authors_layout,
+)
+from hxpe.model.tiny import tiny_model_config
+
+GOLDEN = golden_dir()
+needs_golden = pytest.mark.skipif(
+    GOLDEN is None,
+    reason="golden outputs of the authors' code not found (set HXPE_GOLDEN_DIR or place them in "
+    "../shared/golden)",
+)
+
+
+def _report(rows: list) -> str:
+    return "\n".join(r.line() for r in rows if not r.passed)
+
+
+@needs_golden
+def test_anomalyclip_matches_the_authors_outputs() -> None:
+    rows = check_folder(GOLDEN, ["anomalyclip"])
+    names = {r.quantity for r in rows}
+    assert {"text_features", "per_layer_maps", "anomaly_map", "anomaly_map_smoothed"} <= names
+    assert {"image_score", "loss_total", "grad.ctx_pos", "grad.compound_prompts_text.0"} <= names
+    assert all(r.passed for r in rows), _report(rows)
+
+
+@needs_golden
+@pytest.mark.slow
+def test_adaclip_matches_the_authors_outputs_quickgelu_and_gelu() -> None:
+    rows = check_folder(GOLDEN, ["adaclip"])
+    bases = {r.base for r in rows}
+    assert bases == {"adaclip", "adaclip[gelu]"}
+    names = {r.quantity for r in rows if r.base == "adaclip"}
+    assert {"per_layer_logits", "cls_features", "image_score", "image_score_hsf"} <= names
+    assert {"loss_total", "grad.clip_model.patch_token_layer.head.0.weight"} <= names
+    assert all(r.passed for r in rows), _report(rows)
+
+
+@needs_golden
+def test_check_equivalence_cli_exits_1_on_a_wrong_folder(tmp_path: Path, capsys) -> None:
+    """A folder whose expected values were perturbed fails, with exit status 1."""
+    bad = tmp_path / "golden"
+    (bad / "anomalyclip").mkdir(parents=True)
+    for name in ("clip.json", "clip.safetensors", "inputs.safetensors"):
+        (bad / name).symlink_to(GOLDEN / name)
+    for name in ("settings.json", "prompt_learner.pth"):
+        (bad / "anomalyclip" / name).symlink_to(GOLDEN / "anomalyclip" / name)
+    expected = load_file(str(GOLDEN / "anomalyclip" / "expected.safetensors"))
+    expected = {
+        "image_score": expected["image_score"] + 1e-3,
+        "text_features": expected["text_features"],
+    }
+    from safetensors.torch import save_file
+
+    save_file(expected, str(bad / "anomalyclip" / "expected.safetensors"))
+    assert main(["check-equivalence", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "image_score" in out and "FAIL" in out and "text_features" in out
+
+
+@needs_golden
+@pytest.mark.parametrize(
+    ("kind", "file"), [("anomalyclip", "prompt_learner.pth"), ("adaclip", "params.pth")]
+)
+def test_import_round_trips_the_golden_checkpoints(kind: str, file: str, tmp_path: Path) -> None:
+    source = GOLDEN / kind / file
+    settings = json.loads((GOLDEN / kind / "settings.json").read_text())
+    with golden_clip(GOLDEN) as clip:
+        cfg = model_config(kind, settings, clip, 224)
+        out = import_checkpoint(kind, source, tmp_path / "ckpt", cfg)
+        model = load_checkpoint(out)
+    raw = torch.load(source, weights_only=True)
+    theirs = raw["prompt_learner"] if kind == "anomalyclip" else raw
+    ours = model.trainable_state()
+    assert ours
+    for name, value in ours.items():
+        key = authors_name(kind, name)
+        assert torch.equal(to_authors_layout(kind, name, value.detach()), theirs[key].float()), name
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["source_sha256"] == file_sha256(source)
+    assert provenance["kind"] == kind and provenance["renamed"]
+    if kind == "anomalyclip":
+        assert any(k.startswith("compound_prompt_projections") for k in provenance["ignored_keys"])
+
+
+def _authors_checkpoint(kind: str, path: Path) -> dict[str, torch.Tensor]:
+    """A tiny model's parameters saved in the authors' format."""
+    built = build_model(tiny_model_config(kind, explain={"enabled": False}, vfm={"enabled": False}))
+    state = {
+        authors_name(kind, n): to_authors_layout(kind, n, p.detach() + 0.01)
+        for n, p in built.trainable_state().items()
+    }
+    torch.save({"prompt_learner": state} if kind == "anomalyclip" else state, path)
+    return state
+
+
+@pytest.mark.parametrize("kind", ["anomalyclip", "adaclip"])
+def test_import_round_trips_a_tiny_authors_checkpoint(kind: str, tmp_path: Path) -> None:
+    state = _authors_checkpoint(kind, tmp_path / "ckpt.pth")
+    cfg = tiny_model_config(kind, explain={"enabled": False}, vfm={"enabled": False})
+    out = import_checkpoint(kind, tmp_path / "ckpt.pth", tmp_path / "ours", cfg)
+    model = load_checkpoint(out)
+    for name, value in model.trainable_state().items():
+        assert torch.equal(
+            to_authors_layout(kind, name, value.detach()), state[authors_name(kind, name)]
+        )
+    for name in model.trainable_state():
+        assert our_name(kind, authors_name(kind, name)) == name
+
+
+class _NotATensor:
+    pass
+
+
+def test_a_pickled_object_is_refused_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as fh:
+        pickle.dump({"clip_model.x": _NotATensor()}, fh)
+    with pytest.raises(CheckpointRefused, match="refused, not a tensors-only checkpoint"):
+        read_tensors(path)
+    with caplog.at_level(logging.ERROR):
+        status = main(["import-checkpoint", "adaclip", str(path), "--out", str(tmp_path / "o")])
+    assert status == 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0].getMessage()
+    assert "refused" in errors[0].getMessage() and errors[0].exc_info is None
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_layouts_are_refused(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "a.pth")
+    with pytest.raises(CheckpointRefused, match="not an AnomalyCLIP checkpoint"):
+        import_checkpoint("anomalyclip", tmp_path / "a.pth", tmp_path / "o")
+    with pytest.raises(CheckpointRefused, match="not an AdaCLIP checkpoint"):
+        import_checkpoint("adaclip", tmp_path / "a.pth", tmp_path / "o")
