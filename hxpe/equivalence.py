@@ -47,7 +47,10 @@ from hxpe.model.maps import gaussian_blur
 
 log = logging.getLogger(__name__)
 
-FP16_ULP = 2.0**-10  # one float16 unit in the last place, relative
+_BEHIND_FP16_CAST = {
+    "anomalyclip": ("compound_prompts_text.",),
+    "adaclip": ("clip_model.text_prompter.", "clip_model.visual_prompter.", "clip_model.dynamic_"),
+}
 ADACLIP_FP16_LOSS_CHANGE = 4.47e-4  # README: AdaCLIP loss_total change from the .half() casts
 CHECKPOINTS = {"anomalyclip": "prompt_learner.pth", "adaclip": "params.pth"}
 
@@ -110,21 +113,19 @@ def compare(
 def _tolerance(base: str, name: str, expected: dict[str, torch.Tensor]) -> tuple[float, float]:
     """The folder README's recommended tolerance for a quantity.
 
-    AdaCLIP's training step: every prompt token is rounded to float16 (adaclip.py:87, 118, 123),
-    and the dynamic ones are computed from the image, so float32 differences in the last bit flip
-    some roundings by one float16 ULP. Emulating the casts cannot make those flips vanish; its
-    losses and gradients get the README's tolerance for the effect of the casts (losses: 3 x the
-    measured change of loss_total, 4.47e-4; gradients: 2e-3 relative)."""
+    Prompt tokens pass through the authors' ``.half()`` casts (AnomalyCLIP.py:246, adaclip.py:87,
+    118, 123). We round them the same way, but a float32 difference in the last bit can still flip
+    a rounding by one float16 ULP; the casts' effect cannot be emulated away. Gradients of the
+    parameters behind a cast therefore get the README's tolerance for the casts (2e-3 relative to
+    the gradient's max abs), and AdaCLIP's losses, whose dynamic prompts are rounded in the forward
+    pass too, 3 x the README's measured change of loss_total from the casts."""
     t = expected[name]
-    if base == "adaclip" and name.startswith("grad."):
-        return 2e-3 * float(t.abs().max()), 2e-3
+    if name.startswith("grad."):
+        if name[len("grad.") :].startswith(_BEHIND_FP16_CAST[base]):
+            return 2e-3 * float(t.abs().max()), 2e-3
+        return 1e-4 * float(t.abs().max()), 1e-4
     if base == "adaclip" and name.startswith("loss_") and "hsf" not in name:
         return 3 * ADACLIP_FP16_LOSS_CHANGE, 1e-5
-    if name.startswith("grad."):
-        # gradients read through the authors' .half() casts are float16 values: a float32
-        # difference far below tolerance can still flip the rounding by one float16 ULP (2^-10 rel)
-        fp16_grained = bool(torch.equal(t.half().float(), t.float()))
-        return 1e-4 * float(t.abs().max()), FP16_ULP if fp16_grained else 1e-4
     if name.startswith("anomaly_map"):
         return 4e-5, 1e-5
     if name == "per_layer_logits":
@@ -232,7 +233,7 @@ def _rows(base: str, ours: dict[str, torch.Tensor], expected: dict[str, torch.Te
     for name in sorted(ours):
         if name not in expected:
             continue
-        atol, rtol = _tolerance(base, name, expected)
+        atol, rtol = _tolerance(base.split("[")[0], name, expected)
         rows.append(compare(base, name, ours[name], expected[name], atol, rtol))
     return rows
 
