@@ -168,3 +168,37 @@ def test_wrong_layouts_are_refused(tmp_path: Path) -> None:
         import_checkpoint("anomalyclip", tmp_path / "a.pth", tmp_path / "o")
     with pytest.raises(CheckpointRefused, match="not an AdaCLIP checkpoint"):
         import_checkpoint("adaclip", tmp_path / "a.pth", tmp_path / "o")
+
+
+def test_released_variant_evaluates_the_imported_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from hxpe.config import Config
+    from hxpe.model.tiny import TINY_MODEL
+    from hxpe.train import model_for_evaluation, trainable_variants
+
+    monkeypatch.setenv("HXPE_RELEASED_DIR", str(tmp_path / "released"))
+    cfg = Config.model_validate(
+        {
+            "profile": "t",
+            "model": TINY_MODEL,
+            "evaluation": {"directions": [{"name": "d", "train": "mvtec", "test": ["x"]}]},
+            "variants": {
+                "released_adaclip": {
+                    "base": "adaclip",
+                    "checkpoint": "released_adaclip",
+                    "explain": {"enabled": False},
+                    "vfm": {"enabled": False},
+                }
+            },
+        }
+    )
+    assert trainable_variants(cfg) == []
+    with pytest.raises(FileNotFoundError, match="make fetch-models MODELS=released_adaclip"):
+        model_for_evaluation(cfg, "d", "released_adaclip", tmp_path / "results")
+    source = tmp_path / "released" / "released_adaclip" / "mvtec.pth"
+    source.parent.mkdir(parents=True)
+    state = _authors_checkpoint("adaclip", source)
+    model = model_for_evaluation(cfg, "d", "released_adaclip", tmp_path / "results")
+    for name, value in model.trainable_state().items():
+        assert torch.equal(value.detach(), state[authors_name("adaclip", name)])
+    provenance = tmp_path / "results" / "checkpoints" / "d" / "released_adaclip" / "provenance.json"
+    assert json.loads(provenance.read_text())["source_sha256"] == file_sha256(source)
