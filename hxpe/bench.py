@@ -59,12 +59,14 @@ from hxpe.model.hxpe import HXPEModel, build_model, build_paper_architecture_ran
 from hxpe.model.inference import (
     BatchResult,
     collect,
+    disable_caches,
     infer_fast,
     infer_naive,
     make_loader,
     maybe_compile,
     model_device,
     naive_mode,
+    phrase_cache_of,
     use_bf16,
 )
 from hxpe.model.losses import LossSpec, hxpe_loss
@@ -286,9 +288,7 @@ def measure_eval(
         first = torch.utils.data.Subset(dataset, range(min(batch_size, len(dataset))))
         _drain(infer_fast(model, make_loader(first, batch_size), precision=precision))
         # warm-up filled the caches; a timed run starts cold
-        model.text.phrase_cache = None
-        if model.vfm is not None:
-            model.vfm.reference_cache = None
+        disable_caches(model)
 
     with PeakMemory(device) as mem_naive:
         sync(device)
@@ -342,8 +342,8 @@ def measure_eval(
             "peak_memory_mb": _mb(mem_fast.peak_bytes),
             "memory_method": mem_fast.method,
             "phrase_cache": None
-            if model.text.phrase_cache is None
-            else {"hits": model.text.phrase_cache.hits, "misses": model.text.phrase_cache.misses},
+            if (pc := phrase_cache_of(model)) is None
+            else {"hits": pc.hits, "misses": pc.misses},
             "reference_cache": None
             if model.vfm is None or model.vfm.reference_cache is None
             else {
@@ -365,8 +365,9 @@ def _train_batch(dataset: IndexDataset, n: int, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _train_steps(model: HXPEModel, batch: dict, steps: int, bf16: bool) -> float:
-    """Seconds per optimiser step (forward, losses, backward, Adam) on ``batch``."""
+def _train_steps(model: HXPEModel, batch: dict, steps: int, bf16: bool, trim: bool = True) -> float:
+    """Seconds per optimiser step (forward, losses, backward, Adam) on ``batch``; ``trim``: the
+    text tower up to the last EOT only (False = the full 77-token context, as the anchors)."""
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3)
@@ -378,7 +379,13 @@ def _train_steps(model: HXPEModel, batch: dict, steps: int, bf16: bool) -> float
         sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(batch["image"], phrases, batch.get("reference"), batch.get("has_reference"))
+            out = model(
+                batch["image"],
+                phrases,
+                batch.get("reference"),
+                batch.get("has_reference"),
+                trim_text=trim,
+            )
         losses = hxpe_loss(out, batch["mask"], batch["label"], spec)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -410,9 +417,9 @@ def measure_train(
     try:
         with naive_mode(model):
             if warmup:
-                _train_steps(model, one, 1, False)
+                _train_steps(model, one, 1, False, trim=False)
             with PeakMemory(device) as mem_naive:
-                naive = _train_steps(model, one, steps, False)
+                naive = _train_steps(model, one, steps, False, trim=False)
         if warmup:
             _train_steps(model, many, 1, bf16)
         with PeakMemory(device) as mem_fast:
@@ -457,8 +464,8 @@ def measure_phrases(model: HXPEModel, n: int, precision: str) -> dict[str, Any]:
         cond = cond.to(device)
     model.eval()
 
-    def call(ps: list[str], c: torch.Tensor | None) -> None:
-        model.text(ps, c)
+    def call(ps: list[str], c: torch.Tensor | None, trim: bool = True) -> None:
+        model.text(ps, c, cache=phrase_cache_of(model), trim=trim)
 
     with torch.inference_mode():
         call(phrases[:2], None if cond is None else cond[:2])  # warm-up
@@ -466,7 +473,7 @@ def measure_phrases(model: HXPEModel, n: int, precision: str) -> dict[str, Any]:
             sync(device)
             t0 = time.perf_counter()
             for i, p in enumerate(phrases):
-                call([p], None if cond is None else cond[i : i + 1])
+                call([p], None if cond is None else cond[i : i + 1], trim=False)
             sync(device)
             naive = (time.perf_counter() - t0) / n
         cache = enable_phrase_cache(model)

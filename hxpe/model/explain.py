@@ -9,18 +9,18 @@ Batching: sentences of all prompts of a batch go through the text encoder in one
 text prompts depend on the image (AdaCLIP dynamic prompts), the normal prompt is encoded once and
 each distinct phrase once.
 
-Caching across batches: with a :class:`PhraseCache` attached (``TextBank.phrase_cache``, off by
-default; :func:`hxpe.model.inference.enable_phrase_cache` attaches one), prompt embeddings are kept
-per (kind, phrase) and reused by later batches. The cache is consulted only in eval mode with
-gradients off, and is emptied whenever a trainable parameter changes (its version counter, storage,
-dtype or device) or the autocast setting differs, so it never serves a stale embedding.
+Caching across batches: the module holds no cache. A caller may pass one
+(:class:`hxpe.model.inference.PhraseCache`, owned by the inference code) with each call; prompt
+embeddings are then kept per (kind, phrase, object word) and reused by later batches. It is
+consulted only in eval mode with gradients off, and is emptied whenever a trainable parameter
+changes (its version counter, storage, dtype or device), the autocast setting or the trim flag
+differs, so it never serves a stale embedding.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from hxpe.model.bases import Prompter
 from hxpe.model.config import ExplainConfig
 from hxpe.model.prompts import Kind
 from hxpe.model.text import PromptTokenizer, TextEncoder
+
+if TYPE_CHECKING:
+    from hxpe.model.inference import PhraseCache
 
 
 @dataclass(frozen=True)
@@ -46,44 +49,6 @@ def class_word(name: str) -> str:
     """A class name as AdaCLIP puts it into its prompts (``text.replace('-', ' ')``,
     adaclip.py:213)."""
     return name.replace("-", " ")
-
-
-class PhraseCache:
-    """An LRU of prompt embeddings keyed by (kind, phrase), tied to a parameter signature."""
-
-    def __init__(self, maxsize: int = 4096) -> None:
-        self.maxsize = maxsize
-        self._data: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
-        self._signature: tuple | None = None
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def check(self, signature: tuple) -> None:
-        """Empty the cache when ``signature`` (parameters, autocast) differs from the last one."""
-        if signature != self._signature:
-            self._data.clear()
-            self._signature = signature
-
-    def get(self, key: Hashable) -> torch.Tensor | None:
-        hit = self._data.get(key)
-        if hit is None:
-            self.misses += 1
-            return None
-        self._data.move_to_end(key)
-        self.hits += 1
-        return hit
-
-    def put(self, key: Hashable, value: torch.Tensor) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
 
 
 def _tensor_signature(t: torch.Tensor) -> tuple:
@@ -119,12 +84,10 @@ class TextBank(nn.Module):
         self.fuse_lambda = (
             nn.Parameter(lam, requires_grad=cfg.learn_lambda) if cfg.mode == "fuse" else None
         )
-        self.phrase_cache: PhraseCache | None = None
 
-    def _active_cache(self) -> PhraseCache | None:
-        """The phrase cache when it may be used now (eval, no grad), validated against the
-        current parameters; else None."""
-        cache = self.phrase_cache
+    def _active_cache(self, cache: PhraseCache | None, trim: bool) -> PhraseCache | None:
+        """``cache`` when it may be used now (eval, no grad), validated against the current
+        parameters and settings; else None."""
         if cache is None or self.training or torch.is_grad_enabled():
             return None
         device = self.encoder.token_embedding.weight.device.type
@@ -139,7 +102,7 @@ class TextBank(nn.Module):
             (
                 tuple(_tensor_signature(p) for p in params),
                 autocast,
-                self.encoder.trim_context,
+                trim,
                 self.cfg,
                 self.object_name,
             )
@@ -178,7 +141,9 @@ class TextBank(nn.Module):
         pairs = dict.fromkeys(zip(in_prompt, objs, strict=True))
         return normal + [_Unit("abnormal", p, o, None) for p, o in pairs]
 
-    def _encode_units(self, units: list[_Unit], cond: torch.Tensor | None) -> torch.Tensor:
+    def _encode_units(
+        self, units: list[_Unit], cond: torch.Tensor | None, trim: bool = True
+    ) -> torch.Tensor:
         """One text-encoder call for all units; returns [n_units, D]."""
         device = self.encoder.attn_mask.device
         rows, owner, contexts, conds = [], [], [], []
@@ -195,23 +160,22 @@ class TextBank(nn.Module):
         context = torch.cat(contexts) if contexts else None
         seq_cond = torch.cat(conds) if conds else None
         deep = self.prompter.text_deep(seq_cond, tokens.shape[0])
-        emb = self.encoder(tokens, context, deep, n_slots=self.prompter.text_slots)
+        emb = self.encoder(tokens, context, deep, n_slots=self.prompter.text_slots, trim=trim)
         index = torch.tensor(owner, device=emb.device)
         pooled = torch.zeros(len(units), emb.shape[1], dtype=emb.dtype, device=emb.device)
         pooled = pooled.index_add(0, index, emb)
         return F.normalize(pooled, dim=-1)
 
-    def _phrase_alone(self, phrases: list[str]) -> torch.Tensor:
+    def _phrase_alone(self, phrases: list[str], trim: bool = True) -> torch.Tensor:
         """Frozen embeddings of phrases encoded on their own (mode ``fuse``), [n, D]."""
         texts = [self.cfg.fuse_template.format(phrase=p) for p in phrases]
         texts = [self.plain_tokenizer.fit_phrase(t, lambda s: [s]) for t in texts]
         with torch.no_grad():
-            return self.encoder(self.plain_tokenizer(texts).to(self.encoder.attn_mask.device))
+            tokens = self.plain_tokenizer(texts).to(self.encoder.attn_mask.device)
+            return self.encoder(tokens, trim=trim)
 
     @staticmethod
-    def _cached(
-        cache: PhraseCache, items: list, encode: object, tag: str = "prompt"
-    ) -> torch.Tensor:
+    def _cached(cache: PhraseCache, items: list, encode: Any, tag: str = "prompt") -> torch.Tensor:
         """Rows for ``items`` from ``cache``, encoding the missing ones in one call."""
         keys = [(tag, item) for item in items]
         rows = [cache.get(k) for k in keys]
@@ -231,16 +195,23 @@ class TextBank(nn.Module):
         phrases: list[str | None],
         cond: torch.Tensor | None = None,
         class_names: list[str] | None = None,
+        *,
+        cache: PhraseCache | None = None,
+        trim: bool = True,
     ) -> torch.Tensor:
-        """Text embeddings [B, 2, D]: per image (normal, abnormal), L2-normalised."""
+        """Text embeddings [B, 2, D]: per image (normal, abnormal), L2-normalised.
+
+        ``cache``: a caller-owned phrase cache (see the module docstring); ``trim``: run the text
+        tower only up to the last EOT token (exact; False = the full 77-token context).
+        """
         phrases = gate(phrases, self.cfg.enabled)
         objs = self.objects(len(phrases), class_names)
         units = self._units(phrases, objs)
-        cache = None if self.prompter.text_conditioned else self._active_cache()
+        cache = None if self.prompter.text_conditioned else self._active_cache(cache, trim)
         emb = (
-            self._encode_units(units, cond)
+            self._encode_units(units, cond, trim)
             if cache is None
-            else self._cached(cache, units, lambda todo: self._encode_units(todo, cond))
+            else self._cached(cache, units, lambda todo: self._encode_units(todo, cond, trim))
         )
         if self.prompter.text_conditioned:
             b = len(phrases)
@@ -254,18 +225,24 @@ class TextBank(nn.Module):
             ]
             out = torch.stack([normal, abnormal], dim=1)
         if self.fuse_lambda is not None:
-            out = self._fuse(out, phrases)
+            out = self._fuse(out, phrases, cache, trim)
         return out
 
-    def _fuse(self, out: torch.Tensor, phrases: list[str | None]) -> torch.Tensor:
+    def _fuse(
+        self,
+        out: torch.Tensor,
+        phrases: list[str | None],
+        cache: PhraseCache | None,
+        trim: bool,
+    ) -> torch.Tensor:
         distinct = [p for p in dict.fromkeys(phrases) if p is not None]
         if not distinct:
             return out
-        cache = self._active_cache()
+        cache = self._active_cache(cache, trim)
         g_e = (
-            self._phrase_alone(distinct)
+            self._phrase_alone(distinct, trim)
             if cache is None
-            else self._cached(cache, distinct, self._phrase_alone, tag="alone")
+            else self._cached(cache, distinct, lambda ps: self._phrase_alone(ps, trim), "alone")
         )
         lookup = {p: i for i, p in enumerate(distinct)}
         has = torch.tensor([p is not None for p in phrases], device=out.device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,9 @@ from hxpe.model.registry import base_spec
 from hxpe.model.text import TextEncoder
 from hxpe.model.vfm import VfmPrompter
 from hxpe.model.vision import VisualEncoder, VisualFeatures
+
+if TYPE_CHECKING:
+    from hxpe.model.inference import PhraseCache
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +147,10 @@ class HXPEModel(nn.Module):
         references: torch.Tensor | None = None,
         has_reference: torch.Tensor | None = None,
         class_names: list[str] | None = None,
+        *,
+        phrase_cache: PhraseCache | None = None,
+        trim_text: bool = True,
+        sigma: float | None = None,
     ) -> ModelOutput:
         """Score and localise anomalies.
 
@@ -153,6 +161,10 @@ class HXPEModel(nn.Module):
             has_reference: [B] bool, which rows of ``references`` are real.
             class_names: per image its class, for bases whose prompts carry the class name
                 (``object_word: class_name``); None = the generic ``model.object_name``.
+            phrase_cache: a caller-owned cache of prompt embeddings
+                (:mod:`hxpe.model.inference`); the model itself holds none.
+            trim_text: run the text tower up to the last EOT only (exact); False = 77 tokens.
+            sigma: Gaussian σ of the output map; None = ``model.sigma``, 0 = unsmoothed.
         """
         if len(phrases) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(phrases)} phrases")
@@ -182,13 +194,13 @@ class HXPEModel(nn.Module):
         )
         patches = [F.normalize(p, dim=-1) for p in self.prompter.project_patches(feats)]
         cls = F.normalize(self.prompter.project_cls(self._score_cls(feats)), dim=-1)
-        text = self.text(phrases, cond, class_names)
+        text = self.text(phrases, cond, class_names, cache=phrase_cache, trim=trim_text)
         logits = layer_logits(patches, text, arith.temperature, grid)
         anomaly_map = fuse_layers(logits, size, arith.layer_fusion, arith.align_corners)
         if vfm_map is not None and self.cfg.vfm.mode == "reweight":
             alpha = self.cfg.vfm.alpha
             anomaly_map = anomaly_map * (1.0 + alpha * upsample(vfm_map, size)) / (1.0 + alpha)
-        anomaly_map = gaussian_blur(anomaly_map, self.cfg.sigma)
+        anomaly_map = gaussian_blur(anomaly_map, self.cfg.sigma if sigma is None else sigma)
         image_logits = self._image_logits(cls, patches, logits, text)
         score = image_logits.softmax(dim=-1)[:, 1]
         if self.cfg.score_mode == "text_max":

@@ -102,9 +102,6 @@ class TextEncoder(nn.Module):
         self.text_projection = clip.text_projection
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
         self.causal = _is_causal(clip.attn_mask)
-        # Run only up to the batch's last EOT token (exact under a causal mask: no position before
-        # EOT attends to the padding after it). False reproduces the full 77-token pass.
-        self.trim_context = True
 
     @property
     def width(self) -> int:
@@ -116,6 +113,7 @@ class TextEncoder(nn.Module):
         context: torch.Tensor | None = None,
         deep: list[torch.Tensor | None] | None = None,
         n_slots: int = 0,
+        trim: bool = True,
     ) -> torch.Tensor:
         """L2-normalised sentence embeddings [S, D].
 
@@ -124,8 +122,10 @@ class TextEncoder(nn.Module):
             context: [S, c, width] learnable context placed after the ``n_slots`` deep-prompt slots.
             deep: per block (0-based) tokens [S, p, width] replacing positions 1..p at that block's
                 input, or None for a block without a deep prompt.
+            trim: run only up to the batch's last EOT token (exact under a causal mask: no
+                position before EOT attends to the padding after it); False = the full context.
         """
-        if self.trim_context and self.causal:
+        if trim and self.causal:
             length = int(tokens.argmax(dim=-1).max()) + 1
             tokens = tokens[:, :length]
         length = tokens.shape[1]
