@@ -204,7 +204,12 @@ def fetch(keys: list[str] | None = None) -> dict[str, str]:
     resolved = {}
     released = released_checkpoints()
     for key in [k for k in keys or [*registry(), *released] if k in released]:
-        resolved[key] = json_safe(fetch_released(key))
+        try:
+            resolved[key] = json_safe(fetch_released(key))
+        except (OSError, RuntimeError) as err:
+            if keys:  # asked for by name: fail loudly
+                raise
+            log.warning("Released checkpoint %s not fetched: %s", key, err)
     for key in [k for k in keys or list(registry()) if k not in released]:
         spec = weight_spec(key)
         log.info("Fetching %s @ %s (%.1f GB)", spec.repo_id, spec.revision or "main", spec.size_gb)
