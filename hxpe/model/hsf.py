@@ -30,11 +30,15 @@ class SklearnKMeans:
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self.rng = np.random.RandomState(seed)
+        self.per_image = False  # True: every image draws from a fresh RandomState(seed)
 
     def reset(self, seed: int | None = None) -> None:
         """Re-seed the RNG (the authors' ``np.random.seed``)."""
         self.seed = self.seed if seed is None else seed
         self.rng = np.random.RandomState(self.seed)
+
+    def _rng(self) -> np.random.RandomState:
+        return np.random.RandomState(self.seed) if self.per_image else self.rng
 
     def __call__(self, x: torch.Tensor, k: int) -> torch.Tensor:
         from sklearn.cluster import KMeans

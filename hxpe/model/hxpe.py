@@ -10,6 +10,8 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -109,6 +111,20 @@ class HXPEModel(nn.Module):
         once before a pass; every inference pass starts here, so its scores do not depend on
         what ran before."""
         self.clusterer.reset()
+
+    @contextmanager
+    def same_rng_per_image(self) -> Iterator[None]:
+        """Within the block every image's HSF k-means draws from a fresh RNG seeded
+        ``adaclip.hsf_seed`` (scores independent of batch position and call order; used where
+        forwards are compared, e.g. leave-one-word-out). Outside it, the authors' single stream."""
+        previous = getattr(self.clusterer, "per_image", None)
+        if previous is not None:
+            self.clusterer.per_image = True
+        try:
+            yield
+        finally:
+            if previous is not None:
+                self.clusterer.per_image = previous
 
     def backbones(self) -> list[nn.Module]:
         """The frozen pretrained modules."""
