@@ -245,7 +245,9 @@ class ModelConfig(_Section):
     @property
     def trains(self) -> bool:
         """Whether this configuration has trainable parameters (winclip does not)."""
-        return self.base != "winclip" and self.checkpoint is None
+        from hxpe.model.registry import base_spec  # the registry imports this module
+
+        return base_spec(self.base).trains and self.checkpoint is None
 
     @property
     def arithmetic(self) -> BaseArithmetic:
