@@ -21,6 +21,8 @@ SUBCOMMAND_MODULES = (
     "hxpe.predict",
     "hxpe.app",
     "hxpe.verify",
+    "hxpe.equivalence",
+    "hxpe.model.importers",
 )
 
 log = logging.getLogger(__name__)

@@ -112,6 +112,32 @@ def check_weights(keys: list[str]) -> list[Check]:
     return out
 
 
+def check_released(cfg: Config) -> list[Check]:
+    """The authors' released checkpoints that variants evaluate (``model.checkpoint``), one per
+    direction's auxiliary dataset; missing ones are required for those variants' rows."""
+    from hxpe.weights import released_checkpoints
+
+    released = released_checkpoints()
+    out = []
+    for variant in cfg.variants:
+        key = cfg.model_for(variant).checkpoint
+        if key is None:
+            continue
+        spec = released[key]
+        for aux in sorted({d.train for d in cfg.evaluation.directions}):
+            path = spec.path(aux)
+            ok = path.is_file()
+            out.append(
+                Check(
+                    f"released {key} ({aux})",
+                    ok,
+                    str(path) + ("" if ok else " (missing)"),
+                    "" if ok else f"make fetch-models MODELS={key}   # {spec.file_for(aux)['url']}",
+                )
+            )
+    return out
+
+
 def check_datasets(cfg: Config) -> list[Check]:
     """Each dataset root exists; the fix names the download (``hxpe/data/datasets.yaml``)."""
     from hxpe.data.registry import get_spec
@@ -145,6 +171,7 @@ def run_checks(cfg: Config) -> list[Check]:
         check_gpu(need=agent_gpu),
         check_vllm(need=agent_gpu),
         *check_weights(required_weight_keys(cfg)),
+        *check_released(cfg),
         *check_datasets(cfg),
         Check(
             "disk",

@@ -33,13 +33,12 @@ from hxpe.model.checkpoint import checkpoint_dir, save_checkpoint
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.inference import model_device
-from hxpe.model.losses import hxpe_loss
+from hxpe.model.losses import LossSpec, hxpe_loss
 from hxpe.provenance import git_state, utc_now
 from hxpe.seeding import generator, seed_everything, worker_init_fn
 from hxpe.versions import software_versions
 
 log = logging.getLogger(__name__)
-BASE_BATCH_SIZE = {"adaclip": 1, "anomalyclip": 8}
 LOSS_COLUMNS = ("epoch", "step", "total", "focal", "dice", "image")
 
 
@@ -50,7 +49,7 @@ def trainable_variants(cfg: Config) -> list[str]:
 
 def batch_size_for(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     """``train.batch_size``, or the base's own (AdaCLIP 1, AnomalyCLIP 8)."""
-    return train_cfg.batch_size or BASE_BATCH_SIZE[model_cfg.base]
+    return train_cfg.batch_size or model_cfg.arithmetic.batch_size
 
 
 def make_optimizer(
@@ -59,7 +58,7 @@ def make_optimizer(
     """The base's optimiser by default: AdaCLIP AdamW, AnomalyCLIP Adam, both β = (0.5, 0.999)."""
     name = train_cfg.optimizer
     if name == "base":
-        name = "adamw" if model_cfg.base == "adaclip" else "adam"
+        name = model_cfg.arithmetic.optimizer
     if name == "sgd":
         return torch.optim.SGD(params, lr=train_cfg.lr, momentum=0.9)
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
@@ -100,23 +99,24 @@ def _loader(
     )
 
 
-def step_losses(model: HXPEModel, batch: dict, train_cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """Forward one batch (moved to the model's device) and return its losses (``total`` and parts)."""
+def step_losses(
+    model: HXPEModel, batch: dict, spec: LossSpec, *, trim_text: bool = True
+) -> dict[str, torch.Tensor]:
+    """Forward one batch (moved to the model's device) and return its losses (``total`` and parts)
+    under the base's loss ``spec`` (:meth:`LossSpec.resolve`). ``trim_text=False`` runs the text
+    tower over the full 77-token context (the anchors' naive path, for the benchmark)."""
     device = model_device(model)
     refs = batch.get("reference")
+    cls = batch.get("cls")
     out = model(
         batch["image"].to(device),
         phrases_from_batch(batch),
         references=None if refs is None else refs.to(device),
         has_reference=batch.get("has_reference"),
+        class_names=None if cls is None else [str(c) for c in cls],
+        trim_text=trim_text,
     )
-    return hxpe_loss(
-        out,
-        batch["mask"].to(device),
-        batch["label"].to(device),
-        train_cfg.loss_weights,
-        train_cfg.focal_gamma,
-    )
+    return hxpe_loss(out, batch["mask"].to(device), batch["label"].to(device), spec)
 
 
 def _write_loss(rows: list[dict[str, Any]], directory: Path, title: str) -> None:
@@ -176,6 +176,7 @@ def train(
     loader = _loader(cfg, model_cfg, index, phrases, references)
     params = list(model.trainable_state().values())
     optimizer = make_optimizer(params, cfg.train, model_cfg)
+    loss_spec = LossSpec.resolve(model_cfg, cfg.train)
     rows: list[dict[str, Any]] = []
     started = utc_now()
     t0 = time.perf_counter()
@@ -183,7 +184,7 @@ def train(
     for epoch in range(1, cfg.train.epochs + 1):
         bar = tqdm(loader, desc=f"{variant} epoch {epoch}/{cfg.train.epochs}", leave=False)
         for batch in bar:
-            losses = step_losses(model, batch, cfg.train)
+            losses = step_losses(model, batch, loss_spec)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()

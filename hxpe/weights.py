@@ -36,9 +36,13 @@ class WeightSpec:
         return f"make fetch-models MODELS={self.key}   # or: hf download {self.repo_id}{rev}"
 
 
+def _raw() -> dict:
+    return yaml.safe_load(_REGISTRY_FILE.read_text())
+
+
 def registry() -> dict[str, WeightSpec]:
-    """All pinned weights, keyed by role name (clip, dinov2, vlm_awq, vlm, llm)."""
-    raw = yaml.safe_load(_REGISTRY_FILE.read_text())
+    """All pinned Hugging Face weights, keyed by role name (clip, dinov2, vlm_awq, vlm, llm)."""
+    raw = {k: v for k, v in _raw().items() if v.get("kind") != AUTHORS_CHECKPOINT}
     return {
         key: WeightSpec(
             key=key,
@@ -51,6 +55,78 @@ def registry() -> dict[str, WeightSpec]:
         )
         for key, v in raw.items()
     }
+
+
+AUTHORS_CHECKPOINT = "authors_checkpoint"
+
+
+@dataclass(frozen=True)
+class ReleasedCheckpoint:
+    """An authors' released checkpoint: one file per auxiliary (training) dataset, by URL."""
+
+    key: str
+    format: str  # "anomalyclip" | "adaclip" (hxpe.model.importers)
+    role: str
+    files: dict[str, dict[str, str | None]]  # aux dataset -> {url, sha256, ...}
+
+    def path(self, aux: str) -> Path:
+        """Where the file for auxiliary dataset ``aux`` is (to be) stored."""
+        root = Path(
+            os.environ.get("HXPE_RELEASED_DIR", Path.home() / ".cache" / "hxpe" / "released")
+        )
+        return root / self.key / f"{aux}.pth"
+
+    def file_for(self, aux: str) -> dict[str, str | None]:
+        if aux not in self.files:
+            raise KeyError(
+                f"{self.key} has no checkpoint trained on {aux!r} (hxpe/weights.yaml has "
+                f"{sorted(self.files)})."
+            )
+        return self.files[aux]
+
+
+def released_checkpoints() -> dict[str, ReleasedCheckpoint]:
+    """The authors' released checkpoints of ``hxpe/weights.yaml`` (kind: authors_checkpoint)."""
+    return {
+        key: ReleasedCheckpoint(key, v["format"], v.get("role", ""), dict(v["files"]))
+        for key, v in _raw().items()
+        if v.get("kind") == AUTHORS_CHECKPOINT
+    }
+
+
+def fetch_released(key: str) -> dict[str, str]:
+    """Download every file of a released checkpoint (GitHub raw by HTTP, Google Drive through
+    ``gdown``); returns aux dataset -> SHA-256 of the file fetched."""
+    import urllib.request
+
+    from hxpe.hashing import file_sha256
+
+    spec = released_checkpoints()[key]
+    out = {}
+    for aux, entry in spec.files.items():
+        target = spec.path(aux)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        url = str(entry["url"])
+        if not target.is_file():
+            log.info("Fetching %s (%s) from %s", key, aux, url)
+            if "drive.google.com" in url:
+                try:
+                    import gdown
+                except ImportError as err:
+                    raise RuntimeError(
+                        f"{key} ({aux}) is a Google Drive link: pip install gdown, or download "
+                        f"{url} by hand to {target}."
+                    ) from err
+                gdown.download(url, str(target), fuzzy=True, quiet=False)
+            else:
+                urllib.request.urlretrieve(url, target)  # noqa: S310 (pinned https URL)
+        digest = file_sha256(target)
+        if entry.get("sha256") and entry["sha256"] != digest:
+            raise RuntimeError(
+                f"{target}: SHA-256 {digest} differs from the pinned {entry['sha256']}."
+            )
+        out[aux] = digest
+    return out
 
 
 def weight_spec(key: str) -> WeightSpec:
@@ -114,6 +190,11 @@ def require_snapshot(key: str) -> Path:
     return snap
 
 
+def json_safe(value: dict[str, str]) -> str:
+    """A lock-file value for a multi-file entry."""
+    return ",".join(f"{k}:{v}" for k, v in sorted(value.items()))
+
+
 def fetch(keys: list[str] | None = None) -> dict[str, str]:
     """Download the pinned snapshots (needs internet); returns key -> resolved commit SHA."""
     from huggingface_hub import snapshot_download
@@ -121,7 +202,15 @@ def fetch(keys: list[str] | None = None) -> dict[str, str]:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise RuntimeError("HF_HUB_OFFLINE=1 is set; unset it to download weights.")
     resolved = {}
-    for key in keys or list(registry()):
+    released = released_checkpoints()
+    for key in [k for k in keys or [*registry(), *released] if k in released]:
+        try:
+            resolved[key] = json_safe(fetch_released(key))
+        except (OSError, RuntimeError) as err:
+            if keys:  # asked for by name: fail loudly
+                raise
+            log.warning("Released checkpoint %s not fetched: %s", key, err)
+    for key in [k for k in keys or list(registry()) if k not in released]:
         spec = weight_spec(key)
         log.info("Fetching %s @ %s (%.1f GB)", spec.repo_id, spec.revision or "main", spec.size_gb)
         path = Path(snapshot_download(spec.repo_id, revision=spec.revision))

@@ -59,6 +59,7 @@ def test_bench_train_step_is_the_training_codes_step(tmp_path) -> None:
     from hxpe.bench.measure import _train_batch, _train_steps
     from hxpe.model.config import TrainConfig
     from hxpe.model.hxpe import build_model
+    from hxpe.model.losses import LossSpec
     from hxpe.model.tiny import tiny_model_config
     from hxpe.train import make_optimizer, step_losses
 
@@ -75,7 +76,9 @@ def test_bench_train_step_is_the_training_codes_step(tmp_path) -> None:
     train_model.train()
     params = [p for p in train_model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, train_cfg, train_model.cfg)
-    step_losses(train_model, batch, train_cfg)["total"].backward()
+    step_losses(train_model, batch, LossSpec.resolve(train_model.cfg, train_cfg))[
+        "total"
+    ].backward()
     optimizer.step()
 
     moved = 0

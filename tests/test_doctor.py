@@ -24,6 +24,7 @@ def test_paper_profile_needs_all_models_and_reports_how_to_get_them(tmp_path, mo
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HXPE_DATA_ROOT", str(tmp_path / "no-data"))
+    monkeypatch.setenv("HXPE_RELEASED_DIR", str(tmp_path / "no-released"))
     cfg = load_config(PAPER)
     keys = required_weight_keys(cfg)
     assert {"clip", "vlm_awq", "llm"} <= set(keys)
@@ -32,6 +33,8 @@ def test_paper_profile_needs_all_models_and_reports_how_to_get_them(tmp_path, mo
     assert "make fetch-models MODELS=clip" in text
     assert "Qwen/Qwen2.5-7B-Instruct" in text
     assert "dataset mvtec" in text and "mvtec.com" in text
+    assert "released released_adaclip (mvtec)" in text
+    assert "make fetch-models MODELS=released_anomalyclip" in text
     assert "NOT READY" in text
 
 

@@ -193,7 +193,7 @@ def test_word_importance_matches_separate_forwards() -> None:
     phrase = "small dark scratch on the upper left"
     values = word_importance(model, image, phrase, ref)
     assert [w for w, _ in values] == phrase.split()
-    with torch.no_grad():
+    with torch.no_grad(), model.same_rng_per_image():  # HSF k-means: same draw per forward
         full = model(image[None], [phrase], ref[None], torch.tensor([True])).image_score[0]
         drop = model(
             image[None], ["small scratch on the upper left"], ref[None], torch.tensor([True])

@@ -273,3 +273,18 @@ def test_paper_architecture_builds_with_random_weights_and_runs() -> None:
         out = model(images(1, size=336), ["scratch"], references=images(1, 336, seed=2))
     assert out.anomaly_map.shape == (1, 336, 336)
     assert [m.shape for m in out.layer_maps] == [(1, 2, 24, 24)] * 4
+
+
+def test_adaclip_prompts_carry_the_class_name() -> None:
+    model = tiny("adaclip")
+    bank = model.text
+    assert "a bad photo of a metal nut." in bank.sentences("normal", None, "metal nut")
+    assert bank.objects(2, ["metal-nut", ""]) == ["metal nut", "object"]
+    assert tiny("anomalyclip").text.objects(1, ["bottle"]) == ["object"]  # generic word
+    x = images(1)
+    with torch.no_grad():
+        bottle = model(x, ["scratch"], class_names=["bottle"])
+        cable = model(x, ["scratch"], class_names=["cable"])
+    assert not torch.allclose(bottle.text_features, cable.text_features)
+    sentences = bank.sentences("abnormal", "scratch", "bottle")
+    assert "a bad photo of a damaged bottle with scratch." in sentences

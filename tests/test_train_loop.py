@@ -16,8 +16,9 @@ from hxpe.data.fixtures import IndexWriter
 from hxpe.data.index import DatasetIndex, load_index, save_index
 from hxpe.data.torch_dataset import IndexDataset
 from hxpe.model.checkpoint import load_checkpoint, model_for_evaluation
+from hxpe.model.config import TrainConfig
 from hxpe.model.hxpe import build_model
-from hxpe.model.losses import hxpe_loss
+from hxpe.model.losses import LossSpec, hxpe_loss
 from hxpe.model.tiny import TINY_MODEL
 from hxpe.train import train, trainable_variants
 
@@ -91,7 +92,8 @@ def dataset_loss(model, index: DatasetIndex, phrases: dict) -> float:
     batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     with torch.no_grad():
         out = model(batch["image"], [p or None for p in batch["phrase"]])
-        losses = hxpe_loss(out, batch["mask"], batch["label"], {"focal": 1, "dice": 1, "image": 1})
+        spec = LossSpec.resolve(model.cfg, TrainConfig())
+        losses = hxpe_loss(out, batch["mask"], batch["label"], spec)
     return float(losses["total"])
 
 

@@ -24,14 +24,17 @@ from hxpe.model.hxpe import HXPEModel
 from hxpe.model.inference import (
     BatchResult,
     collect,
+    disable_caches,
     infer_fast,
     infer_naive,
     make_loader,
     maybe_compile,
     model_device,
     naive_mode,
+    phrase_cache_of,
     use_bf16,
 )
+from hxpe.model.losses import LossSpec
 from hxpe.model.maps import gaussian_blur
 from hxpe.train import make_optimizer, step_losses
 
@@ -63,9 +66,7 @@ def measure_eval(
         first = torch.utils.data.Subset(dataset, range(min(batch_size, len(dataset))))
         _drain(infer_fast(model, make_loader(first, batch_size), precision=precision))
         # warm-up filled the caches; a timed run starts cold
-        model.text.phrase_cache = None
-        if model.vfm is not None:
-            model.vfm.reference_cache = None
+        disable_caches(model)
 
     with PeakMemory(device) as mem_naive:
         sync(device)
@@ -119,8 +120,8 @@ def measure_eval(
             "peak_memory_mb": to_mb(mem_fast.peak_bytes),
             "memory_method": mem_fast.method,
             "phrase_cache": None
-            if model.text.phrase_cache is None
-            else {"hits": model.text.phrase_cache.hits, "misses": model.text.phrase_cache.misses},
+            if (pc := phrase_cache_of(model)) is None
+            else {"hits": pc.hits, "misses": pc.misses},
             "reference_cache": None
             if model.vfm is None or model.vfm.reference_cache is None
             else {
@@ -143,20 +144,28 @@ def _train_batch(dataset: IndexDataset, n: int, device: torch.device) -> dict:
 
 
 def _train_steps(
-    model: HXPEModel, batch: dict, train_cfg: TrainConfig, steps: int, bf16: bool
+    model: HXPEModel,
+    batch: dict,
+    train_cfg: TrainConfig,
+    steps: int,
+    bf16: bool,
+    trim: bool = True,
 ) -> float:
     """Seconds per optimiser step on ``batch``: the training code's own step (forward and losses,
-    :func:`hxpe.train.step_losses`), backward, and its optimiser (:func:`hxpe.train.make_optimizer`)."""
+    :func:`hxpe.train.step_losses`), backward, and its optimiser (:func:`hxpe.train.make_optimizer`).
+    ``trim``: the text tower up to the last EOT only (False = the full 77-token context, as the
+    anchors)."""
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, train_cfg, model.cfg)
+    spec = LossSpec.resolve(model.cfg, train_cfg)
     model.train()
     times = []
     for _ in range(steps):
         sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            losses = step_losses(model, batch, train_cfg)
+            losses = step_losses(model, batch, spec, trim_text=trim)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()
@@ -189,9 +198,9 @@ def measure_train(
     try:
         with naive_mode(model):
             if warmup:
-                _train_steps(model, one, train_cfg, 1, False)
+                _train_steps(model, one, train_cfg, 1, False, trim=False)
             with PeakMemory(device) as mem_naive:
-                naive = _train_steps(model, one, train_cfg, steps, False)
+                naive = _train_steps(model, one, train_cfg, steps, False, trim=False)
         if warmup:
             _train_steps(model, many, train_cfg, 1, bf16)
         with PeakMemory(device) as mem_fast:
@@ -236,8 +245,8 @@ def measure_phrases(model: HXPEModel, n: int, precision: str) -> dict[str, Any]:
         cond = cond.to(device)
     model.eval()
 
-    def call(ps: list[str], c: torch.Tensor | None) -> None:
-        model.text(ps, c)
+    def call(ps: list[str], c: torch.Tensor | None, trim: bool = True) -> None:
+        model.text(ps, c, cache=phrase_cache_of(model), trim=trim)
 
     with torch.inference_mode():
         call(phrases[:2], None if cond is None else cond[:2])  # warm-up
@@ -245,7 +254,7 @@ def measure_phrases(model: HXPEModel, n: int, precision: str) -> dict[str, Any]:
             sync(device)
             t0 = time.perf_counter()
             for i, p in enumerate(phrases):
-                call([p], None if cond is None else cond[i : i + 1])
+                call([p], None if cond is None else cond[i : i + 1], trim=False)
             sync(device)
             naive = (time.perf_counter() - t0) / n
         cache = enable_phrase_cache(model)

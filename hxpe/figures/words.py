@@ -18,6 +18,7 @@ Example (a tiny random-init model: the words are real, their importances mean no
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import matplotlib.pyplot as plt
@@ -63,6 +64,9 @@ def word_importance(
 ) -> list[tuple[str, float]]:
     """``(word, score(full phrase) - score(phrase without the word))`` for each word, in order.
 
+    Every phrase variant is scored with the same HSF k-means draw (``same_rng_per_image``), so the
+    differences are the words' and not the RNG's.
+
     ``image`` and ``reference`` are ``[3, H, W]`` (or ``[1, 3, H, W]``) floats in [0, 1]; the model is
     an :class:`hxpe.model.hxpe.HXPEModel` (or anything with its forward signature).
     """
@@ -71,6 +75,22 @@ def word_importance(
     img = _batch(image, "image").to(device)
     ref = _batch(reference, "reference").to(device) if reference is not None else None
     model.eval()
+    same_rng = getattr(model, "same_rng_per_image", contextlib.nullcontext)
+    with same_rng():
+        scores = _scores(model, img, ref, phrases, batch_size, device)
+    full = scores[0]
+    return [(w, full - s) for w, s in zip(words, scores[1:], strict=True)]
+
+
+def _scores(
+    model: nn.Module,
+    img: torch.Tensor,
+    ref: torch.Tensor | None,
+    phrases: list[str],
+    batch_size: int,
+    device: torch.device,
+) -> list[float]:
+    """Image scores of ``img`` with each phrase, ``batch_size`` phrases per forward."""
     scores: list[float] = []
     for start in range(0, len(phrases), batch_size):
         chunk = phrases[start : start + batch_size]
@@ -82,8 +102,7 @@ def word_importance(
             torch.ones(n, dtype=torch.bool, device=device) if ref is not None else None,
         )
         scores += out.image_score.float().cpu().tolist()
-    full = scores[0]
-    return [(w, full - s) for w, s in zip(words, scores[1:], strict=True)]
+    return scores
 
 
 def word_bars(ax: Axes, phrase: str, values: list[tuple[str, float]]) -> None:

@@ -84,6 +84,8 @@ def checkpoint_dir(results_dir: Path, direction: str, variant: str) -> Path:
 def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
     """The model of ``variant`` for ``direction``: its checkpoint when it trains, built otherwise."""
     model_cfg = cfg.model_for(variant)
+    if model_cfg.checkpoint is not None:
+        return released_model(cfg, direction, variant, results_dir)
     if not model_cfg.trains:
         return build_model(model_cfg).eval()
     ckpt = checkpoint_dir(results_dir, direction, variant)
@@ -101,3 +103,37 @@ def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir:
             variant,
         )
     return model.eval()
+
+
+def released_model(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
+    """An authors' released checkpoint (``model.checkpoint``, hxpe/weights.yaml) for ``direction``:
+    the file trained on the direction's auxiliary dataset, imported once into
+    ``checkpoints/<direction>/<variant>`` (re-imported when the file's SHA-256 changes)."""
+    from hxpe.hashing import file_sha256
+    from hxpe.model.importers import import_checkpoint
+    from hxpe.weights import released_checkpoints
+
+    model_cfg = cfg.model_for(variant)
+    spec = released_checkpoints().get(model_cfg.checkpoint or "")
+    if spec is None:
+        raise KeyError(
+            f"Variant {variant!r}: model.checkpoint {model_cfg.checkpoint!r} is not a released "
+            f"checkpoint in hxpe/weights.yaml."
+        )
+    aux = next(d.train for d in cfg.evaluation.directions if d.name == direction)
+    spec.file_for(aux)
+    source = spec.path(aux)
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"Variant {variant!r} evaluates {spec.key} trained on {aux}, expected at {source}. "
+            f"Fetch it: make fetch-models MODELS={spec.key}"
+        )
+    target = checkpoint_dir(results_dir, direction, variant)
+    provenance = target / "provenance.json"
+    digest = file_sha256(source)
+    if (
+        not provenance.is_file()
+        or json.loads(provenance.read_text()).get("source_sha256") != digest
+    ):
+        import_checkpoint(spec.format, source, target, model_cfg)
+    return load_checkpoint(target).eval()

@@ -37,10 +37,78 @@ class ClipConfig(_Section):
         default_factory=lambda: [6, 12, 18, 24],
         description="1-based blocks whose patch tokens are used.",
     )
+    activation: Literal["model", "quick_gelu", "gelu"] = Field(
+        "model",
+        description="MLP activation of both towers: the open_clip config's own (QuickGELU for the "
+        "OpenAI weights), or forced. 'gelu' reproduces AdaCLIP as released (custom_clip.py builds "
+        "CLIP without quick_gelu).",
+    )
 
 
-class AdaClipConfig(_Section):
+Fusion = Literal["sum_probs", "mean_probs", "mean_logits"]
+
+
+class BaseArithmetic(_Section):
+    """Arithmetic every base declares (defaults: its authors'; hxpe/LEDGER.md has file:line).
+
+    Subclasses override the defaults; :mod:`hxpe.model.registry` reads them.
+    """
+
+    temperature: float = Field(0.07, description="Similarity temperature τ (logits = cos/τ).")
+    layer_fusion: Fusion = Field(
+        "mean_probs",
+        description="sum_probs: Σ_l (up(p1)+1−up(p0))/2; mean_probs: the same averaged; "
+        "mean_logits: softmax(mean_l up(logits)) (the per-layer loss maps are then "
+        "softmax(up(logits)) instead of up(softmax)).",
+    )
+    align_corners: bool = Field(False, description="Bilinear upsampling of the layer maps.")
+    pos_interpolation: Literal["bilinear", "bicubic"] = Field(
+        "bicubic", description="Positional-embedding resize to a non-native grid."
+    )
+    cls_path: Literal["ln_post", "no_ln_post"] = Field(
+        "ln_post", description="Score CLS: ln_post(x[0]) @ proj, or x[0] @ proj (AnomalyCLIP)."
+    )
+    object_word: Literal["generic", "class_name"] = Field(
+        "generic", description="{obj} in prompts: model.object_name, or the image's class name."
+    )
+    prompt_cast: Literal["float16", "none"] = Field(
+        "none", description="Round injected prompt tokens to float16 (the authors' .half() casts)."
+    )
+    image_loss: Literal["ce", "focal"] = Field("ce", description="Loss on the image score.")
+    loss_weights: dict[Literal["focal", "dice", "image"], float] = Field(
+        default_factory=lambda: {"focal": 1.0, "dice": 1.0, "image": 1.0}
+    )
+    batch_size: int = Field(8, description="Training batch size (train.batch_size overrides).")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="train.optimizer: base.")
+
+
+class AdaClipConfig(BaseArithmetic):
     """AdaCLIP-style base: hybrid static + dynamic prompts in both branches, HSF image score."""
+
+    temperature: float = Field(0.01, description="Logit scale 100 (adaclip.py:513, 525).")
+    layer_fusion: Fusion = "mean_logits"
+    align_corners: bool = True
+    pos_interpolation: Literal["bilinear", "bicubic"] = "bicubic"
+    cls_path: Literal["ln_post", "no_ln_post"] = "ln_post"
+    object_word: Literal["generic", "class_name"] = "class_name"
+    prompt_cast: Literal["float16", "none"] = "float16"
+    image_loss: Literal["ce", "focal"] = "focal"
+    batch_size: int = 1
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    text_layout: Literal["overwrite", "slots"] = Field(
+        "overwrite",
+        description="overwrite: no text prompt in block 1, blocks 2..depth overwrite the first "
+        "`length` word tokens (AdaCLIP); slots: dedicated placeholder slots from block 1.",
+    )
+    dynamic_from: Literal["raw", "normalized"] = Field(
+        "raw", description="Dynamic prompts from ln_post(CLS) @ proj as is, or L2-normalised."
+    )
+    patch_head: Literal["raw_tokens", "joint_identity"] = Field(
+        "raw_tokens",
+        description="raw_tokens: Linear(vision width → embed) on raw block tokens (AdaCLIP, "
+        "loads its checkpoints); joint_identity: identity-initialised Linear(embed → embed) "
+        "after ln_post + proj.",
+    )
 
     prompt_depth: int = Field(4, description="Blocks (from the first) that receive prompts.")
     prompt_length: int = Field(5, description="Prompt tokens per prompted block.")
@@ -55,11 +123,37 @@ class AdaClipConfig(_Section):
     k_clusters: int = Field(20, description="k-means clusters of HSF.")
     hsf_topk_factor: int = Field(5, description="HSF clusters the k·factor most abnormal patches.")
     hsf_alpha: float = Field(0.2, description="Weight of the cluster feature against the CLS.")
-    kmeans_iters: int = Field(10, description="Lloyd iterations of the batched k-means.")
+    hsf_kmeans: Literal["sklearn", "torch"] = Field(
+        "sklearn",
+        description="sklearn: KMeans(k, n_init='auto') on the concatenated layer tokens, drawing "
+        "from one seeded NumPy RandomState (AdaCLIP); torch: batched deterministic k-means.",
+    )
+    hsf_seed: int = Field(111, description="Seed of the k-means RNG (AdaCLIP setup_seed(111)).")
+    kmeans_iters: int = Field(10, description="Lloyd iterations of the torch k-means.")
 
 
-class AnomalyClipConfig(_Section):
+class AnomalyClipConfig(BaseArithmetic):
     """AnomalyCLIP-style base: object-agnostic contexts, deep text prompts, v-v attention."""
+
+    temperature: float = 0.07
+    layer_fusion: Fusion = "sum_probs"
+    align_corners: bool = False
+    pos_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    cls_path: Literal["ln_post", "no_ln_post"] = "no_ln_post"
+    object_word: Literal["generic", "class_name"] = "generic"
+    prompt_cast: Literal["float16", "none"] = "float16"
+    image_loss: Literal["ce", "focal"] = "ce"
+    loss_weights: dict[Literal["focal", "dice", "image"], float] = Field(
+        default_factory=lambda: {"focal": 4.0, "dice": 4.0, "image": 1.0},
+        description="λ = 4 on the map terms (train.py `lam = 4`).",
+    )
+    batch_size: int = 8
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    text_layout: Literal["overwrite", "slots"] = Field(
+        "overwrite",
+        description="overwrite: depth−1 deep prompts overwrite context tokens 1..length after SOT "
+        "from text block 2 (AnomalyCLIP); slots: `depth` prompts in dedicated slots from block 1.",
+    )
 
     n_ctx: int = Field(12, description="Learnable context tokens per normal/abnormal prompt.")
     text_prompt_length: int = Field(4, description="Deep text prompt tokens (t_n_ctx).")
@@ -70,7 +164,7 @@ class AnomalyClipConfig(_Section):
     vv_last_n: int = Field(19, description="v-v attention on the last N blocks (DPAM_layer=20).")
 
 
-class WinClipConfig(_Section):
+class WinClipConfig(BaseArithmetic):
     """WinCLIP zero-shot (hxpe.model.winclip): multi-scale windows re-encoded by CLIP, no training."""
 
     template_set: str = Field("winclip", description="Template list in prompts.yaml.")
@@ -126,8 +220,14 @@ class ModelConfig(_Section):
     winclip: WinClipConfig = Field(default_factory=WinClipConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     vfm: VfmConfig = Field(default_factory=VfmConfig)
-    object_name: str = Field("object", description="Object word in every prompt ({obj}).")
-    temperature: float = Field(0.07, description="Similarity temperature (logits = cos/τ).")
+    object_name: str = Field(
+        "object", description="Generic object word ({obj}) of bases with object_word: generic."
+    )
+    checkpoint: str | None = Field(
+        None,
+        description="An imported authors' checkpoint (hxpe/weights.yaml key, e.g. "
+        "released_adaclip): evaluated as is, never trained.",
+    )
     score_mode: Literal["base", "text", "text_max"] = Field(
         "base", description="Image score: the base's own, text only, or (text + max map)/2."
     )
@@ -147,7 +247,14 @@ class ModelConfig(_Section):
     @property
     def trains(self) -> bool:
         """Whether this configuration has trainable parameters (winclip does not)."""
-        return self.base != "winclip"
+        from hxpe.model.registry import base_spec  # the registry imports this module
+
+        return base_spec(self.base).trains and self.checkpoint is None
+
+    @property
+    def arithmetic(self) -> BaseArithmetic:
+        """The base's section (its arithmetic keys): ``self.adaclip``, ``self.anomalyclip``..."""
+        return getattr(self, self.base)
 
 
 class TrainConfig(_Section):
@@ -157,13 +264,14 @@ class TrainConfig(_Section):
         None, description="None = the base's own (adaclip 1, anomalyclip 8)."
     )
     optimizer: Literal["base", "adam", "adamw", "sgd"] = Field(
-        "base", description="'base' = the base's own (adaclip Adam β=(0.5,0.999) too)."
+        "base", description="'base' = the base's own (adaclip AdamW, anomalyclip Adam)."
     )
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas.")
     split: str = Field("test", description="Training split of the auxiliary index (protocol).")
     focal_gamma: float = 2.0
-    loss_weights: dict[Literal["focal", "dice", "image"], float] = Field(
-        default_factory=lambda: {"focal": 1.0, "dice": 1.0, "image": 1.0}
+    focal_smooth: float = Field(1e-5, description="Focal label smoothing (both authors' loss.py).")
+    loss_weights: dict[Literal["focal", "dice", "image"], float] | None = Field(
+        None, description="None = the base's own (anomalyclip λ = 4 on the maps, adaclip 1)."
     )
     num_workers: int = 0
     max_steps: int | None = Field(None, description="Stop after this many steps (smoke runs).")

@@ -9,18 +9,18 @@ Batching: sentences of all prompts of a batch go through the text encoder in one
 text prompts depend on the image (AdaCLIP dynamic prompts), the normal prompt is encoded once and
 each distinct phrase once.
 
-Caching across batches: with a :class:`PhraseCache` attached (``TextBank.phrase_cache``, off by
-default; :func:`hxpe.model.inference.enable_phrase_cache` attaches one), prompt embeddings are kept
-per (kind, phrase) and reused by later batches. The cache is consulted only in eval mode with
-gradients off, and is emptied whenever a trainable parameter changes (its version counter, storage,
-dtype or device) or the autocast setting differs, so it never serves a stale embedding.
+Caching across batches: the module holds no cache. A caller may pass one
+(:class:`hxpe.model.inference.PhraseCache`, owned by the inference code) with each call; prompt
+embeddings are then kept per (kind, phrase, object word) and reused by later batches. It is
+consulted only in eval mode with gradients off, and is emptied whenever a trainable parameter
+changes (its version counter, storage, dtype or device), the autocast setting or the trim flag
+differs, so it never serves a stale embedding.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -31,52 +31,24 @@ from hxpe.model.config import ExplainConfig
 from hxpe.model.prompts import Kind
 from hxpe.model.text import PromptTokenizer, TextEncoder
 
+if TYPE_CHECKING:
+    from hxpe.model.inference import PhraseCache
+
 
 @dataclass(frozen=True)
 class _Unit:
-    """One prompt to encode: its kind, phrase and (when conditioned) the image it belongs to."""
+    """One prompt to encode: its kind, phrase, object word and (when conditioned) its image."""
 
     kind: Kind
     phrase: str | None
+    obj: str
     image: int | None
 
 
-class PhraseCache:
-    """An LRU of prompt embeddings keyed by (kind, phrase), tied to a parameter signature."""
-
-    def __init__(self, maxsize: int = 4096) -> None:
-        self.maxsize = maxsize
-        self._data: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
-        self._signature: tuple | None = None
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def check(self, signature: tuple) -> None:
-        """Empty the cache when ``signature`` (parameters, autocast) differs from the last one."""
-        if signature != self._signature:
-            self._data.clear()
-            self._signature = signature
-
-    def get(self, key: Hashable) -> torch.Tensor | None:
-        hit = self._data.get(key)
-        if hit is None:
-            self.misses += 1
-            return None
-        self._data.move_to_end(key)
-        self.hits += 1
-        return hit
-
-    def put(self, key: Hashable, value: torch.Tensor) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
+def class_word(name: str) -> str:
+    """A class name as AdaCLIP puts it into its prompts (``text.replace('-', ' ')``,
+    adaclip.py:213)."""
+    return name.replace("-", " ")
 
 
 def _tensor_signature(t: torch.Tensor) -> tuple:
@@ -98,24 +70,24 @@ class TextBank(nn.Module):
         prompter: Prompter,
         cfg: ExplainConfig,
         object_name: str,
+        class_names: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.prompter = prompter
         self.cfg = cfg
         self.object_name = object_name
+        self.class_names = class_names  # prompts carry each image's class name
         self.tokenizer = PromptTokenizer(tokenizer, prompter.text_slots + prompter.text_context)
         self.plain_tokenizer = PromptTokenizer(tokenizer, 0)
         lam = torch.tensor(float(cfg.fuse_lambda))
         self.fuse_lambda = (
             nn.Parameter(lam, requires_grad=cfg.learn_lambda) if cfg.mode == "fuse" else None
         )
-        self.phrase_cache: PhraseCache | None = None
 
-    def _active_cache(self) -> PhraseCache | None:
-        """The phrase cache when it may be used now (eval, no grad), validated against the
-        current parameters; else None."""
-        cache = self.phrase_cache
+    def _active_cache(self, cache: PhraseCache | None, trim: bool) -> PhraseCache | None:
+        """``cache`` when it may be used now (eval, no grad), validated against the current
+        parameters and settings; else None."""
         if cache is None or self.training or torch.is_grad_enabled():
             return None
         device = self.encoder.token_embedding.weight.device.type
@@ -130,41 +102,53 @@ class TextBank(nn.Module):
             (
                 tuple(_tensor_signature(p) for p in params),
                 autocast,
-                self.encoder.trim_context,
+                trim,
                 self.cfg,
                 self.object_name,
             )
         )
         return cache
 
-    def sentences(self, kind: Kind, phrase: str | None) -> list[str]:
+    def sentences(self, kind: Kind, phrase: str | None, obj: str | None = None) -> list[str]:
         """The sentences of one prompt; the phrase is cut to fit CLIP's context if needed."""
         ps = self.prompter.prompt_set
+        obj = obj or self.object_name
         if phrase:
-            phrase = self.tokenizer.fit_phrase(
-                phrase, lambda p: ps.render(kind, self.object_name, p)
-            )
-        return ps.render(kind, self.object_name, phrase)
+            phrase = self.tokenizer.fit_phrase(phrase, lambda p: ps.render(kind, obj, p))
+        return ps.render(kind, obj, phrase)
 
-    def tokens(self, kind: Kind, phrase: str | None) -> torch.Tensor:
+    def tokens(self, kind: Kind, phrase: str | None, obj: str | None = None) -> torch.Tensor:
         """Token ids [n_sentences, 77] of one prompt (for inspection and tests)."""
-        return self.tokenizer(self.sentences(kind, phrase))
+        return self.tokenizer(self.sentences(kind, phrase, obj))
 
-    def _units(self, phrases: list[str | None]) -> list[_Unit]:
+    def objects(self, n: int, class_names: list[str] | None) -> list[str]:
+        """The object word of each image: its class name (policy ``class_name`` when names are
+        given) or the generic ``object_name``."""
+        if self.class_names and class_names is not None:
+            if len(class_names) != n:
+                raise ValueError(f"{n} images but {len(class_names)} class names")
+            return [class_word(c) if c else self.object_name for c in class_names]
+        return [self.object_name] * n
+
+    def _units(self, phrases: list[str | None], objs: list[str]) -> list[_Unit]:
         in_prompt = [p if self.cfg.mode == "in_prompt" else None for p in phrases]
         if self.prompter.text_conditioned:
-            return [_Unit("normal", None, b) for b in range(len(phrases))] + [
-                _Unit("abnormal", p, b) for b, p in enumerate(in_prompt)
+            return [_Unit("normal", None, o, b) for b, o in enumerate(objs)] + [
+                _Unit("abnormal", p, o, b)
+                for b, (p, o) in enumerate(zip(in_prompt, objs, strict=True))
             ]
-        distinct = list(dict.fromkeys(in_prompt))
-        return [_Unit("normal", None, None)] + [_Unit("abnormal", p, None) for p in distinct]
+        normal = [_Unit("normal", None, o, None) for o in dict.fromkeys(objs)]
+        pairs = dict.fromkeys(zip(in_prompt, objs, strict=True))
+        return normal + [_Unit("abnormal", p, o, None) for p, o in pairs]
 
-    def _encode_units(self, units: list[_Unit], cond: torch.Tensor | None) -> torch.Tensor:
+    def _encode_units(
+        self, units: list[_Unit], cond: torch.Tensor | None, trim: bool = True
+    ) -> torch.Tensor:
         """One text-encoder call for all units; returns [n_units, D]."""
         device = self.encoder.attn_mask.device
         rows, owner, contexts, conds = [], [], [], []
         for u, unit in enumerate(units):
-            ids = self.tokens(unit.kind, unit.phrase)
+            ids = self.tokens(unit.kind, unit.phrase, unit.obj)
             rows.append(ids)
             owner += [u] * len(ids)
             ctx = self.prompter.context(unit.kind)
@@ -176,23 +160,22 @@ class TextBank(nn.Module):
         context = torch.cat(contexts) if contexts else None
         seq_cond = torch.cat(conds) if conds else None
         deep = self.prompter.text_deep(seq_cond, tokens.shape[0])
-        emb = self.encoder(tokens, context, deep, n_slots=self.prompter.text_slots)
+        emb = self.encoder(tokens, context, deep, n_slots=self.prompter.text_slots, trim=trim)
         index = torch.tensor(owner, device=emb.device)
         pooled = torch.zeros(len(units), emb.shape[1], dtype=emb.dtype, device=emb.device)
         pooled = pooled.index_add(0, index, emb)
         return F.normalize(pooled, dim=-1)
 
-    def _phrase_alone(self, phrases: list[str]) -> torch.Tensor:
+    def _phrase_alone(self, phrases: list[str], trim: bool = True) -> torch.Tensor:
         """Frozen embeddings of phrases encoded on their own (mode ``fuse``), [n, D]."""
         texts = [self.cfg.fuse_template.format(phrase=p) for p in phrases]
         texts = [self.plain_tokenizer.fit_phrase(t, lambda s: [s]) for t in texts]
         with torch.no_grad():
-            return self.encoder(self.plain_tokenizer(texts).to(self.encoder.attn_mask.device))
+            tokens = self.plain_tokenizer(texts).to(self.encoder.attn_mask.device)
+            return self.encoder(tokens, trim=trim)
 
     @staticmethod
-    def _cached(
-        cache: PhraseCache, items: list, encode: object, tag: str = "prompt"
-    ) -> torch.Tensor:
+    def _cached(cache: PhraseCache, items: list, encode: Any, tag: str = "prompt") -> torch.Tensor:
         """Rows for ``items`` from ``cache``, encoding the missing ones in one call."""
         keys = [(tag, item) for item in items]
         rows = [cache.get(k) for k in keys]
@@ -207,38 +190,59 @@ class TextBank(nn.Module):
             ]
         return torch.stack(rows)
 
-    def forward(self, phrases: list[str | None], cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Text embeddings [B, 2, D]: per image (normal, abnormal), L2-normalised."""
+    def forward(
+        self,
+        phrases: list[str | None],
+        cond: torch.Tensor | None = None,
+        class_names: list[str] | None = None,
+        *,
+        cache: PhraseCache | None = None,
+        trim: bool = True,
+    ) -> torch.Tensor:
+        """Text embeddings [B, 2, D]: per image (normal, abnormal), L2-normalised.
+
+        ``cache``: a caller-owned phrase cache (see the module docstring); ``trim``: run the text
+        tower only up to the last EOT token (exact; False = the full 77-token context).
+        """
         phrases = gate(phrases, self.cfg.enabled)
-        units = self._units(phrases)
-        cache = None if self.prompter.text_conditioned else self._active_cache()
+        objs = self.objects(len(phrases), class_names)
+        units = self._units(phrases, objs)
+        cache = None if self.prompter.text_conditioned else self._active_cache(cache, trim)
         emb = (
-            self._encode_units(units, cond)
+            self._encode_units(units, cond, trim)
             if cache is None
-            else self._cached(cache, units, lambda todo: self._encode_units(todo, cond))
+            else self._cached(cache, units, lambda todo: self._encode_units(todo, cond, trim))
         )
         if self.prompter.text_conditioned:
             b = len(phrases)
             out = torch.stack([emb[:b], emb[b:]], dim=1)
         else:
-            where = {(u.kind, u.phrase): i for i, u in enumerate(units)}
+            where = {(u.kind, u.phrase, u.obj): i for i, u in enumerate(units)}
             in_prompt = [p if self.cfg.mode == "in_prompt" else None for p in phrases]
-            normal = emb[where[("normal", None)]].expand(len(phrases), -1)
-            abnormal = emb[[where[("abnormal", p)] for p in in_prompt]]
+            normal = emb[[where[("normal", None, o)] for o in objs]]
+            abnormal = emb[
+                [where[("abnormal", p, o)] for p, o in zip(in_prompt, objs, strict=True)]
+            ]
             out = torch.stack([normal, abnormal], dim=1)
         if self.fuse_lambda is not None:
-            out = self._fuse(out, phrases)
+            out = self._fuse(out, phrases, cache, trim)
         return out
 
-    def _fuse(self, out: torch.Tensor, phrases: list[str | None]) -> torch.Tensor:
+    def _fuse(
+        self,
+        out: torch.Tensor,
+        phrases: list[str | None],
+        cache: PhraseCache | None,
+        trim: bool,
+    ) -> torch.Tensor:
         distinct = [p for p in dict.fromkeys(phrases) if p is not None]
         if not distinct:
             return out
-        cache = self._active_cache()
+        cache = self._active_cache(cache, trim)
         g_e = (
-            self._phrase_alone(distinct)
+            self._phrase_alone(distinct, trim)
             if cache is None
-            else self._cached(cache, distinct, self._phrase_alone, tag="alone")
+            else self._cached(cache, distinct, lambda ps: self._phrase_alone(ps, trim), "alone")
         )
         lookup = {p: i for i, p in enumerate(distinct)}
         has = torch.tensor([p is not None for p in phrases], device=out.device)

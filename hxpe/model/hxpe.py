@@ -10,24 +10,32 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hxpe.model.attention import attach_vv_attention
-from hxpe.model.bases import AdaClipPrompter, make_prompter
+from hxpe.model.bases import Dims
 from hxpe.model.config import ModelConfig
 from hxpe.model.explain import TextBank
-from hxpe.model.hsf import hybrid_semantic_fusion
+from hxpe.model.hsf import SklearnKMeans, TorchKMeans, hybrid_semantic_fusion
 from hxpe.model.loading import CONFIG_DIR, load_clip, load_dinov2
-from hxpe.model.maps import aggregate, gaussian_blur, layer_probabilities, upsample
+from hxpe.model.maps import fuse_layers, gaussian_blur, layer_logits, map_range, upsample
+from hxpe.model.registry import base_spec
 from hxpe.model.text import TextEncoder
 from hxpe.model.vfm import VfmPrompter
-from hxpe.model.vision import VisualEncoder
+from hxpe.model.vision import VisualEncoder, VisualFeatures
+
+if TYPE_CHECKING:
+    from hxpe.model.inference import PhraseCache
 
 log = logging.getLogger(__name__)
+
+_DTYPES = {"float16": torch.float16, "none": None}
 
 
 @dataclass
@@ -36,10 +44,14 @@ class ModelOutput:
 
     Attributes:
         image_score: [B] in [0, 1].
-        anomaly_map: [B, H, W] at input resolution, smoothed (Gaussian σ = ``model.sigma``).
+        anomaly_map: [B, H, W] at input resolution, smoothed (Gaussian σ = ``model.sigma``); its
+            range is the base's fusion's ([0, 1], or [0, L] for AnomalyCLIP's sum over L layers).
         layer_maps: per selected CLIP layer, (normal, abnormal) probabilities [B, 2, h, w].
         vfm_prompt: the DINOv2 prompt map [B, h, w] in [0, 1], or None.
         image_logits: [B, 2] (normal, abnormal) logits of the image score (for the loss).
+        layer_logits: per layer the (normal, abnormal) logits [B, 2, h, w] (for the loss).
+        text_features: [B, 2, D] the unit (normal, abnormal) text embeddings used.
+        image_features: [B, D] the unit CLS feature of the score (before HSF).
     """
 
     image_score: torch.Tensor
@@ -47,10 +59,14 @@ class ModelOutput:
     layer_maps: list[torch.Tensor]
     vfm_prompt: torch.Tensor | None
     image_logits: torch.Tensor
+    layer_logits: list[torch.Tensor] | None = None
+    text_features: torch.Tensor | None = None
+    image_features: torch.Tensor | None = None
 
 
 class HXPEModel(nn.Module):
-    """CLIP + base prompter + explainable text prompts + DINOv2 attention prompts.
+    """CLIP + a registered base (:mod:`hxpe.model.registry`) + explainable text prompts + DINOv2
+    attention prompts.
 
     Only the prompter's parameters (and λ of the fuse mode, when learned) train; CLIP and DINOv2
     are frozen and stay in eval mode.
@@ -61,21 +77,59 @@ class HXPEModel(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.visual = VisualEncoder(clip.visual, cfg.clip.layers)
-        text = TextEncoder(clip)
-        self.prompter = make_prompter(
-            cfg,
+        self.spec = base_spec(cfg.base)
+        arith = cfg.arithmetic
+        cast = _DTYPES[arith.prompt_cast]
+        self.visual = VisualEncoder(clip.visual, cfg.clip.layers, arith.pos_interpolation, cast)
+        text = TextEncoder(clip, prompt_dtype=cast)
+        dims = Dims(
             visual_width=self.visual.width,
             text_width=text.width,
             embed_dim=clip.visual.proj.shape[1],
             text_blocks=len(text.transformer.resblocks),
         )
-        if cfg.base == "anomalyclip" and cfg.anomalyclip.vv_attention:
-            attach_vv_attention(self.visual.blocks, cfg.anomalyclip.vv_last_n)
-        self.text = TextBank(text, tokenizer, self.prompter, cfg.explain, cfg.object_name)
+        if self.spec.make_prompter is None:
+            raise ValueError(
+                f"Base {cfg.base!r} is a model of its own (registry spec 'build'); build it with "
+                "hxpe.model.hxpe.build_model, not HXPEModel."
+            )
+        self.prompter = self.spec.make_prompter(cfg, dims)
+        self.spec.attach(cfg, self.visual)
+        self.text = TextBank(
+            text,
+            tokenizer,
+            self.prompter,
+            cfg.explain,
+            cfg.object_name,
+            class_names=arith.object_word == "class_name",
+        )
         self.vfm = VfmPrompter(dinov2, cfg.vfm) if dinov2 is not None else None
         n_blocks = len(self.visual.blocks)
         self.bias_blocks = frozenset(range(max(0, n_blocks - cfg.vfm.bias_last_n), n_blocks))
+        a = cfg.adaclip
+        self.clusterer = (
+            SklearnKMeans(a.hsf_seed) if a.hsf_kmeans == "sklearn" else TorchKMeans(a.kmeans_iters)
+        )
+
+    def reset_rng(self) -> None:
+        """Re-seed the HSF k-means RNG (``adaclip.hsf_seed``), as the authors' scripts seed NumPy
+        once before a pass; every inference pass starts here, so its scores do not depend on
+        what ran before."""
+        self.clusterer.reset()
+
+    @contextmanager
+    def same_rng_per_image(self) -> Iterator[None]:
+        """Within the block every image's HSF k-means draws from a fresh RNG seeded
+        ``adaclip.hsf_seed`` (scores independent of batch position and call order; used where
+        forwards are compared, e.g. leave-one-word-out). Outside it, the authors' single stream."""
+        previous = getattr(self.clusterer, "per_image", None)
+        if previous is not None:
+            self.clusterer.per_image = True
+        try:
+            yield
+        finally:
+            if previous is not None:
+                self.clusterer.per_image = previous
 
     def backbones(self) -> list[nn.Module]:
         """The frozen pretrained modules."""
@@ -93,11 +147,19 @@ class HXPEModel(nn.Module):
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def _condition(self, images: torch.Tensor) -> torch.Tensor | None:
-        """The frozen CLS feature that dynamic prompts are projected from (no prompts, no grad)."""
+        """The frozen CLS feature ``ln_post(x[0]) @ proj`` of an unprompted pass that dynamic
+        prompts are generated from (no grad); raw (AdaCLIP) or L2-normalised."""
         if not self.prompter.needs_condition:
             return None
         with torch.no_grad():
-            return F.normalize(self.visual(images).cls, dim=-1)
+            cls = self.visual(images).cls
+        return cls if self.cfg.adaclip.dynamic_from == "raw" else F.normalize(cls, dim=-1)
+
+    def _score_cls(self, feats: VisualFeatures) -> torch.Tensor:
+        """The CLS the image score uses: ``ln_post(x[0]) @ proj``, or ``x[0] @ proj``."""
+        if self.cfg.arithmetic.cls_path == "no_ln_post":
+            return feats.cls_token @ self.visual.visual.proj
+        return feats.cls
 
     def forward(
         self,
@@ -105,6 +167,11 @@ class HXPEModel(nn.Module):
         phrases: list[str | None],
         references: torch.Tensor | None = None,
         has_reference: torch.Tensor | None = None,
+        class_names: list[str] | None = None,
+        *,
+        phrase_cache: PhraseCache | None = None,
+        trim_text: bool = True,
+        sigma: float | None = None,
     ) -> ModelOutput:
         """Score and localise anomalies.
 
@@ -113,9 +180,16 @@ class HXPEModel(nn.Module):
             phrases: per image the gated explainable phrase, ``None`` (or "") for none.
             references: [B, 3, H, W] the class's normal reference per image, or None.
             has_reference: [B] bool, which rows of ``references`` are real.
+            class_names: per image its class, for bases whose prompts carry the class name
+                (``object_word: class_name``); None = the generic ``model.object_name``.
+            phrase_cache: a caller-owned cache of prompt embeddings
+                (:mod:`hxpe.model.inference`); the model itself holds none.
+            trim_text: run the text tower up to the last EOT only (exact); False = 77 tokens.
+            sigma: Gaussian σ of the output map; None = ``model.sigma``, 0 = unsmoothed.
         """
         if len(phrases) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(phrases)} phrases")
+        arith = self.cfg.arithmetic
         size = (images.shape[-2], images.shape[-1])
         side = self.cfg.clip.image_size
         x = (
@@ -139,51 +213,58 @@ class HXPEModel(nn.Module):
         feats = self.visual(
             x, self.prompter.visual_prompts(cond, x.shape[0]), key_bias, self.bias_blocks
         )
-        patches = [F.normalize(p, dim=-1) for p in self.prompter.project_patches(feats.patches)]
-        cls = F.normalize(self.prompter.project_cls(feats.cls), dim=-1)
-        text = self.text(phrases, cond)
-        layer_maps = layer_probabilities(patches, text, self.cfg.temperature, grid)
-        patch_map = aggregate(layer_maps)
+        patches = [F.normalize(p, dim=-1) for p in self.prompter.project_patches(feats)]
+        cls = F.normalize(self.prompter.project_cls(self._score_cls(feats)), dim=-1)
+        text = self.text(phrases, cond, class_names, cache=phrase_cache, trim=trim_text)
+        logits = layer_logits(patches, text, arith.temperature, grid)
+        anomaly_map = fuse_layers(logits, size, arith.layer_fusion, arith.align_corners)
         if vfm_map is not None and self.cfg.vfm.mode == "reweight":
             alpha = self.cfg.vfm.alpha
-            patch_map = patch_map * (1.0 + alpha * vfm_map) / (1.0 + alpha)
-        anomaly_map = gaussian_blur(upsample(patch_map, size), self.cfg.sigma)
-        logits = self._image_logits(cls, patches, layer_maps, text)
-        score = logits.softmax(dim=-1)[:, 1]
+            anomaly_map = anomaly_map * (1.0 + alpha * upsample(vfm_map, size)) / (1.0 + alpha)
+        anomaly_map = gaussian_blur(anomaly_map, self.cfg.sigma if sigma is None else sigma)
+        image_logits = self._image_logits(cls, patches, logits, text)
+        score = image_logits.softmax(dim=-1)[:, 1]
         if self.cfg.score_mode == "text_max":
-            score = (score + anomaly_map.flatten(1).amax(dim=1).clamp(0, 1)) / 2.0
-        return ModelOutput(score, anomaly_map, layer_maps, vfm_map, logits)
+            top = map_range(arith.layer_fusion, len(logits))
+            score = (score + (anomaly_map.flatten(1).amax(dim=1) / top).clamp(0, 1)) / 2.0
+        return ModelOutput(
+            score,
+            anomaly_map,
+            [lg.softmax(dim=1) for lg in logits],
+            vfm_map,
+            image_logits,
+            layer_logits=logits,
+            text_features=text,
+            image_features=cls,
+        )
 
     def _image_logits(
         self,
         cls: torch.Tensor,
         patches: list[torch.Tensor],
-        layer_maps: list[torch.Tensor],
+        logits: list[torch.Tensor],
         text: torch.Tensor,
     ) -> torch.Tensor:
         feature = cls
-        use_hsf = (
-            isinstance(self.prompter, AdaClipPrompter)
-            and self.cfg.adaclip.hsf
-            and self.cfg.score_mode == "base"
-        )
-        if use_hsf:
+        if self.spec.image_score(self.cfg) == "hsf" and self.cfg.score_mode == "base":
             a = self.cfg.adaclip
-            abnormal = torch.stack([m[:, 1].flatten(1) for m in layer_maps]).mean(dim=0)
+            flat = [lg.flatten(2) for lg in logits]
             feature = hybrid_semantic_fusion(
-                patches, abnormal, cls, a.k_clusters, a.hsf_topk_factor, a.hsf_alpha, a.kmeans_iters
+                patches, flat, cls, a.k_clusters, a.hsf_topk_factor, a.hsf_alpha, self.clusterer
             )
-        return torch.einsum("bd,bkd->bk", feature, text) / self.cfg.temperature
+        return torch.einsum("bd,bkd->bk", feature, text.to(feature.dtype)) / (
+            self.cfg.arithmetic.temperature
+        )
 
 
 def build_model(cfg: ModelConfig) -> HXPEModel:
     """Load the backbones named by ``cfg`` (frozen) and build the model around them.
 
-    ``base: winclip`` builds :class:`hxpe.model.winclip.WinClipModel` (same forward interface)."""
-    if cfg.base == "winclip":
-        from hxpe.model.winclip import build_winclip
-
-        return build_winclip(cfg)  # type: ignore[return-value]
+    A base whose registry spec has its own ``build`` (``winclip``:
+    :class:`hxpe.model.winclip.WinClipModel`, same forward interface) is built by it."""
+    spec = base_spec(cfg.base)
+    if spec.build is not None:
+        return spec.build(cfg)  # type: ignore[return-value]
     clip, tokenizer = load_clip(cfg.clip, seed=cfg.random_init_seed)
     dinov2 = load_dinov2(cfg.vfm, seed=cfg.random_init_seed + 1) if cfg.vfm.enabled else None
     with torch.random.fork_rng(devices=[]):

@@ -8,11 +8,11 @@ disk and keep host memory flat whatever the dataset size.
 * :func:`infer_naive` mirrors the anchors' test loops (AnomalyCLIP/AdaCLIP ``test.py``): batch 1,
   fp32, no autograd graph but no inference mode, the text prompts encoded for every image over the full
   77-token context, no caches, the map copied to the CPU and smoothed there with
-  :func:`scipy.ndimage.gaussian_filter` one image at a time. It is built from the model's own
-  modules; only the on-device smoothing is switched off for its call.
+  :func:`scipy.ndimage.gaussian_filter` one image at a time. It calls the model's own forward with
+  ``trim_text=False, sigma=0``.
 * :func:`infer_fast`: whole batches; the prompts of the distinct phrases of a batch encoded once and
-  kept in an LRU across batches (:class:`hxpe.model.explain.PhraseCache`, emptied whenever a trainable
-  parameter changes); the DINOv2 features of each distinct normal reference computed once
+  kept in an LRU across batches (:class:`PhraseCache`, owned here and passed to the model per call,
+  emptied whenever a trainable parameter changes); the DINOv2 features of each distinct normal reference computed once
   (:class:`hxpe.model.vfm.ReferenceCache`); the text tower run only up to the last EOT token; bf16
   autocast on a GPU (the map head and the Gaussian stay float32); fused scaled-dot-product attention
   everywhere, the v-v path included; CLIP and DINOv2 fed from the one resized batch; smoothing on the
@@ -29,7 +29,9 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -39,14 +41,57 @@ from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader, Dataset
 
 from hxpe.data.torch_dataset import phrases_from_batch
-from hxpe.model.explain import PhraseCache
 from hxpe.model.hxpe import HXPEModel
+from hxpe.model.maps import map_range
 from hxpe.model.vfm import ReferenceCache
 from hxpe.seeding import worker_init_fn
 
 log = logging.getLogger(__name__)
 
 Precision = str  # "fp32" | "bf16" | "auto" (bf16 on CUDA, fp32 elsewhere)
+
+
+class PhraseCache:
+    """An LRU of prompt embeddings keyed by (kind, phrase), tied to a parameter signature."""
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._signature: tuple | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def check(self, signature: tuple) -> None:
+        """Empty the cache when ``signature`` (parameters, autocast) differs from the last one."""
+        if signature != self._signature:
+            self._data.clear()
+            self._signature = signature
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        hit = self._data.get(key)
+        if hit is None:
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return hit
+
+    def put(self, key: Hashable, value: torch.Tensor) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+
+# The cross-batch phrase caches live here, beside the inference code, keyed by model (the model
+# modules hold no cache and no switch flipped from outside; they receive the cache per call).
+_PHRASE_CACHES: weakref.WeakKeyDictionary[HXPEModel, PhraseCache] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -105,6 +150,13 @@ def _labels(batch: dict, n: int) -> np.ndarray:
     return np.asarray(torch.as_tensor(labels), dtype=np.int64).reshape(n)
 
 
+def _class_names(batch: dict) -> dict[str, list[str]]:
+    """``{"class_names": [...]}`` when the batch carries classes (bases whose prompts name the
+    class use them), else ``{}`` (models without that keyword keep working)."""
+    values = batch.get("cls")
+    return {} if values is None else {"class_names": [str(v) for v in values]}
+
+
 def _strings(batch: dict, key: str, n: int) -> list[str]:
     values = batch.get(key)
     return [str(v) for v in values] if values is not None else [""] * n
@@ -120,9 +172,14 @@ def enable_phrase_cache(model: HXPEModel, maxsize: int = 4096) -> PhraseCache | 
             model.cfg.base,
         )
         return None
-    if model.text.phrase_cache is None:
-        model.text.phrase_cache = PhraseCache(maxsize)
-    return model.text.phrase_cache
+    if model not in _PHRASE_CACHES:
+        _PHRASE_CACHES[model] = PhraseCache(maxsize)
+    return _PHRASE_CACHES[model]
+
+
+def phrase_cache_of(model: HXPEModel) -> PhraseCache | None:
+    """The phrase cache enabled for ``model``, or None."""
+    return _PHRASE_CACHES.get(model)
 
 
 def enable_reference_cache(model: HXPEModel, maxsize: int = 32) -> ReferenceCache | None:
@@ -135,8 +192,8 @@ def enable_reference_cache(model: HXPEModel, maxsize: int = 32) -> ReferenceCach
 
 
 def disable_caches(model: HXPEModel) -> None:
-    """Detach the phrase and reference caches (the model's default state)."""
-    model.text.phrase_cache = None
+    """Drop the phrase and reference caches (the model's default state)."""
+    _PHRASE_CACHES.pop(model, None)
     if model.vfm is not None:
         model.vfm.reference_cache = None
 
@@ -192,12 +249,13 @@ def infer_fast(
     device = model_device(model)
     model.eval()
     hxpe_model = isinstance(model, HXPEModel)  # other models with the same forward: no caches
-    if phrase_cache and hxpe_model:
-        enable_phrase_cache(model)
+    cache = enable_phrase_cache(model) if phrase_cache and hxpe_model else None
     if reference_cache and hxpe_model:
         enable_reference_cache(model)
     if compile and hxpe_model:
         maybe_compile(model, device)
+    if hxpe_model:
+        model.reset_rng()
     bf16 = use_bf16(precision, device)
     with (
         torch.inference_mode(),
@@ -211,6 +269,7 @@ def infer_fast(
                 phrases_from_batch(batch),
                 references=_to(batch.get("reference"), device),
                 has_reference=None if has_ref is None else torch.as_tensor(has_ref).to(device),
+                **({**_class_names(batch), "phrase_cache": cache} if hxpe_model else {}),
             )
             n = images.shape[0]
             host = [out.anomaly_map.float(), out.image_score.float()]
@@ -229,31 +288,35 @@ def infer_fast(
 
 @contextmanager
 def naive_mode(model: HXPEModel) -> Iterator[float]:
-    """The model as the anchors run it: no caches, the full 77-token text context, and no on-device
-    smoothing (yields the σ to apply on the CPU). Restores the model afterwards."""
-    if not isinstance(model, HXPEModel):  # other models (WinCLIP): no caches, no smoothing to move
+    """The model as the anchors run it: no reference cache (the phrase cache is never passed in
+    this mode); yields the σ to apply on the CPU. Callers pass ``trim_text=False`` and ``sigma=0``
+    per call; the reference cache is restored afterwards. Other models (WinCLIP) have no caches and
+    no smoothing to move: σ 0."""
+    if not isinstance(model, HXPEModel):
         yield 0.0
         return
-    cfg, trim = model.cfg, model.text.encoder.trim_context
-    caches = (model.text.phrase_cache, model.vfm.reference_cache if model.vfm else None)
-    disable_caches(model)
-    model.text.encoder.trim_context = False
-    model.cfg = cfg.model_copy(update={"sigma": 0.0})
+    refs = model.vfm.reference_cache if model.vfm is not None else None
+    if model.vfm is not None:
+        model.vfm.reference_cache = None
     try:
-        yield cfg.sigma
+        yield model.cfg.sigma
     finally:
-        model.cfg = cfg
-        model.text.encoder.trim_context = trim
-        model.text.phrase_cache = caches[0]
         if model.vfm is not None:
-            model.vfm.reference_cache = caches[1]
+            model.vfm.reference_cache = refs
 
 
 def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResult]:
-    """The anchors' per-image loop (see the module docstring); yields one result per image."""
+    """The anchors' per-image loop (see the module docstring); yields one result per image.
+
+    Scores with ``score_mode: text_max`` take the CPU-smoothed map's maximum (scaled to [0, 1]).
+    """
     device = model_device(model)
     model.eval()
     text_max = model.cfg.score_mode == "text_max"
+    arith = model.cfg.arithmetic
+    top = map_range(arith.layer_fusion, len(model.cfg.clip.layers))
+    if isinstance(model, HXPEModel):
+        model.reset_rng()
     with naive_mode(model) as sigma, torch.no_grad():
         for batch in batches:
             phrases = phrases_from_batch(batch)
@@ -262,9 +325,13 @@ def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResu
             cls = _strings(batch, "cls", len(phrases))
             labels = _labels(batch, len(phrases))
             for i in range(len(phrases)):
+                names = _class_names(batch) if isinstance(model, HXPEModel) else {}
                 out = model(
                     batch["image"][i : i + 1].to(device),
                     [phrases[i]],
+                    **({"class_names": names["class_names"][i : i + 1]} if names else {}),
+                    trim_text=False,
+                    sigma=0.0,
                     references=None if refs is None else refs[i : i + 1].to(device),
                     has_reference=None
                     if has_ref is None
@@ -277,7 +344,7 @@ def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResu
                 if text_max:  # the score uses the smoothed map's maximum
                     text_prob = out.image_logits.softmax(dim=-1)[:, 1].cpu().numpy()
                     score = (
-                        ((text_prob + np.clip(amap.max(), 0, 1)) / 2.0)
+                        ((text_prob + np.clip(amap.max() / top, 0, 1)) / 2.0)
                         .astype(np.float32)
                         .reshape(1)
                     )

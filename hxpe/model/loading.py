@@ -121,7 +121,28 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
         )
     else:
         log.info("CLIP %s loaded from %s", cfg.model_name, pretrained)
+    if cfg.activation != "model":
+        set_activation(model, cfg.activation)
     return freeze(model), open_clip.get_tokenizer(cfg.model_name)
+
+
+def set_activation(clip: nn.Module, kind: str) -> int:
+    """Replace the MLP activation of every residual block of both towers (``quick_gelu`` or
+    ``gelu``); returns how many were replaced. AdaCLIP as released runs the OpenAI weights with
+    ``nn.GELU`` (its model configs lack ``quick_gelu``)."""
+    from open_clip.transformer import QuickGELU
+
+    make = {"quick_gelu": QuickGELU, "gelu": nn.GELU}[kind]
+    n = 0
+    for module in clip.modules():
+        mlp = getattr(module, "mlp", None)
+        if isinstance(mlp, nn.Sequential) and hasattr(mlp, "gelu"):
+            mlp.gelu = make()
+            n += 1
+    if n == 0:
+        raise ValueError(f"No MLP activations found to set to {kind!r} in {type(clip).__name__}.")
+    log.info("CLIP MLP activation set to %s in %d blocks", kind, n)
+    return n
 
 
 def load_dinov2(cfg: VfmConfig, seed: int = 0) -> nn.Module:

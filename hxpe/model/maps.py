@@ -1,4 +1,5 @@
-"""Anomaly maps from patch-text similarities, and the Gaussian smoothing (torch, on the device).
+"""Anomaly maps from patch-text similarities (per-layer logits, the bases' layer fusions), and the
+Gaussian smoothing (torch, on the device).
 
 Example:
     >>> m = torch.zeros(1, 33, 33); m[0, 16, 16] = 1.0
@@ -12,11 +13,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hxpe.model.config import Fusion
 
-def layer_probabilities(
+
+def layer_logits(
     patches: list[torch.Tensor], text: torch.Tensor, temperature: float, grid: tuple[int, int]
 ) -> list[torch.Tensor]:
-    """Per layer softmax over (normal, abnormal) of patch·text/τ, as [B, 2, h, w].
+    """Per layer (normal, abnormal) logits ``patch·text/τ`` as [B, 2, h, w] (float32).
 
     ``patches``: unit tokens [B, N, D] per layer; ``text``: unit embeddings [B, 2, D].
     """
@@ -25,7 +28,7 @@ def layer_probabilities(
         text = text.float()
         for p in patches:
             logits = torch.einsum("bnd,bkd->bkn", p.float(), text) / temperature
-            out.append(logits.softmax(dim=1).view(p.shape[0], 2, *grid))
+            out.append(logits.reshape(p.shape[0], 2, *grid))
     return out
 
 
@@ -34,15 +37,50 @@ def _full_precision(t: torch.Tensor) -> torch.autocast:
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
-def aggregate(layer_probs: list[torch.Tensor]) -> torch.Tensor:
-    """Mean over layers of (p_abnormal + 1 − p_normal)/2: [B, h, w] in [0, 1]."""
-    per_layer = [(p[:, 1] + 1.0 - p[:, 0]) / 2.0 for p in layer_probs]
-    return torch.stack(per_layer).mean(dim=0)
+def upsample(
+    maps: torch.Tensor, size: tuple[int, int], align_corners: bool = False
+) -> torch.Tensor:
+    """Bilinear [B, h, w] -> [B, H, W], or [B, C, h, w] -> [B, C, H, W]."""
+    if maps.dim() == 3:
+        return upsample(maps.unsqueeze(1), size, align_corners)[:, 0]
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=align_corners)
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear [B, h, w] -> [B, H, W]."""
-    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
+def layer_probabilities_at(
+    logits: list[torch.Tensor], size: tuple[int, int], fusion: Fusion, align_corners: bool
+) -> list[torch.Tensor]:
+    """Per layer (normal, abnormal) probabilities [B, 2, H, W] at ``size``, as the base forms them:
+    ``up(softmax(logits))`` (AnomalyCLIP, fusions ``*_probs``) or ``softmax(up(logits))``
+    (AdaCLIP, ``mean_logits``). These are what the focal and dice losses see."""
+    with _full_precision(logits[0]):
+        if fusion == "mean_logits":
+            return [upsample(lg.float(), size, align_corners).softmax(dim=1) for lg in logits]
+        return [upsample(lg.float().softmax(dim=1), size, align_corners) for lg in logits]
+
+
+def fuse_layers(
+    logits: list[torch.Tensor], size: tuple[int, int], fusion: Fusion, align_corners: bool
+) -> torch.Tensor:
+    """The anomaly map [B, H, W] (before smoothing) from per-layer logits [B, 2, h, w].
+
+    * ``sum_probs`` (AnomalyCLIP test.py:97-109): Σ_l (up(p1) + 1 − up(p0)) / 2, range [0, L];
+    * ``mean_probs``: the same averaged over layers, range [0, 1];
+    * ``mean_logits`` (AdaCLIP adaclip.py:529-540): q = softmax(mean_l up(logits)),
+      (q1 + 1 − q0) / 2, range [0, 1].
+    """
+    with _full_precision(logits[0]):
+        if fusion == "mean_logits":
+            mean = torch.stack([upsample(lg.float(), size, align_corners) for lg in logits]).mean(0)
+            q = mean.softmax(dim=1)
+            return (q[:, 1] + 1.0 - q[:, 0]) / 2.0
+        probs = layer_probabilities_at(logits, size, fusion, align_corners)
+        per_layer = torch.stack([(p[:, 1] + 1.0 - p[:, 0]) / 2.0 for p in probs])
+        return per_layer.sum(dim=0) if fusion == "sum_probs" else per_layer.mean(dim=0)
+
+
+def map_range(fusion: Fusion, n_layers: int) -> float:
+    """Upper end of the fused map's range (its lower end is 0)."""
+    return float(n_layers) if fusion == "sum_probs" else 1.0
 
 
 def _symmetric_pad(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:

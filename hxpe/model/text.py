@@ -5,8 +5,10 @@ Token layout of every prompted sentence::
 
     [SOT] [P1..P_p] [C1..C_c] words... [EOT]
 
-``P`` are deep-prompt slots (replaced at the input of each prompted block), ``C`` learnable context
-slots (replaced once, at the input). Both start as the placeholder word "X". Sentences longer than
+``P`` are dedicated deep-prompt slots (layout ``slots``; p = 0 in the authors' layout ``overwrite``),
+``C`` learnable context slots (replaced once, at the input). Both start as the placeholder word "X".
+A deep prompt of a block replaces the tokens right after SOT at that block's input: the ``P`` slots,
+or (``overwrite``, both authors) the first context tokens (AnomalyCLIP) or words (AdaCLIP). Sentences longer than
 CLIP's context lose the end of their explainable phrase (with a logged warning), never the rest.
 
 Example:
@@ -86,8 +88,9 @@ class PromptTokenizer:
 class TextEncoder(nn.Module):
     """Runs an open_clip CLIP text tower with context and deep prompts (weights shared, frozen)."""
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: nn.Module, prompt_dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.prompt_dtype = prompt_dtype  # deep prompts rounded through it (the authors' .half())
         if getattr(clip, "text_pool_type", "argmax") != "argmax":
             raise ValueError(
                 "Only CLIP text towers pooled at the EOT token (argmax) are supported."
@@ -99,9 +102,6 @@ class TextEncoder(nn.Module):
         self.text_projection = clip.text_projection
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
         self.causal = _is_causal(clip.attn_mask)
-        # Run only up to the batch's last EOT token (exact under a causal mask: no position before
-        # EOT attends to the padding after it). False reproduces the full 77-token pass.
-        self.trim_context = True
 
     @property
     def width(self) -> int:
@@ -111,17 +111,21 @@ class TextEncoder(nn.Module):
         self,
         tokens: torch.Tensor,
         context: torch.Tensor | None = None,
-        deep: list[torch.Tensor] | None = None,
+        deep: list[torch.Tensor | None] | None = None,
         n_slots: int = 0,
+        trim: bool = True,
     ) -> torch.Tensor:
         """L2-normalised sentence embeddings [S, D].
 
         Args:
             tokens: [S, 77] from :class:`PromptTokenizer`.
             context: [S, c, width] learnable context placed after the ``n_slots`` deep-prompt slots.
-            deep: per prompted block (0-based) tokens [S, n_slots, width] for the slots.
+            deep: per block (0-based) tokens [S, p, width] replacing positions 1..p at that block's
+                input, or None for a block without a deep prompt.
+            trim: run only up to the batch's last EOT token (exact under a causal mask: no
+                position before EOT attends to the padding after it); False = the full context.
         """
-        if self.trim_context and self.causal:
+        if trim and self.causal:
             length = int(tokens.argmax(dim=-1).max()) + 1
             tokens = tokens[:, :length]
         length = tokens.shape[1]
@@ -132,8 +136,9 @@ class TextEncoder(nn.Module):
             x = torch.cat([x[:, :start], context.to(x.dtype), x[:, start + context.shape[1] :]], 1)
         x = x + self.positional_embedding[:length].to(x.dtype)
         for i, block in enumerate(self.transformer.resblocks):
-            if deep and i < len(deep):
-                x = torch.cat([x[:, :1], deep[i].to(x.dtype), x[:, 1 + n_slots :]], dim=1)
+            if deep and i < len(deep) and deep[i] is not None:
+                d = deep[i] if self.prompt_dtype is None else deep[i].to(self.prompt_dtype)
+                x = torch.cat([x[:, :1], d.to(x.dtype), x[:, 1 + d.shape[1] :]], dim=1)
             x = block(x, attn_mask=mask)
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]

@@ -26,15 +26,29 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class VisualFeatures:
-    """Joint-space CLS [B, D]; per selected layer, joint-space patch tokens [B, N, D]; grid (h, w)."""
+    """What the vision tower gives the bases.
+
+    Attributes:
+        cls: joint-space CLS ``ln_post(x[0]) @ proj`` [B, D] of the q-k stream.
+        patches: per selected layer, joint-space patch tokens ``ln_post(t) @ proj`` [B, N, D] (the
+            v-v stream where v-v attention is attached).
+        grid: (h, w) patch grid.
+        raw_patches: per selected layer, the raw block output patch tokens [B, N, C] (same stream).
+        cls_token: the raw final CLS token [B, C] of the q-k stream (before ``ln_post``).
+    """
 
     cls: torch.Tensor
     patches: list[torch.Tensor]
     grid: tuple[int, int]
+    raw_patches: list[torch.Tensor] | None = None
+    cls_token: torch.Tensor | None = None
 
 
-def interpolate_positions(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """CLIP positional embeddings [1 + g*g, C] resized (bicubic) to ``grid``; a new tensor."""
+def interpolate_positions(
+    pos: torch.Tensor, grid: tuple[int, int], mode: str = "bicubic"
+) -> torch.Tensor:
+    """CLIP positional embeddings [1 + g*g, C] resized (``mode``, align_corners=False) to ``grid``;
+    a new tensor (the weights are never written back)."""
     n = pos.shape[0] - 1
     side = int(round(n**0.5))
     if side * side != n:
@@ -42,7 +56,7 @@ def interpolate_positions(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
     if grid == (side, side):
         return pos
     patch = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    patch = F.interpolate(patch.float(), size=grid, mode="bicubic", align_corners=False)
+    patch = F.interpolate(patch.float(), size=grid, mode=mode, align_corners=False)
     patch = patch.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
     return torch.cat([pos[:1], patch], dim=0)
 
@@ -53,9 +67,18 @@ class VisualEncoder(nn.Module):
     Args:
         visual: the (frozen) open_clip vision tower.
         layers: 1-based block numbers whose patch tokens are returned.
+        pos_interpolation: positional-embedding resize to non-native grids (bilinear, bicubic).
+        prompt_dtype: prompt tokens are rounded through this dtype before they enter the stream
+            (AdaCLIP's ``.half()`` casts); None = no rounding.
     """
 
-    def __init__(self, visual: nn.Module, layers: list[int]) -> None:
+    def __init__(
+        self,
+        visual: nn.Module,
+        layers: list[int],
+        pos_interpolation: str = "bicubic",
+        prompt_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         if (
             getattr(visual, "attn_pool", None) is not None
@@ -72,6 +95,8 @@ class VisualEncoder(nn.Module):
             )
         self.visual = visual
         self.layers = list(layers)
+        self.pos_interpolation = pos_interpolation
+        self.prompt_dtype = prompt_dtype
         self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -102,7 +127,8 @@ class VisualEncoder(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + interpolate_positions(v.positional_embedding, grid).to(x.dtype)
+        pos = interpolate_positions(v.positional_embedding, grid, self.pos_interpolation)
+        x = x + pos.to(x.dtype)
         return v.ln_pre(x)
 
     def to_joint(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -131,8 +157,9 @@ class VisualEncoder(nn.Module):
         taken = []
         for i, block in enumerate(self.blocks):
             if prompts and i < len(prompts):
-                x = _put_prompts(x, prompts[i], n_patch, first=i == 0)
-                vv = None if vv is None else _put_prompts(vv, prompts[i], n_patch, first=i == 0)
+                p = prompts[i] if self.prompt_dtype is None else prompts[i].to(self.prompt_dtype)
+                x = _put_prompts(x, p, n_patch, first=i == 0)
+                vv = None if vv is None else _put_prompts(vv, p, n_patch, first=i == 0)
             bias = None
             if key_bias is not None and i in bias_blocks:
                 bias = F.pad(key_bias, (1, n_prompt))
@@ -146,8 +173,14 @@ class VisualEncoder(nn.Module):
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
             if i + 1 in self.layers:
                 stream = x if vv is None else vv
-                taken.append(self.to_joint(stream[:, 1 : 1 + n_patch]))
-        return VisualFeatures(cls=self.to_joint(x[:, 0]), patches=taken, grid=grid)
+                taken.append(stream[:, 1 : 1 + n_patch])
+        return VisualFeatures(
+            cls=self.to_joint(x[:, 0]),
+            patches=[self.to_joint(t) for t in taken],
+            grid=grid,
+            raw_patches=taken,
+            cls_token=x[:, 0],
+        )
 
 
 def _put_prompts(x: torch.Tensor, prompts: torch.Tensor, n_patch: int, first: bool) -> torch.Tensor:

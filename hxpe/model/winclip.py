@@ -85,7 +85,7 @@ class WinClipModel(nn.Module):
 
     Args:
         cfg: the model configuration (``base: winclip``; ``clip`` names the backbone,
-            ``winclip.scales`` the window sizes, ``temperature`` the softmax temperature).
+            ``winclip.scales`` the window sizes, ``winclip.temperature`` the softmax temperature).
         clip: an open_clip CLIP with a class-token ``VisionTransformer`` (frozen).
         tokenizer: its tokenizer.
     """
@@ -151,7 +151,7 @@ class WinClipModel(nn.Module):
 
     def abnormal_probability(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Softmax over (normal, abnormal) of cosine/τ, abnormal entry: [...]."""
-        logits = F.normalize(embeddings, dim=-1) @ self.text.T / self.cfg.temperature
+        logits = F.normalize(embeddings, dim=-1) @ self.text.T / self.cfg.winclip.temperature
         return logits.softmax(dim=-1)[..., 1]
 
     def forward(
@@ -171,7 +171,7 @@ class WinClipModel(nn.Module):
             x = F.interpolate(images, size=(side, side), mode="bicubic", align_corners=False)
         tokens = self.tokens(x)
         image_embedding = self.encode(tokens)
-        logits = F.normalize(image_embedding, dim=-1) @ self.text.T / self.cfg.temperature
+        logits = F.normalize(image_embedding, dim=-1) @ self.text.T / self.cfg.winclip.temperature
         score = logits.softmax(dim=-1)[:, 1]
         n_patches = self.grid[0] * self.grid[1]
         per_scale = [score[:, None].expand(-1, n_patches)]

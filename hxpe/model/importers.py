@@ -1,0 +1,299 @@
+"""Import the authors' checkpoints into the project's checkpoint format (``trainable.safetensors`` +
+``config.json`` + ``provenance.json``, :mod:`hxpe.model.checkpoint`).
+
+* AnomalyCLIP (train.py:114): ``torch.save({'prompt_learner': AnomalyCLIP_PromptLearner.state_dict()})``.
+* AdaCLIP (trainer.py:89-98): ``torch.save({'clip_model.<name>': tensor, ...})`` of its learnable tensors.
+
+Files are read with ``torch.load(weights_only=True)`` only; anything else (pickled objects, other
+layouts) is refused with :class:`CheckpointRefused`, a one-line message. Key maps are explicit in
+both directions (:func:`our_name`, :func:`authors_name`), so gradients and parameters can be compared
+with the authors' by name (``hxpe check-equivalence``).
+
+Example:
+    >>> our_name("adaclip", "clip_model.patch_token_layer.head.2.weight")
+    'prompter.patch_heads.2.weight'
+    >>> authors_name("anomalyclip", "prompter.deep.0")
+    'compound_prompts_text.0'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import save_file
+
+from hxpe.atomic import replace_dir
+from hxpe.hashing import file_sha256
+from hxpe.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from hxpe.model.config import ModelConfig
+
+Kind = Literal["anomalyclip", "adaclip"]
+KINDS: tuple[Kind, ...] = ("anomalyclip", "adaclip")
+SOURCES = {"anomalyclip": "zqhang/AnomalyCLIP@45ed4dd", "adaclip": "caoyunkang/AdaCLIP@e27ee32"}
+
+# (authors' key pattern, our key pattern); {i} = an index
+_RULES: dict[str, list[tuple[str, str]]] = {
+    "anomalyclip": [
+        ("ctx_pos", "prompter.ctx_normal"),
+        ("ctx_neg", "prompter.ctx_abnormal"),
+        ("compound_prompts_text.{i}", "prompter.deep.{i}"),
+    ],
+    "adaclip": [
+        ("clip_model.visual_prompter.static_prompts.{i}", "prompter.visual_static.{i}"),
+        ("clip_model.text_prompter.static_prompts.{i}", "prompter.text_static.{i}"),
+        (
+            "clip_model.dynamic_visual_prompt_generator.head.{i}.{p}",
+            "prompter.visual_dynamic.{i}.{p}",
+        ),
+        ("clip_model.dynamic_text_prompt_generator.head.{i}.{p}", "prompter.text_dynamic.{i}.{p}"),
+        ("clip_model.patch_token_layer.head.{i}.{p}", "prompter.patch_heads.{i}.{p}"),
+        ("clip_model.cls_token_layer.head.0.{p}", "prompter.cls_head.{p}"),
+    ],
+}
+# authors' tensors that hold nothing to learn or that their forward never reads
+_IGNORED = {
+    "anomalyclip": re.compile(
+        r"^(token_prefix_|token_suffix_|tokenized_prompts_|compound_prompt_projections\.)"
+    ),
+    "adaclip": re.compile(r"^clip_model\.text_prompter\.static_prompts\.0$"),
+}
+
+
+class CheckpointRefused(ValueError):
+    """The file is not an authors' checkpoint that can be read safely."""
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    body = (
+        re.escape(template)
+        .replace(r"\{i\}", r"(?P<i>\d+)")
+        .replace(r"\{p\}", r"(?P<p>weight|bias)")
+    )
+    return re.compile(f"^{body}$")
+
+
+def _translate(kind: Kind, name: str, forward: bool) -> str | None:
+    for theirs, ours in _RULES[kind]:
+        src, dst = (theirs, ours) if forward else (ours, theirs)
+        m = _pattern(src).match(name)
+        if m:
+            return dst.format(**m.groupdict())
+    return None
+
+
+def our_name(kind: Kind, authors_key: str) -> str | None:
+    """Our parameter name of an authors' key (None: not a parameter we keep)."""
+    return _translate(kind, authors_key, forward=True)
+
+
+def authors_name(kind: Kind, name: str) -> str | None:
+    """The authors' key of one of our parameter names."""
+    return _translate(kind, name, forward=False)
+
+
+def to_authors_layout(kind: Kind, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Our tensor reshaped as the authors store it (AnomalyCLIP contexts are [1, 1, n_ctx, C])."""
+    if kind == "anomalyclip" and name in ("prompter.ctx_normal", "prompter.ctx_abnormal"):
+        return tensor.reshape(1, 1, *tensor.shape)
+    return tensor
+
+
+def read_tensors(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` or :class:`CheckpointRefused` (one line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointRefused(f"{path}: no such checkpoint file.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointRefused(
+            f"{path}: refused, not a tensors-only checkpoint (torch.load(weights_only=True): "
+            f"{first[:160]})."
+        ) from None
+
+
+def authors_state(kind: Kind, obj: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """The authors' flat ``name -> tensor`` dict from a loaded checkpoint object, checked."""
+    if kind == "anomalyclip":
+        if not isinstance(obj, dict) or "prompt_learner" not in obj:
+            raise CheckpointRefused(
+                f"{path}: not an AnomalyCLIP checkpoint (expected {{'prompt_learner': state_dict}}, "
+                f"train.py:114)."
+            )
+        obj = obj["prompt_learner"]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointRefused(f"{path}: expected a dict of tensors, got {type(obj).__name__}.")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointRefused(f"{path}: entries that are not tensors: {bad[:3]}.")
+    if kind == "adaclip" and not all(k.startswith("clip_model.") for k in obj):
+        raise CheckpointRefused(
+            f"{path}: not an AdaCLIP checkpoint (keys must start with 'clip_model.', "
+            f"trainer.py:89-98)."
+        )
+    return dict(obj)
+
+
+@dataclass
+class Converted:
+    """Our state dict, the config overrides its shapes imply, and the authors' keys left out."""
+
+    state: dict[str, torch.Tensor]
+    overrides: dict[str, Any]
+    ignored: list[str]
+    renamed: dict[str, str]
+
+
+def convert(kind: Kind, state: dict[str, torch.Tensor]) -> Converted:
+    """Rename the authors' tensors to ours and infer the prompt shapes from them."""
+    ours: dict[str, torch.Tensor] = {}
+    ignored: list[str] = []
+    renamed: dict[str, str] = {}
+    for key, value in state.items():
+        if _IGNORED[kind].match(key):
+            ignored.append(key)
+            continue
+        name = our_name(kind, key)
+        if name is None:
+            raise CheckpointRefused(f"unknown {kind} checkpoint key {key!r}; cannot import it.")
+        ours[name] = value.detach().float().contiguous()
+        renamed[key] = name
+    if kind == "anomalyclip":
+        for name in ("prompter.ctx_normal", "prompter.ctx_abnormal"):
+            if name not in ours:
+                raise CheckpointRefused(
+                    f"AnomalyCLIP checkpoint without {authors_name(kind, name)}."
+                )
+            t = ours[name]
+            if t.dim() != 4 or t.shape[:2] != (1, 1):
+                raise CheckpointRefused(
+                    f"AnomalyCLIP {authors_name(kind, name)} has shape {tuple(t.shape)}; expected "
+                    f"[1, 1, n_ctx, width] (one class, one state)."
+                )
+            ours[name] = t[0, 0].contiguous()
+        deep = sorted(k for k in ours if k.startswith("prompter.deep."))
+        overrides = {
+            "anomalyclip": {
+                "n_ctx": ours["prompter.ctx_normal"].shape[0],
+                "text_prompt_length": ours[deep[0]].shape[0] if deep else 0,
+                "text_prompt_depth": len(deep) + 1,
+                "text_layout": "overwrite",
+            }
+        }
+    else:
+        statics = [k for k in ours if k.startswith("prompter.visual_static.")]
+        heads = [k for k in ours if re.match(r"prompter\.patch_heads\.\d+\.weight$", k)]
+        first = ours.get("prompter.visual_static.0", ours.get("prompter.text_static.1"))
+        kinds = [
+            t
+            for t, p in (("static", "_static."), ("dynamic", "_dynamic."))
+            if any(p in k for k in ours)
+        ]
+        branches = [
+            b
+            for b, p in (("vision", "prompter.visual_"), ("language", "prompter.text_"))
+            if any(k.startswith(p) for k in ours)
+        ]
+        overrides = {
+            "adaclip": {
+                "prompt_depth": len(statics) or 1,
+                "prompt_length": first.shape[0] if first is not None else 1,
+                "prompt_types": kinds,
+                "branches": branches,
+                "patch_head": "raw_tokens",
+                "text_layout": "overwrite",
+            },
+            "n_layers": len(heads),
+        }
+    return Converted(ours, overrides, sorted(ignored), renamed)
+
+
+def import_checkpoint(
+    kind: Kind, path: str | Path, out_dir: str | Path, model_cfg: ModelConfig | None = None
+) -> Path:
+    """Convert the authors' checkpoint ``path`` into our checkpoint directory ``out_dir``.
+
+    ``model_cfg`` gives the rest of the model (CLIP, layers, ...); default: the base's defaults
+    with the explainable phrase and the DINOv2 prompts off. Prompt shapes come from the file.
+    Written atomically; ``provenance.json`` records the source's SHA-256.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    if kind not in KINDS:
+        raise CheckpointRefused(f"unknown checkpoint kind {kind!r}; one of {KINDS}.")
+    conv = convert(kind, authors_state(kind, read_tensors(path), path))
+    base = model_cfg or ModelConfig(base=kind)
+    data = base.model_dump(mode="json")
+    data["base"] = kind
+    n_layers = conv.overrides.pop("n_layers", None)
+    if n_layers is not None and n_layers != len(data["clip"]["layers"]):
+        raise CheckpointRefused(
+            f"{path}: {n_layers} patch heads, but model.clip.layers has "
+            f"{len(data['clip']['layers'])} entries ({data['clip']['layers']})."
+        )
+    for section, values in conv.overrides.items():
+        data[section] = {**data[section], **values}
+    if model_cfg is None:
+        data["explain"]["enabled"] = False
+        data["vfm"]["enabled"] = False
+    cfg = ModelConfig.model_validate(data)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_file(conv.state, str(tmp / WEIGHTS_FILE), metadata={"format": "hxpe-trainable-v1"})
+        config = {"model": cfg.model_dump(mode="json"), "train": {"imported": kind}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
+        provenance = {
+            "imported_from": str(path),
+            "source_sha256": file_sha256(path),
+            "kind": kind,
+            "authors_code": SOURCES[kind],
+            "renamed": dict(sorted(conv.renamed.items())),
+            "ignored_keys": conv.ignored,
+        }
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True))
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _cmd_import(args: Any) -> int:
+    import logging
+
+    from hxpe.config import load_config
+
+    model_cfg = None
+    if args.params:
+        cfg = load_config(args.params)
+        model_cfg = cfg.model_for(args.variant) if args.variant else cfg.model
+    try:
+        out = import_checkpoint(args.kind, args.path, args.out, model_cfg)
+    except CheckpointRefused as err:
+        logging.getLogger(__name__).error("%s", err)
+        return 2
+    print(f"Imported {args.kind} checkpoint {args.path} -> {out}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "import-checkpoint",
+        help="Convert an AnomalyCLIP/AdaCLIP .pth checkpoint into a project checkpoint directory.",
+    )
+    p.add_argument("kind", choices=KINDS, help="Whose checkpoint format.")
+    p.add_argument("path", help="The authors' .pth file (read with torch.load(weights_only=True)).")
+    p.add_argument("--out", required=True, help="Checkpoint directory to write.")
+    p.add_argument(
+        "--params", default=None, help="Profile params file whose model settings to use."
+    )
+    p.add_argument("--variant", default=None, help="Variant of --params (e.g. released_adaclip).")
+    p.set_defaults(func=_cmd_import)
