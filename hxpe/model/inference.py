@@ -305,6 +305,17 @@ def naive_mode(model: HXPEModel) -> Iterator[float]:
             model.vfm.reference_cache = refs
 
 
+def _naive_options(batch: dict, i: int) -> dict:
+    """HXPE forward options of the naive path for image ``i``: its class name, the full 77-token
+    text context, no on-device smoothing."""
+    names = _class_names(batch)
+    return {
+        **({"class_names": names["class_names"][i : i + 1]} if names else {}),
+        "trim_text": False,
+        "sigma": 0.0,
+    }
+
+
 def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResult]:
     """The anchors' per-image loop (see the module docstring); yields one result per image.
 
@@ -325,13 +336,10 @@ def infer_naive(model: HXPEModel, batches: Iterable[dict]) -> Iterator[BatchResu
             cls = _strings(batch, "cls", len(phrases))
             labels = _labels(batch, len(phrases))
             for i in range(len(phrases)):
-                names = _class_names(batch) if isinstance(model, HXPEModel) else {}
                 out = model(
                     batch["image"][i : i + 1].to(device),
                     [phrases[i]],
-                    **({"class_names": names["class_names"][i : i + 1]} if names else {}),
-                    trim_text=False,
-                    sigma=0.0,
+                    **(_naive_options(batch, i) if isinstance(model, HXPEModel) else {}),
                     references=None if refs is None else refs[i : i + 1].to(device),
                     has_reference=None
                     if has_ref is None
