@@ -134,7 +134,9 @@ def engine_settings(cfg: DescribeConfig | ExtractConfig) -> dict[str, Any]:
     elif cfg.backend == "transformers":
         from hxpe.agent.backend_hf import settings_for
     elif cfg.backend == "vllm":
-        from hxpe.agent.backend_vllm import settings_for
+        from hxpe.agent.backend_vllm import settings_for as vllm_settings
+
+        return vllm_settings(cfg.options, structured=isinstance(cfg, ExtractConfig))
     else:
         raise ValueError(f"backend {cfg.backend!r} has no engine settings")
     return settings_for(cfg.options)
