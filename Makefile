@@ -116,8 +116,10 @@ reproduce-dryrun: | $(STAMP)  ## The paper path on CPU: real-size random-weight 
 doctor: | $(STAMP)  ## Say what is missing for PROFILE (GPU, vLLM, weights, datasets) and how to get it
 	$(PY) -m hxpe.cli doctor --params $(PARAMS)
 
-fetch-models: | $(STAMP)  ## Download the pinned weights (MODELS="clip dinov2 vlm_awq llm"; needs internet)
-	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 $(PY) -m hxpe.cli fetch-models $(MODELS)
+# The paper profile's weights unless PROFILE=... is given on the command line, or MODELS="clip llm".
+FETCH_PARAMS = $(if $(filter command line,$(origin PROFILE)),$(PARAMS),notebooks/params/paper.yaml)
+fetch-models: | $(STAMP)  ## Download the weights the paper profile loads (or PROFILE=p, or MODELS="clip llm"); needs internet
+	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 $(PY) -m hxpe.cli fetch-models --params $(FETCH_PARAMS) $(MODELS)
 
 verify: | $(STAMP)  ## Recompute artifact hashes against results/PROFILE/provenance.json
 	$(PY) -m hxpe.cli verify --params $(PARAMS)

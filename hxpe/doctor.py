@@ -47,9 +47,50 @@ def _uses_pretrained_vfm(model_cfg) -> bool:
     return bool(vfm.enabled and vfm.model_id and not vfm.config_file)
 
 
+# Oldest NVIDIA driver of each CUDA major version (both venvs' torch wheels are CUDA 13 builds).
+MIN_DRIVER = {13: 580, 12: 525}
+
+
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA driver version from ``nvidia-smi`` (e.g. '580.65.06'), or None without one."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run(
+            [exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
+def driver_line(driver: str | None, cuda: str | None) -> tuple[str, bool]:
+    """'driver X, torch built for CUDA Y (needs driver >= Z)' and whether the driver is new enough.
+
+    >>> driver_line("570.86.15", "13.0")
+    ('NVIDIA driver 570.86.15, torch built for CUDA 13.0 (needs driver >= 580)', False)
+    """
+    need = MIN_DRIVER.get(int(cuda.split(".")[0])) if cuda else None
+    text = f"NVIDIA driver {driver or 'not found (no nvidia-smi)'}, torch built for CUDA {cuda or 'none (CPU build)'}"
+    if need is not None:
+        text += f" (needs driver >= {need})"
+    ok = driver is not None and (need is None or int(driver.split(".")[0]) >= need)
+    return text, ok
+
+
 def check_gpu(need: bool) -> Check:
     import torch
 
+    drivers, driver_ok = driver_line(nvidia_driver_version(), torch.version.cuda)
+    upgrade = (
+        "Both venvs' torch builds use CUDA 13, which needs NVIDIA driver >= 580: check `nvidia-smi` "
+        "and upgrade the driver (or run on a machine that has it)."
+    )
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         mem = props.total_memory / 2**30
@@ -57,16 +98,18 @@ def check_gpu(need: bool) -> Check:
         return Check(
             "GPU",
             ok or not need,
-            f"{torch.cuda.device_count()} x {props.name}, {mem:.0f} GiB",
+            f"{torch.cuda.device_count()} x {props.name}, {mem:.0f} GiB; {drivers}",
             "" if ok else "Qwen2-VL-72B-AWQ needs one 80 GB GPU (or bf16 with tensor parallelism).",
             required=need,
         )
     return Check(
         "GPU",
         not need,
-        "no CUDA device visible to torch",
-        "The paper profile needs an NVIDIA GPU (A100 80 GB class); check `nvidia-smi` and the CUDA "
-        "build of torch.",
+        f"no CUDA device visible to torch; {drivers}",
+        upgrade
+        if not driver_ok
+        else "The paper profile needs an NVIDIA GPU (A100 80 GB class); the driver is new enough, so "
+        "check CUDA_VISIBLE_DEVICES and that torch is the CUDA build.",
         required=need,
     )
 
@@ -75,7 +118,7 @@ def check_vllm(need: bool) -> Check:
     here = importlib.util.find_spec("vllm") is not None
     gpu_py = repo_root() / ".venv-vllm" / "bin" / "python"
     there = False
-    if gpu_py.exists():
+    if (repo_root() / ".venv-vllm" / ".installed").exists():  # the stamp of a finished make gpu-env
         there = (
             subprocess.run([str(gpu_py), "-c", "import vllm"], capture_output=True).returncode == 0
         )
@@ -85,7 +128,7 @@ def check_vllm(need: bool) -> Check:
         "vLLM extra",
         ok or not need,
         f"vllm importable in {where}",
-        "" if ok else "make gpu-env   # builds .venv-vllm with vllm pinned in constraints.txt",
+        "" if ok else "make gpu-env   # builds .venv-vllm from constraints-gpu.txt",
         required=need,
     )
 

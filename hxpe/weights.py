@@ -27,6 +27,7 @@ class WeightSpec:
     revision: str | None
     role: str
     weight_patterns: tuple[str, ...]
+    allow_patterns: tuple[str, ...]
     size_gb: float
     licence: str
 
@@ -46,6 +47,7 @@ def registry() -> dict[str, WeightSpec]:
             revision=v.get("revision"),
             role=v["role"],
             weight_patterns=tuple(v.get("weight_patterns", [])),
+            allow_patterns=tuple(v.get("allow_patterns", [])),
             size_gb=float(v.get("size_gb", 0)),
             licence=v.get("licence", ""),
         )
@@ -114,16 +116,33 @@ def require_snapshot(key: str) -> Path:
     return snap
 
 
-def fetch(keys: list[str] | None = None) -> dict[str, str]:
-    """Download the pinned snapshots (needs internet); returns key -> resolved commit SHA."""
+def fetch_plan(keys: list[str]) -> list[WeightSpec]:
+    """The specs to download, in order, each once; unknown keys are errors naming the known ones."""
+    return [weight_spec(k) for k in dict.fromkeys(keys)]
+
+
+def describe_plan(plan: list[WeightSpec]) -> str:
+    """One line per model (repo, revision, size, files) and the total size."""
+    lines = [
+        f"  {s.key:8s} {s.repo_id} @ {s.revision or 'main (unpinned)'}  ~{s.size_gb:g} GB  "
+        f"files: {' '.join(s.allow_patterns) or 'all'}"
+        for s in plan
+    ]
+    return "\n".join([*lines, f"  total ~{sum(s.size_gb for s in plan):g} GB"])
+
+
+def fetch(keys: list[str]) -> dict[str, str]:
+    """Download the pinned snapshots of ``keys`` (needs internet), only the files of each entry's
+    ``allow_patterns``; returns key -> resolved commit SHA."""
     from huggingface_hub import snapshot_download
 
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise RuntimeError("HF_HUB_OFFLINE=1 is set; unset it to download weights.")
     resolved = {}
-    for key in keys or list(registry()):
-        spec = weight_spec(key)
+    for spec in fetch_plan(keys):
         log.info("Fetching %s @ %s (%.1f GB)", spec.repo_id, spec.revision or "main", spec.size_gb)
-        path = Path(snapshot_download(spec.repo_id, revision=spec.revision))
-        resolved[key] = path.name
+        path = snapshot_download(
+            spec.repo_id, revision=spec.revision, allow_patterns=list(spec.allow_patterns) or None
+        )
+        resolved[spec.key] = Path(path).name
     return resolved

@@ -39,8 +39,10 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 # open_clip pretrained tags whose weights are one of our pinned snapshots.
 _PINNED_CLIP_TAGS = {
     ("ViT-L-14-336-quickgelu", "openai"): "clip",
-    ("ViT-L-14-336", "openai"): "clip",
 }
+# OpenAI's CLIP weights were trained with QuickGELU. open_clip's plain names build nn.GELU and, given
+# the weights as a file path, load them without a word: every feature is then subtly wrong.
+_QUICKGELU_TAGS = ("openai",)
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -72,6 +74,18 @@ def _pinned_file(spec: WeightSpec) -> Path:
     raise MissingWeightsError(missing_weights_message(spec))
 
 
+def require_quickgelu(model_name: str, pretrained: str | None) -> None:
+    """Refuse OpenAI weights on a GELU model: ``("ViT-L-14-336", "openai")`` raises ValueError naming
+    ``ViT-L-14-336-quickgelu``; ``("ViT-L-14-336-quickgelu", "openai")`` and random init pass."""
+    if pretrained in _QUICKGELU_TAGS and not model_name.endswith("-quickgelu"):
+        raise ValueError(
+            f"model.clip.model_name {model_name!r} with pretrained {pretrained!r}: OpenAI's CLIP "
+            f"weights need QuickGELU, but {model_name!r} builds GELU, and loading the weights from a "
+            f"file would run them with the wrong activation without any warning. Use "
+            f"model_name: {model_name + '-quickgelu'!r}."
+        )
+
+
 def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
     """The open_clip model (frozen, eval) and its tokenizer.
 
@@ -93,6 +107,7 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
             f"open_clip has no model {cfg.model_name!r}. Set model.clip.config_file to its JSON "
             f"config, or pick one of open_clip.list_models()."
         )
+    require_quickgelu(cfg.model_name, cfg.pretrained)
     pretrained: str | None = cfg.pretrained
     key = _PINNED_CLIP_TAGS.get((cfg.model_name, cfg.pretrained or ""))
     if key is not None:
