@@ -89,16 +89,17 @@ $(OUT)/01_data_prep.ipynb: $(NB)/01_data_prep.ipynb $(PARAMS) $(wildcard hxpe/da
 $(OUT)/02_vlm_descriptions.ipynb: $(NB)/02_vlm_descriptions.ipynb $(OUT)/01_data_prep.ipynb $(wildcard hxpe/agent/*.py hxpe/agent/templates/*) | $(STAMP)
 	$(call STAGE_RUN,describe,$(AGENT_KERNEL))
 
-$(OUT)/03_llm_extraction.ipynb: $(NB)/03_llm_extraction.ipynb $(OUT)/02_vlm_descriptions.ipynb $(wildcard hxpe/agent/*.py) | $(STAMP)
+$(OUT)/03_llm_extraction.ipynb: $(NB)/03_llm_extraction.ipynb $(OUT)/02_vlm_descriptions.ipynb $(wildcard hxpe/agent/*.py hxpe/agent/templates/*) | $(STAMP)
 	$(call STAGE_RUN,extract,$(AGENT_KERNEL))
 
-$(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(wildcard hxpe/model/*.py hxpe/model/*/*) hxpe/train.py | $(STAMP)
+# Training reads every model file but the evaluation-only inference path (hxpe/model/inference.py).
+$(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(filter-out hxpe/model/inference.py,$(wildcard hxpe/model/*.py hxpe/model/*/*)) hxpe/train.py | $(STAMP)
 	$(call STAGE_RUN,train,$(KERNEL))
 
-$(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) | $(STAMP)
+$(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) hxpe/model/inference.py | $(STAMP)
 	$(call STAGE_RUN,evaluate,$(KERNEL))
 
-$(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures*.py) | $(STAMP)
+$(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures/*.py) hxpe/figures_config.py hxpe/explorer.py hxpe/predict.py | $(STAMP)
 	$(call STAGE_RUN,figures,$(KERNEL))
 
 protocol: | $(STAMP)  ## Stage 05 as a command, sharded: DATASETS="visa mpdd" (one shard per GPU), then MERGE=1

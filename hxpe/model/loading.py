@@ -63,6 +63,12 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a module's first parameter (CPU for a module without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _pinned_file(spec: WeightSpec) -> Path:
     snap = local_snapshot(spec)
     if snap is None:
