@@ -152,26 +152,32 @@ def check_weights(keys: list[str]) -> list[Check]:
 
 
 def check_datasets(cfg: Config) -> list[Check]:
-    """Each dataset root exists; the fix names the download (``hxpe/data/datasets.yaml``)."""
+    """Each dataset root exists and holds the class folders; the fix names the download and the
+    unpack command (``hxpe/data/datasets.yaml``), or the command that repairs a known unpacking
+    mistake (:mod:`hxpe.data.diagnose`)."""
+    from hxpe.data.diagnose import diagnose_root
     from hxpe.data.registry import get_spec
 
     out = []
     for src in cfg.data.datasets:
         if src.kind == "demo":
             continue
+        spec = get_spec(src.kind)
         root = resolve(src.root) if src.root else None
-        ok = root is not None and root.is_dir()
-        out.append(
-            Check(
-                f"dataset {src.name}",
-                ok,
-                f"{src.kind} at {root}" + ("" if ok else " (missing)"),
-                ""
-                if ok
-                else f"download: {get_spec(src.kind).download}; unpack it and set HXPE_DATA_ROOT "
-                f"(or `root:` in the params file); then `hxpe prepare {src.kind} --root PATH` checks it",
+        problem = diagnose_root(spec, root) if root is not None else None
+        ok = root is not None and root.is_dir() and problem is None
+        if ok:
+            fix = ""
+        elif problem:
+            fix = problem
+        else:
+            unpack = f"; unpack: {spec.unpack}" if spec.unpack else "; unpack it"
+            fix = (
+                f"download: {spec.download}{unpack}; set HXPE_DATA_ROOT (or `root:` in the params "
+                f"file); then `hxpe prepare {src.kind} --root PATH` checks it"
             )
-        )
+        detail = "" if ok else (" (wrong layout)" if problem else " (missing)")
+        out.append(Check(f"dataset {src.name}", ok, f"{src.kind} at {root}{detail}", fix))
     return out
 
 
