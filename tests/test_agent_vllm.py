@@ -12,7 +12,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import json  # noqa: E402
 import sys  # noqa: E402
-import types  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -32,41 +31,9 @@ from hxpe.agent.testing import (  # noqa: E402
     planted_index,
     save_tiny_qwen2,
     save_tiny_qwen2_vl,
+    stand_in_vllm,
     texture_crop,
 )
-
-
-class _Params:
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-
-
-def stand_in_vllm(api: str, reply: str = "No anomaly") -> types.ModuleType:
-    """A module with vLLM's names that records calls; ``api``: 'new', 'old' or 'none'."""
-    vllm = types.ModuleType("vllm")
-    vllm.__version__ = f"stand-in-{api}"
-    sp = types.ModuleType("vllm.sampling_params")
-    if api == "new":
-        sp.StructuredOutputsParams = type("StructuredOutputsParams", (_Params,), {})
-    if api == "old":
-        sp.GuidedDecodingParams = type("GuidedDecodingParams", (_Params,), {})
-    vllm.sampling_params = sp
-    vllm.SamplingParams = type("SamplingParams", (_Params,), {})
-    calls: list = []
-
-    class LLM:
-        def __init__(self, **kwargs):
-            self.kwargs = kwargs
-            calls.append(("init", kwargs))
-
-        def generate(self, prompts, params, use_tqdm=True):
-            calls.append(("generate", prompts, params))
-            out = types.SimpleNamespace(text=reply, finish_reason="stop")
-            return [types.SimpleNamespace(outputs=[out]) for _ in prompts]
-
-    vllm.LLM = LLM
-    vllm.calls = calls
-    return vllm
 
 
 @pytest.fixture(scope="module")
