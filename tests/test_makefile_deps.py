@@ -71,3 +71,17 @@ def test_model_code_reruns_training(repo):
 def test_template_edits_rerun_both_agent_stages(repo):
     ran = stages_make_would_run(repo, "hxpe/agent/templates/extract_v1.yaml")
     assert ran == ["describe", "extract", "train", "evaluate", "figures"]
+
+
+@pytest.mark.parametrize(
+    ("args", "params"),
+    [([], "notebooks/params/paper.yaml"), (["PROFILE=dryrun"], "notebooks/params/dryrun.yaml")],
+)
+def test_fetch_models_defaults_to_the_paper_profile(repo, args, params):
+    done = subprocess.run(
+        ["make", "-n", "-C", str(repo), "--no-print-directory", "fetch-models", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"hxpe.cli fetch-models --params {params}" in done.stdout
