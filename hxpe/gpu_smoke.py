@@ -115,7 +115,12 @@ def write_agent_inputs(work: Path) -> Path:
                 "model_id": str(vlm),
                 "max_new_tokens": 32,
                 "max_retries": 0,
-                "options": engine,
+                # <= 256 visual tokens per image: two images and the prompt fit the tiny model's
+                # 2048 positions, also in vLLM's memory profile with dummy images of max_pixels
+                "options": {
+                    **engine,
+                    "mm_processor_kwargs": {"min_pixels": 4 * 28 * 28, "max_pixels": 256 * 28 * 28},
+                },
             },
             "extract": {
                 "backend": "vllm",
