@@ -13,8 +13,9 @@ from hxpe.environment.lock import (
     TORCH_FAMILY,
     LockFiles,
     check_locks,
-    cpu_input_pins,
+    cpu_inputs,
     cpu_lock,
+    gpu_inputs,
     incompatible_with,
     read_pins,
     registry_requires_dist,
@@ -48,8 +49,17 @@ def test_header_holds_the_inputs_and_the_resolved_part_no_input_twice():
 
 
 def test_cpu_resolution_takes_the_gpu_versions_but_its_own_torch():
-    pins = cpu_input_pins(FILES, {"numpy": "2.3.5", "torch": "2.14.0", "nvidia-nccl-cu13": "1"})
-    assert pins == {"numpy": "2.3.5", "torch": "2.14.1", "torchvision": "0.29.1"}
+    lines = cpu_inputs(FILES, {"numpy": "2.3.5", "torch": "2.14.0", "nvidia-nccl-cu13": "1"})
+    assert lines == ["numpy==2.3.5", "torch==2.14.1", "torchvision==0.29.1"]
+    assert gpu_inputs(FILES) == ["vllm==0.33.0", "qwen-vl-utils==0.0.14"]
+
+
+def test_header_ranges_are_inputs_too(tmp_path):
+    text = FILES.cpu.read_text().replace("# CPU-only inputs", "gradio>=5  # app\n# CPU-only inputs")
+    (tmp_path / "constraints.txt").write_text(text)
+    files = LockFiles(tmp_path)
+    assert "gradio>=5" in gpu_inputs(files)
+    assert "gradio" not in files.input_pins()
 
 
 def test_every_shared_package_has_one_version_in_both_locks():

@@ -12,7 +12,8 @@ backtracking and agree wherever they share a package.
   vLLM's and its dependencies' pins.
 
 The inputs are the lines above ``RESOLVED_MARKER`` in ``constraints.txt``: GPU-only top-level pins
-(``vllm``, ``qwen-vl-utils``) and CPU-only ones (``torch``, ``torchvision``). Existing pins are kept
+(``vllm``, ``qwen-vl-utils``), CPU-only ones (``torch``, ``torchvision``), and any range a resolution
+should respect (``gradio>=5`` keeps uv from satisfying ``pillow==13`` with a years-old gradio). Existing pins are kept
 where they still fit (uv prefers the versions already in the output file); ``--upgrade`` lifts them.
 Only metadata is downloaded (``--no-build``: no source builds); a warm uv cache makes it take seconds.
 
@@ -91,7 +92,13 @@ class LockFiles:
         return text[: text.index("\n", at + 1) + 1]
 
     def input_pins(self) -> dict[str, str]:
+        """The header's exact pins (``name==version``)."""
         return read_pins(self.header())
+
+    def input_requirements(self) -> list[str]:
+        """Every requirement line of the header: exact pins and ranges (``gradio>=5``) alike."""
+        lines = (line.split("#", 1)[0].strip() for line in self.header().splitlines())
+        return [line for line in lines if line]
 
     def all_extras(self) -> list[str]:
         """Every optional-dependency group of pyproject.toml (the GPU lock's resolution)."""
@@ -102,16 +109,30 @@ class LockFiles:
         return [e for e in self.all_extras() if e != "gpu"]
 
 
+def _name(requirement: str) -> str:
+    from packaging.requirements import Requirement
+
+    return normalize(Requirement(requirement).name)
+
+
 def gpu_input_pins(files: LockFiles) -> dict[str, str]:
-    """The header's pins that belong to the GPU resolution (all but the CPU torch family)."""
+    """The header's exact pins that belong to the GPU resolution (all but the CPU torch family)."""
     return {n: v for n, v in files.input_pins().items() if not TORCH_FAMILY.match(n)}
 
 
-def cpu_input_pins(files: LockFiles, gpu_lock: dict[str, str]) -> dict[str, str]:
-    """The CPU resolution's constraints: the header's torch pins plus the GPU lock's shared versions."""
-    shared = {n: v for n, v in gpu_lock.items() if not TORCH_FAMILY.match(n)}
-    header = {n: v for n, v in files.input_pins().items() if TORCH_FAMILY.match(n)}
-    return {**shared, **header}
+def gpu_inputs(files: LockFiles) -> list[str]:
+    """The GPU (joint) resolution's constraints: every header line but the CPU torch family's."""
+    return [r for r in files.input_requirements() if not TORCH_FAMILY.match(_name(r))]
+
+
+def cpu_inputs(files: LockFiles, gpu_lock: dict[str, str]) -> list[str]:
+    """The CPU resolution's constraints: the GPU lock's shared versions plus the header's torch lines.
+
+    >>> cpu_inputs(LockFiles(repo_root()), {"numpy": "2.3.5", "torch": "2.14.0"})
+    ['numpy==2.3.5', 'torch==2.14.1', 'torchvision==0.29.1']
+    """
+    shared = [f"{n}=={v}" for n, v in sorted(gpu_lock.items()) if not TORCH_FAMILY.match(n)]
+    return shared + [r for r in files.input_requirements() if TORCH_FAMILY.match(_name(r))]
 
 
 def uv_command() -> list[str]:
@@ -122,7 +143,7 @@ def uv_command() -> list[str]:
 def compile_lock(
     pyproject: Path,
     extras: list[str] | tuple[str, ...],
-    constraints: dict[str, str],
+    constraints: list[str],
     platform: str,
     output: Path,
     *,
@@ -136,7 +157,7 @@ def compile_lock(
     """
     with tempfile.TemporaryDirectory() as tmp:
         cfile = Path(tmp) / "constraints.in"
-        cfile.write_text("".join(f"{n}=={v}\n" for n, v in sorted(constraints.items())))
+        cfile.write_text("".join(f"{line}\n" for line in constraints))
         output.write_text("".join(f"{n}=={v}\n" for n, v in sorted((preferences or {}).items())))
         cmd = [
             *uv_command(),
@@ -196,7 +217,7 @@ def write_locks(
         gpu = compile_lock(
             files.pyproject,
             files.all_extras(),
-            gpu_input_pins(files),
+            gpu_inputs(files),
             GPU_PLATFORM,
             Path(tmp) / "gpu.txt",
             preferences=old_gpu,
@@ -205,7 +226,7 @@ def write_locks(
         cpu = compile_lock(
             files.pyproject,
             files.cpu_extras(),
-            cpu_input_pins(files, gpu),
+            cpu_inputs(files, gpu),
             CPU_PLATFORM,
             Path(tmp) / "cpu.txt",
             preferences=old_cpu,
@@ -239,8 +260,9 @@ def check_locks(files: LockFiles) -> list[str]:
             ("constraints-gpu.txt", files.all_extras(), gpu_lock, GPU_PLATFORM),
             ("constraints.txt", files.cpu_extras(), cpu, CPU_PLATFORM),
         ):
+            exact = [f"{n}=={v}" for n, v in sorted(pins.items())]
             got = compile_lock(
-                files.pyproject, extras, pins, platform, Path(tmp) / "check.txt", preferences=pins
+                files.pyproject, extras, exact, platform, Path(tmp) / "check.txt", preferences=pins
             )
             for pkg in sorted(set(got) | set(pins)):
                 if got.get(pkg) != pins.get(pkg):
