@@ -17,9 +17,12 @@ PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python
 KERNEL  ?= hxpe
-# The agent stages run in the vLLM venv's kernel once `make gpu-env` has built it.
-AGENT_KERNEL ?= $(if $(wildcard .venv-vllm/bin/python),hxpe-vllm,$(KERNEL))
 STAMP   := $(VENV)/.installed
+GPU_VENV  := .venv-vllm
+GPU_STAMP := $(GPU_VENV)/.installed
+# The agent stages run in the vLLM venv's kernel once `make gpu-env` has finished successfully (its
+# stamp), never on a half-built .venv-vllm.
+AGENT_KERNEL ?= $(if $(wildcard $(GPU_STAMP)),hxpe-vllm,$(KERNEL))
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
@@ -29,7 +32,8 @@ PKG_COMMON := hxpe/config.py hxpe/pipeline.py hxpe/paths.py hxpe/seeding.py
 STAGE_RUN = $(PY) -m hxpe.cli stage $(1) --params $(PARAMS) --kernel $(2)
 
 .PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest data describe extract train \
-        evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env verify bench format
+        evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env gpu-smoke verify bench \
+        format
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
@@ -45,17 +49,26 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)  ## Create .venv from the pinned constraints and register the Jupyter kernel
 
-lock:  ## Regenerate constraints.txt from a fresh install (maintainers)
-	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet -e '.[notebooks,test,app]'
-	{ sed -n '1,/^# CPU\/GPU common pins:/p' constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^hxpe'; } > constraints.new && mv constraints.new constraints.txt
-	rm -rf .venv-lock
+# ---- locks and the vLLM environment (make lock, make gpu-env, make gpu-smoke) ----
+lock: | $(STAMP)  ## Re-resolve constraints.txt and constraints-gpu.txt with uv (PyPI metadata only; UPGRADE=1 lifts pins)
+	$(PY) -m hxpe.environment.lock $(if $(UPGRADE),--upgrade)
 
-gpu-env:  ## Build .venv-vllm (vLLM pins its own torch) and register the hxpe-vllm kernel
-	$(PYTHON) -m venv .venv-vllm
-	grep -vE '^(torch|torchvision|torchaudio|triton|nvidia-|cuda-)' constraints.txt > .venv-vllm/constraints.txt
-	.venv-vllm/bin/pip install -c .venv-vllm/constraints.txt -e '.[gpu,notebooks]'
-	.venv-vllm/bin/python -m ipykernel install --sys-prefix --name hxpe-vllm --display-name "Python (hxpe, vLLM)"
+gpu-env: $(GPU_STAMP)  ## Build .venv-vllm from constraints-gpu.txt and register its hxpe-vllm kernel in .venv
+
+$(GPU_STAMP): pyproject.toml constraints-gpu.txt | $(STAMP)
+	@rm -f $@
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install -c constraints-gpu.txt -e '.[gpu,notebooks]'
+	$(GPU_VENV)/bin/python -c 'import vllm, ipykernel; print("vLLM", vllm.__version__)'
+	$(PY) -m hxpe.environment.kernels --name hxpe-vllm --display-name "Python (hxpe, vLLM)" \
+	  --python $(GPU_VENV)/bin/python --prefix $(VENV)
+	touch $@
+
+gpu-smoke: | $(STAMP)  ## Five-minute GPU check: vLLM stages 02-03 on tiny models, paper-size bf16 inference + a train step
+	@test -f $(GPU_STAMP) || { echo "gpu-smoke: FAIL: no vLLM environment ($(GPU_STAMP) missing): run \`make gpu-env\` on a CUDA machine first"; exit 1; }
+	$(GPU_VENV)/bin/python -m hxpe.gpu_smoke $(SMOKE_ARGS)
+# ---- end of locks and the vLLM environment ----
 
 # ---------------------------------------------------------------- pipeline
 demo:  ## Run all six stages on the demo profile
@@ -77,16 +90,17 @@ $(OUT)/01_data_prep.ipynb: $(NB)/01_data_prep.ipynb $(PARAMS) $(wildcard hxpe/da
 $(OUT)/02_vlm_descriptions.ipynb: $(NB)/02_vlm_descriptions.ipynb $(OUT)/01_data_prep.ipynb $(wildcard hxpe/agent/*.py hxpe/agent/templates/*) | $(STAMP)
 	$(call STAGE_RUN,describe,$(AGENT_KERNEL))
 
-$(OUT)/03_llm_extraction.ipynb: $(NB)/03_llm_extraction.ipynb $(OUT)/02_vlm_descriptions.ipynb $(wildcard hxpe/agent/*.py) | $(STAMP)
+$(OUT)/03_llm_extraction.ipynb: $(NB)/03_llm_extraction.ipynb $(OUT)/02_vlm_descriptions.ipynb $(wildcard hxpe/agent/*.py hxpe/agent/templates/*) | $(STAMP)
 	$(call STAGE_RUN,extract,$(AGENT_KERNEL))
 
-$(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(wildcard hxpe/model/*.py hxpe/model/*/*) hxpe/train.py | $(STAMP)
+# Training reads every model file but the evaluation-only inference path (hxpe/model/inference.py).
+$(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(filter-out hxpe/model/inference.py,$(wildcard hxpe/model/*.py hxpe/model/*/*)) hxpe/train.py | $(STAMP)
 	$(call STAGE_RUN,train,$(KERNEL))
 
-$(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) | $(STAMP)
+$(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) hxpe/model/inference.py | $(STAMP)
 	$(call STAGE_RUN,evaluate,$(KERNEL))
 
-$(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures/*.py) | $(STAMP)
+$(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures/*.py) hxpe/explorer.py hxpe/predict.py | $(STAMP)
 	$(call STAGE_RUN,figures,$(KERNEL))
 
 protocol: | $(STAMP)  ## Stage 05 as a command, sharded: DATASETS="visa mpdd" (one shard per GPU), then MERGE=1
@@ -104,8 +118,10 @@ reproduce-dryrun: | $(STAMP)  ## The paper path on CPU: real-size random-weight 
 doctor: | $(STAMP)  ## Say what is missing for PROFILE (GPU, vLLM, weights, datasets) and how to get it
 	$(PY) -m hxpe.cli doctor --params $(PARAMS)
 
-fetch-models: | $(STAMP)  ## Download the pinned weights (MODELS="clip dinov2 vlm_awq llm"; needs internet)
-	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 $(PY) -m hxpe.cli fetch-models $(MODELS)
+# The paper profile's weights unless PROFILE=... is given on the command line, or MODELS="clip llm".
+FETCH_PARAMS = $(if $(filter command line,$(origin PROFILE)),$(PARAMS),notebooks/params/paper.yaml)
+fetch-models: | $(STAMP)  ## Download the weights the paper profile loads (or PROFILE=p, or MODELS="clip llm"); needs internet
+	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 $(PY) -m hxpe.cli fetch-models --params $(FETCH_PARAMS) $(MODELS)
 
 verify: | $(STAMP)  ## Recompute artifact hashes against results/PROFILE/provenance.json
 	$(PY) -m hxpe.cli verify --params $(PARAMS)

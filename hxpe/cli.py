@@ -47,10 +47,22 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_fetch(args: argparse.Namespace) -> int:
     import json
 
+    from hxpe.config import load_config
+    from hxpe.doctor import required_weight_keys
     from hxpe.paths import repo_root
-    from hxpe.weights import fetch
+    from hxpe.weights import describe_plan, fetch, fetch_plan
 
-    resolved = fetch(args.models or None)
+    keys = args.models or required_weight_keys(load_config(args.params))
+    if not keys:
+        print(
+            f"{args.params} loads no pinned weights (random-init or classical models): nothing to fetch."
+        )
+        return 0
+    print(f"Weights to fetch ({'MODELS' if args.models else args.params}):")
+    print(describe_plan(fetch_plan(keys)))
+    if args.dry_run:
+        return 0
+    resolved = fetch(keys)
     lock = repo_root() / "results" / "models.lock.json"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(json.dumps(resolved, indent=1, sort_keys=True) + "\n")
@@ -85,8 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch-models", help="Download the pinned weights (hxpe/weights.yaml); needs internet."
     )
     p.add_argument(
-        "models", nargs="*", help="Keys to fetch (clip, dinov2, vlm_awq, vlm, llm); default all."
+        "models",
+        nargs="*",
+        help="Keys to fetch (clip, dinov2, vlm_awq, vlm, llm); default: those the profile loads.",
     )
+    p.add_argument(
+        "--params",
+        default="notebooks/params/paper.yaml",
+        help="Profile whose weights to fetch when no keys are given (default: the paper's: clip, "
+        "dinov2, vlm_awq, llm; not the 147 GB bf16 vlm).",
+    )
+    p.add_argument("--dry-run", action="store_true", help="Print the plan, download nothing.")
     p.set_defaults(func=_cmd_fetch)
 
     for name in SUBCOMMAND_MODULES:

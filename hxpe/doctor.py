@@ -26,7 +26,8 @@ class Check:
 
 
 def required_weight_keys(cfg: Config) -> list[str]:
-    """Which pinned weights the profile loads (CLIPs, DINOv2, the agent's VLM and LLM)."""
+    """Which pinned weights the profile loads (CLIPs, DINOv2, the agent's VLM and LLM, the authors'
+    released checkpoints of ``released_*`` variants)."""
     from hxpe.model.loading import pinned_clip_key
 
     keys: list[str] = []
@@ -42,6 +43,9 @@ def required_weight_keys(cfg: Config) -> list[str]:
             spec = spec_for_repo(stage.model_id)
             if spec is not None and spec.key not in keys:
                 keys.append(spec.key)
+    for m in models:  # the authors' released checkpoints that variants evaluate
+        if m.checkpoint is not None and m.checkpoint not in keys:
+            keys.append(m.checkpoint)
     return keys
 
 
@@ -51,9 +55,50 @@ def _uses_pretrained_vfm(model_cfg) -> bool:
     return bool(vfm.enabled and vfm.model_id and not vfm.config_file)
 
 
+# Oldest NVIDIA driver of each CUDA major version (both venvs' torch wheels are CUDA 13 builds).
+MIN_DRIVER = {13: 580, 12: 525}
+
+
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA driver version from ``nvidia-smi`` (e.g. '580.65.06'), or None without one."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run(
+            [exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
+def driver_line(driver: str | None, cuda: str | None) -> tuple[str, bool]:
+    """'driver X, torch built for CUDA Y (needs driver >= Z)' and whether the driver is new enough.
+
+    >>> driver_line("570.86.15", "13.0")
+    ('NVIDIA driver 570.86.15, torch built for CUDA 13.0 (needs driver >= 580)', False)
+    """
+    need = MIN_DRIVER.get(int(cuda.split(".")[0])) if cuda else None
+    text = f"NVIDIA driver {driver or 'not found (no nvidia-smi)'}, torch built for CUDA {cuda or 'none (CPU build)'}"
+    if need is not None:
+        text += f" (needs driver >= {need})"
+    ok = driver is not None and (need is None or int(driver.split(".")[0]) >= need)
+    return text, ok
+
+
 def check_gpu(need: bool) -> Check:
     import torch
 
+    drivers, driver_ok = driver_line(nvidia_driver_version(), torch.version.cuda)
+    upgrade = (
+        "Both venvs' torch builds use CUDA 13, which needs NVIDIA driver >= 580: check `nvidia-smi` "
+        "and upgrade the driver (or run on a machine that has it)."
+    )
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         mem = props.total_memory / 2**30
@@ -61,16 +106,18 @@ def check_gpu(need: bool) -> Check:
         return Check(
             "GPU",
             ok or not need,
-            f"{torch.cuda.device_count()} x {props.name}, {mem:.0f} GiB",
+            f"{torch.cuda.device_count()} x {props.name}, {mem:.0f} GiB; {drivers}",
             "" if ok else "Qwen2-VL-72B-AWQ needs one 80 GB GPU (or bf16 with tensor parallelism).",
             required=need,
         )
     return Check(
         "GPU",
         not need,
-        "no CUDA device visible to torch",
-        "The paper profile needs an NVIDIA GPU (A100 80 GB class); check `nvidia-smi` and the CUDA "
-        "build of torch.",
+        f"no CUDA device visible to torch; {drivers}",
+        upgrade
+        if not driver_ok
+        else "The paper profile needs an NVIDIA GPU (A100 80 GB class); the driver is new enough, so "
+        "check CUDA_VISIBLE_DEVICES and that torch is the CUDA build.",
         required=need,
     )
 
@@ -79,7 +126,7 @@ def check_vllm(need: bool) -> Check:
     here = importlib.util.find_spec("vllm") is not None
     gpu_py = repo_root() / ".venv-vllm" / "bin" / "python"
     there = False
-    if gpu_py.exists():
+    if (repo_root() / ".venv-vllm" / ".installed").exists():  # the stamp of a finished make gpu-env
         there = (
             subprocess.run([str(gpu_py), "-c", "import vllm"], capture_output=True).returncode == 0
         )
@@ -89,15 +136,17 @@ def check_vllm(need: bool) -> Check:
         "vLLM extra",
         ok or not need,
         f"vllm importable in {where}",
-        "" if ok else "make gpu-env   # builds .venv-vllm with vllm pinned in constraints.txt",
+        "" if ok else "make gpu-env   # builds .venv-vllm from constraints-gpu.txt",
         required=need,
     )
 
 
 def check_weights(keys: list[str]) -> list[Check]:
+    """Each hub snapshot among ``keys`` is in the local cache (released checkpoints:
+    :func:`check_released`)."""
     reg = registry()
     out = []
-    for key in keys:
+    for key in (k for k in keys if k in reg):
         spec = reg[key]
         snap = local_snapshot(spec)
         rev = spec.revision or "UNPINNED (main)"
@@ -139,29 +188,35 @@ def check_released(cfg: Config) -> list[Check]:
 
 
 def check_datasets(cfg: Config) -> list[Check]:
-    """Each dataset root exists; the fix names the download (``hxpe/data/datasets.yaml``)."""
+    """Each dataset root exists and holds the class folders; the fix names the download and the
+    unpack command (``hxpe/data/datasets.yaml``), or the command that repairs a known unpacking
+    mistake (:mod:`hxpe.data.diagnose`)."""
+    from hxpe.data.diagnose import diagnose_root
     from hxpe.data.registry import get_spec
 
     out = []
     for src in cfg.data.datasets:
         if src.kind == "demo":
             continue
-        candidates = [resolve(r) for r in src.prefer_roots] + (
-            [resolve(src.root)] if src.root else []
-        )
+        spec = get_spec(src.kind)
+        raw_root = resolve(src.root) if src.root else None
+        candidates = [resolve(r) for r in src.prefer_roots] + ([raw_root] if raw_root else [])
         root = next((r for r in candidates if r.is_dir()), candidates[-1] if candidates else None)
-        ok = root is not None and root.is_dir()
-        out.append(
-            Check(
-                f"dataset {src.name}",
-                ok,
-                f"{src.kind} at {root}" + ("" if ok else " (missing)"),
-                ""
-                if ok
-                else f"download: {get_spec(src.kind).download}; unpack it and set HXPE_DATA_ROOT "
-                f"(or `root:` in the params file); then `hxpe prepare {src.kind} --root PATH` checks it",
+        # an authors' prepared tree (prefer_roots) has its own layout: only the raw root is diagnosed
+        problem = diagnose_root(spec, root) if root is not None and root == raw_root else None
+        ok = root is not None and root.is_dir() and problem is None
+        if ok:
+            fix = ""
+        elif problem:
+            fix = problem
+        else:
+            unpack = f"; unpack: {spec.unpack}" if spec.unpack else "; unpack it"
+            fix = (
+                f"download: {spec.download}{unpack}; set HXPE_DATA_ROOT (or `root:` in the params "
+                f"file); then `hxpe prepare {src.kind} --root PATH` checks it"
             )
-        )
+        detail = "" if ok else (" (wrong layout)" if problem else " (missing)")
+        out.append(Check(f"dataset {src.name}", ok, f"{src.kind} at {root}{detail}", fix))
     return out
 
 

@@ -65,11 +65,19 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("hxpe").setLevel(level)
 
 
+# Stages whose engines (vLLM) fork worker processes that inherit torch's global flags: deterministic
+# algorithms there only slow them down or break kernels; their outputs are keyed and cached instead.
+NON_DETERMINISTIC_STAGES = ("describe", "extract")
+
+
 def notebook_setup(params_file: str | Path, stage: str) -> Config:
-    """Load the profile, seed everything, configure logging; print what the stage reads and writes."""
+    """Load the profile, seed everything, configure logging; print what the stage reads and writes.
+
+    ``deterministic`` of the profile applies to every stage but the agent's (describe, extract).
+    """
     configure_logging()
     cfg = load_config(params_file)
-    seed_everything(cfg.seed, cfg.deterministic)
+    seed_everything(cfg.seed, cfg.deterministic and stage not in NON_DETERMINISTIC_STAGES)
     out = cfg.results_dir
     log.info("profile %r (%s), stage %r, results in %s", cfg.profile, params_file, stage, out)
     if cfg.profile == "demo":

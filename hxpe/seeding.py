@@ -18,7 +18,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     On CPU the demo is bit-reproducible. On GPU, ``deterministic=True`` also sets
     ``CUBLAS_WORKSPACE_CONFIG`` and disables cuDNN autotuning; kernels without a deterministic
     implementation then warn instead of failing (``warn_only=True``), so GPU reruns agree to a
-    tolerance (1e-4 on metrics) rather than bit for bit.
+    tolerance (1e-4 on metrics) rather than bit for bit. ``deterministic=False`` switches those
+    flags off again (the agent stages: vLLM's forked workers would inherit them).
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -28,6 +29,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    else:  # undo an earlier call in this process; forked engine workers inherit these flags
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
 
 
 def worker_init_fn(worker_id: int) -> None:

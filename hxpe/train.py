@@ -32,7 +32,7 @@ from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
 from hxpe.model.checkpoint import checkpoint_dir, save_checkpoint
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model
-from hxpe.model.inference import model_device
+from hxpe.model.loading import model_device
 from hxpe.model.losses import LossSpec, hxpe_loss
 from hxpe.provenance import git_state, utc_now
 from hxpe.seeding import generator, seed_everything, worker_init_fn

@@ -27,6 +27,7 @@ class WeightSpec:
     revision: str | None
     role: str
     weight_patterns: tuple[str, ...]
+    allow_patterns: tuple[str, ...]
     size_gb: float
     licence: str
 
@@ -50,6 +51,7 @@ def registry() -> dict[str, WeightSpec]:
             revision=v.get("revision"),
             role=v["role"],
             weight_patterns=tuple(v.get("weight_patterns", [])),
+            allow_patterns=tuple(v.get("allow_patterns", [])),
             size_gb=float(v.get("size_gb", 0)),
             licence=v.get("licence", ""),
         )
@@ -195,24 +197,46 @@ def json_safe(value: dict[str, str]) -> str:
     return ",".join(f"{k}:{v}" for k, v in sorted(value.items()))
 
 
-def fetch(keys: list[str] | None = None) -> dict[str, str]:
-    """Download the pinned snapshots (needs internet); returns key -> resolved commit SHA."""
+def fetch_plan(keys: list[str]) -> list[WeightSpec | ReleasedCheckpoint]:
+    """The entries to download, in order, each once (hub snapshots and the authors' released
+    checkpoints); unknown keys are errors naming the known ones."""
+    released = released_checkpoints()
+    return [released[k] if k in released else weight_spec(k) for k in dict.fromkeys(keys)]
+
+
+def describe_plan(plan: list[WeightSpec | ReleasedCheckpoint]) -> str:
+    """One line per model (repo, revision, size, files; or a released checkpoint's URLs) and the
+    total size of the hub snapshots."""
+    lines = []
+    for s in plan:
+        if isinstance(s, ReleasedCheckpoint):
+            urls = " ".join(str(f.get("url")) for f in s.files.values())
+            lines.append(f"  {s.key:8s} the authors' checkpoint ({', '.join(s.files)}): {urls}")
+        else:
+            lines.append(
+                f"  {s.key:8s} {s.repo_id} @ {s.revision or 'main (unpinned)'}  ~{s.size_gb:g} GB  "
+                f"files: {' '.join(s.allow_patterns) or 'all'}"
+            )
+    hub = [s for s in plan if isinstance(s, WeightSpec)]
+    return "\n".join([*lines, f"  total ~{sum(s.size_gb for s in hub):g} GB (hub snapshots)"])
+
+
+def fetch(keys: list[str]) -> dict[str, str]:
+    """Download the pinned snapshots of ``keys`` (needs internet), only the files of each entry's
+    ``allow_patterns``, and the authors' released checkpoints among them; returns key -> resolved
+    commit SHA (or the released files' SHA-256)."""
     from huggingface_hub import snapshot_download
 
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise RuntimeError("HF_HUB_OFFLINE=1 is set; unset it to download weights.")
     resolved = {}
-    released = released_checkpoints()
-    for key in [k for k in keys or [*registry(), *released] if k in released]:
-        try:
-            resolved[key] = json_safe(fetch_released(key))
-        except (OSError, RuntimeError) as err:
-            if keys:  # asked for by name: fail loudly
-                raise
-            log.warning("Released checkpoint %s not fetched: %s", key, err)
-    for key in [k for k in keys or list(registry()) if k not in released]:
-        spec = weight_spec(key)
+    for spec in fetch_plan(keys):
+        if isinstance(spec, ReleasedCheckpoint):
+            resolved[spec.key] = json_safe(fetch_released(spec.key))
+            continue
         log.info("Fetching %s @ %s (%.1f GB)", spec.repo_id, spec.revision or "main", spec.size_gb)
-        path = Path(snapshot_download(spec.repo_id, revision=spec.revision))
-        resolved[key] = path.name
+        path = snapshot_download(
+            spec.repo_id, revision=spec.revision, allow_patterns=list(spec.allow_patterns) or None
+        )
+        resolved[spec.key] = Path(path).name
     return resolved

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
 import pytest
 
@@ -27,41 +26,9 @@ from hxpe.agent.testing import (
     planted_index,
     save_tiny_qwen2,
     save_tiny_qwen2_vl,
+    stand_in_vllm,
     texture_crop,
 )
-
-
-class _Params:
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-
-
-def stand_in_vllm(api: str, reply: str = "No anomaly") -> types.ModuleType:
-    """A module with vLLM's names that records calls; ``api``: 'new', 'old' or 'none'."""
-    vllm = types.ModuleType("vllm")
-    vllm.__version__ = f"stand-in-{api}"
-    sp = types.ModuleType("vllm.sampling_params")
-    if api == "new":
-        sp.StructuredOutputsParams = type("StructuredOutputsParams", (_Params,), {})
-    if api == "old":
-        sp.GuidedDecodingParams = type("GuidedDecodingParams", (_Params,), {})
-    vllm.sampling_params = sp
-    vllm.SamplingParams = type("SamplingParams", (_Params,), {})
-    calls: list = []
-
-    class LLM:
-        def __init__(self, **kwargs):
-            self.kwargs = kwargs
-            calls.append(("init", kwargs))
-
-        def generate(self, prompts, params, use_tqdm=True):
-            calls.append(("generate", prompts, params))
-            out = types.SimpleNamespace(text=reply, finish_reason="stop")
-            return [types.SimpleNamespace(outputs=[out]) for _ in prompts]
-
-    vllm.LLM = LLM
-    vllm.calls = calls
-    return vllm
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +51,7 @@ def test_describe_requests(models, monkeypatch):
     describer = VllmDescriber.from_config(cfg)
     ((_, engine),) = vllm.calls
     assert engine["model"] == str(models[0]) and engine["seed"] == 5
-    assert engine["limit_mm_per_prompt"] == {"image": 2}
+    assert engine["limit_mm_per_prompt"] == {"image": 2, "video": 0}
     assert engine["tensor_parallel_size"] == 1 and engine["max_model_len"] == 8192
     assert engine["mm_processor_kwargs"] == {"min_pixels": 200704, "max_pixels": 1003520}
     assert engine["gpu_memory_utilization"] == 0.85
@@ -125,7 +92,8 @@ def test_run_describe_through_vllm(models, monkeypatch, tmp_path):
     assert [len(c[1]) for c in generate_calls] == [4, 2]  # batched
     assert vllm.calls[0][1]["tensor_parallel_size"] == 4
     frame = load_descriptions(tmp_path / "d.jsonl")
-    assert frame["provenance"].iloc[0]["engine"] == {}  # TP does not change the cache key
+    # TP does not change the cache key; the (default) context length does
+    assert frame["provenance"].iloc[0]["engine"] == {"max_model_len": 8192}
 
 
 @pytest.mark.parametrize(
@@ -151,7 +119,7 @@ def test_structured_output_shim(models, monkeypatch, api, field, cls):
     assert (
         key == field
         and type(value).__name__ == cls
-        and value.kwargs == {"json": {"type": "object"}}
+        and value.kwargs == {"json": {"type": "object"}, "disable_any_whitespace": True}
     )
 
     ex = VllmExtractor.from_config(ExtractConfig(backend="vllm", model_id=str(models[1])))
@@ -186,5 +154,41 @@ def test_options_are_checked_and_keyed():
     assert settings_for({"tensor_parallel_size": 2, "max_model_len": 4096}) == {
         "max_model_len": 4096
     }
+    assert settings_for({"max_num_seqs": 32}) == {"max_model_len": 8192}
+    assert settings_for({}, structured=True) == {
+        "max_model_len": 8192,
+        "structured_output": {"disable_any_whitespace": True},
+    }
     with pytest.raises(ValueError, match="unknown options"):
         settings_for({"tensor_parallel": 2})
+
+
+def _extract_key(options: dict, structured_params: dict | None = None) -> str:
+    """The cache key of one description under an extractor with these options."""
+    from hxpe.agent.backend_base import engine_settings
+    from hxpe.agent.runner import settings_hash, stage_settings
+
+    cfg = ExtractConfig(backend="vllm", options=options)
+    template = load_template(cfg.template)
+    return settings_hash(stage_settings("extract", cfg, template, engine_settings(cfg)))
+
+
+def test_cache_key_holds_max_model_len_and_the_whitespace_switch(monkeypatch):
+    import hxpe.agent.backend_vllm as bv
+
+    base = _extract_key({"max_model_len": 4096})
+    assert _extract_key({"max_model_len": 4096, "max_num_seqs": 64}) == base  # speed only
+    assert _extract_key({"max_model_len": 8192}) != base
+    monkeypatch.setattr(bv, "STRUCTURED_OPTIONS", {"disable_any_whitespace": False})
+    assert _extract_key({"max_model_len": 4096}) != base
+
+
+def test_extractor_settings_match_the_config_key(models, monkeypatch):
+    from hxpe.agent.backend_base import engine_settings
+
+    _install(monkeypatch, stand_in_vllm("new"))
+    cfg = ExtractConfig(backend="vllm", model_id=str(models[1]), options={"max_model_len": 2048})
+    assert VllmExtractor.from_config(cfg).settings() == engine_settings(cfg)
+    assert engine_settings(cfg)["structured_output"] == {"disable_any_whitespace": True}
+    dcfg = DescribeConfig(backend="vllm", model_id=str(models[0]))
+    assert "structured_output" not in engine_settings(dcfg)

@@ -57,3 +57,86 @@ def test_demo_profile_needs_no_pinned_weights():
     assert required_weight_keys(cfg) == []
     text, ready = report(run_checks(cfg))
     assert ready, text
+
+
+def test_awq_revision_is_the_fixed_head_and_the_paper_profile_uses_it():
+    spec = weight_spec("vlm_awq")
+    assert spec.revision == "712d5a5a210e7f0af603d2a949b577c68de2c6ef"
+    assert not spec.revision.startswith("688e28d")  # its parent has a truncated first shard
+    assert load_config(PAPER).agent.describe.revision == spec.revision
+
+
+def test_clip_prefers_safetensors_over_the_pickle():
+    assert weight_spec("clip").weight_patterns[0] == "open_clip_model.safetensors"
+
+
+def _fake_hub(monkeypatch) -> list[tuple]:
+    """Replace huggingface_hub.snapshot_download by a recorder (no network)."""
+    calls: list[tuple] = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None, **kwargs):
+        calls.append((repo_id, revision, allow_patterns, kwargs))
+        return f"/hub/models--x/snapshots/{revision or 'resolved-main'}"
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    return calls
+
+
+def test_fetch_models_plans_only_the_paper_profiles_weights(monkeypatch, tmp_path, capsys):
+    from hxpe.cli import main
+
+    calls = _fake_hub(monkeypatch)
+    monkeypatch.setattr("hxpe.paths.repo_root", lambda: tmp_path)
+    assert main(["fetch-models", "--params", str(PAPER)]) == 0
+    reg = registry()
+    assert [c[0] for c in calls] == [
+        "timm/vit_large_patch14_clip_336.openai",
+        "facebook/dinov2-small",
+        "Qwen/Qwen2-VL-72B-Instruct-AWQ",
+        "Qwen/Qwen2.5-7B-Instruct",
+    ]  # not the 147 GB bf16 Qwen2-VL-72B-Instruct
+    for repo_id, revision, allow, extra in calls:
+        spec = next(s for s in reg.values() if s.repo_id == repo_id)
+        assert revision == spec.revision and allow == list(spec.allow_patterns) and extra == {}
+    assert calls[0][2] == ["open_clip_model.safetensors", "open_clip_config.json"]
+    assert "*.safetensors" in calls[2][2] and "*.json" in calls[2][2]
+    out = capsys.readouterr().out
+    assert "total ~" in out and "Qwen2-VL-72B-Instruct " not in out
+
+
+def test_fetch_models_with_keys_and_dry_run(monkeypatch, capsys):
+    from hxpe.cli import main
+
+    calls = _fake_hub(monkeypatch)
+    assert main(["fetch-models", "--dry-run", "vlm", "llm"]) == 0
+    assert calls == []
+    out = capsys.readouterr().out
+    assert "Qwen/Qwen2-VL-72B-Instruct @ 2ac26c9" in out and "~147 GB" in out
+    assert main(["fetch-models", "--params", "notebooks/params/demo.yaml"]) == 0
+    assert calls == [] and "nothing to fetch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("driver", "fix"),
+    [
+        ("570.86.15", "needs NVIDIA driver >= 580"),
+        (None, "needs NVIDIA driver >= 580"),
+        ("580.65.06", "CUDA_VISIBLE_DEVICES"),
+    ],
+)
+def test_doctor_prints_the_driver_and_the_cuda_13_requirement(monkeypatch, driver, fix):
+    import torch
+
+    from hxpe.doctor import check_gpu
+
+    monkeypatch.setattr("hxpe.doctor.nvidia_driver_version", lambda: driver)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check = check_gpu(need=True)
+    assert not check.ok
+    assert f"NVIDIA driver {driver or 'not found'}" in check.detail
+    assert "torch built for CUDA 13.0 (needs driver >= 580)" in check.detail
+    assert fix in check.fix
+    text, _ = report([check])
+    assert "driver >= 580" in text

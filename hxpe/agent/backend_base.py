@@ -101,7 +101,7 @@ class Backend:
     """One agent backend: its engine settings, and the describer and/or extractor it builds."""
 
     name: str
-    settings_for: Callable[[dict[str, Any]], dict[str, Any]]
+    settings_for: Callable[..., dict[str, Any]]  # (options, structured=False) -> cache-key settings
     describer: Callable[[DescribeConfig], Describer] | None = None
     extractor: Callable[[ExtractConfig], Extractor] | None = None
 
@@ -171,4 +171,4 @@ def engine_settings(cfg: DescribeConfig | ExtractConfig) -> dict[str, Any]:
     backend = find_backend(cfg.backend)
     if backend is None:
         raise ValueError(f"backend {cfg.backend!r} has no engine settings")
-    return backend.settings_for(cfg.options)
+    return backend.settings_for(cfg.options, structured=isinstance(cfg, ExtractConfig))

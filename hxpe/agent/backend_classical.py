@@ -76,8 +76,9 @@ def _params(options: dict[str, Any]) -> ClassicalSettings:
         ) from err
 
 
-def settings_for(options: dict[str, Any]) -> dict[str, Any]:
-    """The describer's settings (part of the cache key)."""
+def settings_for(options: dict[str, Any], structured: bool = False) -> dict[str, Any]:
+    """The describer's settings (part of the cache key). ``structured`` (for
+    the extractor) changes nothing here."""
     return {**asdict(_params(options)), "vocabulary": load_vocabulary().version}
 
 

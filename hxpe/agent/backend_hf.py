@@ -35,8 +35,9 @@ KNOWN_OPTIONS = ("dtype", "device", "min_pixels", "max_pixels")
 KEY_OPTIONS = ("dtype", "min_pixels", "max_pixels")  # the ones that change outputs
 
 
-def settings_for(options: dict[str, Any]) -> dict[str, Any]:
-    """The backend's settings (part of the cache key); unknown options are errors."""
+def settings_for(options: dict[str, Any], structured: bool = False) -> dict[str, Any]:
+    """The backend's settings (part of the cache key); unknown options are errors. ``structured`` (for
+    the extractor) changes nothing here."""
     unknown = sorted(set(options) - set(KNOWN_OPTIONS))
     if unknown:
         raise ValueError(f"transformers backend: unknown options {unknown}; known: {KNOWN_OPTIONS}")

@@ -29,8 +29,9 @@ _TONE_ADJ = {"darker": "dark", "brighter": "bright", "lighter": "light"}
 _NEUTRAL = {"black", "white", "grey", "gray", "dark grey", "light grey"}
 
 
-def settings_for(options: dict[str, Any]) -> dict[str, Any]:
-    """The extractor's settings (part of the cache key)."""
+def settings_for(options: dict[str, Any], structured: bool = False) -> dict[str, Any]:
+    """The extractor's settings (part of the cache key). ``structured`` (for
+    the extractor) changes nothing here."""
     if options:
         raise ValueError(f"the rules extractor takes no options; got {sorted(options)}")
     return {"vocabulary": load_vocabulary().version}

@@ -4,13 +4,16 @@ extracts), each stage in its own process.
 Describe: the prompt is rendered by the HF processor's chat template (one
 ``<|vision_start|><|image_pad|><|vision_end|>`` per image) and sent with
 ``multi_modal_data={"image": [reference, test]}`` through ``llm.generate``; the engine is built with
-``limit_mm_per_prompt={"image": 2}``. Extract: the tokenizer's chat template, plus structured outputs
-(the JSON schema of :class:`~hxpe.agent.schema.Extraction`) through :func:`structured_output_kwargs`,
-a shim over vLLM's two APIs that fails loudly when neither exists. ``SamplingParams`` always sets
+``limit_mm_per_prompt={"image": 2, "video": 0}`` (left out, video defaults to 999 items and vLLM
+profiles memory with a dummy video, shrinking the KV cache). Extract: the tokenizer's chat template,
+plus structured outputs (the JSON schema of :class:`~hxpe.agent.schema.Extraction`, compact: no
+whitespace between tokens, which otherwise can loop until ``max_tokens``) through
+:func:`structured_output_kwargs`, a shim over vLLM's two APIs that fails loudly when neither exists. ``SamplingParams`` always sets
 temperature, top_p, max_tokens and seed, so the model's generation_config cannot change them.
 
 Options (``agent.<stage>.options``) are ``vllm.LLM`` keywords: ``tensor_parallel_size`` (1 for the AWQ
-model on one 80 GB GPU; >= 2 for bf16), ``max_model_len`` (8192), ``max_num_seqs``,
+model on one 80 GB GPU; 4 for bf16 in practice), ``max_model_len`` (8192; part of the cache key),
+``max_num_seqs`` (32 fits the AWQ model's KV budget; send >= 256 requests per call, ``batch_size``),
 ``gpu_memory_utilization``, ``dtype``, ``quantization``, ``mm_processor_kwargs`` (default
 ``{"min_pixels": 256*28*28, "max_pixels": 1280*28*28}``), ``enforce_eager``,
 ``distributed_executor_backend`` ("mp" or "ray"), ``pipeline_parallel_size``, ``download_dir``.
@@ -39,6 +42,10 @@ from hxpe.agent.schema import Extraction
 log = logging.getLogger(__name__)
 
 DEFAULT_PIXELS = {"min_pixels": 256 * 28 * 28, "max_pixels": 1280 * 28 * 28}
+# Two images per prompt and no video: vLLM reserves memory for the most items each modality allows.
+MM_LIMITS = {"image": 2, "video": 0}
+# Structured JSON without free whitespace (part of the extractor's cache key).
+STRUCTURED_OPTIONS = {"disable_any_whitespace": True}
 ENGINE_DEFAULTS: dict[str, Any] = {"max_model_len": 8192, "tensor_parallel_size": 1}
 KNOWN_OPTIONS = (
     "tensor_parallel_size",
@@ -65,12 +72,22 @@ PERFORMANCE_ONLY = (
 )
 
 
-def settings_for(options: dict[str, Any]) -> dict[str, Any]:
-    """Engine settings that determine the output (part of the cache key)."""
+def settings_for(options: dict[str, Any], structured: bool = False) -> dict[str, Any]:
+    """Engine settings that determine the output (part of the cache key): the options with their
+    defaults filled in (``max_model_len`` included), less the performance-only ones; for the
+    extractor (``structured=True``) also the structured-output switches.
+
+    >>> settings_for({"max_num_seqs": 32}, structured=True)
+    {'max_model_len': 8192, 'structured_output': {'disable_any_whitespace': True}}
+    """
     unknown = sorted(set(options) - set(KNOWN_OPTIONS))
     if unknown:
         raise ValueError(f"vllm backend: unknown options {unknown}; known: {list(KNOWN_OPTIONS)}")
-    return {k: v for k, v in sorted(options.items()) if k not in PERFORMANCE_ONLY}
+    effective = {**ENGINE_DEFAULTS, **options}
+    out = {k: v for k, v in sorted(effective.items()) if k not in PERFORMANCE_ONLY}
+    if structured:
+        out["structured_output"] = dict(STRUCTURED_OPTIONS)
+    return out
 
 
 def import_vllm() -> Any:
@@ -94,9 +111,9 @@ def structured_output_kwargs(schema: dict[str, Any], sampling_module: Any = None
     """
     sp = sampling_module or importlib.import_module("vllm.sampling_params")
     if hasattr(sp, "StructuredOutputsParams"):
-        return {"structured_outputs": sp.StructuredOutputsParams(json=schema)}
+        return {"structured_outputs": sp.StructuredOutputsParams(json=schema, **STRUCTURED_OPTIONS)}
     if hasattr(sp, "GuidedDecodingParams"):
-        return {"guided_decoding": sp.GuidedDecodingParams(json=schema)}
+        return {"guided_decoding": sp.GuidedDecodingParams(json=schema, **STRUCTURED_OPTIONS)}
     version = getattr(importlib.import_module("vllm"), "__version__", "?")
     raise RuntimeError(
         f"vLLM {version} has neither StructuredOutputsParams nor GuidedDecodingParams in "
@@ -116,7 +133,7 @@ def engine_kwargs(cfg: DescribeConfig | ExtractConfig, multimodal: bool) -> dict
         **cfg.options,
     }
     if multimodal:
-        kwargs["limit_mm_per_prompt"] = {"image": 2}
+        kwargs["limit_mm_per_prompt"] = dict(MM_LIMITS)
         kwargs.setdefault("mm_processor_kwargs", dict(DEFAULT_PIXELS))
     return kwargs
 
@@ -196,7 +213,7 @@ class VllmExtractor:
         return cls(vllm, vllm.LLM(**kwargs), tokenizer, cfg.options)
 
     def settings(self) -> dict[str, Any]:
-        return settings_for(self.options)
+        return settings_for(self.options, structured=True)
 
     def prompt(self, req: ExtractRequest) -> str:
         return self.tokenizer.apply_chat_template(

@@ -29,7 +29,10 @@ class DescribeConfig(BaseModel):
         0.7, ge=0.0, description="Temperature of retries (greedy decoding would repeat itself)."
     )
     batch_size: int = Field(
-        16, ge=1, description="Images per engine call; the cache is appended after each batch."
+        256,
+        ge=1,
+        description="Images per engine call; the cache is appended after each batch. vLLM runs "
+        "max_num_seqs of them at a time, so >= 256 keeps its batch full to the end of each call.",
     )
 
 
@@ -46,7 +49,7 @@ class ExtractConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     seed: int = Field(0, description="Sampling seed (attempt k uses seed + k).")
     retry_temperature: float = Field(0.7, ge=0.0, description="Temperature of retries.")
-    batch_size: int = Field(64, ge=1, description="Descriptions per engine call.")
+    batch_size: int = Field(256, ge=1, description="Descriptions per engine call (>= 256 on vLLM).")
     max_phrase_tokens: int = Field(
         20, ge=1, description="Longest phrase in CLIP tokens; longer ones are truncated."
     )

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import numpy as np
@@ -128,10 +129,23 @@ def _stop_ids(eos: int, vocab_size: int, stop_every: int) -> int | list[int]:
     return sorted({eos, *range(0, vocab_size, stop_every)})
 
 
+def mrope_section(head_dim: int) -> list[int]:
+    """Qwen2-VL's multimodal RoPE split of ``head_dim / 2`` frequencies into (time, height, width).
+
+    >>> mrope_section(16), mrope_section(64)
+    ([2, 3, 3], [8, 12, 12])
+    """
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
 def save_tiny_qwen2_vl(
     out_dir: str | Path, hidden: int = 32, seed: int = 0, stop_every: int = 0
 ) -> Path:
-    """A random-init Qwen2-VL (1 text layer, 1 vision block) and its real processor, saved."""
+    """A random-init Qwen2-VL (1 text layer, 1 vision block, 2 heads of ``hidden / 2``) and its real
+    processor, saved. ``hidden=128`` gives head size 64, which every vLLM attention backend takes."""
     import torch
     from transformers import (
         Qwen2VLConfig,
@@ -156,7 +170,7 @@ def save_tiny_qwen2_vl(
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3],
+                "mrope_section": mrope_section(hidden // 2),
             },
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
@@ -224,3 +238,38 @@ def save_tiny_qwen2(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+class _Params:
+    """Keyword arguments recorded as they were passed."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+def stand_in_vllm(api: str, reply: str = "No anomaly") -> types.ModuleType:
+    """A module with vLLM's names that records calls; ``api``: 'new', 'old' or 'none'."""
+    vllm = types.ModuleType("vllm")
+    vllm.__version__ = f"stand-in-{api}"
+    sp = types.ModuleType("vllm.sampling_params")
+    if api == "new":
+        sp.StructuredOutputsParams = type("StructuredOutputsParams", (_Params,), {})
+    if api == "old":
+        sp.GuidedDecodingParams = type("GuidedDecodingParams", (_Params,), {})
+    vllm.sampling_params = sp
+    vllm.SamplingParams = type("SamplingParams", (_Params,), {})
+    calls: list = []
+
+    class LLM:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+            calls.append(("init", kwargs))
+
+        def generate(self, prompts, params, use_tqdm=True):
+            calls.append(("generate", prompts, params))
+            out = types.SimpleNamespace(text=reply, finish_reason="stop")
+            return [types.SimpleNamespace(outputs=[out]) for _ in prompts]
+
+    vllm.LLM = LLM
+    vllm.calls = calls
+    return vllm

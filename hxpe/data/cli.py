@@ -41,6 +41,8 @@ def _datasets_help() -> str:
     parts = ["dataset kinds and where to get them:"]
     for kind, spec in load_specs().items():
         text = f"{kind}: {spec.title}. Download: {spec.download}"
+        if spec.unpack:
+            text += f" Unpack: {spec.unpack}"
         if spec.notes:
             text += f" {spec.notes}"
         parts.append(_fill(text, indent="  ", subsequent="    "))

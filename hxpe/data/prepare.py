@@ -23,11 +23,12 @@ from hxpe.data.checks import require_root
 from hxpe.data.config import DatasetSource
 from hxpe.data.counts import check_counts
 from hxpe.data.demo import generate_demo_dataset
+from hxpe.data.diagnose import diagnose_root
 from hxpe.data.errors import DatasetError
 from hxpe.data.index import DatasetIndex, save_index
 from hxpe.data.indexing import entries_to_index
 from hxpe.data.registry import get_builder, get_spec
-from hxpe.data.spec import BuildRequest
+from hxpe.data.spec import BuildRequest, DatasetSpec
 from hxpe.paths import resolve
 
 if TYPE_CHECKING:
@@ -74,6 +75,16 @@ def source_root(source: DatasetSource, default_root: Path | None = None) -> Path
     return Path(default_root)
 
 
+def require_layout(spec: DatasetSpec, root: Path) -> Path:
+    """The resolved root, or a DatasetError naming a known unpacking mistake and the fixing command
+    (:mod:`hxpe.data.diagnose`), or saying where to download and how to unpack the dataset."""
+    problem = diagnose_root(spec, root)
+    if problem:
+        raise DatasetError(problem)
+    hint = f"Download: {spec.download}" + (f". Unpack: {spec.unpack}" if spec.unpack else "")
+    return require_root(root, hint).resolve()
+
+
 def prepare_dataset(
     source: DatasetSource,
     out_dir: Path,
@@ -88,7 +99,7 @@ def prepare_dataset(
     """
     _check_options(source)
     spec = get_spec(source.kind)
-    root = require_root(source_root(source, default_root), f"Download: {spec.download}").resolve()
+    root = require_layout(spec, source_root(source, default_root))
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"

@@ -53,6 +53,7 @@ def _spec(kind: str, raw: dict[str, Any]) -> DatasetSpec:
         layout=LayoutSpec(**(raw.get("layout") or {})),
         counts=_counts(raw.get("counts")),
         notes=" ".join(str(raw.get("notes", "")).split()),
+        unpack=str(raw.get("unpack", "")).strip(),
     )
 
 

@@ -33,6 +33,7 @@ class DatasetSpec:
     layout: LayoutSpec = field(default_factory=LayoutSpec)
     counts: ExpectedCounts | None = None
     notes: str = ""
+    unpack: str = ""  # the shell command that unpacks the official archive under $HXPE_DATA_ROOT
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hxpe.data.torch_dataset import phrases_from_batch
 from hxpe.model.hxpe import HXPEModel
+from hxpe.model.loading import model_device
 from hxpe.model.maps import map_range
 from hxpe.model.vfm import ReferenceCache
 from hxpe.seeding import worker_init_fn
@@ -136,11 +137,6 @@ def make_loader(
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _labels(batch: dict, n: int) -> np.ndarray:

@@ -39,9 +39,11 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 # open_clip pretrained tags whose weights are one of our pinned snapshots.
 _PINNED_CLIP_TAGS = {
     ("ViT-L-14-336-quickgelu", "openai"): "clip",
-    ("ViT-L-14-336", "openai"): "clip",
     ("ViT-B-16-plus-240", "laion400m_e31"): "winclip_clip",
 }
+# OpenAI's CLIP weights were trained with QuickGELU. open_clip's plain names build nn.GELU and, given
+# the weights as a file path, load them without a word: every feature is then subtly wrong.
+_QUICKGELU_TAGS = ("openai",)
 
 
 def pinned_clip_key(cfg: ClipConfig) -> str | None:
@@ -67,6 +69,12 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a module's first parameter (CPU for a module without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _pinned_file(spec: WeightSpec) -> Path:
     snap = local_snapshot(spec)
     if snap is None:
@@ -76,6 +84,18 @@ def _pinned_file(spec: WeightSpec) -> Path:
         if hits:
             return hits[0]
     raise MissingWeightsError(missing_weights_message(spec))
+
+
+def require_quickgelu(model_name: str, pretrained: str | None) -> None:
+    """Refuse OpenAI weights on a GELU model: ``("ViT-L-14-336", "openai")`` raises ValueError naming
+    ``ViT-L-14-336-quickgelu``; ``("ViT-L-14-336-quickgelu", "openai")`` and random init pass."""
+    if pretrained in _QUICKGELU_TAGS and not model_name.endswith("-quickgelu"):
+        raise ValueError(
+            f"model.clip.model_name {model_name!r} with pretrained {pretrained!r}: OpenAI's CLIP "
+            f"weights need QuickGELU, but {model_name!r} builds GELU, and loading the weights from a "
+            f"file would run them with the wrong activation without any warning. Use "
+            f"model_name: {model_name + '-quickgelu'!r}."
+        )
 
 
 def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
@@ -99,6 +119,7 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
             f"open_clip has no model {cfg.model_name!r}. Set model.clip.config_file to its JSON "
             f"config, or pick one of open_clip.list_models()."
         )
+    require_quickgelu(cfg.model_name, cfg.pretrained)
     pretrained: str | None = cfg.pretrained
     key = pinned_clip_key(cfg)
     if key is not None:

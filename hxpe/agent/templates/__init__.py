@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)

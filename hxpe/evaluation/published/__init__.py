@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-PUBLISHED_DIR = Path(__file__).parent / "published"
+PUBLISHED_DIR = Path(__file__).parent
 PUBLISHED_TABLES: tuple[str, ...] = ("adaclip_table1", "anomalyclip_table1")
 REFERENCE_METHOD = {"adaclip_table1": "AdaCLIP", "anomalyclip_table1": "AnomalyCLIP"}
 

@@ -1,0 +1,405 @@
+"""``make lock``: resolve the two version locks with uv, so that both environments install without
+backtracking and agree wherever they share a package.
+
+* ``constraints-gpu.txt`` (``.venv-vllm``, ``make gpu-env``): **every** extra (``gpu`` included) for
+  Linux x86_64 (glibc >= 2.31, the oldest that every vLLM dependency has wheels for), Python 3.11, with
+  the CUDA wheels vLLM pins (torch, its nvidia-* libraries). Resolving the CPU-only extras here too
+  means that a CPU-only dependency (an app, a book builder) cannot pull a shared package to a version
+  vLLM's side rejects: the resolution fails here, loudly, instead.
+* ``constraints.txt`` (``.venv``, ``make venv``, CI): every extra but ``gpu``, for Linux x86_64 with
+  Python 3.11, **constrained to the GPU lock's versions** for every package but the torch family, so a
+  shared package (transformers, numpy, lark, ...) has one version in both, and that version satisfies
+  vLLM's and its dependencies' pins.
+
+The inputs are the lines above ``RESOLVED_MARKER`` in ``constraints.txt``: GPU-only top-level pins
+(``vllm``, ``qwen-vl-utils``), CPU-only ones (``torch``, ``torchvision``), and any range a resolution
+should respect (``gradio>=5`` keeps uv from satisfying ``pillow==13`` with a years-old gradio). Existing pins are kept
+where they still fit (uv prefers the versions already in the output file); ``--upgrade`` lifts them.
+Only metadata is downloaded (``--no-build``: no source builds); a warm uv cache makes it take seconds.
+
+Example:
+    python -m hxpe.environment.lock            # rewrite both files
+    python -m hxpe.environment.lock --check    # resolve against the locks; fail if anything moves
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from hxpe.paths import repo_root
+
+RESOLVED_MARKER = "# Resolved by make lock"
+PYTHON_VERSION = "3.11"
+GPU_PLATFORM = "x86_64-manylinux_2_31"
+CPU_PLATFORM = "x86_64-manylinux_2_28"
+# Packages whose builds differ between the CPU venv (torch 2.14.1) and vLLM's (torch 2.14.0): each
+# lock resolves them on its own; everything else is shared.
+TORCH_FAMILY = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name normalisation: ``Jinja2`` -> ``jinja2``, ``typing_extensions`` -> ``typing-extensions``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(text: str) -> dict[str, str]:
+    """``name==version`` lines of a requirements/constraints text, by normalised name."""
+    pins = {}
+    for line in text.splitlines():
+        m = _PIN.match(line.strip())
+        if m:
+            pins[normalize(m.group(1))] = m.group(2)
+    return pins
+
+
+@dataclass(frozen=True)
+class LockFiles:
+    """The two locks of a checkout and the project file they are resolved for."""
+
+    root: Path
+
+    @property
+    def cpu(self) -> Path:
+        return self.root / "constraints.txt"
+
+    @property
+    def gpu(self) -> Path:
+        return self.root / "constraints-gpu.txt"
+
+    @property
+    def pyproject(self) -> Path:
+        return self.root / "pyproject.toml"
+
+    def header(self) -> str:
+        """The hand-written part of constraints.txt (inputs of the resolution), marker line included."""
+        text = self.cpu.read_text()
+        at = text.find("\n" + RESOLVED_MARKER)
+        if at < 0:
+            raise ValueError(
+                f"{self.cpu} has no line starting with {RESOLVED_MARKER!r}; the lines above it are "
+                f"make lock's inputs. Restore the header from git."
+            )
+        return text[: text.index("\n", at + 1) + 1]
+
+    def input_pins(self) -> dict[str, str]:
+        """The header's exact pins (``name==version``)."""
+        return read_pins(self.header())
+
+    def input_requirements(self) -> list[str]:
+        """Every requirement line of the header: exact pins and ranges (``gradio>=5``) alike."""
+        lines = (line.split("#", 1)[0].strip() for line in self.header().splitlines())
+        return [line for line in lines if line]
+
+    def all_extras(self) -> list[str]:
+        """Every optional-dependency group of pyproject.toml (the GPU lock's resolution)."""
+        return list(tomllib.loads(self.pyproject.read_text())["project"]["optional-dependencies"])
+
+    def cpu_extras(self) -> list[str]:
+        """Every optional-dependency group but the GPU one."""
+        return [e for e in self.all_extras() if e != "gpu"]
+
+
+def _name(requirement: str) -> str:
+    from packaging.requirements import Requirement
+
+    return normalize(Requirement(requirement).name)
+
+
+def gpu_input_pins(files: LockFiles) -> dict[str, str]:
+    """The header's exact pins that belong to the GPU resolution (all but the CPU torch family)."""
+    return {n: v for n, v in files.input_pins().items() if not TORCH_FAMILY.match(n)}
+
+
+def gpu_inputs(files: LockFiles) -> list[str]:
+    """The GPU (joint) resolution's constraints: every header line but the CPU torch family's."""
+    return [r for r in files.input_requirements() if not TORCH_FAMILY.match(_name(r))]
+
+
+def cpu_inputs(files: LockFiles, gpu_lock: dict[str, str]) -> list[str]:
+    """The CPU resolution's constraints: the GPU lock's shared versions plus the header's torch lines.
+
+    >>> cpu_inputs(LockFiles(repo_root()), {"numpy": "2.3.5", "torch": "2.14.0"})
+    ['numpy==2.3.5', 'torch==2.14.1', 'torchvision==0.29.1']
+    """
+    shared = [f"{n}=={v}" for n, v in sorted(gpu_lock.items()) if not TORCH_FAMILY.match(n)]
+    return shared + [r for r in files.input_requirements() if TORCH_FAMILY.match(_name(r))]
+
+
+def uv_command() -> list[str]:
+    """uv from this interpreter's environment (pinned in constraints.txt, installed by make venv)."""
+    return [sys.executable, "-m", "uv"]
+
+
+def compile_lock(
+    pyproject: Path,
+    extras: list[str] | tuple[str, ...],
+    constraints: list[str],
+    platform: str,
+    output: Path,
+    *,
+    preferences: dict[str, str] | None = None,
+    upgrade: bool = False,
+) -> dict[str, str]:
+    """Resolve ``pyproject``'s extras with ``uv pip compile`` into ``output``; return its pins.
+
+    ``preferences`` are written to ``output`` first: uv keeps those versions where they still fit.
+    Raises ``RuntimeError`` with uv's explanation when there is no solution.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        cfile = Path(tmp) / "constraints.in"
+        cfile.write_text("".join(f"{line}\n" for line in constraints))
+        output.write_text("".join(f"{n}=={v}\n" for n, v in sorted((preferences or {}).items())))
+        cmd = [
+            *uv_command(),
+            "pip",
+            "compile",
+            str(pyproject),
+            *[a for e in extras for a in ("--extra", e)],
+            "--constraint",
+            str(cfile),
+            "--python-version",
+            PYTHON_VERSION,
+            "--python-platform",
+            platform,
+            "--no-build",
+            "--no-header",
+            "--no-annotate",
+            "--no-emit-package",
+            "hxpe",
+            "--quiet",
+            "--output-file",
+            str(output),
+            *(["--upgrade"] if upgrade else []),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_uv_env())
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"uv could not resolve {', '.join(extras)} for {platform}, Python {PYTHON_VERSION}:\n"
+            f"{done.stderr.strip()}\nChange the inputs at the top of constraints.txt (or pyproject "
+            f"ranges) and rerun `make lock`."
+        )
+    return read_pins(output.read_text())
+
+
+def _uv_env() -> dict[str, str]:
+    """The environment for uv: system certificates (as pip here), no project config surprises."""
+    import os
+
+    return {**os.environ, "UV_SYSTEM_CERTS": "1", "UV_NO_CONFIG": "1"}
+
+
+GPU_HEADER = """\
+# The vLLM environment's lock (.venv-vllm, `make gpu-env`): every extra of pyproject.toml, Linux x86_64
+# (glibc >= 2.31), Python 3.11, CUDA wheels. Generated by `make lock` with constraints.txt
+# (hxpe/environment/lock.py); do not edit. vLLM pins its own torch; every package it shares with
+# constraints.txt has the same version there.
+"""
+
+
+def write_locks(
+    files: LockFiles, *, upgrade: bool = False
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Resolve both locks and rewrite the two files; return (cpu pins, gpu pins)."""
+    header = files.header()
+    old_cpu = read_pins(files.cpu.read_text()[len(header) :])
+    old_gpu = read_pins(files.gpu.read_text()) if files.gpu.exists() else old_cpu
+    with tempfile.TemporaryDirectory() as tmp:
+        gpu = compile_lock(
+            files.pyproject,
+            files.all_extras(),
+            gpu_inputs(files),
+            GPU_PLATFORM,
+            Path(tmp) / "gpu.txt",
+            preferences=old_gpu,
+            upgrade=upgrade,
+        )
+        cpu = compile_lock(
+            files.pyproject,
+            files.cpu_extras(),
+            cpu_inputs(files, gpu),
+            CPU_PLATFORM,
+            Path(tmp) / "cpu.txt",
+            preferences=old_cpu,
+            upgrade=upgrade,
+        )
+    inputs = files.input_pins()
+    resolved = {n: v for n, v in cpu.items() if n not in inputs}
+    files.cpu.write_text(header + "".join(f"{n}=={v}\n" for n, v in sorted(resolved.items())))
+    files.gpu.write_text(GPU_HEADER + "".join(f"{n}=={v}\n" for n, v in sorted(gpu.items())))
+    return cpu, gpu
+
+
+def cpu_lock(files: LockFiles) -> dict[str, str]:
+    """Every pin the CPU environment installs with (header inputs for it included)."""
+    pins = read_pins(files.cpu.read_text())
+    gpu_only = gpu_input_pins(files)
+    return {n: v for n, v in pins.items() if n not in gpu_only}
+
+
+def check_locks(files: LockFiles) -> list[str]:
+    """Resolve both environments pinned to their locks (metadata only); list what moved or is missing.
+
+    With every package pinned there is one candidate per package, so the resolver cannot backtrack: it
+    either reproduces the lock exactly or fails.
+    """
+    problems = []
+    gpu_lock = read_pins(files.gpu.read_text())
+    cpu = cpu_lock(files)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extras, pins, platform in (
+            ("constraints-gpu.txt", files.all_extras(), gpu_lock, GPU_PLATFORM),
+            ("constraints.txt", files.cpu_extras(), cpu, CPU_PLATFORM),
+        ):
+            exact = [f"{n}=={v}" for n, v in sorted(pins.items())]
+            got = compile_lock(
+                files.pyproject, extras, exact, platform, Path(tmp) / "check.txt", preferences=pins
+            )
+            for pkg in sorted(set(got) | set(pins)):
+                if got.get(pkg) != pins.get(pkg):
+                    problems.append(
+                        f"{name}: {pkg} locked {pins.get(pkg)}, resolves to {got.get(pkg)}"
+                    )
+    return problems
+
+
+SIMPLE_INDEX = "https://pypi.org/simple/{name}/"
+TARGET_ENVIRONMENT = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.0",
+    "platform_machine": "x86_64",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "extra": "",
+}
+
+
+class _RangeReader(io.RawIOBase):
+    """A read-only, seekable view of a remote file through HTTP range requests (for ``zipfile``)."""
+
+    def __init__(self, url: str, size: int, timeout: float):
+        self.url, self.size, self.timeout, self.pos = url, size, timeout, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: 0, 1: self.pos, 2: self.size}[whence] + offset
+        return self.pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        import urllib.request
+
+        n = min(len(buffer), self.size - self.pos)
+        if n <= 0:
+            return 0
+        req = urllib.request.Request(
+            self.url, headers={"Range": f"bytes={self.pos}-{self.pos + n - 1}"}
+        )
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            data = r.read()
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def registry_requires_dist(name: str, version: str, timeout: float = 60) -> list[str]:
+    """``Requires-Dist`` of a release from PyPI: the ``METADATA`` file of its Linux x86_64 wheel, read
+    with HTTP range requests (a few hundred KB of a 336 MB vLLM wheel; the wheel is not downloaded)."""
+    import email.parser
+    import json
+    import urllib.request
+    import zipfile
+
+    req = urllib.request.Request(
+        SIMPLE_INDEX.format(name=normalize(name)),
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        files = json.load(r)["files"]
+    wheels = [
+        f
+        for f in files
+        if f["filename"].startswith(f"{normalize(name).replace('-', '_')}-{version}-")
+        and f["filename"].endswith(".whl")
+    ]
+    wheels.sort(key=lambda f: "x86_64" not in f["filename"])
+    if not wheels:
+        raise LookupError(f"PyPI has no wheel of {name}=={version}")
+    reader = io.BufferedReader(_RangeReader(wheels[0]["url"], wheels[0]["size"], timeout), 1 << 16)
+    with zipfile.ZipFile(reader) as wheel:
+        meta = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+        text = wheel.read(meta).decode()
+    return email.parser.Parser().parsestr(text, headersonly=True).get_all("Requires-Dist") or []
+
+
+def incompatible_with(requires_dist: list[str], locks: dict[str, dict[str, str]]) -> list[str]:
+    """Pins of ``locks`` (lock name -> pins) that violate a requirement applying to Linux x86_64, 3.11.
+
+    >>> incompatible_with(["lark==1.2.2", "numpy; sys_platform == 'win32'"],
+    ...                   {"cpu": {"lark": "1.3.1", "numpy": "9"}})
+    ['cpu: lark==1.3.1 violates lark==1.2.2']
+    """
+    from packaging.requirements import Requirement
+
+    out = []
+    for line in requires_dist:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate(TARGET_ENVIRONMENT):
+            continue
+        for lock_name, pins in locks.items():
+            version = pins.get(normalize(req.name))
+            if version is not None and not req.specifier.contains(version, prereleases=True):
+                out.append(f"{lock_name}: {normalize(req.name)}=={version} violates {line}")
+    return out
+
+
+def shared_versions(cpu: dict[str, str], gpu: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Packages in both locks (the torch family aside): name -> (cpu version, gpu version)."""
+    return {n: (cpu[n], gpu[n]) for n in sorted(set(cpu) & set(gpu)) if not TORCH_FAMILY.match(n)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hxpe.environment.lock",
+        description="Resolve constraints.txt and constraints-gpu.txt with uv (PyPI metadata only).",
+    )
+    parser.add_argument("--upgrade", action="store_true", help="Ignore the current pins.")
+    parser.add_argument(
+        "--check", action="store_true", help="Only check that both locks resolve as they are."
+    )
+    args = parser.parse_args(argv)
+    files = LockFiles(repo_root())
+    start = time.perf_counter()
+    if args.check:
+        problems = check_locks(files)
+        print("\n".join(problems) or "both locks resolve exactly as written")
+        return 1 if problems else 0
+    cpu, gpu = write_locks(files, upgrade=args.upgrade)
+    print(
+        f"constraints.txt: {len(cpu)} pins, constraints-gpu.txt: {len(gpu)} pins "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

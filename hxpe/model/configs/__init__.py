@@ -1,0 +1,1 @@
+"""JSON configs of the tiny random-init test models and the real-size DINOv2 architecture."""

@@ -1,0 +1,107 @@
+"""`make gpu-smoke` on this CPU machine: one clear failing line; its checks run on CPU stand-ins
+(a stand-in vLLM module, the demo's tiny model) so that the GPU run has no untested code path."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from hxpe import gpu_smoke
+from hxpe.agent.testing import stand_in_vllm
+from hxpe.paths import repo_root
+
+
+def test_make_gpu_smoke_without_the_vllm_env_fails_with_one_line(tmp_path):
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
+        shutil.copy2(repo_root() / name, tmp_path / name)
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / ".installed").touch()
+    done = subprocess.run(
+        ["make", "-s", "--no-print-directory", "-C", str(tmp_path), "gpu-smoke"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert done.stdout.splitlines() == [
+        "gpu-smoke: FAIL: no vLLM environment (.venv-vllm/.installed missing): run `make gpu-env` "
+        "on a CUDA machine first"
+    ]
+
+
+def test_module_without_vllm_fails_with_one_line():
+    done = subprocess.run([sys.executable, "-m", "hxpe.gpu_smoke"], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr == ""
+    (line,) = done.stdout.splitlines()
+    assert line.startswith("gpu-smoke: FAIL: vLLM is not importable by ") and "make gpu-env" in line
+
+
+def test_module_without_cuda_fails_with_one_line(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "vllm" else real(n, *a)
+    )
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("hxpe.doctor.nvidia_driver_version", lambda: None)
+    assert gpu_smoke.main([]) == 1
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("gpu-smoke: FAIL: no CUDA device visible to torch ")
+    assert "needs driver >= 580" in line or "CPU build" in line
+
+
+def _in_process_stage(monkeypatch):
+    from hxpe.cli import main
+
+    vllm = stand_in_vllm("new")
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", vllm.sampling_params)
+
+    def run(stage, params, env):
+        assert env["HXPE_RESULTS_ROOT"]
+        assert main([stage, "--params", str(params)]) == 0
+
+    return vllm, run
+
+
+def test_agent_checks_drive_both_stages_through_the_vllm_backend(monkeypatch, tmp_path):
+    vllm, run = _in_process_stage(monkeypatch)
+    rows = gpu_smoke.agent_checks(tmp_path, run_stage=run)
+    assert [r.ok for r in rows] == [True, True], [r.detail for r in rows]
+    inits = [c[1] for c in vllm.calls if c[0] == "init"]
+    assert inits[0]["limit_mm_per_prompt"] == {"image": 2, "video": 0}
+    assert inits[0]["model"].endswith("tiny-qwen2-vl") and inits[1]["model"].endswith("tiny-qwen2")
+    generate = [c for c in vllm.calls if c[0] == "generate"]
+    assert generate[-1][2].kwargs["structured_outputs"].kwargs["disable_any_whitespace"] is True
+    assert "structured output on" in rows[1].detail
+    assert rows[0].images_per_s is not None
+
+
+def test_paper_checks_run_on_a_small_model_on_cpu(tmp_path):
+    from hxpe.config import load_config
+    from hxpe.model.hxpe import build_model
+
+    cfg = load_config(repo_root() / "notebooks" / "params" / "demo.yaml")
+    model = build_model(cfg.model_for("hxpe")).eval()
+    rows = gpu_smoke.paper_checks(tmp_path, model, image_size=64, batch=4, train_batch=2)
+    assert [r.ok for r in rows] == [True, True], [r.detail for r in rows]
+    assert rows[0].numbers["images"] == 8 and rows[0].images_per_s > 0
+    table = gpu_smoke.table(rows)
+    assert "infer_fast bf16, batch 4" in table and "PASS" in table
+
+
+def test_gpu_slug():
+    assert gpu_smoke.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_a_failing_check_is_reported_not_raised(ok):
+    def check():
+        if not ok:
+            raise RuntimeError("boom")
+        return True, "fine", {}
+
+    row = gpu_smoke.timed("x", check)
+    assert row.ok is ok and (row.detail == "fine" if ok else row.detail == "RuntimeError: boom")
