@@ -15,8 +15,11 @@ backtracking and agree wherever they share a package.
 
 The inputs are the lines above ``RESOLVED_MARKER`` in ``constraints.txt``: GPU-only top-level pins
 (``vllm``, ``qwen-vl-utils``), CPU-only ones (``torch``, ``torchvision``), and any range a resolution
-should respect (``gradio>=5`` keeps uv from satisfying ``pillow==13`` with a years-old gradio). Existing pins are kept
-where they still fit (uv prefers the versions already in the output file); ``--upgrade`` lifts them.
+should respect (``sphinx>=7``); plus pyproject.toml's extras and ``[tool.hxpe.lock]``. A new extra needs
+no edit here: it is resolved jointly with vLLM unless pyproject declares it CPU-only. Existing pins are
+kept where they still fit (uv prefers the versions already in the output file); ``--upgrade`` lifts
+them. ``--check`` re-resolves both locks pinned to themselves and checks that the divergences are
+exactly the declared ones, each still needed.
 Only metadata is downloaded (``--no-build``: no source builds); a warm uv cache makes it take seconds.
 
 Example:
