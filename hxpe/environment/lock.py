@@ -183,6 +183,11 @@ def uv_command() -> list[str]:
     return [sys.executable, "-m", "uv"]
 
 
+INPUTS_HINT = (
+    "Change the inputs at the top of constraints.txt (or pyproject ranges) and rerun `make lock`."
+)
+
+
 def compile_lock(
     pyproject: Path,
     extras: list[str] | tuple[str, ...],
@@ -192,8 +197,7 @@ def compile_lock(
     *,
     preferences: dict[str, str] | None = None,
     upgrade: bool = False,
-    hint: str = "Change the inputs at the top of constraints.txt (or pyproject ranges) and rerun "
-    "`make lock`.",
+    hint: str = INPUTS_HINT,
 ) -> dict[str, str]:
     """Resolve ``pyproject``'s extras with ``uv pip compile`` into ``output``; return its pins.
 
