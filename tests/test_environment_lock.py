@@ -15,11 +15,14 @@ from hxpe.environment.lock import (
     check_locks,
     cpu_inputs,
     cpu_lock,
+    divergence_problems,
+    divergences,
     gpu_inputs,
     incompatible_with,
     read_pins,
     registry_requires_dist,
     shared_versions,
+    unneeded_divergences,
 )
 from hxpe.paths import repo_root
 
@@ -48,10 +51,68 @@ def test_header_holds_the_inputs_and_the_resolved_part_no_input_twice():
     assert "uv" in resolved  # the lock tool itself is pinned
 
 
-def test_cpu_resolution_takes_the_gpu_versions_but_its_own_torch():
-    lines = cpu_inputs(FILES, {"numpy": "2.3.5", "torch": "2.14.0", "nvidia-nccl-cu13": "1"})
+def test_cpu_resolution_takes_the_gpu_versions_but_its_own_torch_and_the_declared_divergences():
+    gpu = {"numpy": "2.3.5", "pillow": "13.0.0", "torch": "2.14.0", "nvidia-nccl-cu13": "1"}
+    lines = cpu_inputs(FILES, gpu)
     assert lines == ["numpy==2.3.5", "torch==2.14.1", "torchvision==0.29.1"]
+    assert cpu_inputs(FILES, gpu, set())[:2] == ["numpy==2.3.5", "pillow==13.0.0"]
     assert gpu_inputs(FILES) == ["vllm==0.33.0", "qwen-vl-utils==0.0.14"]
+
+
+def _copy_of_the_checkout(tmp_path, pyproject_edit=lambda t: t, gpu_edit=lambda t: t) -> LockFiles:
+    """The three lock inputs/outputs of this checkout under ``tmp_path``, optionally edited."""
+    for name, edit in (
+        ("pyproject.toml", pyproject_edit),
+        ("constraints.txt", lambda t: t),
+        ("constraints-gpu.txt", gpu_edit),
+    ):
+        (tmp_path / name).write_text(edit((repo_root() / name).read_text()))
+    return LockFiles(tmp_path)
+
+
+def test_the_app_extra_is_cpu_only_and_a_new_extra_is_resolved_jointly_by_default(tmp_path):
+    assert FILES.cpu_only_extras() == ["app"]
+    assert "app" not in FILES.gpu_extras() and "app" in FILES.cpu_extras()
+    assert {"gpu", "notebooks", "test"} <= set(FILES.gpu_extras())
+    book = _copy_of_the_checkout(
+        tmp_path,
+        lambda t: t.replace("[project.scripts]", 'book = ["sphinx>=7"]\n\n[project.scripts]'),
+    )
+    assert "book" in book.gpu_extras() and "book" in book.cpu_extras()
+
+
+def test_a_cpu_only_extra_must_exist_and_not_be_gpu(tmp_path):
+    files = _copy_of_the_checkout(
+        tmp_path,
+        lambda t: t.replace('cpu-only-extras = ["app"]', 'cpu-only-extras = ["ap", "gpu"]'),
+    )
+    with pytest.raises(ValueError, match=r"cpu-only-extras names \['ap', 'gpu'\]"):
+        files.gpu_extras()
+
+
+def test_every_declared_divergence_has_a_reason_naming_both_sides():
+    declared = FILES.may_diverge()
+    assert set(declared) == {"pillow"}
+    assert "gradio" in declared["pillow"] and "vllm" in declared["pillow"]
+
+
+def test_divergences_must_be_exactly_the_declared_ones(tmp_path):
+    assert divergence_problems(FILES) == []
+    # numpy moved on one side only: undeclared; pillow aligned: declared but no longer diverging
+    gpu_pillow = read_pins(FILES.gpu.read_text())["pillow"]
+    cpu = cpu_lock(FILES)
+    files = _copy_of_the_checkout(
+        tmp_path,
+        gpu_edit=lambda t: t.replace(f"numpy=={cpu['numpy']}", "numpy==1.0").replace(
+            f"pillow=={gpu_pillow}", f"pillow=={cpu['pillow']}"
+        ),
+    )
+    assert divergence_problems(files) == [
+        f"numpy: constraints.txt {cpu['numpy']} vs constraints-gpu.txt 1.0, not declared under "
+        "[tool.hxpe.lock.may-diverge]",
+        "pillow: declared under [tool.hxpe.lock.may-diverge] but has one version in both locks (or "
+        "is not in both); remove it and rerun `make lock`",
+    ]
 
 
 def test_header_ranges_are_inputs_too(tmp_path):
@@ -66,7 +127,13 @@ def test_every_shared_package_has_one_version_in_both_locks():
     cpu, gpu = cpu_lock(FILES), read_pins(FILES.gpu.read_text())
     shared = shared_versions(cpu, gpu)
     assert len(shared) > 100  # jupyter, transformers, numpy, ...
-    assert {n: v for n, v in shared.items() if v[0] != v[1]} == {}
+    # the one declared divergence: the app's gradio needs pillow<13, vLLM 0.33 pillow>=13
+    assert divergences(cpu, gpu) == {"pillow": (cpu["pillow"], gpu["pillow"])}
+    assert cpu["pillow"].startswith("12.") and gpu["pillow"].startswith("13.")
+    # the app and its browser test are pinned in .venv; only playwright is in the vLLM lock too
+    assert {"gradio", "playwright", "fastapi", "starlette"} <= set(cpu)
+    assert "gradio" not in gpu and cpu["playwright"] == gpu["playwright"]
+    assert cpu["fastapi"] == gpu["fastapi"] and cpu["starlette"] == gpu["starlette"]
     # the two conflicts that broke make gpu-env: vLLM pins lark 1.2.2; mistral_common needs numpy<2.4
     assert cpu["lark"] == gpu["lark"] == "1.2.2"
     assert cpu["numpy"] == gpu["numpy"] and cpu["numpy"].startswith("2.3.")
@@ -94,10 +161,40 @@ def test_both_locks_resolve_exactly_without_backtracking():
 
 
 @pytest.mark.network
-def test_shared_versions_satisfy_vllms_requires_dist():
+def test_shared_versions_satisfy_vllms_requires_dist_but_the_declared_divergences():
     _registry_or_skip()
     gpu = read_pins(FILES.gpu.read_text())
     requires = registry_requires_dist("vllm", gpu["vllm"])
     assert any(r.startswith("lark") for r in requires)  # the metadata was really read
     cpu_shared = {n: v for n, (v, _) in shared_versions(cpu_lock(FILES), gpu).items()}
-    assert incompatible_with(requires, {"constraints.txt": cpu_shared, "gpu": gpu}) == []
+    declared = FILES.may_diverge()
+    one_version = {n: v for n, v in cpu_shared.items() if n not in declared}
+    assert incompatible_with(requires, {"constraints.txt": one_version, "gpu": gpu}) == []
+    # the declared pillow divergence is real: constraints.txt's pillow violates vLLM's pin
+    assert incompatible_with(requires, {"constraints.txt": cpu_shared}) == [
+        f"constraints.txt: pillow=={cpu_shared['pillow']} violates pillow>=13.0.0"
+    ]
+
+
+@pytest.mark.network
+def test_every_declared_divergence_is_still_needed():
+    """Each declared package, pinned to the GPU lock's version in the CPU resolution, makes it fail."""
+    _registry_or_skip()
+    assert unneeded_divergences(FILES) == []
+
+
+@pytest.mark.network
+def test_a_declared_divergence_that_is_not_needed_is_reported(tmp_path):
+    _registry_or_skip()
+    files = _copy_of_the_checkout(
+        tmp_path,
+        lambda t: t.replace(
+            "[tool.hxpe.lock.may-diverge]\n", '[tool.hxpe.lock.may-diverge]\nnumpy = "no"\n'
+        ),
+    )
+    numpy = read_pins(files.gpu.read_text())["numpy"]
+    assert set(files.may_diverge()) == {"numpy", "pillow"}
+    assert unneeded_divergences(files) == [
+        f"numpy: constraints.txt resolves with numpy=={numpy} (constraints-gpu.txt's version); "
+        "remove it from [tool.hxpe.lock.may-diverge] and rerun `make lock`"
+    ]

@@ -1,20 +1,25 @@
 """``make lock``: resolve the two version locks with uv, so that both environments install without
 backtracking and agree wherever they share a package.
 
-* ``constraints-gpu.txt`` (``.venv-vllm``, ``make gpu-env``): **every** extra (``gpu`` included) for
-  Linux x86_64 (glibc >= 2.31, the oldest that every vLLM dependency has wheels for), Python 3.11, with
-  the CUDA wheels vLLM pins (torch, its nvidia-* libraries). Resolving the CPU-only extras here too
-  means that a CPU-only dependency (an app, a book builder) cannot pull a shared package to a version
+* ``constraints-gpu.txt`` (``.venv-vllm``, ``make gpu-env``): every extra (``gpu`` included) but the
+  declared CPU-only ones (``[tool.hxpe.lock] cpu-only-extras`` in pyproject.toml: ``app``), for Linux
+  x86_64 (glibc >= 2.31, the oldest that every vLLM dependency has wheels for), Python 3.11, with the
+  CUDA wheels vLLM pins (torch, its nvidia-* libraries). Resolving the other extras (notebooks, test,
+  and any new one) here too means that such a dependency cannot pull a shared package to a version
   vLLM's side rejects: the resolution fails here, loudly, instead.
 * ``constraints.txt`` (``.venv``, ``make venv``, CI): every extra but ``gpu``, for Linux x86_64 with
-  Python 3.11, **constrained to the GPU lock's versions** for every package but the torch family, so a
-  shared package (transformers, numpy, lark, ...) has one version in both, and that version satisfies
-  vLLM's and its dependencies' pins.
+  Python 3.11, **constrained to the GPU lock's versions** for every package but (a) the torch family and
+  (b) the declared divergences (``[tool.hxpe.lock.may-diverge]``: package -> why a CPU-only extra needs
+  a version vLLM's side rejects), so a shared package (transformers, numpy, lark, ...) has one version
+  in both, and that version satisfies vLLM's and its dependencies' pins.
 
 The inputs are the lines above ``RESOLVED_MARKER`` in ``constraints.txt``: GPU-only top-level pins
 (``vllm``, ``qwen-vl-utils``), CPU-only ones (``torch``, ``torchvision``), and any range a resolution
-should respect (``gradio>=5`` keeps uv from satisfying ``pillow==13`` with a years-old gradio). Existing pins are kept
-where they still fit (uv prefers the versions already in the output file); ``--upgrade`` lifts them.
+should respect (``sphinx>=7``); plus pyproject.toml's extras and ``[tool.hxpe.lock]``. A new extra needs
+no edit here: it is resolved jointly with vLLM unless pyproject declares it CPU-only. Existing pins are
+kept where they still fit (uv prefers the versions already in the output file); ``--upgrade`` lifts
+them. ``--check`` re-resolves both locks pinned to themselves and checks that the divergences are
+exactly the declared ones, each still needed.
 Only metadata is downloaded (``--no-build``: no source builds); a warm uv cache makes it take seconds.
 
 Example:
@@ -105,8 +110,38 @@ class LockFiles:
         return list(tomllib.loads(self.pyproject.read_text())["project"]["optional-dependencies"])
 
     def cpu_extras(self) -> list[str]:
-        """Every optional-dependency group but the GPU one."""
+        """Every optional-dependency group but the GPU one (the CPU lock's resolution)."""
         return [e for e in self.all_extras() if e != "gpu"]
+
+    def lock_settings(self) -> dict:
+        """``[tool.hxpe.lock]`` of pyproject.toml (empty when absent)."""
+        return (
+            tomllib.loads(self.pyproject.read_text())
+            .get("tool", {})
+            .get("hxpe", {})
+            .get("lock", {})
+        )
+
+    def cpu_only_extras(self) -> list[str]:
+        """The declared extras that stay out of the vLLM environment (``cpu-only-extras``)."""
+        declared = list(self.lock_settings().get("cpu-only-extras", []))
+        unknown = [e for e in declared if e not in self.all_extras() or e == "gpu"]
+        if unknown:
+            raise ValueError(
+                f"{self.pyproject}: [tool.hxpe.lock] cpu-only-extras names {unknown}, which are not "
+                f"CPU extras of [project.optional-dependencies] ({self.cpu_extras()}). Fix the list."
+            )
+        return declared
+
+    def gpu_extras(self) -> list[str]:
+        """Every optional-dependency group but the CPU-only ones (the GPU lock's resolution)."""
+        cpu_only = self.cpu_only_extras()
+        return [e for e in self.all_extras() if e not in cpu_only]
+
+    def may_diverge(self) -> dict[str, str]:
+        """The declared divergences: normalised package name -> the reason (``may-diverge``)."""
+        declared = self.lock_settings().get("may-diverge", {})
+        return {normalize(n): str(reason) for n, reason in declared.items()}
 
 
 def _name(requirement: str) -> str:
@@ -125,19 +160,32 @@ def gpu_inputs(files: LockFiles) -> list[str]:
     return [r for r in files.input_requirements() if not TORCH_FAMILY.match(_name(r))]
 
 
-def cpu_inputs(files: LockFiles, gpu_lock: dict[str, str]) -> list[str]:
-    """The CPU resolution's constraints: the GPU lock's shared versions plus the header's torch lines.
+def cpu_inputs(
+    files: LockFiles, gpu_lock: dict[str, str], may_diverge: set[str] | None = None
+) -> list[str]:
+    """The CPU resolution's constraints: the GPU lock's versions of every package but the torch family
+    and ``may_diverge`` (default: the declared divergences), plus the header's torch lines.
 
-    >>> cpu_inputs(LockFiles(repo_root()), {"numpy": "2.3.5", "torch": "2.14.0"})
+    >>> cpu_inputs(LockFiles(repo_root()), {"numpy": "2.3.5", "torch": "2.14.0", "x": "1"}, {"x"})
     ['numpy==2.3.5', 'torch==2.14.1', 'torchvision==0.29.1']
     """
-    shared = [f"{n}=={v}" for n, v in sorted(gpu_lock.items()) if not TORCH_FAMILY.match(n)]
+    free = set(files.may_diverge()) if may_diverge is None else may_diverge
+    shared = [
+        f"{n}=={v}"
+        for n, v in sorted(gpu_lock.items())
+        if not TORCH_FAMILY.match(n) and n not in free
+    ]
     return shared + [r for r in files.input_requirements() if TORCH_FAMILY.match(_name(r))]
 
 
 def uv_command() -> list[str]:
     """uv from this interpreter's environment (pinned in constraints.txt, installed by make venv)."""
     return [sys.executable, "-m", "uv"]
+
+
+INPUTS_HINT = (
+    "Change the inputs at the top of constraints.txt (or pyproject ranges) and rerun `make lock`."
+)
 
 
 def compile_lock(
@@ -149,6 +197,7 @@ def compile_lock(
     *,
     preferences: dict[str, str] | None = None,
     upgrade: bool = False,
+    hint: str = INPUTS_HINT,
 ) -> dict[str, str]:
     """Resolve ``pyproject``'s extras with ``uv pip compile`` into ``output``; return its pins.
 
@@ -185,8 +234,7 @@ def compile_lock(
     if done.returncode != 0:
         raise RuntimeError(
             f"uv could not resolve {', '.join(extras)} for {platform}, Python {PYTHON_VERSION}:\n"
-            f"{done.stderr.strip()}\nChange the inputs at the top of constraints.txt (or pyproject "
-            f"ranges) and rerun `make lock`."
+            f"{done.stderr.strip()}\n{hint}"
         )
     return read_pins(output.read_text())
 
@@ -199,11 +247,25 @@ def _uv_env() -> dict[str, str]:
 
 
 GPU_HEADER = """\
-# The vLLM environment's lock (.venv-vllm, `make gpu-env`): every extra of pyproject.toml, Linux x86_64
-# (glibc >= 2.31), Python 3.11, CUDA wheels. Generated by `make lock` with constraints.txt
-# (hxpe/environment/lock.py); do not edit. vLLM pins its own torch; every package it shares with
-# constraints.txt has the same version there.
+# The vLLM environment's lock (.venv-vllm, `make gpu-env`): every extra of pyproject.toml but the
+# CPU-only ones ([tool.hxpe.lock] cpu-only-extras), Linux x86_64 (glibc >= 2.31), Python 3.11, CUDA
+# wheels. Generated by `make lock` with constraints.txt (hxpe/environment/lock.py); do not edit. vLLM
+# pins its own torch; every package it shares with constraints.txt has the same version there, except
+# the declared divergences ([tool.hxpe.lock.may-diverge], each with its reason).
 """
+
+CPU_HINT = (
+    "constraints.txt is resolved with every package pinned to constraints-gpu.txt's version (the torch "
+    "family and [tool.hxpe.lock.may-diverge] aside). If a CPU-only extra needs a shared package at a "
+    "version vLLM's side rejects, declare that package under [tool.hxpe.lock.may-diverge] in "
+    "pyproject.toml with the reason, and rerun `make lock`."
+)
+GPU_HINT = (
+    "constraints-gpu.txt is resolved jointly with vLLM over every extra but [tool.hxpe.lock] "
+    "cpu-only-extras. If a new extra's dependency cannot share an environment with vLLM, either "
+    "steer it with a range at the top of constraints.txt, or declare the extra CPU-only in "
+    "pyproject.toml (it is then not installed in .venv-vllm), and rerun `make lock`."
+)
 
 
 def write_locks(
@@ -216,12 +278,13 @@ def write_locks(
     with tempfile.TemporaryDirectory() as tmp:
         gpu = compile_lock(
             files.pyproject,
-            files.all_extras(),
+            files.gpu_extras(),
             gpu_inputs(files),
             GPU_PLATFORM,
             Path(tmp) / "gpu.txt",
             preferences=old_gpu,
             upgrade=upgrade,
+            hint=GPU_HINT,
         )
         cpu = compile_lock(
             files.pyproject,
@@ -231,6 +294,7 @@ def write_locks(
             Path(tmp) / "cpu.txt",
             preferences=old_cpu,
             upgrade=upgrade,
+            hint=CPU_HINT,
         )
     inputs = files.input_pins()
     resolved = {n: v for n, v in cpu.items() if n not in inputs}
@@ -257,7 +321,7 @@ def check_locks(files: LockFiles) -> list[str]:
     cpu = cpu_lock(files)
     with tempfile.TemporaryDirectory() as tmp:
         for name, extras, pins, platform in (
-            ("constraints-gpu.txt", files.all_extras(), gpu_lock, GPU_PLATFORM),
+            ("constraints-gpu.txt", files.gpu_extras(), gpu_lock, GPU_PLATFORM),
             ("constraints.txt", files.cpu_extras(), cpu, CPU_PLATFORM),
         ):
             exact = [f"{n}=={v}" for n, v in sorted(pins.items())]
@@ -377,6 +441,64 @@ def shared_versions(cpu: dict[str, str], gpu: dict[str, str]) -> dict[str, tuple
     return {n: (cpu[n], gpu[n]) for n in sorted(set(cpu) & set(gpu)) if not TORCH_FAMILY.match(n)}
 
 
+def divergences(cpu: dict[str, str], gpu: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Shared packages (the torch family aside) whose two pins differ: name -> (cpu, gpu).
+
+    >>> divergences({"pillow": "12.3.0", "numpy": "2.3.5"}, {"pillow": "13.0.0", "numpy": "2.3.5"})
+    {'pillow': ('12.3.0', '13.0.0')}
+    """
+    return {n: v for n, v in shared_versions(cpu, gpu).items() if v[0] != v[1]}
+
+
+def divergence_problems(files: LockFiles) -> list[str]:
+    """The two locks against the declared divergences (offline): every divergence declared, every
+    declared one really diverging."""
+    found = divergences(cpu_lock(files), read_pins(files.gpu.read_text()))
+    declared = files.may_diverge()
+    problems = [
+        f"{n}: constraints.txt {cpu} vs constraints-gpu.txt {gpu}, not declared under "
+        f"[tool.hxpe.lock.may-diverge]"
+        for n, (cpu, gpu) in found.items()
+        if n not in declared
+    ]
+    problems += [
+        f"{n}: declared under [tool.hxpe.lock.may-diverge] but has one version in both locks (or is "
+        f"not in both); remove it and rerun `make lock`"
+        for n in declared
+        if n not in found
+    ]
+    return problems
+
+
+def unneeded_divergences(files: LockFiles) -> list[str]:
+    """Declared divergences the CPU resolution no longer needs (network: uv against PyPI metadata).
+
+    For each declared package, the CPU lock is re-resolved exactly as ``make lock`` does, but with that
+    package too pinned to the GPU lock's version; if uv finds a solution, the divergence is not needed.
+    """
+    gpu = read_pins(files.gpu.read_text())
+    declared = set(files.may_diverge())
+    unneeded = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sorted(declared & set(gpu)):
+            try:
+                compile_lock(
+                    files.pyproject,
+                    files.cpu_extras(),
+                    cpu_inputs(files, gpu, declared - {name}),
+                    CPU_PLATFORM,
+                    Path(tmp) / "probe.txt",
+                    preferences=cpu_lock(files),
+                )
+            except RuntimeError:
+                continue
+            unneeded.append(
+                f"{name}: constraints.txt resolves with {name}=={gpu[name]} (constraints-gpu.txt's "
+                f"version); remove it from [tool.hxpe.lock.may-diverge] and rerun `make lock`"
+            )
+    return unneeded
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hxpe.environment.lock",
@@ -384,20 +506,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--upgrade", action="store_true", help="Ignore the current pins.")
     parser.add_argument(
-        "--check", action="store_true", help="Only check that both locks resolve as they are."
+        "--check",
+        action="store_true",
+        help="Only check that both locks resolve as they are, and that their divergences are exactly "
+        "the declared, still needed ones.",
     )
     args = parser.parse_args(argv)
     files = LockFiles(repo_root())
     start = time.perf_counter()
-    if args.check:
-        problems = check_locks(files)
-        print("\n".join(problems) or "both locks resolve exactly as written")
-        return 1 if problems else 0
-    cpu, gpu = write_locks(files, upgrade=args.upgrade)
+    try:
+        if args.check:
+            problems = check_locks(files) + divergence_problems(files) + unneeded_divergences(files)
+            print(
+                "\n".join(problems)
+                or "both locks resolve exactly as written; divergences as declared"
+            )
+            return 1 if problems else 0
+        cpu, gpu = write_locks(files, upgrade=args.upgrade)
+    except RuntimeError as err:
+        print(f"make lock: {err}", file=sys.stderr)
+        return 1
     print(
         f"constraints.txt: {len(cpu)} pins, constraints-gpu.txt: {len(gpu)} pins "
         f"({time.perf_counter() - start:.0f} s)"
     )
+    for name, (cpu_version, gpu_version) in divergences(cpu, gpu).items():
+        print(
+            f"  diverges: {name} {cpu_version} (constraints.txt) vs {gpu_version} (constraints-gpu.txt)"
+        )
+    for problem in divergence_problems(files):
+        print(f"  warning: {problem}")
     return 0
 
 
