@@ -218,10 +218,12 @@ def paper_checks(
     import numpy as np
     import torch
 
-    from hxpe.bench import PeakMemory, dataset_for, demo_index, sync
-    from hxpe.data.torch_dataset import phrases_from_batch
+    from hxpe.bench.inputs import dataset_for, demo_index
+    from hxpe.bench.timers import PeakMemory, sync
+    from hxpe.model.config import TrainConfig
     from hxpe.model.inference import infer_fast, make_loader, model_device
-    from hxpe.model.losses import hxpe_loss
+    from hxpe.model.losses import LossSpec
+    from hxpe.train import make_optimizer, step_losses
 
     device = model_device(model)
     index = demo_index(work, "smoke_paper", image_size, ["gravel", "bracket"],
@@ -257,16 +259,13 @@ def paper_checks(
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         params = [p for p in model.parameters() if p.requires_grad]
         before = [p.detach().clone() for p in params]
-        opt = torch.optim.AdamW(params, lr=1e-3)
+        train_cfg = TrainConfig()  # the paper's settings; the base's optimiser and loss weights
+        opt = make_optimizer(params, train_cfg, model.cfg)
         model.train()
         sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = model(batch["image"], phrases_from_batch(batch), batch.get("reference"),
-                        batch.get("has_reference"))  # fmt: skip
-        loss = hxpe_loss(
-            out, batch["mask"], batch["label"], {"focal": 1.0, "dice": 1.0, "image": 1.0}
-        )
+            loss = step_losses(model, batch, LossSpec.resolve(model.cfg, train_cfg))
         opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         opt.step()

@@ -87,20 +87,26 @@ def test_fetch_models_plans_only_the_paper_profiles_weights(monkeypatch, tmp_pat
     from hxpe.cli import main
 
     calls = _fake_hub(monkeypatch)
+    released: list[str] = []
+    monkeypatch.setattr(
+        "hxpe.weights.fetch_released", lambda key: released.append(key) or {"mvtec": "0" * 64}
+    )
     monkeypatch.setattr("hxpe.paths.repo_root", lambda: tmp_path)
     assert main(["fetch-models", "--params", str(PAPER)]) == 0
     reg = registry()
     assert [c[0] for c in calls] == [
         "timm/vit_large_patch14_clip_336.openai",
+        "timm/vit_base_patch16_plus_clip_240.laion400m_e31",  # the WinCLIP row's backbone
         "facebook/dinov2-small",
         "Qwen/Qwen2-VL-72B-Instruct-AWQ",
         "Qwen/Qwen2.5-7B-Instruct",
     ]  # not the 147 GB bf16 Qwen2-VL-72B-Instruct
+    assert released == ["released_anomalyclip", "released_adaclip"]  # the released_* rows
     for repo_id, revision, allow, extra in calls:
         spec = next(s for s in reg.values() if s.repo_id == repo_id)
         assert revision == spec.revision and allow == list(spec.allow_patterns) and extra == {}
     assert calls[0][2] == ["open_clip_model.safetensors", "open_clip_config.json"]
-    assert "*.safetensors" in calls[2][2] and "*.json" in calls[2][2]
+    assert "*.safetensors" in calls[3][2] and "*.json" in calls[3][2]
     out = capsys.readouterr().out
     assert "total ~" in out and "Qwen2-VL-72B-Instruct " not in out
 
