@@ -14,9 +14,9 @@ import json
 import logging
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-
 from hxpe.agent.paths import agent_paths
+
+log = logging.getLogger(__name__)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
