@@ -86,7 +86,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     for rule in rules:
         descriptions, extractions = agent_paths(cfg.results_dir, rule)
         report = run_extract(
-            descriptions, cfg.agent, extractions, shard=(args.shard, args.num_shards)
+            descriptions,
+            cfg.agent,
+            extractions,
+            shard=(args.shard, args.num_shards),
+            clip=cfg.model.clip,
         )
         print(json.dumps({"reference_rule": rule, **report.as_dict()}, indent=1))
     return 0
