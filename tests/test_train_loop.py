@@ -325,13 +325,15 @@ def test_profiles_train_no_duplicates(name: str) -> None:
     cfg = load_config(f"notebooks/params/{name}.yaml")
     groups = training_groups(cfg)
     shared = {m: ms[0] for ms in groups.values() for m in ms[1:]}
-    expected = {"hxpe_reweight": "adaclip_explain"} if name == "paper" else {}
+    expected = {"hxpe_reweight": "adaclip_explain"}
     assert shared == expected
     trained = [ms[0] for ms in groups.values()]
     assert len(trained) == len(set(trained)) == len(trainable_variants(cfg)) - len(expected)
     assert training_signature(cfg, "adaclip") != training_signature(cfg, "adaclip_dinov2")
     assert training_signature(cfg, "anomalyclip") != training_signature(cfg, "anomalyclip_dinov2")
     assert cfg.model_for("hxpe").vfm.mode == "attn_bias"
+    assert cfg.reference_rule_for("hxpe_noref") == "none"
+    assert cfg.reference_rules() == ["first_normal_train", "none"]
 
 
 def test_train_all_shares_checkpoints_of_equal_signatures(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ from hxpe.evaluation.published import (
     load_published,
 )
 from hxpe.evaluation.results import load_metrics, write_csv
+
+if TYPE_CHECKING:
+    from hxpe.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +130,38 @@ def summary_table(
     return table[order].round(1)
 
 
-def ablation_table(per_dataset: pd.DataFrame, aupro: str = "anomalyclip") -> pd.DataFrame:
-    """One row per (direction, variant): each metric's mean over the direction's datasets, ×100."""
+def variant_columns(cfg: Config) -> dict[str, dict[str, str]]:
+    """Per variant, what its ablation row switches: base, explainable prompts, DINOv2 prompts
+    (``attn_bias`` / ``reweight`` / ``off``) and the normal reference (``none`` = §4 row 1)."""
+    out = {}
+    for variant in cfg.variants:
+        m = cfg.model_for(variant)
+        out[variant] = {
+            "base": m.base,
+            "explain": m.explain.mode if m.explain.enabled else "off",
+            "dinov2": m.vfm.mode if m.vfm.enabled else "off",
+            "reference": cfg.reference_rule_for(variant),
+        }
+    return out
+
+
+def ablation_table(
+    per_dataset: pd.DataFrame,
+    aupro: str = "anomalyclip",
+    variants: dict[str, dict[str, str]] | None = None,
+) -> pd.DataFrame:
+    """One row per (direction, variant): each metric's mean over the direction's datasets, ×100;
+    with ``variants`` (:func:`variant_columns`) also the settings each row switches."""
     long = with_aupro_alias(per_dataset, aupro)
     wide = long.pivot_table(index=["direction", "variant"], columns="metric", values="value")
     wide = (100 * wide[_ordered_metrics(long["metric"])]).round(1)
     wide.columns.name = None
-    return wide.reset_index()
+    table = wide.reset_index()
+    if variants:
+        keys = list(dict.fromkeys(k for v in variants.values() for k in v))
+        for pos, key in enumerate(keys, start=2):
+            table.insert(pos, key, [variants.get(v, {}).get(key, "") for v in table["variant"]])
+    return table
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -165,11 +194,12 @@ def write_tables(
     aupro: str = "anomalyclip",
     published: tuple[str, ...] = PUBLISHED_TABLES,
     random_weights: bool = False,
+    variants: dict[str, dict[str, str]] | None = None,
 ) -> list[Path]:
     """Write per-class, summary (one per published table) and ablation tables to ``tables/``.
 
     The demo profile's tables, and any table from random-weight models (``random_weights``), carry a
-    banner that says so.
+    banner that says so. ``variants`` (:func:`variant_columns`) labels the ablation rows.
     """
     rd = Path(results_dir)
     per_class, per_dataset = load_metrics(rd)
@@ -200,7 +230,7 @@ def write_tables(
             summary, out, f"summary_{name}", f"{main_variant} vs {table.name} ({profile})", notes
         )
     paths += _write(
-        ablation_table(per_dataset, aupro),
+        ablation_table(per_dataset, aupro, variants),
         out,
         "ablation",
         f"Variants (ablation rows), mean over each direction's datasets ({profile})",
