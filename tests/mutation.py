@@ -116,7 +116,11 @@ def report(work: Path, found: dict[str, str], seconds: float, args: argparse.Nam
         c = by_module[module]
         total += c
         lines.append(_row(module, c))
-    lines += [_row("TOTAL", total), "", "Statuses: " + ", ".join(f"{k} {v}" for k, v in total.items())]
+    lines += [
+        _row("TOTAL", total),
+        "",
+        "Statuses: " + ", ".join(f"{k} {v}" for k, v in total.items()),
+    ]
     survivors = sorted(n for n, s in found.items() if s == "survived")
     lines += ["", f"## {len(survivors)} surviving mutants", ""]
     for name in survivors:
