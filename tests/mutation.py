@@ -18,6 +18,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -40,7 +41,7 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-def prepare(work: Path, paths: list[str], tests: list[str]) -> None:
+def prepare(work: Path, paths: list[str], tests: list[str], timeout_multiplier: float) -> None:
     """A fresh scratch copy of the sources and tests with a ``[tool.mutmut]`` section."""
     if work.exists():
         shutil.rmtree(work)
@@ -60,7 +61,11 @@ source_paths = ["hxpe"]
 only_mutate = {_toml_list(paths)}
 also_copy = ["notebooks/params"]
 pytest_add_cli_args = ["-m", "not slow", "-q", "-x", "-p", "no:cacheprovider"]
+# torch is not fork-safe once it has run: fork the workers from a server that only collected tests.
+process_isolation = "forkserver"
+forkserver_warmup = "collect"
 pytest_add_cli_args_test_selection = {_toml_list(tests)}
+timeout_multiplier = {timeout_multiplier}
 """
     with open(work / "pyproject.toml", "a") as fh:
         fh.write(section)
@@ -78,7 +83,7 @@ def statuses(work: Path) -> dict[str, str]:
     found = {}
     for line in out.splitlines():
         m = STATUS.match(line)
-        if m and "__mutmut_" in m["name"]:
+        if m and "__mutmut_" in m["name"] and m["status"] != "not checked":
             found[m["name"]] = m["status"]
     return found
 
@@ -107,6 +112,7 @@ def report(work: Path, found: dict[str, str], seconds: float, args: argparse.Nam
         "# Mutation testing report (tests/mutation.py)",
         f"paths: {' '.join(args.paths)}",
         f"tests: {' '.join(args.tests)} (-m 'not slow')",
+        f"mutants: {' '.join(args.mutants) or 'all'}",
         f"run time: {seconds:.0f} s",
         "",
         f"{'module':40s} {'mutants':>8s} {'killed':>7s} {'survived':>9s} {'other':>6s} {'kill %':>7s}",
@@ -131,9 +137,10 @@ def report(work: Path, found: dict[str, str], seconds: float, args: argparse.Nam
 def _row(module: str, c: Counter) -> str:
     n = sum(c.values())
     killed = c["killed"] + c["timeout"]
-    other = n - killed - c["survived"]
-    rate = 100.0 * killed / max(1, killed + c["survived"])
-    return f"{module:40s} {n:8d} {killed:7d} {c['survived']:9d} {other:6d} {rate:6.1f}%"
+    alive = c["survived"] + c["no tests"]
+    other = n - killed - alive
+    rate = 100.0 * killed / max(1, killed + alive)
+    return f"{module:40s} {n:8d} {killed:7d} {alive:9d} {other:6d} {rate:6.1f}%"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,14 +148,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", nargs="+", default=DEFAULT_PATHS, help="Globs of files to mutate.")
     p.add_argument("--tests", nargs="+", default=DEFAULT_TESTS, help="Test files to run.")
     p.add_argument("--max-children", type=int, default=2, help="Parallel mutant runs.")
+    p.add_argument(
+        "--mutants",
+        nargs="*",
+        default=[],
+        help="Only these mutant name globs, e.g. 'hxpe.model.vfm.x_calibrate*' (default: all).",
+    )
+    p.add_argument(
+        "--timeout-multiplier",
+        type=float,
+        default=30.0,
+        help="A mutant times out after this many times its tests' clean duration (raise it on a "
+        "loaded machine, so that slowness is not counted as a kill).",
+    )
     p.add_argument("--work", type=Path, default=ROOT / "build" / "mutation-work")
     p.add_argument("--out", type=Path, default=ROOT / "build" / "mutation.txt")
     args = p.parse_args(argv)
-    prepare(args.work, args.paths, args.tests)
+    prepare(args.work, args.paths, args.tests, args.timeout_multiplier)
     started = time.perf_counter()
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+        [
+            sys.executable,
+            "-m",
+            "mutmut",
+            "run",
+            "--max-children",
+            str(args.max_children),
+            *args.mutants,
+        ],
         cwd=args.work,
+        env=env,
         check=False,
     )
     seconds = time.perf_counter() - started

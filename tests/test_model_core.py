@@ -279,6 +279,8 @@ def test_own_nn_distance_skips_the_patch_and_its_3x3_neighbours() -> None:
     d = own_nn_distance(feats, (1, 4))
     s = 1 - 2**-0.5
     assert torch.allclose(d, torch.tensor([[s, s, 1.0, s]]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"grid \(2, 2\) is too small to calibrate on"):
+        own_nn_distance(torch.stack([E0, E1, E2, E0])[None], (2, 2))
 
 
 class _HandFeatures(VfmPrompter):
