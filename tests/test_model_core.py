@@ -258,6 +258,10 @@ def test_reference_distance_nn_and_mutual_gap() -> None:
     mutual = reference_distance(feats, ref, mutual=True)
     assert torch.allclose(nn_d, torch.tensor([[0.0, 0.2]]), atol=1e-6)
     assert torch.allclose(mutual, torch.tensor([[0.0, 0.4]]), atol=1e-6)  # 0.2 + (1 − 0.8)
+    # matches cross over (patch 0 -> ref 1, patch 1 -> ref 0); each match is mutual: no gap
+    crossed = torch.stack([unit(0.6, 0.8, 0), E0])[None]
+    expected = torch.tensor([[0.2, 0.0]])
+    assert torch.allclose(reference_distance(crossed, ref, mutual=True), expected, atol=1e-6)
 
 
 def test_rarity_is_the_mean_distance_to_the_k_most_similar_other_patches() -> None:
@@ -274,6 +278,9 @@ def test_own_nn_distance_skips_the_patch_and_its_3x3_neighbours() -> None:
         [False, True, True, True],
         [False, False, True, True],
     ]
+    square = neighbourhood_mask((3, 3))
+    assert square[0].tolist() == [True, True, False, True, True, False, False, False, False]
+    assert square[4].all()  # the centre touches every patch of a 3×3 grid
     # patch 1 repeats patch 0 but is its neighbour, so it does not count as patch 0's match
     feats = torch.stack([E0, E0, E1, unit(1, 1, 0)])[None]
     d = own_nn_distance(feats, (1, 4))
