@@ -113,7 +113,7 @@ def report(work: Path, found: dict[str, str], seconds: float, args: argparse.Nam
         f"paths: {' '.join(args.paths)}",
         f"tests: {' '.join(args.tests)} (-m 'not slow')",
         f"mutants: {' '.join(args.mutants) or 'all'}",
-        f"run time: {seconds:.0f} s",
+        f"run time: {seconds:.0f} s" if seconds else "run time: (report of an earlier run)",
         "",
         f"{'module':40s} {'mutants':>8s} {'killed':>7s} {'survived':>9s} {'other':>6s} {'kill %':>7s}",
     ]
@@ -163,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--work", type=Path, default=ROOT / "build" / "mutation-work")
     p.add_argument("--out", type=Path, default=ROOT / "build" / "mutation.txt")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Write the report from the results already in --work (no new run).",
+    )
     args = p.parse_args(argv)
+    if args.report_only:
+        return write_report(args, None, 0.0)
     prepare(args.work, args.paths, args.tests, args.timeout_multiplier)
     started = time.perf_counter()
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -181,11 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         env=env,
         check=False,
     )
-    seconds = time.perf_counter() - started
+    return write_report(args, run.returncode, time.perf_counter() - started)
+
+
+def write_report(args: argparse.Namespace, returncode: int | None, seconds: float) -> int:
     found = statuses(args.work)
     if not found:
-        print(f"mutmut produced no results (exit {run.returncode}); see {args.work}")
-        return run.returncode or 1
+        print(f"mutmut produced no results (exit {returncode}); see {args.work}")
+        return returncode or 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(args.work, found, seconds, args))
     print(args.out.read_text().split("## ")[0])

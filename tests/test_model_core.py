@@ -457,6 +457,8 @@ def test_learned_beta_is_a_trainable_scalar_that_gets_gradients() -> None:
     assert model.key_bias.beta.grad is not None and float(model.key_bias.beta.grad.abs()) > 0
     fixed = tiny("adaclip")
     assert "key_bias.beta" not in fixed.trainable_state()
+    assert "key_bias.beta" not in fixed.state_dict()  # a fixed β is config, not state
+    assert float(fixed.key_bias.beta) == fixed.cfg.vfm.bias_beta
 
 
 def test_visual_prompts_are_appended_at_block_0_and_replaced_in_later_prompted_blocks() -> None:
