@@ -371,3 +371,18 @@ def test_train_all_shares_checkpoints_of_equal_signatures(
     assert model.cfg == cfg.model_for("adaclip_rw") and model.vfm is not None
     with pytest.raises(ValueError, match="Cannot share"):
         share_checkpoint(out[("d", "adaclip")], tmp_path / "x", cfg, "adaclip_dinov2")
+
+
+def test_optimiser_choices_build_what_they_name() -> None:
+    from hxpe.model.config import TrainConfig
+    from hxpe.model.tiny import tiny_model_config
+    from hxpe.train import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    model_cfg = tiny_model_config("anomalyclip")
+    sgd = make_optimizer(params, TrainConfig(optimizer="sgd", lr=0.05), model_cfg)
+    assert type(sgd) is torch.optim.SGD
+    assert sgd.param_groups[0]["lr"] == 0.05 and sgd.param_groups[0]["momentum"] == 0.9
+    assert sgd.param_groups[0]["params"] == params
+    adamw = make_optimizer(params, TrainConfig(optimizer="adamw", betas=(0.9, 0.99)), model_cfg)
+    assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["betas"] == (0.9, 0.99)
