@@ -33,7 +33,7 @@ STAGE_RUN = $(PY) -m hxpe.cli stage $(1) --params $(PARAMS) --kernel $(2)
 
 .PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest data describe extract train \
         evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env gpu-smoke verify bench \
-        format
+        format mutation
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
@@ -156,6 +156,17 @@ nbtest: | $(STAMP)
 	  --nbval-cell-timeout=900 -p no:cacheprovider $(NB)/0*.ipynb
 
 test: lint unit nbtest  ## ruff, pytest (unit tests), and the six notebooks with nbval (demo defaults)
+
+# Mutation testing: MUTATE (files or globs), MUTATION_TESTS (test files), MUTATION_JOBS (parallel runs).
+MUTATE         ?= hxpe/model/*.py hxpe/train.py
+MUTATION_TESTS ?= tests/test_model_core.py tests/test_train_loop.py
+MUTATION_JOBS  ?= 2
+$(VENV)/.mutation: constraints.txt | $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[mutation]'
+	touch $@
+
+mutation: $(VENV)/.mutation  ## mutmut over the model and training code against the fast tests -> build/mutation.txt
+	$(PY) tests/mutation.py --paths $(MUTATE) --tests $(MUTATION_TESTS) --max-children $(MUTATION_JOBS)
 
 format: | $(STAMP)  ## Apply ruff's formatter and fixes
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .

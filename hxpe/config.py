@@ -71,6 +71,16 @@ class Config(BaseModel):
         merged = deep_merge(self.model.model_dump(), self.variants[variant])
         return ModelConfig.model_validate(merged)
 
+    def reference_rule_for(self, variant: str) -> str:
+        """The variant's reference rule (``model.reference_rule``), else ``data.reference_rule``."""
+        return self.model_for(variant).reference_rule or self.data.reference_rule
+
+    def reference_rules(self) -> list[str]:
+        """The distinct reference rules of the profile, ``data.reference_rule`` first: each one
+        gets its own VLM descriptions and LLM extractions (stages 02-03)."""
+        rules = [self.data.reference_rule] + [self.reference_rule_for(v) for v in self.variants]
+        return list(dict.fromkeys(rules))
+
     def random_init_backbones(self) -> dict[str, dict[str, Any]]:
         """Backbones that some variant builds from a config with random weights (demo, dry run)."""
         out: dict[str, dict[str, Any]] = {}

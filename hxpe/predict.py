@@ -109,7 +109,7 @@ def extract_phrase(cfg: Config, description: str) -> Explained:
 
     ecfg = cfg.agent.extract
     backends = {"extract": f"{ecfg.backend}:{ecfg.model_id}"}
-    record = extract_one(description, cfg.agent)
+    record = extract_one(description, cfg.agent, clip=cfg.model.clip)
     if record["status"] != "ok":
         log.warning("extraction failed (%s); the model uses its generic prompts", record["error"])
         return Explained(description, {"error": record["error"]}, None, None, backends)

@@ -5,6 +5,10 @@ Only the prompter's parameters train; CLIP and DINOv2 are checked frozen. The ch
 written into a temporary sibling and renamed into place on success, so a crash never leaves a half
 checkpoint.
 
+Variants that would train identical parameters (same :func:`training_signature`, e.g. two that differ
+only in a test-time setting such as ``vfm.mode: reweight``) are trained once; the others get a copy
+of that checkpoint with their own ``config.json`` (:func:`share_checkpoint`).
+
 Example:
     >>> ckpt = train(cfg, load_index(aux_dir), phrases, out_dir, "hxpe")  # doctest: +SKIP
     >>> model = load_checkpoint(ckpt)  # doctest: +SKIP
@@ -13,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import shutil
@@ -29,7 +34,13 @@ from hxpe.atomic import replace_dir
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, select_references
 from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
-from hxpe.model.checkpoint import checkpoint_dir, save_checkpoint
+from hxpe.model.checkpoint import (
+    CHECKPOINT_FILES,
+    CONFIG_FILE,
+    checkpoint_dir,
+    read_checkpoint_config,
+    save_checkpoint,
+)
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.loading import model_device
@@ -45,6 +56,47 @@ LOSS_COLUMNS = ("epoch", "step", "total", "focal", "dice", "image")
 def trainable_variants(cfg: Config) -> list[str]:
     """The variants of the profile that have parameters to train (all but WinCLIP-style ones)."""
     return [v for v in cfg.variants if cfg.model_for(v).trains]
+
+
+def training_signature(cfg: Config, variant: str) -> str:
+    """A hash of everything that shapes ``variant``'s trained parameters, and nothing else.
+
+    Left out, because the losses never see them: ``sigma`` (smoothing of the output map), the DINOv2
+    section unless its prompt map enters CLIP's attention (``vfm.mode: reweight`` acts after the
+    losses, so it trains exactly like ``vfm.enabled: false``), ``vfm.alpha`` (re-weighting only),
+    and the explain section when it is disabled. The reference rule counts where it reaches
+    training: through the phrases (explain on) and through the DINOv2 prompts (attn_bias).
+    """
+    m = cfg.model_for(variant)
+    model = m.model_dump(mode="json")
+    model.pop("sigma")
+    model["reference_rule"] = None
+    if m.vfm.trains_through:
+        model["vfm"].pop("alpha")
+    else:
+        model["vfm"] = None
+    if not m.explain.enabled:
+        model["explain"] = None
+    rule = cfg.reference_rule_for(variant)
+    payload = {
+        "model": model,
+        "train": cfg.train.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "deterministic": cfg.deterministic,
+        "phrases_rule": rule if m.explain.enabled else None,
+        "references_rule": rule if m.vfm.trains_through else None,
+    }
+    text = json.dumps(payload, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def training_groups(cfg: Config, variants: list[str] | None = None) -> dict[str, list[str]]:
+    """``{signature: [variant, ...]}`` over the trainable ``variants`` (profile order); the first
+    variant of each group is trained, the others share its checkpoint."""
+    groups: dict[str, list[str]] = {}
+    for variant in variants or trainable_variants(cfg):
+        groups.setdefault(training_signature(cfg, variant), []).append(variant)
+    return groups
 
 
 def batch_size_for(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
@@ -155,8 +207,8 @@ def train(
 
     Args:
         phrases: image_id -> gated explainable phrase (None = no phrase).
-        references: class -> normal reference image_id; None = ``select_references`` with
-            ``data.reference_rule`` when the variant uses the DINOv2 prompts.
+        references: class -> normal reference image_id; None = ``select_references`` with the
+            variant's reference rule (``Config.reference_rule_for``) when it uses DINOv2 prompts.
 
     Returns:
         ``out_dir``, holding ``trainable.safetensors``, ``config.json``, ``provenance.json``,
@@ -172,7 +224,7 @@ def train(
     model.to(device).train()
     check_frozen(model)
     if references is None and model_cfg.vfm.enabled:
-        references = select_references(index, cfg.data.reference_rule)
+        references = select_references(index, cfg.reference_rule_for(variant))
     loader = _loader(cfg, model_cfg, index, phrases, references)
     params = list(model.trainable_state().values())
     optimizer = make_optimizer(params, cfg.train, model_cfg)
@@ -204,6 +256,7 @@ def train(
         "train_index": index.name,
         "seed": cfg.seed,
         "steps": step,
+        "training_signature": training_signature(cfg, variant),
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -234,9 +287,41 @@ def train(
     return out_dir
 
 
+def share_checkpoint(source: Path, target: Path, cfg: Config, variant: str) -> Path:
+    """Give ``variant`` the parameters trained in ``source`` (same :func:`training_signature`):
+    the weights and loss history are copied, ``config.json`` holds ``variant``'s own model config
+    and names the variant that trained it. Written atomically like :func:`train`."""
+    source, target = Path(source), Path(target)
+    config = read_checkpoint_config(source)
+    signature = training_signature(cfg, variant)
+    if config["train"].get("training_signature") != signature:
+        raise ValueError(
+            f"Cannot share {source} with variant {variant!r}: it was trained with signature "
+            f"{config['train'].get('training_signature')!r}, the variant needs {signature!r}."
+        )
+    config["model"] = cfg.model_for(variant).model_dump(mode="json")
+    config["train"] = config["train"] | {
+        "variant": variant,
+        "trained_as": config["train"]["variant"],
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name in CHECKPOINT_FILES:
+            if name != CONFIG_FILE and (source / name).is_file():
+                shutil.copy2(source / name, tmp / name)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("Variant %s shares the checkpoint trained as %s -> %s", variant, source.name, target)
+    return target
+
+
 def train_all(
     cfg: Config,
-    phrases: dict[str, str | None],
+    phrases: dict[str, str | None] | None = None,
     *,
     results_dir: Path | None = None,
     variants: list[str] | None = None,
@@ -244,18 +329,33 @@ def train_all(
     """Stage 04: train every trainable variant for every direction of the profile.
 
     Each direction trains on its auxiliary dataset's index (``index/<direction.train>``) with that
-    dataset's normal references; returns ``{(direction, variant): checkpoint_dir}``.
+    dataset's normal references (the variant's reference rule). Variants with the same
+    :func:`training_signature` train once and share the checkpoint. ``phrases`` (image_id ->
+    gated phrase) serve every variant; None reads each variant's from stage 03
+    (:func:`hxpe.agent.phrases_for_rule`). Returns ``{(direction, variant): checkpoint_dir}``.
     """
+    from hxpe.agent import phrases_for_rule
     from hxpe.data.index import load_index
 
     rd = results_dir or cfg.results_dir
+    groups = training_groups(cfg, variants)
     out: dict[tuple[str, str], Path] = {}
     for direction in cfg.evaluation.directions:
         aux = load_index(rd / "index" / direction.train)
-        references = select_references(aux, cfg.data.reference_rule)
-        for variant in variants or trainable_variants(cfg):
-            target = checkpoint_dir(rd, direction.name, variant)
-            out[(direction.name, variant)] = train(
-                cfg, aux, phrases, target, variant, references=references
+        for members in groups.values():
+            first = members[0]
+            rule = cfg.reference_rule_for(first)
+            target = checkpoint_dir(rd, direction.name, first)
+            out[(direction.name, first)] = train(
+                cfg,
+                aux,
+                phrases if phrases is not None else phrases_for_rule(rd, rule),
+                target,
+                first,
+                references=select_references(aux, rule),
             )
+            for other in members[1:]:
+                out[(direction.name, other)] = share_checkpoint(
+                    target, checkpoint_dir(rd, direction.name, other), cfg, other
+                )
     return out

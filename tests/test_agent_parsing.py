@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
+import hxpe.agent.phrase as phrase_module
 from hxpe.agent.backend_base import Generation, Sampling
 from hxpe.agent.config import DescribeConfig, ExtractConfig
 from hxpe.agent.parsing import OutputError, check_description, parse_extraction
-from hxpe.agent.phrase import count_clip_tokens, fit_phrase
+from hxpe.agent.phrase import clip_tokenizer, count_clip_tokens, fit_phrase
 from hxpe.agent.runner import run_with_retries
 from hxpe.agent.schema import Extraction, verdict, vlm_says_no_anomaly
 
@@ -107,9 +110,77 @@ def test_phrase_budget_uses_clip_tokens():
     assert fit_phrase(phrase, 20) == (phrase, False)
 
 
+def test_phrase_budget_counts_tokens_of_the_configured_clip(monkeypatch):
+    from hxpe.agent import extract_one
+    from hxpe.agent.config import AgentConfig
+    from hxpe.model.config import ClipConfig
+    from hxpe.model.tiny import TINY_MODEL
+
+    tiny = ClipConfig.model_validate(TINY_MODEL["clip"])
+    assert (
+        type(clip_tokenizer(tiny)).__name__ == "SimpleTokenizer"
+    )  # open_clip's, for the tiny CLIP
+    per_char = types.SimpleNamespace(encode=list, decode="".join)
+    real = phrase_module._tokenizer
+    monkeypatch.setattr(
+        phrase_module,
+        "_tokenizer",
+        lambda name, cfg_file: per_char if name == "hxpe-tiny-clip" else real(name, cfg_file),
+    )
+    assert count_clip_tokens("crack", tiny) == 5  # one "token" per character
+    assert fit_phrase("cracked", 3, tiny) == ("cra", True)
+    assert count_clip_tokens("crack") == 1  # the paper CLIP's BPE
+    cfg = AgentConfig.model_validate(
+        {"extract": {"backend": "rules", "model_id": "hxpe-rules", "max_phrase_tokens": 12}}
+    )
+    text = "Image 2 differs. There is a small round spot in the centre of the image. It looks like a hole."
+    paper = extract_one(text, cfg)
+    cut = extract_one(text, cfg, clip=tiny)
+    assert paper["phrase_tokens"] <= 12 and not paper["phrase_truncated"]
+    assert cut["phrase_truncated"] and cut["phrase_tokens"] == len(cut["phrase"]) <= 12
+
+
+NEGATIVE_ANSWERS = [
+    "No anomaly",
+    "No anomaly.",
+    "  no anomalies found",
+    "There is no anomaly in Image 2.",
+    "Image 2 looks identical to Image 1: no defects are visible.",
+    "Compared with the reference, I do not see any defects on the bottle.",
+    "The screw does not show any visible damage.",
+    "The surface appears defect-free and uniform.",
+    "There are no meaningful differences between the two images.",
+    "Defects: none.",
+    "The capsule is free of defects; the print is sharp.",
+    "After comparing both images carefully, no anomaly.",
+]
+POSITIVE_REPORTS = [
+    "A scratch; otherwise no anomaly.",
+    "A thin scratch on the upper left; no other anomaly.",
+    "There is a dent near the rim. Apart from this, no defects are visible.",
+    "A crack runs across the centre, but no other damage is visible.",
+    "Small hole at the bottom; the rest shows no difference from Image 1.",
+    "A brown stain on the left side of the carpet. No further defects.",
+    "A missing pin on the connector; no anomaly elsewhere.",
+    "The cable insulation is cut, exposing the copper wire.",
+    "There is a small dark spot which is not present in Image 1.",
+    "The difference is not due to lighting: a deep scratch crosses the surface.",
+]
+
+
+@pytest.mark.parametrize("text", NEGATIVE_ANSWERS)
+def test_vlm_negative_answer_is_recognised_wherever_it_is_stated(text):
+    assert vlm_says_no_anomaly(text)
+    assert verdict(True, text, "llm_and_vlm") is False
+
+
+@pytest.mark.parametrize("text", POSITIVE_REPORTS)
+def test_reported_findings_are_not_vetoed(text):
+    assert not vlm_says_no_anomaly(text)
+    assert verdict(True, text, "llm_and_vlm") is True
+
+
 def test_anti_false_alarm_verdict():
-    assert vlm_says_no_anomaly("No anomaly.") and vlm_says_no_anomaly("  no anomalies found")
-    assert not vlm_says_no_anomaly("A scratch; otherwise no anomaly.")
     assert verdict(True, "A scratch.", "llm_and_vlm") is True
     assert verdict(True, "No anomaly", "llm_and_vlm") is False
     assert verdict(True, "No anomaly", "llm") is True

@@ -126,9 +126,21 @@ def test_replay_reads_only_the_cache(index, tmp_path):
         run_describe([index], wrong, desc)
 
 
-def test_no_reference_rule_needs_noref_template(index, tmp_path):
-    with pytest.raises(ValueError, match="describe_noref_v1"):
-        run_describe([index], _cfg(), tmp_path / "d.jsonl", reference_rule="none")
+def test_no_reference_rule_describes_each_image_alone(index, tmp_path):
+    path = tmp_path / "d_noref.jsonl"
+    report = run_describe([index], _cfg(), path, reference_rule="none")
+    assert (report.total, report.done, report.failed) == (10, 10, 0)
+    frame = load_descriptions(path)
+    assert set(frame["template_id"]) == {"describe_noref_v1"}
+    assert frame["reference_id"].isna().all() and frame["reference_sha256"].isna().all()
+    assert set(frame["reference_rule"]) == {"none"}
+    with_ref = tmp_path / "d.jsonl"
+    run_describe([index], _cfg(), with_ref)
+    keys = set(load_descriptions(with_ref)["key"])
+    assert keys.isdisjoint(frame["key"])  # template and reference are part of the key
+    with pytest.raises(ValueError, match="noref_template: describe_noref_v1"):
+        bad = _cfg(describe={"noref_template": "describe_v1"})
+        run_describe([index], bad, tmp_path / "x.jsonl", reference_rule="none")
 
 
 KILL_SCRIPT = textwrap.dedent(

@@ -175,3 +175,38 @@ def test_table_options_from_the_profiles() -> None:
     assert paper["map_dtype"] == "float32" and paper["baselines"] == {"winclip": "WinCLIP"}
     demo = table_options(load_config(Path("notebooks/params/demo.yaml")))
     assert demo["map_dtype"] == "float16" and demo["profile"] == "demo"
+
+
+def test_ablation_rows_say_what_they_switch_including_the_no_reference_row(tmp_path: Path) -> None:
+    from hxpe.config import load_config
+    from hxpe.evaluation.tables import variant_columns
+
+    settings = variant_columns(load_config("notebooks/params/paper.yaml"))
+    assert settings["hxpe_noref"] == {
+        "base": "adaclip",
+        "explain": "in_prompt",
+        "dinov2": "attn_bias",
+        "reference": "none",
+    }
+    assert settings["hxpe"]["reference"] == "first_normal_train"
+    assert settings["hxpe_reweight"]["dinov2"] == "reweight"
+    assert settings["adaclip"] | {"base": "x"} == {
+        "base": "x",
+        "explain": "off",
+        "dinov2": "off",
+        "reference": "first_normal_train",
+    }
+    fake_results(tmp_path)
+    labels = {"hxpe": settings["hxpe"], "no_vfm": settings["hxpe_noref"]}
+    write_tables(tmp_path, profile="demo", main_variant="hxpe", variants=labels)
+    ablation = pd.read_csv(tmp_path / "tables" / "ablation.csv")
+    assert list(ablation.columns[:6]) == [
+        "direction",
+        "variant",
+        "base",
+        "explain",
+        "dinov2",
+        "reference",
+    ]
+    row = ablation.set_index("variant").loc["no_vfm"]
+    assert row["reference"] == "none" and row["image_auroc"] == pytest.approx(80.0)

@@ -2,7 +2,7 @@
 
 Entry points (used by notebooks 02/03 and ``hxpe describe`` / ``hxpe extract``):
 :func:`run_describe`, :func:`run_extract`, :func:`load_descriptions`, :func:`load_extractions`,
-:func:`load_phrases` and :func:`merge_shards`. Backends: ``hxpe/agent/backend_*.py``; prompt templates:
+:func:`load_phrases`, :func:`phrases_for_rule`, :func:`agent_paths` and :func:`merge_shards`. Backends: ``hxpe/agent/backend_*.py``; prompt templates:
 ``hxpe/agent/templates/``; scaling out: ``hxpe/agent/SCALING.md``.
 """
 
@@ -15,17 +15,20 @@ from hxpe.agent.extract import (
     load_phrases,
     run_extract,
 )
+from hxpe.agent.paths import agent_paths, phrases_for_rule
 from hxpe.agent.schema import Extraction
 
 __all__ = [
     "DescribeReport",
     "ExtractReport",
     "Extraction",
+    "agent_paths",
     "extract_one",
     "load_descriptions",
     "load_extractions",
     "load_phrases",
     "merge_shards",
+    "phrases_for_rule",
     "run_describe",
     "run_extract",
 ]

@@ -7,13 +7,15 @@ compared with its nearest reference pixel in (colour, texture, position) space (
 misregistration and natural texture variation do not count). A robust threshold (median + ``k`` x MAD, with an absolute floor)
 and hysteresis give the differing regions; the largest ones are described by location, size, shape,
 brightness, colour and texture. Nothing found: the answer is exactly ``No anomaly``.
+Without a reference (the no-reference rule, method.md §4 row 1) the image is compared with a
+median-filtered copy of itself (:meth:`ClassicalDescriber.self_reference`).
 
 Options (``agent.describe.options``): ``work_size``, ``blur_sigma``, ``position_weight``, ``k``,
 ``floor``, ``min_area_frac``, ``max_regions``.
 
 Example:
     >>> import numpy as np
-    >>> from PIL import Image
+    >>> from PIL import Image, ImageFilter
     >>> ref = Image.fromarray(np.full((64, 64, 3), 180, np.uint8))
     >>> ClassicalDescriber().describe_pair(ref, ref, "plate")
     'No anomaly'
@@ -27,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage import color, filters, measure, registration
@@ -126,12 +128,21 @@ class ClassicalDescriber:
         out = []
         for req in requests:
             if req.reference is None:
-                raise ValueError(
-                    f"{req.image_id}: the classical describer compares with a normal reference; "
-                    f"use reference_rule='first_normal_train' (data.reference_rule)."
-                )
-            out.append(Generation(self.describe_pair(req.reference, req.image, req.class_name)))
+                out.append(Generation(self.describe_single(req.image, req.class_name)))
+            else:
+                out.append(Generation(self.describe_pair(req.reference, req.image, req.class_name)))
         return out
+
+    def self_reference(self, test: Image.Image) -> Image.Image:
+        """A stand-in normal image made from ``test`` alone (no-reference rule): the image at the
+        working size under a median filter of 1/6 of its width, which removes small local
+        structures (defects) and keeps the large-scale appearance."""
+        p = self.params
+        scale = p.work_size / max(test.size)
+        size = (max(8, round(test.size[0] * scale)), max(8, round(test.size[1] * scale)))
+        small = test.convert("RGB").resize(size, Image.BILINEAR)
+        width = max(3, (max(size) // 6) | 1)
+        return small.filter(ImageFilter.MedianFilter(width))
 
     # -- analysis ---------------------------------------------------------------------------
     def _features(self, ref: Image.Image, test: Image.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -227,12 +238,21 @@ class ClassicalDescriber:
         )
 
     # -- text -------------------------------------------------------------------------------
+    def describe_single(self, test: Image.Image, class_name: str) -> str:
+        """The description of ``test`` without a reference (against :meth:`self_reference`)."""
+        lead = f"The {class_name} shows local irregularities."
+        return self._describe(self.self_reference(test), test, lead)
+
     def describe_pair(self, ref: Image.Image, test: Image.Image, class_name: str) -> str:
         """The description of ``test`` against the normal ``ref`` (or exactly 'No anomaly')."""
+        lead = f"Image 2 differs from the normal {class_name} in Image 1."
+        return self._describe(ref, test, lead)
+
+    def _describe(self, ref: Image.Image, test: Image.Image, lead_in: str) -> str:
         regions = self.analyse(ref, test)
         if not regions:
             return NO_ANOMALY
-        parts = [f"Image 2 differs from the normal {class_name} in Image 1."]
+        parts = [lead_in]
         for i, reg in enumerate(regions):
             lead = "There is" if i == 0 else "There is also"
             line = f" running {reg.orientation}ly" if reg.orientation else ""

@@ -14,11 +14,9 @@ import json
 import logging
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from hxpe.agent.paths import agent_paths
 
-AGENT_DIR = "agent"
-DESCRIPTIONS = "descriptions.jsonl"
-EXTRACTIONS = "extractions.jsonl"
+log = logging.getLogger(__name__)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -47,11 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_extract)
 
 
-def agent_paths(results_dir: Path) -> tuple[Path, Path]:
-    """``(descriptions.jsonl, extractions.jsonl)`` of a profile's results directory."""
-    return results_dir / AGENT_DIR / DESCRIPTIONS, results_dir / AGENT_DIR / EXTRACTIONS
-
-
 def _merge(path: Path) -> int:
     from hxpe.agent.cache import merge_shards
 
@@ -66,18 +59,19 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from hxpe.data.index import load_index
 
     cfg = load_config(args.params)
-    descriptions, _ = agent_paths(cfg.results_dir)
+    rules = cfg.reference_rules()
     if args.merge:
-        return _merge(descriptions)
+        return max(_merge(agent_paths(cfg.results_dir, rule)[0]) for rule in rules)
     indexes = [load_index(cfg.results_dir / "index" / d.name) for d in cfg.data.datasets]
-    report = run_describe(
-        indexes,
-        cfg.agent,
-        descriptions,
-        reference_rule=cfg.data.reference_rule,
-        shard=(args.shard, args.num_shards),
-    )
-    print(json.dumps(report.as_dict(), indent=1))
+    for rule in rules:
+        report = run_describe(
+            indexes,
+            cfg.agent,
+            agent_paths(cfg.results_dir, rule)[0],
+            reference_rule=rule,
+            shard=(args.shard, args.num_shards),
+        )
+        print(json.dumps({"reference_rule": rule, **report.as_dict()}, indent=1))
     return 0
 
 
@@ -86,9 +80,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from hxpe.config import load_config
 
     cfg = load_config(args.params)
-    descriptions, extractions = agent_paths(cfg.results_dir)
+    rules = cfg.reference_rules()
     if args.merge:
-        return _merge(extractions)
-    report = run_extract(descriptions, cfg.agent, extractions, shard=(args.shard, args.num_shards))
-    print(json.dumps(report.as_dict(), indent=1))
+        return max(_merge(agent_paths(cfg.results_dir, rule)[1]) for rule in rules)
+    for rule in rules:
+        descriptions, extractions = agent_paths(cfg.results_dir, rule)
+        report = run_extract(
+            descriptions,
+            cfg.agent,
+            extractions,
+            shard=(args.shard, args.num_shards),
+            clip=cfg.model.clip,
+        )
+        print(json.dumps({"reference_rule": rule, **report.as_dict()}, indent=1))
     return 0

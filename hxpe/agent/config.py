@@ -18,6 +18,10 @@ class DescribeConfig(BaseModel):
     model_id: str = "Qwen/Qwen2-VL-72B-Instruct-AWQ"
     revision: str | None = None
     template: str = Field("describe_v1", description="Prompt template id (hxpe/agent/templates/).")
+    noref_template: str = Field(
+        "describe_noref_v1",
+        description="Template of the no-reference rule (the VLM sees the test image alone).",
+    )
     temperature: float = 0.0
     max_new_tokens: int = 256
     options: dict[str, Any] = Field(default_factory=dict, description="Backend engine options.")

@@ -166,21 +166,26 @@ def run_describe(
 ) -> DescribeReport:
     """Describe every image of ``cfg.splits`` not yet in the cache; returns counts and timing.
 
+    ``reference_rule`` 'none' describes each image alone with ``agent.describe.noref_template``
+    (method.md §4 row 1); other rules compare it with its class's reference
+    (``agent.describe.template``). Template and reference enter the cache key.
+
     ``describer`` replaces the configured backend (e.g. one already loaded in a notebook); it must
     match ``cfg.describe`` because the cache key is computed from the config.
     """
     started = time.perf_counter()
     indexes = [indexes] if isinstance(indexes, DatasetIndex) else list(indexes)
     dcfg = cfg.describe
-    template = load_template(dcfg.template)
+    key = "noref_template" if reference_rule == "none" else "template"
+    template = load_template(getattr(dcfg, key))
     if template.stage != "describe":
         raise ValueError(
-            f"agent.describe.template {dcfg.template!r} is a {template.stage} template"
+            f"agent.describe.{key} {getattr(dcfg, key)!r} is a {template.stage} template"
         )
     if reference_rule == "none" and template.needs_reference:
         raise ValueError(
             f"template {template.id!r} compares with a reference but reference_rule is 'none'; "
-            f"set agent.describe.template: describe_noref_v1"
+            f"set agent.describe.noref_template: describe_noref_v1"
         )
     items = _items(indexes, cfg.splits, reference_rule, shard, template.needs_reference)
     replay = dcfg.backend == "replay"
@@ -208,6 +213,7 @@ def run_describe(
             "dataset": it.dataset,
             "cls": it.cls,
             "reference_id": it.reference_id,
+            "reference_rule": reference_rule,
             "image_sha256": it.image_sha256,
             "reference_sha256": it.reference_sha256,
             "model_id": dcfg.model_id,

@@ -32,6 +32,7 @@ from hxpe.agent.cache import JsonlCache, Shard, content_hash, in_shard
 from hxpe.agent.config import AgentConfig
 from hxpe.agent.describe import load_records
 from hxpe.agent.parsing import parse_extraction
+from hxpe.agent.phrase import CLIP_TOKENIZER_MODEL as DEFAULT
 from hxpe.agent.phrase import count_clip_tokens, fit_phrase
 from hxpe.agent.replay import replay_source
 from hxpe.agent.runner import (
@@ -46,6 +47,7 @@ from hxpe.agent.runner import (
 )
 from hxpe.agent.schema import Extraction, verdict, vlm_says_no_anomaly
 from hxpe.agent.templates import load_template
+from hxpe.model.config import ClipConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,11 @@ def _replay_match(rec: dict[str, Any]) -> tuple[Any, ...]:
     return (rec["image_id"], rec["description_key"], rec["model_id"], rec["template_id"])
 
 
-def _fields(out: Outcome[Extraction], description: str, cfg: AgentConfig) -> dict[str, Any]:
-    """The record's judgement fields (empty and not anomalous when extraction failed)."""
+def _fields(
+    out: Outcome[Extraction], description: str, cfg: AgentConfig, clip: ClipConfig | None
+) -> dict[str, Any]:
+    """The record's judgement fields (empty and not anomalous when extraction failed); the
+    phrase is cut to ``max_phrase_tokens`` tokens of ``clip``'s tokenizer."""
     if not out.ok or out.value is None:
         return {
             "anomaly": None,
@@ -77,7 +82,7 @@ def _fields(out: Outcome[Extraction], description: str, cfg: AgentConfig) -> dic
         }
     rec = out.value
     phrase, cut = (
-        fit_phrase(rec.phrase, cfg.extract.max_phrase_tokens) if rec.phrase else ("", False)
+        fit_phrase(rec.phrase, cfg.extract.max_phrase_tokens, clip) if rec.phrase else ("", False)
     )
     return {
         "anomaly": rec.anomaly,
@@ -85,7 +90,7 @@ def _fields(out: Outcome[Extraction], description: str, cfg: AgentConfig) -> dic
         "location": rec.location,
         "appearance": rec.appearance,
         "phrase": phrase,
-        "phrase_tokens": count_clip_tokens(phrase) if phrase else 0,
+        "phrase_tokens": count_clip_tokens(phrase, clip) if phrase else 0,
         "phrase_truncated": cut,
         "vlm_no_anomaly": vlm_says_no_anomaly(description),
         "verdict": verdict(rec.anomaly, description, cfg.anti_false_alarm),
@@ -94,9 +99,15 @@ def _fields(out: Outcome[Extraction], description: str, cfg: AgentConfig) -> dic
 
 
 def extract_one(
-    description: str, cfg: AgentConfig, *, extractor: Extractor | None = None
+    description: str,
+    cfg: AgentConfig,
+    *,
+    extractor: Extractor | None = None,
+    clip: ClipConfig | None = None,
 ) -> dict[str, Any]:
     """Extract and judge one description outside the cache (``hxpe predict``, notebooks).
+
+    ``clip`` (``model.clip``) names the CLIP whose tokenizer measures the phrase budget.
 
     Returns the same fields as a cache record (``anomaly``, ``phrase``, ``verdict``, ...) plus
     ``status`` and ``error``; the phrase is already cut to ``max_phrase_tokens``.
@@ -114,7 +125,7 @@ def extract_one(
     return {
         "status": "ok" if out.ok else "failed",
         "error": out.error,
-        **_fields(out, description, cfg),
+        **_fields(out, description, cfg, clip),
     }
 
 
@@ -125,11 +136,14 @@ def run_extract(
     *,
     shard: Shard = (0, 1),
     extractor: Extractor | None = None,
+    clip: ClipConfig | None = None,
 ) -> ExtractReport:
     """Extract and judge every successful description not yet in the cache.
 
     Descriptions are the newest per image in ``descriptions_path``; failed ones are skipped (counted
-    in ``report.skipped``). ``extractor`` replaces the configured backend.
+    in ``report.skipped``). ``extractor`` replaces the configured backend. The phrase budget is
+    counted in tokens of ``clip``'s tokenizer (``model.clip``; None = the paper's CLIP), which is
+    part of the cache key.
     """
     started = time.perf_counter()
     ecfg = cfg.extract
@@ -147,6 +161,7 @@ def run_extract(
         {} if replay else engine_settings(ecfg),
         anti_false_alarm=cfg.anti_false_alarm,
         max_phrase_tokens=ecfg.max_phrase_tokens,
+        **({"phrase_tokenizer": clip.model_name} if clip and clip.model_name != DEFAULT else {}),
     )
     digest = settings_hash(settings)
     cache = JsonlCache(cache_path, shard)
@@ -182,7 +197,7 @@ def run_extract(
             "status": "ok" if out.ok else "failed",
             "error": out.error,
             "attempts": out.attempts,
-            **_fields(out, r.text, cfg),
+            **_fields(out, r.text, cfg, clip),
         }
 
     run_stage(

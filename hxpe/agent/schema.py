@@ -16,7 +16,26 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_NO_ANOMALY = re.compile(r"^\W*no\s+anomal(y|ies)\b", re.IGNORECASE)
+# The VLM's negative answer ("No anomaly", per the describe templates) and the ways VLMs restate it.
+# A clause is a global negative when it denies anomalies (or, after "no", differences) and is not
+# restricted to part of the image or contrasted with a finding ("no OTHER anomaly", "apart from",
+# "but", "elsewhere", ...): a restricted negative accompanies a positive report.
+_ANOMALY = r"(?:anomal\w*|abnormalit\w*|defect\w*|damage\w*|flaw\w*|irregularit\w*)"
+_GAP = r"(?:[\w-]+\s+){0,3}?"
+_NO_ANOMALY = re.compile(
+    rf"\bno\s+{_GAP}(?:{_ANOMALY}|difference\w*)\b"
+    rf"|(?:\bnot|n't)\s+{_GAP}{_ANOMALY}\b"
+    rf"|\b(?:without|free\s+of|none\s+of\s+the)\s+{_GAP}{_ANOMALY}\b"
+    rf"|\b(?:defect|anomaly|damage|flaw)[- ]free\b"
+    rf"|\b{_ANOMALY}\s*:\s*none\b",
+    re.IGNORECASE,
+)
+_RESTRICTED = re.compile(
+    r"\b(?:other|others|further|additional|else|elsewhere|otherwise|apart|aside|besides|except"
+    r"|beyond|but|however|although|though|rest|remaining|remainder)\b",
+    re.IGNORECASE,
+)
+_CLAUSES = re.compile(r"[.;!?\n]+")
 
 
 class Extraction(BaseModel):
@@ -38,8 +57,23 @@ class Extraction(BaseModel):
 
 
 def vlm_says_no_anomaly(description: str) -> bool:
-    """Whether the Stage A text is the template's 'No anomaly' answer."""
-    return bool(_NO_ANOMALY.match(description or ""))
+    """Whether the Stage A text gives the template's negative answer anywhere.
+
+    The rule: some clause (text between ``.``, ``;``, ``!``, ``?`` or line breaks) denies
+    anomalies for the whole image ("No anomaly.", "There is no anomaly", "no defects are visible",
+    "does not show any damage", "defect-free", "no meaningful difference") and carries no
+    restriction or contrast ("no *other* anomaly", "*apart from* this", "*but*", "*elsewhere*",
+    "the *rest*"), which would mean it accompanies a reported finding. A text that states a
+    finding and, in a separate unrestricted clause, denies any anomaly is contradictory; it is
+    vetoed, the conservative choice for an anti-false-alarm rule.
+
+    >>> vlm_says_no_anomaly("Compared with Image 1, there is no anomaly.")
+    True
+    >>> vlm_says_no_anomaly("A thin scratch on the left; no other anomaly.")
+    False
+    """
+    clauses = _CLAUSES.split(description or "")
+    return any(_NO_ANOMALY.search(c) and not _RESTRICTED.search(c) for c in clauses)
 
 
 def verdict(llm_anomaly: bool, description: str, rule: Literal["llm", "llm_and_vlm"]) -> bool:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from hxpe.agent.paths import agent_paths
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, frame_sha256, load_index, select_references
 from hxpe.data.torch_dataset import IndexDataset
@@ -202,22 +203,23 @@ def store_dir(results_dir: Path, direction: str, variant: str, dataset: str) -> 
 
 
 class _Phrases:
-    """The gated phrases, read once and only when a variant needs them."""
+    """The gated phrases of each reference rule, read once and only when a variant needs them."""
 
-    def __init__(self, path: Path, loader: PhraseLoader) -> None:
-        self.path, self.loader = path, loader
-        self._phrases: dict[str, str | None] | None = None
+    def __init__(self, results_dir: Path, loader: PhraseLoader) -> None:
+        self.results_dir, self.loader = results_dir, loader
+        self._phrases: dict[str, dict[str, str | None]] = {}
 
-    def get(self, variant: str) -> dict[str, str | None]:
-        if self._phrases is None:
-            if not self.path.is_file():
+    def get(self, variant: str, rule: str) -> dict[str, str | None]:
+        if rule not in self._phrases:
+            path = agent_paths(self.results_dir, rule)[1]
+            if not path.is_file():
                 raise FileNotFoundError(
-                    f"Variant {variant!r} uses explainable prompts but {self.path} is missing. "
-                    f"Run stage 03 first (make agent PROFILE=<profile>), or disable "
+                    f"Variant {variant!r} uses explainable prompts but {path} is missing. "
+                    f"Run stage 03 first (make extract PROFILE=<profile>), or disable "
                     f"model.explain for this variant."
                 )
-            self._phrases = self.loader(self.path)
-        return self._phrases
+            self._phrases[rule] = self.loader(path)
+        return self._phrases[rule]
 
 
 def run_protocol(
@@ -247,18 +249,19 @@ def run_protocol(
     all_targets = sorted({t for d in ev.directions for t in d.test})
     _select("datasets", all_targets, datasets)
     loader = load_model or _default_model_loader
-    phrases = _Phrases(rd / "agent" / "extractions.jsonl", load_phrases or _default_phrase_loader)
+    phrases = _Phrases(rd, load_phrases or _default_phrase_loader)
     frames = []
     for direction in chosen_dirs:
         targets = [t for t in by_name[direction].test if datasets is None or t in datasets]
         for variant in chosen_vars:
             uses_phrases = cfg.model_for(variant).explain.enabled
+            rule = cfg.reference_rule_for(variant)
             ckpt = checkpoint_fingerprint(cfg, direction, variant, rd)
             model: nn.Module | None = None
             for target in targets:
                 index = load_index(rd / "index" / target)
-                refs = select_references(index, cfg.data.reference_rule)
-                image_phrases = phrases.get(variant) if uses_phrases else {}
+                refs = select_references(index, rule)
+                image_phrases = phrases.get(variant, rule) if uses_phrases else {}
                 key = inputs_key(ckpt, index, image_phrases, refs, ev)
                 store = MapStore(store_dir(rd, direction, variant, target), ev.map_dtype)
                 cached = store.is_complete(key) and not recompute_maps

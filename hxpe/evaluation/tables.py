@@ -148,13 +148,38 @@ def summary_table(
     return table[order].round(1)
 
 
-def ablation_table(per_dataset: pd.DataFrame, aupro: str = "anomalyclip") -> pd.DataFrame:
-    """One row per (direction, variant): each metric's mean over the direction's datasets, ×100."""
+def variant_columns(cfg: Config) -> dict[str, dict[str, str]]:
+    """Per variant, what its ablation row switches: base, explainable prompts, DINOv2 prompts
+    (``attn_bias`` / ``reweight`` / ``off``) and the normal reference (``none`` = §4 row 1)."""
+    out = {}
+    for variant in cfg.variants:
+        m = cfg.model_for(variant)
+        out[variant] = {
+            "base": m.base,
+            "explain": m.explain.mode if m.explain.enabled else "off",
+            "dinov2": m.vfm.mode if m.vfm.enabled else "off",
+            "reference": cfg.reference_rule_for(variant),
+        }
+    return out
+
+
+def ablation_table(
+    per_dataset: pd.DataFrame,
+    aupro: str = "anomalyclip",
+    variants: dict[str, dict[str, str]] | None = None,
+) -> pd.DataFrame:
+    """One row per (direction, variant): each metric's mean over the direction's datasets, ×100;
+    with ``variants`` (:func:`variant_columns`) also the settings each row switches."""
     long = with_aupro_alias(per_dataset, aupro)
     wide = long.pivot_table(index=["direction", "variant"], columns="metric", values="value")
     wide = (100 * wide[_ordered_metrics(long["metric"])]).round(1)
     wide.columns.name = None
-    return wide.reset_index()
+    table = wide.reset_index()
+    if variants:
+        keys = list(dict.fromkeys(k for v in variants.values() for k in v))
+        for pos, key in enumerate(keys, start=2):
+            table.insert(pos, key, [variants.get(v, {}).get(key, "") for v in table["variant"]])
+    return table
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -189,7 +214,8 @@ def split_notes(results_dir: Path, datasets: list[str]) -> list[str]:
 
 
 def table_options(cfg: Config) -> dict[str, object]:
-    """The :func:`write_tables` keywords a profile implies (main variant, baselines, precision)."""
+    """The :func:`write_tables` keywords a profile implies (main variant, baselines, precision,
+    the ablation rows' labels)."""
     baselines = {
         v: BASELINE_METHODS[cfg.model_for(v).base]
         for v in cfg.variants
@@ -202,6 +228,7 @@ def table_options(cfg: Config) -> dict[str, object]:
         "random_weights": cfg.uses_random_weights,
         "map_dtype": cfg.evaluation.map_dtype,
         "baselines": baselines,
+        "variants": variant_columns(cfg),
     }
 
 
@@ -223,13 +250,15 @@ def write_tables(
     random_weights: bool = False,
     map_dtype: str = "float32",
     baselines: dict[str, str] | None = None,
+    variants: dict[str, dict[str, str]] | None = None,
 ) -> list[Path]:
     """Write per-class, summary (one per published table) and ablation tables to ``tables/``.
 
     ``baselines`` maps a baseline variant to its published column (``{"winclip": "WinCLIP"}``): each
-    gets a summary beside that column in every published table that has it. Every table says which
-    split each dataset used and the maps' precision; the demo profile's tables, and any table from
-    random-weight models (``random_weights``), carry a banner that says so.
+    gets a summary beside that column in every published table that has it. ``variants``
+    (:func:`variant_columns`) labels the ablation rows. Every table says which split each dataset
+    used and the maps' precision; the demo profile's tables, and any table from random-weight models
+    (``random_weights``), carry a banner that says so.
     """
     rd = Path(results_dir)
     per_class, per_dataset = load_metrics(rd)
@@ -280,7 +309,7 @@ def write_tables(
                 [*notes, BASELINE_NOTES.get(method, "")],
             )
     paths += _write(
-        ablation_table(per_dataset, aupro),
+        ablation_table(per_dataset, aupro, variants),
         out,
         "ablation",
         f"Variants (ablation rows), mean over each direction's datasets ({profile})",

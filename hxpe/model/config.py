@@ -190,26 +190,40 @@ class ExplainConfig(_Section):
 
 
 class VfmConfig(_Section):
-    """DINOv2 attention prompts."""
+    """DINOv2 attention prompts (method.md Corrections, §2.5)."""
 
     enabled: bool = True
     model_id: str = Field("facebook/dinov2-small", description="Hugging Face id (weights.yaml).")
     config_file: str | None = Field(
         None, description="transformers Dinov2Config JSON: random init (tiny test models)."
     )
-    mode: Literal["reweight", "attn_bias"] = Field(
-        "reweight", description="Re-weight the base map, or bias CLIP's later attention."
+    mode: Literal["attn_bias", "reweight"] = Field(
+        "attn_bias",
+        description="Bias CLIP's later attention on patch keys (trained through), or re-weight "
+        "the final map (a test-time ablation: training never sees it).",
     )
     distance: Literal["mutual_nn", "nn"] = Field(
         "mutual_nn", description="Patch distance to the normal reference."
+    )
+    calibration_quantile: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Normal scale s = this quantile of the reference's own NN distances.",
     )
     salience_weight: float = Field(
         0.5, description="γ in M = d̂·((1−γ) + γ·ŝ), ŝ = DINOv2 CLS self-attention."
     )
     rarity_k: int = Field(5, description="No reference: mean distance to k nearest own patches.")
-    alpha: float = Field(0.5, description="A = A_clip·(1 + α·M̂)/(1 + α).")
-    bias_beta: float = Field(1.0, description="attn_bias: logits += β·M̂ on patch keys.")
+    alpha: float = Field(0.5, description="reweight: A = A_clip·(1 + α·M)/(1 + α).")
+    bias_beta: float = Field(1.0, description="attn_bias: logits += β·M on patch keys.")
+    learn_beta: bool = Field(False, description="attn_bias: train β (a scalar parameter).")
     bias_last_n: int = Field(7, description="attn_bias: the last N CLIP blocks (18–24).")
+
+    @property
+    def trains_through(self) -> bool:
+        """Whether the prompt map reaches the losses (and so shapes the trained prompts)."""
+        return self.enabled and self.mode == "attn_bias"
 
 
 class ModelConfig(_Section):
@@ -220,6 +234,11 @@ class ModelConfig(_Section):
     winclip: WinClipConfig = Field(default_factory=WinClipConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     vfm: VfmConfig = Field(default_factory=VfmConfig)
+    reference_rule: Literal["first_normal_train", "none"] | None = Field(
+        None,
+        description="Normal reference of this variant's VLM descriptions and DINOv2 prompts "
+        "('none': no reference, method.md §4 row 1); null = data.reference_rule.",
+    )
     object_name: str = Field(
         "object", description="Generic object word ({obj}) of bases with object_word: generic."
     )

@@ -27,7 +27,7 @@ from hxpe.model.loading import CONFIG_DIR, load_clip, load_dinov2
 from hxpe.model.maps import fuse_layers, gaussian_blur, layer_logits, map_range, upsample
 from hxpe.model.registry import base_spec
 from hxpe.model.text import TextEncoder
-from hxpe.model.vfm import VfmPrompter
+from hxpe.model.vfm import KeyBias, VfmPrompter
 from hxpe.model.vision import VisualEncoder, VisualFeatures
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class ModelOutput:
         anomaly_map: [B, H, W] at input resolution, smoothed (Gaussian σ = ``model.sigma``); its
             range is the base's fusion's ([0, 1], or [0, L] for AnomalyCLIP's sum over L layers).
         layer_maps: per selected CLIP layer, (normal, abnormal) probabilities [B, 2, h, w].
-        vfm_prompt: the DINOv2 prompt map [B, h, w] in [0, 1], or None.
+        vfm_prompt: the calibrated DINOv2 prompt map [B, h, w] in [0, 1), or None.
         image_logits: [B, 2] (normal, abnormal) logits of the image score (for the loss).
         layer_logits: per layer the (normal, abnormal) logits [B, 2, h, w] (for the loss).
         text_features: [B, 2, D] the unit (normal, abnormal) text embeddings used.
@@ -68,8 +68,8 @@ class HXPEModel(nn.Module):
     """CLIP + a registered base (:mod:`hxpe.model.registry`) + explainable text prompts + DINOv2
     attention prompts.
 
-    Only the prompter's parameters (and λ of the fuse mode, when learned) train; CLIP and DINOv2
-    are frozen and stay in eval mode.
+    Only the prompter's parameters (and λ of the fuse mode, β of the key bias, when learned) train;
+    CLIP and DINOv2 are frozen and stay in eval mode.
     """
 
     def __init__(
@@ -106,6 +106,9 @@ class HXPEModel(nn.Module):
         self.vfm = VfmPrompter(dinov2, cfg.vfm) if dinov2 is not None else None
         n_blocks = len(self.visual.blocks)
         self.bias_blocks = frozenset(range(max(0, n_blocks - cfg.vfm.bias_last_n), n_blocks))
+        self.key_bias = (
+            KeyBias(cfg.vfm) if self.vfm is not None and cfg.vfm.trains_through else None
+        )
         a = cfg.adaclip
         self.clusterer = (
             SklearnKMeans(a.hsf_seed) if a.hsf_kmeans == "sklearn" else TorchKMeans(a.kmeans_iters)
@@ -208,8 +211,8 @@ class HXPEModel(nn.Module):
                 )
             vfm_map = self.vfm(x, grid, refs, has_reference)
         key_bias = None
-        if vfm_map is not None and self.cfg.vfm.mode == "attn_bias":
-            key_bias = self.cfg.vfm.bias_beta * vfm_map.flatten(1)
+        if vfm_map is not None and self.key_bias is not None:
+            key_bias = self.key_bias(vfm_map)
         feats = self.visual(
             x, self.prompter.visual_prompts(cond, x.shape[0]), key_bias, self.bias_blocks
         )

@@ -1,15 +1,24 @@
 """DINOv2 attention prompts: an anomaly-related prompt map on CLIP's patch grid.
 
-Per patch, the distance of the image's DINOv2 patch feature to the class's normal reference
+Per patch, the distance ``d`` of the image's DINOv2 patch feature to the class's normal reference
 (``mutual_nn``: the nearest-neighbour distance plus the gap by which another image patch claims that
-neighbour, zero exactly when the match is mutual; ``nn``: the nearest-neighbour distance alone),
-min-max normalised and modulated by DINOv2's last-layer CLS self-attention salience:
-``M = d̂ · ((1 − γ) + γ · ŝ)``. An image without a reference uses the zero-reference rarity (mean
-distance to its k most similar own patches) instead of ``d``.
+neighbour, zero exactly when the match is mutual; ``nn``: the nearest-neighbour distance alone).
+
+Calibration (not per-image min-max, so a normal image's map stays low): ``d`` is divided by a
+scale ``s`` of *normal* patch distances and only the excess over it counts,
+``d̂ = e / (1 + e)`` with ``e = max(d / s − 1, 0)``. With a reference, ``s`` is the
+``calibration_quantile`` of the reference's own nearest-neighbour distances (each reference patch to
+the nearest reference patch outside its 3×3 neighbourhood): how far a normal patch lies from its
+match in a normal image. Without a reference the zero-reference rarity (mean distance to the k most
+similar own patches) replaces ``d`` and ``s`` is the median rarity of the image itself (robust while
+the defect covers less than half of the patches).
+
+The map is modulated by DINOv2's last-layer CLS self-attention salience ``ŝ`` (min-max over the
+image, a relative weight): ``M = d̂ · ((1 − γ) + γ · ŝ)`` in [0, 1).
 
 Example:
     >>> prompter = VfmPrompter(load_dinov2(cfg.vfm), cfg.vfm)  # doctest: +SKIP
-    >>> m = prompter(images, grid=(37, 37), references=refs)  # [B, 37, 37] in [0, 1]  # doctest: +SKIP
+    >>> m = prompter(images, grid=(37, 37), references=refs)  # [B, 37, 37] in [0, 1)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -51,6 +60,37 @@ def rarity(feats: torch.Tensor, k: int) -> torch.Tensor:
     sim = sim.masked_fill(eye, -2.0)
     k = min(k, sim.shape[1] - 1)
     return 1.0 - sim.topk(k, dim=2).values.mean(dim=2)
+
+
+def neighbourhood_mask(grid: tuple[int, int], radius: int = 1) -> torch.Tensor:
+    """[N, N] bool, True where two patches of ``grid`` lie within ``radius`` (Chebyshev) of
+    each other, the patch itself included."""
+    rows = torch.arange(grid[0]).repeat_interleave(grid[1])
+    cols = torch.arange(grid[1]).repeat(grid[0])
+    near_r = (rows[:, None] - rows[None, :]).abs() <= radius
+    near_c = (cols[:, None] - cols[None, :]).abs() <= radius
+    return near_r & near_c
+
+
+def own_nn_distance(feats: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, N] distance of each patch of ``feats`` [B, N, C] to the nearest patch of the same image
+    outside its 3×3 neighbourhood: the match distance of a normal patch within normal content."""
+    sim = feats @ feats.transpose(1, 2)
+    near = neighbourhood_mask(grid).to(sim.device)
+    if bool(near.all()):
+        raise ValueError(f"grid {grid} is too small to calibrate on (every patch is a neighbour)")
+    return 1.0 - sim.masked_fill(near, -2.0).max(dim=2).values
+
+
+def calibrate(dist: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``e / (1 + e)`` with ``e = max(dist / scale − 1, 0)``: 0 up to the normal scale, 1/2 at
+    twice it, towards 1 beyond. ``dist`` [B, N], ``scale`` [B].
+
+    >>> calibrate(torch.tensor([[0.1, 0.2, 0.4]]), torch.tensor([0.2]))
+    tensor([[0.0000, 0.0000, 0.5000]])
+    """
+    excess = (dist / scale[:, None].clamp_min(eps) - 1.0).clamp_min(0.0)
+    return excess / (1.0 + excess)
 
 
 def _last_attention(dinov2: nn.Module) -> nn.Module | None:
@@ -129,12 +169,20 @@ class VfmPrompter(nn.Module):
         return feats, salience
 
     def reference_features(self, references: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Patch features of ``references`` [R, 3, H, W]; each distinct reference computed once
-        (within the batch, and across batches when :attr:`reference_cache` is set)."""
+        """Patch features of ``references`` [R, 3, H, W] (see :meth:`reference_calibrated`)."""
+        return self.reference_calibrated(references, grid)[0]
+
+    def reference_calibrated(
+        self, references: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch features [R, N, C] of ``references`` [R, 3, H, W] and each one's normal distance
+        scale [R] (the ``calibration_quantile`` of its own nearest-neighbour distances). Each
+        distinct reference is computed once (within the batch, and across batches when
+        :attr:`reference_cache` is set)."""
         cache = self.reference_cache
         reps, inverse = unique_rows(references)
         todo = []
-        out: list[torch.Tensor | None] = []
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for r in reps:
             hit = cache.get(references[r], grid) if cache is not None else None
             out.append(hit)
@@ -142,12 +190,15 @@ class VfmPrompter(nn.Module):
                 todo.append(r)
         if todo:
             feats, _ = self.features(references[todo], grid)
+            scales = own_nn_distance(feats, grid).quantile(self.cfg.calibration_quantile, dim=1)
             for j, r in enumerate(todo):
-                out[reps.index(r)] = feats[j]
+                out[reps.index(r)] = (feats[j], scales[j])
                 if cache is not None:
-                    cache.put(references[r], grid, feats[j])
-        stacked = torch.stack(out)  # type: ignore[arg-type]
-        return stacked[torch.tensor(inverse, device=stacked.device)]
+                    cache.put(references[r], grid, (feats[j], scales[j]))
+        index = torch.tensor(inverse, device=references.device)
+        feats = torch.stack([o[0] for o in out])  # type: ignore[index]
+        scales = torch.stack([o[1] for o in out])  # type: ignore[index]
+        return feats[index.to(feats.device)], scales[index.to(scales.device)]
 
     @torch.no_grad()
     def forward(
@@ -157,9 +208,10 @@ class VfmPrompter(nn.Module):
         references: torch.Tensor | None = None,
         has_reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The prompt map M̂ [B, h, w] in [0, 1]."""
+        """The calibrated prompt map M [B, h, w] in [0, 1) (see the module docstring)."""
         feats, salience = self.features(images, grid)
         dist = rarity(feats, self.cfg.rarity_k)
+        scale = dist.median(dim=1).values
         if references is not None:
             has = (
                 torch.ones(len(images), dtype=torch.bool, device=images.device)
@@ -167,15 +219,35 @@ class VfmPrompter(nn.Module):
                 else has_reference.to(images.device).bool()
             )
             if has.any():
-                ref_feats = self.reference_features(references[has], grid)
+                ref_feats, ref_scale = self.reference_calibrated(references[has], grid)
                 ref_dist = reference_distance(
                     feats[has], ref_feats, self.cfg.distance == "mutual_nn"
                 )
-                dist = dist.clone()
+                dist, scale = dist.clone(), scale.clone()
                 dist[has] = ref_dist
+                scale[has] = ref_scale.to(scale.dtype)
         gamma = self.cfg.salience_weight
-        m = minmax(dist) * ((1.0 - gamma) + gamma * minmax(salience))
-        return minmax(m).view(-1, *grid)
+        m = calibrate(dist, scale) * ((1.0 - gamma) + gamma * minmax(salience))
+        return m.view(-1, *grid)
+
+
+class KeyBias(nn.Module):
+    """The prompt map as an additive attention bias on CLIP's patch keys: ``β · M`` [B, N].
+
+    ``β`` (``vfm.bias_beta``) is a trainable scalar when ``vfm.learn_beta`` is on, else a fixed
+    buffer. A positive ``β`` raises every query's attention to the patches the map marks.
+    """
+
+    def __init__(self, cfg: VfmConfig) -> None:
+        super().__init__()
+        beta = torch.tensor(float(cfg.bias_beta))
+        if cfg.learn_beta:
+            self.beta = nn.Parameter(beta)
+        else:
+            self.register_buffer("beta", beta, persistent=False)
+
+    def forward(self, prompt_map: torch.Tensor) -> torch.Tensor:
+        return self.beta * prompt_map.flatten(1)
 
 
 def _row_keys(x: torch.Tensor, samples: int = 1024) -> list[bytes]:
@@ -204,8 +276,12 @@ def unique_rows(x: torch.Tensor) -> tuple[list[int], list[int]]:
     return reps, inverse
 
 
+CachedReference = tuple[torch.Tensor, torch.Tensor]  # (patch features [N, C], distance scale [])
+
+
 class ReferenceCache:
-    """Frozen DINOv2 features of normal references kept across batches (LRU, exact match).
+    """Frozen DINOv2 features (and calibration scales) of normal references kept across batches
+    (LRU, exact match).
 
     DINOv2 is frozen, so the features depend only on the reference pixels and the grid: no training
     invalidation is needed. Entries are compared exactly with :func:`torch.equal`.
@@ -213,14 +289,14 @@ class ReferenceCache:
 
     def __init__(self, maxsize: int = 32) -> None:
         self.maxsize = maxsize
-        self._data: list[tuple[bytes, tuple[int, int], torch.Tensor, torch.Tensor]] = []
+        self._data: list[tuple[bytes, tuple[int, int], torch.Tensor, CachedReference]] = []
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, reference: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
+    def get(self, reference: torch.Tensor, grid: tuple[int, int]) -> CachedReference | None:
         key = _row_keys(reference[None])[0]
         for i, (k, g, ref, feats) in enumerate(self._data):
             same = k == key and g == grid and ref.shape == reference.shape
@@ -231,8 +307,9 @@ class ReferenceCache:
         self.misses += 1
         return None
 
-    def put(self, reference: torch.Tensor, grid: tuple[int, int], feats: torch.Tensor) -> None:
+    def put(self, reference: torch.Tensor, grid: tuple[int, int], value: CachedReference) -> None:
         key = _row_keys(reference[None])[0]
-        self._data.append((key, grid, reference.detach().clone(), feats.detach()))
+        detached = (value[0].detach(), value[1].detach())
+        self._data.append((key, grid, reference.detach().clone(), detached))
         while len(self._data) > self.maxsize:
             self._data.pop(0)
