@@ -453,14 +453,16 @@ def test_attn_bias_reaches_the_layer_maps_and_reweight_only_the_final_map() -> N
 
 
 def test_reweight_formula() -> None:
-    from hxpe.model.maps import aggregate, gaussian_blur, upsample
+    """Re-weighting scales the fused map (AnomalyCLIP: summed over layers) by (1 + α·up(M))/(1 + α)."""
+    from hxpe.model.maps import upsample
 
-    model = tiny("winclip", vfm={"mode": "reweight", "alpha": 0.5}, sigma=0.0)
+    model = tiny("anomalyclip", vfm={"mode": "reweight", "alpha": 0.5}, sigma=0.0)
     with torch.no_grad():
         out = model(images(1), [None], references=images(1, seed=2))
-    base = aggregate(out.layer_maps)
-    expected = gaussian_blur(upsample(base * (1 + 0.5 * out.vfm_prompt) / 1.5, (112, 112)), 0.0)
-    assert torch.allclose(out.anomaly_map, expected, atol=1e-6)
+    size = tuple(out.anomaly_map.shape[-2:])
+    fused = upsample(sum((p[:, 1] + 1 - p[:, 0]) / 2 for p in out.layer_maps), size)  # linear
+    expected = fused * (1 + 0.5 * upsample(out.vfm_prompt, size)) / 1.5
+    assert torch.allclose(out.anomaly_map, expected, atol=1e-5)
 
 
 def test_learned_beta_is_a_trainable_scalar_that_gets_gradients() -> None:
@@ -476,11 +478,11 @@ def test_learned_beta_is_a_trainable_scalar_that_gets_gradients() -> None:
 
 
 def test_visual_prompts_are_appended_at_block_0_and_replaced_in_later_prompted_blocks() -> None:
-    model = tiny("winclip")  # no prompter of its own: drive the encoder directly
-    enc = model.visual
+    enc = tiny("adaclip").visual  # the encoder driven directly, with prompts given by hand
     width, n_patch = enc.width, 64
     g = torch.Generator().manual_seed(1)
-    prompts = [torch.randn(1, 3, width, generator=g) for _ in range(2)]
+    # float16-exact values: AdaCLIP casts injected prompts to float16 (its .half())
+    prompts = [torch.randn(1, 3, width, generator=g).half().float() for _ in range(2)]
     inputs: list[torch.Tensor] = []
     hooks = [b.ln_1.register_forward_hook(lambda m, a, o: inputs.append(a[0])) for b in enc.blocks]
     try:
