@@ -103,7 +103,7 @@ reproduce-dryrun: | $(STAMP)  ## The paper path on CPU: real-size random-weight 
 doctor: | $(STAMP)  ## Say what is missing for PROFILE (GPU, vLLM, weights, datasets) and how to get it
 	$(PY) -m hxpe.cli doctor --params $(PARAMS)
 
-fetch-models: | $(STAMP)  ## Download the pinned weights (MODELS="clip dinov2 vlm_awq llm"; needs internet)
+fetch-models: | $(STAMP)  ## Download the pinned weights (MODELS="clip dinov2 vlm_awq llm", or "clip-b16 dinov2" for demo-pretrained; needs internet)
 	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 $(PY) -m hxpe.cli fetch-models $(MODELS)
 
 verify: | $(STAMP)  ## Recompute artifact hashes against results/PROFILE/provenance.json

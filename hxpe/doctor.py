@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from hxpe.config import Config
 from hxpe.paths import repo_root, resolve
-from hxpe.weights import local_snapshot, registry, spec_for_repo
+from hxpe.weights import clip_weight_key, local_snapshot, registry, spec_for_repo
 
 
 @dataclass
@@ -29,8 +29,10 @@ def required_weight_keys(cfg: Config) -> list[str]:
     """Which pinned weights the profile loads (CLIP, DINOv2, the agent's VLM and LLM)."""
     keys: list[str] = []
     models = [cfg.model_for(v) for v in cfg.variants]
-    if any(m.clip.pretrained == "openai" for m in models):
-        keys.append("clip")
+    for m in models:
+        key = clip_weight_key(m.clip.model_name, m.clip.pretrained)
+        if key is not None and key not in keys:
+            keys.append(key)
     if any(_uses_pretrained_vfm(m) for m in models):
         keys.append("dinov2")
     for stage in (cfg.agent.describe, cfg.agent.extract):

@@ -37,7 +37,7 @@ class WeightSpec:
 
 
 def registry() -> dict[str, WeightSpec]:
-    """All pinned weights, keyed by role name (clip, dinov2, vlm_awq, vlm, llm)."""
+    """All pinned weights, keyed by role name (clip, clip-b16, dinov2, vlm_awq, vlm, llm)."""
     raw = yaml.safe_load(_REGISTRY_FILE.read_text())
     return {
         key: WeightSpec(
@@ -51,6 +51,27 @@ def registry() -> dict[str, WeightSpec]:
         )
         for key, v in raw.items()
     }
+
+
+# open_clip (model name, pretrained tag) pairs whose weights are one of our pinned snapshots.
+CLIP_TAGS: dict[tuple[str, str], str] = {
+    ("ViT-L-14-336-quickgelu", "openai"): "clip",
+    ("ViT-L-14-336", "openai"): "clip",
+    ("ViT-B-16-quickgelu", "openai"): "clip-b16",
+    ("ViT-B-16", "openai"): "clip-b16",
+}
+
+
+def clip_weight_key(model_name: str, pretrained: str | None) -> str | None:
+    """The registry key of an open_clip model's pinned weights, or None (random or unpinned).
+
+    Example:
+        >>> clip_weight_key("ViT-B-16-quickgelu", "openai")
+        'clip-b16'
+        >>> clip_weight_key("hxpe-tiny-clip", None) is None
+        True
+    """
+    return CLIP_TAGS.get((model_name, pretrained or ""))
 
 
 def weight_spec(key: str) -> WeightSpec:

@@ -26,6 +26,7 @@ from hxpe.model.config import ClipConfig, VfmConfig
 from hxpe.paths import resolve
 from hxpe.weights import (
     WeightSpec,
+    clip_weight_key,
     local_snapshot,
     missing_weights_message,
     spec_for_repo,
@@ -35,12 +36,6 @@ from hxpe.weights import (
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).with_name("configs")
-
-# open_clip pretrained tags whose weights are one of our pinned snapshots.
-_PINNED_CLIP_TAGS = {
-    ("ViT-L-14-336-quickgelu", "openai"): "clip",
-    ("ViT-L-14-336", "openai"): "clip",
-}
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -94,7 +89,7 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
             f"config, or pick one of open_clip.list_models()."
         )
     pretrained: str | None = cfg.pretrained
-    key = _PINNED_CLIP_TAGS.get((cfg.model_name, cfg.pretrained or ""))
+    key = clip_weight_key(cfg.model_name, cfg.pretrained)
     if key is not None:
         pretrained = str(_pinned_file(weight_spec(key)))
     with seeded(seed):
