@@ -11,7 +11,8 @@ SHELL := /bin/bash
 
 PROFILE ?= demo
 PARAMS  := notebooks/params/$(PROFILE).yaml
-OUT     := results/$(PROFILE)
+# HXPE_RESULTS_ROOT moves every profile's results (make nbtest runs the demo into build/nbval).
+OUT     := $(or $(HXPE_RESULTS_ROOT),results)/$(PROFILE)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python

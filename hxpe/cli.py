@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch-models", help="Download the pinned weights (hxpe/weights.yaml); needs internet."
     )
     p.add_argument(
-        "models", nargs="*", help="Keys to fetch (clip, clip-b16, dinov2, vlm_awq, vlm, llm); default all."
+        "models",
+        nargs="*",
+        help="Keys to fetch (clip, clip-b16, dinov2, vlm_awq, vlm, llm); default all.",
     )
     p.set_defaults(func=_cmd_fetch)
 
