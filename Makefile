@@ -1,6 +1,7 @@
 # HXPE compendium: the only entry point. `make demo` and `make test` set up .venv on first use.
 #   make demo                 the whole pipeline on the embedded demo profile (CPU, minutes)
-#   make test                 lint + unit tests + the six notebooks as tests (nbval)
+#   make test                 lint + unit tests + the six notebooks as tests + the book in Chromium
+#   make book                 static HTML book of results/PROFILE -> build/book/PROFILE/
 #   make reproduce            the paper profile (runs `make doctor` first; A100-class GPU)
 #   make <stage> PROFILE=p    one stage: data describe extract train evaluate figures
 # PROFILE=<name> picks notebooks/params/<name>.yaml; outputs go to results/<name>/.
@@ -28,8 +29,9 @@ NB := notebooks
 PKG_COMMON := hxpe/config.py hxpe/pipeline.py hxpe/paths.py hxpe/seeding.py
 STAGE_RUN = $(PY) -m hxpe.cli stage $(1) --params $(PARAMS) --kernel $(2)
 
-.PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest data describe extract train \
-        evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env verify bench format
+.PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest booktest book data describe \
+        extract train evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env verify \
+        bench format
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
@@ -39,7 +41,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or pass PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test,book]'
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (hxpe)" >/dev/null
 	touch $@
 
@@ -47,7 +49,7 @@ venv: $(STAMP)  ## Create .venv from the pinned constraints and register the Jup
 
 lock:  ## Regenerate constraints.txt from a fresh install (maintainers)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet -e '.[notebooks,test]'
+	.venv-lock/bin/pip install --quiet -e '.[notebooks,test,book]'
 	{ sed -n '1,/^# CPU\/GPU common pins:/p' constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^hxpe'; } > constraints.new && mv constraints.new constraints.txt
 	rm -rf .venv-lock
 
@@ -110,6 +112,9 @@ fetch-models: | $(STAMP)  ## Download the pinned weights (MODELS="clip dinov2 vl
 verify: | $(STAMP)  ## Recompute artifact hashes against results/PROFILE/provenance.json
 	$(PY) -m hxpe.cli verify --params $(PARAMS)
 
+book: | $(STAMP)  ## Static HTML book of the executed PROFILE (README, method, notebooks, ledger) -> build/book/PROFILE/
+	$(PY) -m hxpe.book --results $(OUT) --out build/book/$(PROFILE) --profile $(PROFILE)
+
 lab: | $(STAMP)  ## JupyterLab on the venv kernel
 	$(VENV)/bin/jupyter lab --notebook-dir=$(NB)
 
@@ -125,14 +130,23 @@ lint: | $(STAMP)
 	$(PY) -m ruff format --check .
 
 unit: | $(STAMP)
-	$(PY) -m pytest -m "not slow" -q tests
+	$(PY) -m pytest -m "not slow and not browser" -q tests
 
+# The six notebooks as tests: the demo profile executed stage by stage (papermill, the same runner as
+# make demo; a failing cell fails the target) into build/nbval/demo/, whose executed notebooks the
+# book test then renders.
 nbtest: | $(STAMP)
 	rm -rf build/nbval
-	HXPE_RESULTS_ROOT=build/nbval $(PY) -m pytest -q --nbval-lax --nbval-current-env \
-	  --nbval-cell-timeout=900 -p no:cacheprovider $(NB)/0*.ipynb
+	HXPE_RESULTS_ROOT=build/nbval $(MAKE) all PROFILE=demo
 
-test: lint unit nbtest  ## ruff, pytest (unit tests), and the six notebooks with nbval (demo defaults)
+# The book of that run, every page opened in headless Chromium (apt-get install chromium);
+# screenshots in build/book-shots/.
+booktest: | $(STAMP)
+	HXPE_RESULTS_ROOT=build/nbval $(MAKE) book PROFILE=demo
+	rm -rf build/book-shots
+	HXPE_BOOK_DIR=build/book/demo $(PY) -m pytest -q -m browser -p no:cacheprovider tests/test_book_browser.py
+
+test: lint unit nbtest booktest  ## ruff, pytest (unit tests), the six notebooks (demo), the book in headless Chromium
 
 format: | $(STAMP)  ## Apply ruff's formatter and fixes
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .

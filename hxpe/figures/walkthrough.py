@@ -239,15 +239,16 @@ def example_with_phrase(index: DatasetIndex, phrases: dict[str, str | None]) -> 
     return hits.iloc[0] if len(hits) else example_row(index)
 
 
-def prompt_sentences(text_bank: Any, phrase: str) -> pd.DataFrame:
-    """The model's normal and abnormal prompt sentences, without and with ``phrase``.
+def prompt_sentences(text_bank: Any, phrase: str, per_prompt: int | None = None) -> pd.DataFrame:
+    """The model's normal and abnormal prompt sentences, without and with ``phrase`` (the first
+    ``per_prompt`` of each ensemble, or all).
 
     ``text_bank`` is ``model.text`` (:class:`hxpe.model.explain.TextBank`); the sentences come from
     its own ``sentences`` method, so they are exactly what the text encoder reads.
     """
     rows = []
     for kind, with_phrase in (("normal", False), ("abnormal", False), ("abnormal", True)):
-        sentences = text_bank.sentences(kind, phrase if with_phrase else None)
+        sentences = text_bank.sentences(kind, phrase if with_phrase else None)[:per_prompt]
         rows += [
             {"prompt": kind, "phrase": with_phrase, "k": k, "sentence": s}
             for k, s in enumerate(sentences)
@@ -296,21 +297,25 @@ def _find(seq: list[int], sub: list[int]) -> int | None:
     return None
 
 
-def token_slot_figure(layouts: dict[str, list[tuple[str, str]]]) -> Figure:
-    """One row of coloured token boxes per prompt (``{label: token_layout(...)}``)."""
-    width = max(len(v) for v in layouts.values())
-    fig, ax = plt.subplots(figsize=(max(6, 0.62 * width), 0.75 * len(layouts) + 0.9))
-    for r, (label, layout) in enumerate(layouts.items()):
-        ax.text(-0.6, r, label, ha="right", va="center", fontsize=8)
-        for c, (token, role) in enumerate(layout):
-            ax.add_patch(plt.Rectangle((c - 0.45, r - 0.32), 0.9, 0.64,
+def token_slot_figure(layouts: dict[str, list[tuple[str, str]]], per_row: int = 12) -> Figure:
+    """Coloured token boxes per prompt (``{label: token_layout(...)}``), ``per_row`` to a line."""
+    lines: list[tuple[str, list[tuple[str, str]]]] = []
+    for label, layout in layouts.items():
+        for k in range(0, len(layout), per_row):
+            lines.append((label if k == 0 else "", layout[k : k + per_row]))
+    width = max(len(tokens) for _, tokens in lines)
+    fig, ax = plt.subplots(figsize=(1.1 * width + 1.5, 0.62 * len(lines) + 0.8))
+    for r, (label, tokens) in enumerate(lines):
+        ax.text(-0.6, r, label, ha="right", va="center", fontsize=9)
+        for c, (token, role) in enumerate(tokens):
+            ax.add_patch(plt.Rectangle((c - 0.47, r - 0.32), 0.94, 0.64,
                                        facecolor=TOKEN_COLOURS[role], edgecolor="white"))  # fmt: skip
-            ax.text(c, r, token, ha="center", va="center", fontsize=6.5, rotation=0)
+            ax.text(c, r, token, ha="center", va="center", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c) for c in TOKEN_COLOURS.values()]
-    ax.legend(handles, TOKEN_COLOURS, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=5,
-              fontsize=7, frameon=False)  # fmt: skip
+    ax.legend(handles, TOKEN_COLOURS, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5,
+              fontsize=8, frameon=False)  # fmt: skip
     ax.set_xlim(-0.6, width)
-    ax.set_ylim(len(layouts) - 0.5, -0.5)
+    ax.set_ylim(len(lines) - 0.5, -0.5)
     ax.set_axis_off()
     fig.tight_layout()
     return fig
