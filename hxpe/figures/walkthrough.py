@@ -297,14 +297,14 @@ def _find(seq: list[int], sub: list[int]) -> int | None:
     return None
 
 
-def token_slot_figure(layouts: dict[str, list[tuple[str, str]]], per_row: int = 12) -> Figure:
+def token_slot_figure(layouts: dict[str, list[tuple[str, str]]], per_row: int = 10) -> Figure:
     """Coloured token boxes per prompt (``{label: token_layout(...)}``), ``per_row`` to a line."""
     lines: list[tuple[str, list[tuple[str, str]]]] = []
     for label, layout in layouts.items():
         for k in range(0, len(layout), per_row):
             lines.append((label if k == 0 else "", layout[k : k + per_row]))
     width = max(len(tokens) for _, tokens in lines)
-    fig, ax = plt.subplots(figsize=(1.1 * width + 1.5, 0.62 * len(lines) + 0.8))
+    fig, ax = plt.subplots(figsize=(0.8 * width + 1.4, 0.5 * len(lines) + 0.8))
     for r, (label, tokens) in enumerate(lines):
         ax.text(-0.6, r, label, ha="right", va="center", fontsize=9)
         for c, (token, role) in enumerate(tokens):
