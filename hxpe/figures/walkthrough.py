@@ -133,7 +133,7 @@ def describe_example(descriptions: pd.DataFrame, image_id: str) -> DescribeExamp
         reference_id=None if ref is None or pd.isna(ref) else str(ref),
         system=template.system,
         prompt=template.render(class_name=str(rec["cls"])),
-        answer=str(rec["text"]),
+        answer=str(rec["text"]) if rec["status"] == "ok" else f"FAILED ({rec.get('error')})",
     )
 
 
@@ -177,11 +177,12 @@ def gate_reason(llm_anomaly: bool | None, description: str, rule: str) -> str:
     return f"judged NORMAL: the LLM reports no defect (rule {rule}); no phrase enters the prompt"
 
 
-def example_description(descriptions: pd.DataFrame) -> pd.Series:
-    """The first successful description (by ``image_id``) that reports a difference, else the first."""
+def example_description(descriptions: pd.DataFrame) -> pd.Series | None:
+    """The first successful description (by ``image_id``) that reports a difference, else the first
+    successful one; None when every description failed (stage 02's failure table says why)."""
     ok = descriptions[descriptions["status"] == "ok"].sort_values("image_id")
     if ok.empty:
-        raise ValueError("no successful description to walk through; check stage 02's failures")
+        return None
     reporting = ok[~ok["text"].map(vlm_says_no_anomaly)]
     return (reporting if len(reporting) else ok).iloc[0]
 
@@ -331,24 +332,32 @@ def vfm_steps(
     without one), ``salience`` (DINOv2's CLS attention), and ``prompt`` (the map the model uses,
     from ``model.vfm`` itself). ``image``/``reference``: [3, H, W] in [0, 1].
     """
+    from hxpe.model.inference import model_device
     from hxpe.model.vfm import rarity, reference_distance
 
+    device = model_device(model)
     side = model.cfg.clip.image_size
     grid = model.visual.grid((side, side))
-    x = torch.nn.functional.interpolate(image[None], size=(side, side), mode="bilinear")
+
+    def resized(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(
+            t[None].to(device), size=(side, side), mode="bilinear"
+        )
+
+    x = resized(image)
     feats, salience = model.vfm.features(x, grid)
     refs = None
     if reference is not None:
-        refs = torch.nn.functional.interpolate(reference[None], size=(side, side), mode="bilinear")
+        refs = resized(reference)
         ref_feats, _ = model.vfm.features(refs, grid)
         dist = reference_distance(feats, ref_feats, model.cfg.vfm.distance == "mutual_nn")
     else:
         dist = rarity(feats, model.cfg.vfm.rarity_k)
     prompt = model.vfm(x, grid, refs)
     return {
-        "distance": dist.view(grid).numpy(),
-        "salience": salience.view(grid).numpy(),
-        "prompt": prompt[0].numpy(),
+        "distance": dist.view(grid).float().cpu().numpy(),
+        "salience": salience.view(grid).float().cpu().numpy(),
+        "prompt": prompt[0].float().cpu().numpy(),
     }
 
 
@@ -374,7 +383,7 @@ def maps_figure(
 def layer_panels(layer_maps: list[torch.Tensor], layers: Sequence[int]) -> dict[str, np.ndarray]:
     """Per CLIP layer of one forward pass, image 0's anomaly evidence ``(p_abn + 1 − p_norm) / 2``."""
     return {
-        f"layer {layer}": ((m[0, 1] + 1.0 - m[0, 0]) / 2.0).detach().float().numpy()
+        f"layer {layer}": ((m[0, 1] + 1.0 - m[0, 0]) / 2.0).detach().float().cpu().numpy()
         for layer, m in zip(layers, layer_maps, strict=True)
     }
 
