@@ -14,7 +14,7 @@ from hxpe.doctor import report, required_weight_keys, run_checks
 from hxpe.model.hxpe import build_paper_architecture_random
 from hxpe.model.loading import MissingWeightsError, load_clip, load_dinov2
 from hxpe.paths import repo_root
-from hxpe.weights import clip_weight_key, weight_spec
+from hxpe.weights import CLIP_TAGS, clip_weight_key, weight_spec
 
 PROFILE = repo_root() / "notebooks" / "params" / "demo-pretrained.yaml"
 
@@ -77,11 +77,7 @@ def test_loaders_read_the_pinned_snapshots_of_a_fake_cache(tmp_path, monkeypatch
         layers=[1, 2, 3, 4],
     )
     source, _ = load_clip(tiny, seed=5)
-    monkeypatch.setitem(
-        __import__("hxpe.weights", fromlist=["CLIP_TAGS"]).CLIP_TAGS,
-        ("hxpe-tiny-clip", "openai"),
-        "clip-b16",
-    )
+    monkeypatch.setitem(CLIP_TAGS, ("hxpe-tiny-clip", "openai"), "clip-b16")
     spec = weight_spec("clip-b16")
     snap = cache / "models--timm--vit_base_patch16_clip_224.openai" / "snapshots" / spec.revision
     snap.mkdir(parents=True)
