@@ -283,9 +283,3 @@ def train_all(
                 cfg, aux, phrases, target, variant, references=references
             )
     return out
-
-
-def batch_losses(model: HXPEModel, batch: dict, train_cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """The loss terms of one batch exactly as a training step computes them (no update; the
-    notebooks' walk-through). ``batch`` is a collated :class:`IndexDataset` batch."""
-    return _step(model, batch, train_cfg)

@@ -25,7 +25,6 @@ from hxpe.model.hxpe import build_model
 from hxpe.model.maps import aggregate
 from hxpe.model.tiny import tiny_model_config
 from hxpe.model.vfm import reference_distance
-from hxpe.train import batch_losses
 
 matplotlib.use("Agg")
 SIZE = 64
@@ -236,12 +235,19 @@ def test_layer_panels_average_to_the_aggregate():
 
 
 def test_loss_table_on_a_mixed_batch(model, index):
+    from hxpe.data.torch_dataset import phrases_from_batch
+    from hxpe.model.losses import hxpe_loss
+
     refs = {"plate": "walk/plate/train/good/000"}
     dataset = IndexDataset(index, model.cfg.clip.image_size, "test", {}, refs)
-    batch = wt.mixed_batch(dataset, n=4)
-    assert batch["label"].tolist() == [1, 0, 1, 0]
+    assert wt.mixed_batch(dataset, n=4)["label"].tolist() == [0, 1, 0, 1]
+    batch = wt.mixed_batch(dataset, n=3, first="walk/plate/test/hole/001")
+    assert batch["image_id"][0] == "walk/plate/test/hole/001"
+    assert batch["label"].tolist() == [1, 0, 1]
     train_cfg = TrainConfig()
-    terms = batch_losses(model.train(), batch, train_cfg)
+    with torch.no_grad():
+        out = model(batch["image"], phrases_from_batch(batch), batch["reference"])
+    terms = hxpe_loss(out, batch["mask"], batch["label"], train_cfg.loss_weights)
     table = wt.loss_table(terms, train_cfg.loss_weights).set_index("term")
     parts = table.drop("total")
     assert set(parts.index) == {"focal", "dice", "image"}

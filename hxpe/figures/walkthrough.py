@@ -388,16 +388,23 @@ def layer_panels(layer_maps: list[torch.Tensor], layers: Sequence[int]) -> dict[
     }
 
 
-def mixed_batch(dataset: Any, n: int = 4) -> dict:
-    """A collated batch of ``n`` items of an :class:`~hxpe.data.torch_dataset.IndexDataset`: the
-    first anomalous and the first normal images, alternating, so every loss term is defined."""
+def mixed_batch(dataset: Any, n: int = 2, first: str | None = None) -> dict:
+    """A collated batch of ``n`` items of an :class:`~hxpe.data.torch_dataset.IndexDataset`:
+    anomalous and normal images alternating (so every loss term is defined), image ``first`` (an
+    ``image_id``) leading when given."""
     from torch.utils.data import default_collate
 
-    labels = dataset.rows["label"].to_numpy()
-    anomalous = [int(i) for i in np.flatnonzero(labels == 1)]
-    normal = [int(i) for i in np.flatnonzero(labels == 0)]
-    picks = [i for pair in zip(anomalous, normal, strict=False) for i in pair][:n]
-    picks += [i for i in range(len(labels)) if i not in picks][: n - len(picks)]
+    rows = dataset.rows
+    labels = rows["label"].to_numpy()
+    lead = [int(np.flatnonzero(rows["image_id"].to_numpy() == first)[0])] if first else []
+    anomalous = [int(i) for i in np.flatnonzero(labels == 1) if int(i) not in lead]
+    normal = [int(i) for i in np.flatnonzero(labels == 0) if int(i) not in lead]
+    first_kind, second_kind = (
+        (anomalous, normal) if lead and labels[lead[0]] == 0 else (normal, anomalous)
+    )
+    # the image after the lead has the other label
+    picks = lead + [i for pair in zip(first_kind, second_kind, strict=False) for i in pair]
+    picks = (picks + [i for i in range(len(labels)) if i not in picks])[:n]
     return default_collate([dataset[i] for i in picks])
 
 
