@@ -21,6 +21,7 @@ KERNEL  ?= hxpe
 # The agent stages run in the vLLM venv's kernel once `make gpu-env` has built it.
 AGENT_KERNEL ?= $(if $(wildcard .venv-vllm/bin/python),hxpe-vllm,$(KERNEL))
 STAMP   := $(VENV)/.installed
+BOOK_STAMP := $(VENV)/.installed-book
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
@@ -41,11 +42,16 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or pass PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test,book]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test]'
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (hxpe)" >/dev/null
 	touch $@
 
 venv: $(STAMP)  ## Create .venv from the pinned constraints and register the Jupyter kernel
+
+# The book and its browser test (Sphinx, myst-nb, Playwright): only make book and make test need them.
+$(BOOK_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test,book]'
+	touch $@
 
 lock:  ## Regenerate constraints.txt from a fresh install (maintainers)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
@@ -112,7 +118,7 @@ fetch-models: | $(STAMP)  ## Download the pinned weights (MODELS="clip dinov2 vl
 verify: | $(STAMP)  ## Recompute artifact hashes against results/PROFILE/provenance.json
 	$(PY) -m hxpe.cli verify --params $(PARAMS)
 
-book: | $(STAMP)  ## Static HTML book of the executed PROFILE (README, method, notebooks, ledger) -> build/book/PROFILE/
+book: | $(BOOK_STAMP)  ## Static HTML book of the executed PROFILE (README, method, notebooks, ledger) -> build/book/PROFILE/
 	$(PY) -m hxpe.book --results $(OUT) --out build/book/$(PROFILE) --profile $(PROFILE)
 
 lab: | $(STAMP)  ## JupyterLab on the venv kernel
@@ -129,7 +135,7 @@ lint: | $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-unit: | $(STAMP)
+unit: | $(BOOK_STAMP)
 	$(PY) -m pytest -m "not slow and not browser" -q tests
 
 # The six notebooks as tests: the demo profile executed stage by stage (papermill, the same runner as
@@ -141,7 +147,7 @@ nbtest: | $(STAMP)
 
 # The book of that run, every page opened in headless Chromium (apt-get install chromium);
 # screenshots in build/book-shots/.
-booktest: | $(STAMP)
+booktest: | $(BOOK_STAMP)
 	HXPE_RESULTS_ROOT=build/nbval $(MAKE) book PROFILE=demo
 	rm -rf build/book-shots
 	HXPE_BOOK_DIR=build/book/demo $(PY) -m pytest -q -m browser -p no:cacheprovider tests/test_book_browser.py
