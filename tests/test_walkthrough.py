@@ -160,6 +160,18 @@ def test_extraction_example_with_the_rules_extractor():
     assert one["verdict"] is True and one["reason"].startswith("judged ANOMALOUS")
     frame = pd.DataFrame({"status": ["ok"], "text": [text], "image_id": ["x"]})
     assert wt.example_description(frame)["image_id"] == "x"
+    assert wt.example_description(frame.assign(status="failed")) is None
+
+
+def test_gate_figure_titles_the_phrase_and_the_decision(index):
+    one = {"parsed": {"phrase": "dark hole"}, "reason": "judged ANOMALOUS: because"}
+    fig = wt.gate_figure(index, "walk/plate/test/hole/000", one)
+    title = fig._suptitle.get_text()
+    assert "phrase: dark hole" in title and "gate: judged ANOMALOUS" in title
+    failed = wt.gate_figure(
+        index, "walk/plate/test/hole/000", {"parsed": None, "reason": "no verdict: x"}
+    )
+    assert "phrase: (none)" in failed._suptitle.get_text()
 
 
 def test_outcome_counts_names_failure_reasons():

@@ -207,6 +207,17 @@ def extraction_example(description: str, result: dict[str, Any], cfg: Any) -> di
     }
 
 
+def gate_figure(index: DatasetIndex, image_id: str, example: dict[str, Any]) -> Figure:
+    """The image of an :func:`extraction_example` with its mask, the extracted phrase and the
+    gate's decision in the title (what the prompt of this image will carry)."""
+    fig = image_mask_figure(index, index.row(image_id))
+    phrase = (example["parsed"] or {}).get("phrase") or "(none)"
+    decision = example["reason"].split(":")[0]
+    fig.suptitle(f"{image_id}\nphrase: {phrase}\ngate: {decision}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def outcome_counts(extractions: pd.DataFrame) -> pd.DataFrame:
     """How many images the gate calls anomalous or normal, and how many failed, with the reason.
 
