@@ -1,6 +1,7 @@
 # HXPE compendium: the only entry point. `make demo` and `make test` set up .venv on first use.
 #   make demo                 the whole pipeline on the embedded demo profile (CPU, minutes)
-#   make test                 lint + unit tests + the six notebooks as tests (nbval)
+#   make test                 lint + unit tests + the six notebooks as tests + the book in Chromium
+#   make book                 static HTML book of results/PROFILE -> build/book/PROFILE/
 #   make reproduce            the paper profile (runs `make doctor` first; A100-class GPU)
 #   make <stage> PROFILE=p    one stage: data describe extract train evaluate figures
 #   make app                  a local web page to score and explain your own images (127.0.0.1:7860)
@@ -12,7 +13,8 @@ SHELL := /bin/bash
 
 PROFILE ?= demo
 PARAMS  := notebooks/params/$(PROFILE).yaml
-OUT     := results/$(PROFILE)
+# HXPE_RESULTS_ROOT moves every profile's results (make nbtest runs the demo into build/nbval).
+OUT     := $(or $(HXPE_RESULTS_ROOT),results)/$(PROFILE)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -23,6 +25,7 @@ GPU_STAMP := $(GPU_VENV)/.installed
 # The agent stages run in the vLLM venv's kernel once `make gpu-env` has finished successfully (its
 # stamp), never on a half-built .venv-vllm.
 AGENT_KERNEL ?= $(if $(wildcard $(GPU_STAMP)),hxpe-vllm,$(KERNEL))
+BOOK_STAMP := $(VENV)/.installed-book
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
@@ -31,9 +34,9 @@ NB := notebooks
 PKG_COMMON := hxpe/config.py hxpe/pipeline.py hxpe/paths.py hxpe/seeding.py
 STAGE_RUN = $(PY) -m hxpe.cli stage $(1) --params $(PARAMS) --kernel $(2)
 
-.PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest data describe extract train \
-        evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env gpu-smoke verify bench \
-        format mutation
+.PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest booktest book data describe \
+        extract train evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env gpu-smoke \
+        verify bench format mutation
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
@@ -48,6 +51,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 venv: $(STAMP)  ## Create .venv from the pinned constraints and register the Jupyter kernel
+
+# The book and its browser test (Sphinx, myst-nb, Playwright): only make book and make test need them.
+$(BOOK_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test,app,book]'
+	touch $@
 
 # ---- locks and the vLLM environment (make lock, make gpu-env, make gpu-smoke) ----
 lock: | $(STAMP)  ## Re-resolve constraints.txt and constraints-gpu.txt with uv (PyPI metadata only; UPGRADE=1 lifts pins)
@@ -120,7 +128,7 @@ doctor: | $(STAMP)  ## Say what is missing for PROFILE (GPU, vLLM, weights, data
 
 # The paper profile's weights unless PROFILE=... is given on the command line, or MODELS="clip llm".
 FETCH_PARAMS = $(if $(filter command line,$(origin PROFILE)),$(PARAMS),notebooks/params/paper.yaml)
-fetch-models: | $(STAMP)  ## Download the weights the paper profile loads (or PROFILE=p, or MODELS="clip llm"); needs internet
+fetch-models: | $(STAMP)  ## Download the weights the paper profile loads (or PROFILE=p, e.g. demo-pretrained; or MODELS="clip llm"); needs internet
 	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 $(PY) -m hxpe.cli fetch-models --params $(FETCH_PARAMS) $(MODELS)
 
 verify: | $(STAMP)  ## Recompute artifact hashes against results/PROFILE/provenance.json
@@ -132,6 +140,9 @@ APP_ARGS ?=
 app: | $(STAMP)  ## Web page for your own images: upload, map, DINOv2 prompt, explanation (APP_ARGS="--port 8000")
 	$(PY) -m hxpe.cli app --params $(PARAMS) $(APP_ARGS)
 # ---- end app
+
+book: | $(BOOK_STAMP)  ## Static HTML book of the executed PROFILE (README, method, notebooks, ledger) -> build/book/PROFILE/
+	$(PY) -m hxpe.book --results $(OUT) --out build/book/$(PROFILE) --profile $(PROFILE)
 
 lab: | $(STAMP)  ## JupyterLab on the venv kernel
 	$(VENV)/bin/jupyter lab --notebook-dir=$(NB)
@@ -147,15 +158,24 @@ lint: | $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-unit: | $(STAMP)
-	$(PY) -m pytest -m "not slow" -q tests hxpe
+unit: | $(BOOK_STAMP)
+	$(PY) -m pytest -m "not slow and not browser" -q tests hxpe
 
+# The six notebooks as tests: the demo profile executed stage by stage (papermill, the same runner as
+# make demo; a failing cell fails the target) into build/nbval/demo/, whose executed notebooks the
+# book test then renders.
 nbtest: | $(STAMP)
 	rm -rf build/nbval
-	HXPE_RESULTS_ROOT=build/nbval $(PY) -m pytest -q --nbval-lax --nbval-current-env \
-	  --nbval-cell-timeout=900 -p no:cacheprovider $(NB)/0*.ipynb
+	HXPE_RESULTS_ROOT=build/nbval $(MAKE) all PROFILE=demo
 
-test: lint unit nbtest  ## ruff, pytest (unit tests), and the six notebooks with nbval (demo defaults)
+# The book of that run, every page opened in headless Chromium (apt-get install chromium);
+# screenshots in build/book-shots/.
+booktest: | $(BOOK_STAMP)
+	HXPE_RESULTS_ROOT=build/nbval $(MAKE) book PROFILE=demo
+	rm -rf build/book-shots
+	HXPE_BOOK_DIR=build/book/demo $(PY) -m pytest -q -m browser -p no:cacheprovider tests/test_book_browser.py
+
+test: lint unit nbtest booktest  ## ruff, pytest (unit tests), the six notebooks (demo), the book in headless Chromium
 
 # Mutation testing: MUTATE (files or globs), MUTATION_TESTS (test files), MUTATION_JOBS (parallel runs).
 MUTATE         ?= hxpe/model/*.py hxpe/train.py

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "models",
         nargs="*",
-        help="Keys to fetch (clip, dinov2, vlm_awq, vlm, llm); default: those the profile loads.",
+        help="Keys to fetch (clip, clip-b16, dinov2, vlm_awq, vlm, llm, ...); default: those the "
+        "profile loads.",
     )
     p.add_argument(
         "--params",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from hxpe.config import Config
 from hxpe.paths import repo_root, resolve
-from hxpe.weights import local_snapshot, registry, spec_for_repo
+from hxpe.weights import clip_weight_key, local_snapshot, registry, spec_for_repo
 
 
 @dataclass
@@ -28,12 +28,11 @@ class Check:
 def required_weight_keys(cfg: Config) -> list[str]:
     """Which pinned weights the profile loads (CLIPs, DINOv2, the agent's VLM and LLM, the authors'
     released checkpoints of ``released_*`` variants)."""
-    from hxpe.model.loading import pinned_clip_key
 
     keys: list[str] = []
     models = [cfg.model_for(v) for v in cfg.variants]
     for m in models:
-        key = pinned_clip_key(m.clip)
+        key = clip_weight_key(m.clip.model_name, m.clip.pretrained)
         if key is not None and key not in keys:
             keys.append(key)
     if any(_uses_pretrained_vfm(m) for m in models):

@@ -42,7 +42,8 @@ def _raw() -> dict:
 
 
 def registry() -> dict[str, WeightSpec]:
-    """All pinned Hugging Face weights, keyed by role name (clip, dinov2, vlm_awq, vlm, llm)."""
+    """All pinned Hugging Face weights, keyed by role name (clip, clip-b16, dinov2, vlm_awq, vlm, llm,
+    winclip_clip)."""
     raw = {k: v for k, v in _raw().items() if v.get("kind") != AUTHORS_CHECKPOINT}
     return {
         key: WeightSpec(
@@ -129,6 +130,26 @@ def fetch_released(key: str) -> dict[str, str]:
             )
         out[aux] = digest
     return out
+
+
+# open_clip (model name, pretrained tag) pairs whose weights are one of our pinned snapshots.
+CLIP_TAGS: dict[tuple[str, str], str] = {
+    ("ViT-L-14-336-quickgelu", "openai"): "clip",
+    ("ViT-B-16-quickgelu", "openai"): "clip-b16",
+    ("ViT-B-16-plus-240", "laion400m_e31"): "winclip_clip",
+}  # OpenAI weights only with the -quickgelu names (hxpe.model.loading.require_quickgelu)
+
+
+def clip_weight_key(model_name: str, pretrained: str | None) -> str | None:
+    """The registry key of an open_clip model's pinned weights, or None (random or unpinned).
+
+    Example:
+        >>> clip_weight_key("ViT-B-16-quickgelu", "openai")
+        'clip-b16'
+        >>> clip_weight_key("hxpe-tiny-clip", None) is None
+        True
+    """
+    return CLIP_TAGS.get((model_name, pretrained or ""))
 
 
 def weight_spec(key: str) -> WeightSpec:

@@ -1,5 +1,7 @@
-"""Shared set-up of the browser tests: headless Chromium from Debian (``apt-get install chromium``,
-``/usr/bin/chromium``) driven by Playwright's Python API, and a free local port for a server.
+"""Shared set-up of the browser tests (the app, the book): headless Chromium from Debian
+(``apt-get install chromium``, ``/usr/bin/chromium``; ``HXPE_CHROMIUM`` overrides) driven by
+Playwright's Python API (its own browser download is never used), a free local port for a server,
+and a static file server for a built book.
 
 Without Playwright or Chromium a browser test is skipped with the install command, except under CI
 (``CI=true``), where ``.ci/run`` installs Chromium and a missing browser is a failure.
@@ -14,11 +16,15 @@ Example (in a test module)::
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,15 +82,40 @@ def free_port() -> int:
 
 
 @contextmanager
-def browser_page(width: int = 1280, height: int = 900) -> Iterator[Any]:
-    """A Playwright ``Page`` in headless Chromium; browser and driver are closed afterwards."""
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (Playwright ``Browser``); browser and driver are closed afterwards."""
     executable = require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def browser_page(width: int = 1280, height: int = 900) -> Iterator[Any]:
+    """A Playwright ``Page`` in headless Chromium of ``width`` x ``height``."""
+    with chromium() as browser:
+        yield browser.new_page(viewport={"width": width, "height": height})
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
+        pass
+
+
+@contextmanager
+def serve_directory(root: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP on a free localhost port; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

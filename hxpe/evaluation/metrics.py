@@ -325,6 +325,13 @@ def truncated_auc(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float
 
 
 def _aupro_exact(regions: Regions, scores: torch.Tensor, fpr_limit: float) -> float:
+    return truncated_auc(*_pro_points(regions, scores, fpr_limit), fpr_limit)
+
+
+def _pro_points(
+    regions: Regions, scores: torch.Tensor, fpr_limit: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact (FPR, PRO) operating points, from (0, 0), down to the first one past ``fpr_limit``."""
     flat = scores.reshape(-1)
     dev = flat.device
     normal_scores = flat[torch.as_tensor(regions.normal, device=dev)]
@@ -360,7 +367,44 @@ def _aupro_exact(regions: Regions, scores: torch.Tensor, fpr_limit: float) -> fl
     zero = areas.new_zeros(1)
     fprs = torch.cat([zero, torch.cumsum(fpr_step[order], 0)[ends]]).clamp_(max=1.0)
     pros = torch.cat([zero, torch.cumsum(pro_step[order], 0)[ends]]).clamp_(max=1.0)
-    return truncated_auc(fprs.cpu().numpy(), pros.cpu().numpy(), fpr_limit)
+    return fprs.cpu().numpy(), pros.cpu().numpy()
+
+
+def pro_curve(
+    masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The per-region-overlap curve (FPR, PRO) of maps and masks ``[N, H, W]`` (exact convention).
+
+    Every distinct map value is a threshold; the points run from (0, 0) up to the first one past
+    ``fpr_limit``. ``truncated_auc(*pro_curve(m, s), 0.3)`` equals ``aupro(m, s, "exact", 0.3)``.
+
+    Example:
+        >>> masks = np.zeros((1, 4, 4)); masks[0, 0, :2] = 1
+        >>> fpr, pro = pro_curve(masks, masks.astype(np.float32))
+        >>> fpr.round(6).tolist(), pro.round(6).tolist()
+        ([0.0, 0.0, 1.0], [0.0, 1.0, 1.0])
+    """
+    regions = label_regions(masks)
+    _check_aupro_input(regions)
+    scores = _as_tensor(maps, torch.device("cpu"), torch.float32)
+    return _pro_points(regions, scores, fpr_limit)
+
+
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """ROC points (FPR, TPR) from (0, 0) at every distinct score, as scikit-learn's without
+    dropping collinear points; the trapezoid area under them equals :func:`auroc`.
+
+    Example:
+        >>> fpr, tpr = roc_curve([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+        >>> fpr.tolist(), tpr.tolist()
+        ([0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0])
+    """
+    dev = torch.device("cpu")
+    curve = _binary_curve(_as_tensor(labels, dev, torch.bool), _as_scores(scores, dev))
+    _check_two_classes(curve, "ROC")
+    fpr = torch.cat([curve.fps.new_zeros(1), curve.fps / curve.fps[-1]])
+    tpr = torch.cat([curve.tps.new_zeros(1), curve.tps / curve.tps[-1]])
+    return fpr.numpy(), tpr.numpy()
 
 
 def aupro(

@@ -26,6 +26,7 @@ from hxpe.model.config import ClipConfig, VfmConfig
 from hxpe.paths import resolve
 from hxpe.weights import (
     WeightSpec,
+    clip_weight_key,
     local_snapshot,
     missing_weights_message,
     spec_for_repo,
@@ -36,19 +37,9 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
-# open_clip pretrained tags whose weights are one of our pinned snapshots.
-_PINNED_CLIP_TAGS = {
-    ("ViT-L-14-336-quickgelu", "openai"): "clip",
-    ("ViT-B-16-plus-240", "laion400m_e31"): "winclip_clip",
-}
 # OpenAI's CLIP weights were trained with QuickGELU. open_clip's plain names build nn.GELU and, given
 # the weights as a file path, load them without a word: every feature is then subtly wrong.
 _QUICKGELU_TAGS = ("openai",)
-
-
-def pinned_clip_key(cfg: ClipConfig) -> str | None:
-    """The ``hxpe/weights.yaml`` key of the CLIP weights ``cfg`` loads, or None (random init)."""
-    return _PINNED_CLIP_TAGS.get((cfg.model_name, cfg.pretrained or ""))
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -121,7 +112,7 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
         )
     require_quickgelu(cfg.model_name, cfg.pretrained)
     pretrained: str | None = cfg.pretrained
-    key = pinned_clip_key(cfg)
+    key = clip_weight_key(cfg.model_name, cfg.pretrained)
     if key is not None:
         pretrained = str(_pinned_file(weight_spec(key)))
     with seeded(seed):

@@ -1,0 +1,106 @@
+"""``make book``: a static HTML book of one executed profile (Sphinx + myst-nb + sphinx-book-theme).
+
+The book holds the README, the method page, the ledger and the six notebooks exactly as ``make all``
+executed them into ``results/<profile>/`` (with their figures). Nothing executes while it is built
+(``nb_execution_mode = "off"``). The sources (``conf.py``, ``index.md``, ``method.md``, ``favicon.svg``) live in
+``notebooks/book/``; :func:`stage_sources` gathers them with the README, the ledger and the executed
+notebooks into one source tree, and :func:`build_book` runs Sphinx on it.
+
+Example:
+    >>> build_book(Path("results/demo"), Path("build/book/demo"), profile="demo")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from hxpe.paths import repo_root
+from hxpe.pipeline import STAGES
+
+log = logging.getLogger(__name__)
+
+BOOK_SOURCES = ("conf.py", "index.md", "method.md", "favicon.svg")
+# (source relative to the repository root, page name in the book)
+PAGES = (("README.md", "readme.md"), ("hxpe/LEDGER.md", "ledger.md"))
+
+
+def executed_notebooks(results_dir: Path) -> list[Path]:
+    """The six executed notebooks of a profile, in stage order; raises naming the missing ones."""
+    paths = [results_dir / stage.notebook for stage in STAGES.values()]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{results_dir} lacks the executed notebooks {missing}; run `make all "
+            f"PROFILE={results_dir.name}` first (the book renders them, it does not run them)."
+        )
+    return paths
+
+
+def stage_sources(results_dir: Path, src: Path) -> Path:
+    """Lay out the book's source tree in ``src`` (emptied first) and return it."""
+    notebooks = executed_notebooks(results_dir)
+    root = repo_root()
+    if src.exists():
+        shutil.rmtree(src)
+    (src / "notebooks").mkdir(parents=True)
+    for name in BOOK_SOURCES:
+        shutil.copy2(root / "notebooks" / "book" / name, src / name)
+    for rel, page in PAGES:
+        shutil.copy2(root / rel, src / page)
+    for nb in notebooks:
+        shutil.copy2(nb, src / "notebooks" / nb.name)
+    return src
+
+
+def build_book(results_dir: Path, out: Path, *, profile: str, src: Path | None = None) -> Path:
+    """Build the HTML book of ``results_dir`` into ``out``; returns ``out/index.html``.
+
+    Sphinx warnings are errors (a missing page, a broken cross-reference or image fails the build).
+    """
+    from sphinx.cmd.build import build_main
+
+    started = time.perf_counter()
+    src = stage_sources(results_dir, src or out.parent / f".src-{out.name}")
+    os.environ["HXPE_BOOK_PROFILE"] = profile
+    if out.exists():
+        shutil.rmtree(out)
+    args = [
+        "-b",
+        "html",
+        "-q",
+        "-W",
+        "--keep-going",
+        "-d",
+        str(src / ".doctrees"),
+        str(src),
+        str(out),
+    ]
+    status = build_main(args)
+    if status != 0:
+        raise RuntimeError(f"sphinx-build failed (exit {status}) on {src}; see the warnings above")
+    index = out / "index.html"
+    log.info("book of %s built in %.1f s: %s", results_dir, time.perf_counter() - started, index)
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hxpe.book", description="Build the HTML book of an executed profile."
+    )
+    parser.add_argument("--results", type=Path, required=True, help="results/<profile>/")
+    parser.add_argument("--out", type=Path, required=True, help="build/book/<profile>/")
+    parser.add_argument("--profile", default=None, help="profile name (default: results' name)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    index = build_book(args.results, args.out, profile=args.profile or args.results.name)
+    print(f"Book: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
