@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -41,6 +42,17 @@ def executed_notebooks(results_dir: Path) -> list[Path]:
     return paths
 
 
+def linked_images(markdown: str, root: Path) -> list[str]:
+    """Repository-relative images a markdown page shows (``![alt](path)``) that exist under ``root``.
+
+    Example:
+        >>> linked_images("![shot](results/reference/app.png) ![web](https://x/y.png)", repo_root())
+        ['results/reference/app.png']
+    """
+    paths = re.findall(r"!\[[^\]]*\]\(([^)\s]+)", markdown)
+    return [p for p in paths if "://" not in p and (root / p).is_file()]
+
+
 def stage_sources(results_dir: Path, src: Path) -> Path:
     """Lay out the book's source tree in ``src`` (emptied first) and return it."""
     notebooks = executed_notebooks(results_dir)
@@ -52,6 +64,9 @@ def stage_sources(results_dir: Path, src: Path) -> Path:
         shutil.copy2(root / "notebooks" / "book" / name, src / name)
     for rel, page in PAGES:
         shutil.copy2(root / rel, src / page)
+        for image in linked_images((root / rel).read_text(), root):
+            (src / image).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / image, src / image)
     for nb in notebooks:
         shutil.copy2(nb, src / "notebooks" / nb.name)
     return src

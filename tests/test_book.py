@@ -64,6 +64,7 @@ def test_source_tree_holds_readme_method_ledger_and_the_notebooks(tmp_path):
     assert names == sorted(
         ["conf.py", "index.md", "method.md", "favicon.svg", "readme.md", "ledger.md"]
         + [f"notebooks/{s.notebook}" for s in STAGES.values()]
+        + ["results/reference/app.png"]  # the README's screenshot, beside the page that shows it
     )
     assert 'nb_execution_mode = "off"' in (src / "conf.py").read_text()
 

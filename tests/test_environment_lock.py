@@ -74,11 +74,12 @@ def test_the_app_extra_is_cpu_only_and_a_new_extra_is_resolved_jointly_by_defaul
     assert FILES.cpu_only_extras() == ["app"]
     assert "app" not in FILES.gpu_extras() and "app" in FILES.cpu_extras()
     assert {"gpu", "notebooks", "test"} <= set(FILES.gpu_extras())
-    book = _copy_of_the_checkout(
+    assert "book" in FILES.gpu_extras() and "book" in FILES.cpu_extras()  # declared nowhere
+    extra = _copy_of_the_checkout(
         tmp_path,
-        lambda t: t.replace("[project.scripts]", 'book = ["sphinx>=7"]\n\n[project.scripts]'),
+        lambda t: t.replace("[project.scripts]", 'newextra = ["sphinx>=7"]\n\n[project.scripts]'),
     )
-    assert "book" in book.gpu_extras() and "book" in book.cpu_extras()
+    assert "newextra" in extra.gpu_extras() and "newextra" in extra.cpu_extras()
 
 
 def test_a_cpu_only_extra_must_exist_and_not_be_gpu(tmp_path):

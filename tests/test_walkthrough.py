@@ -14,15 +14,14 @@ from PIL import Image, ImageDraw
 from hxpe.agent import extract_one, load_descriptions, run_describe
 from hxpe.agent.config import AgentConfig
 from hxpe.agent.templates import load_template
-from hxpe.config import file_sha256
 from hxpe.data.index import DatasetIndex, make_image_id, validate_frame
 from hxpe.data.torch_dataset import IndexDataset
 from hxpe.evaluation.metrics import aupro, auroc, pro_curve, roc_curve, truncated_auc
 from hxpe.figures import walkthrough as wt
 from hxpe.figures.selection import f1_max_threshold
+from hxpe.hashing import file_sha256
 from hxpe.model.config import TrainConfig
 from hxpe.model.hxpe import build_model
-from hxpe.model.maps import aggregate
 from hxpe.model.tiny import tiny_model_config
 from hxpe.model.vfm import reference_distance
 
@@ -233,22 +232,22 @@ def test_vfm_steps_match_the_model_and_vanish_against_itself(model, index):
     assert no_ref["distance"].min() > 0  # rarity: distance to the image's own other patches
 
 
-def test_layer_panels_average_to_the_aggregate():
+def test_layer_panels_are_each_layers_abnormality():
     torch.manual_seed(0)
     maps = [torch.rand(1, 2, 3, 3).softmax(dim=1) for _ in range(2)]
     panels = wt.layer_panels(maps, [6, 12])
     assert list(panels) == ["layer 6", "layer 12"]
     p = maps[0][0]
     np.testing.assert_allclose(panels["layer 6"], ((p[1] + 1 - p[0]) / 2).numpy(), atol=1e-7)
-    mean = (panels["layer 6"] + panels["layer 12"]) / 2
-    np.testing.assert_allclose(mean, aggregate(maps)[0].numpy(), atol=1e-7)
+    q = maps[1][0]
+    np.testing.assert_allclose(panels["layer 12"], ((q[1] + 1 - q[0]) / 2).numpy(), atol=1e-7)
     fig = wt.maps_figure(np.zeros((3, 3, 3)), panels, np.eye(3))
     assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "layer 6", "layer 12"]
 
 
 def test_loss_table_on_a_mixed_batch(model, index):
     from hxpe.data.torch_dataset import phrases_from_batch
-    from hxpe.model.losses import hxpe_loss
+    from hxpe.model.losses import LossSpec, hxpe_loss
 
     refs = {"plate": "walk/plate/train/good/000"}
     dataset = IndexDataset(index, model.cfg.clip.image_size, "test", {}, refs)
@@ -256,15 +255,15 @@ def test_loss_table_on_a_mixed_batch(model, index):
     batch = wt.mixed_batch(dataset, n=3, first="walk/plate/test/hole/001")
     assert batch["image_id"][0] == "walk/plate/test/hole/001"
     assert batch["label"].tolist() == [1, 0, 1]
-    train_cfg = TrainConfig()
+    spec = LossSpec.resolve(model.cfg, TrainConfig())  # the base's own weights
     with torch.no_grad():
         out = model(batch["image"], phrases_from_batch(batch), batch["reference"])
-    terms = hxpe_loss(out, batch["mask"], batch["label"], train_cfg.loss_weights)
-    table = wt.loss_table(terms, train_cfg.loss_weights).set_index("term")
+    terms = hxpe_loss(out, batch["mask"], batch["label"], spec)
+    table = wt.loss_table(terms, spec.weights).set_index("term")
     parts = table.drop("total")
     assert set(parts.index) == {"focal", "dice", "image"}
     assert parts["weighted"].sum() == pytest.approx(table.loc["total", "value"], rel=1e-6)
-    assert table.loc["image", "weight"] == train_cfg.loss_weights["image"]
+    assert table.loc["image", "weight"] == spec.weights["image"]
 
 
 def test_roc_and_pro_curves_integrate_to_the_metrics():

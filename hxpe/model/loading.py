@@ -79,14 +79,24 @@ def _pinned_file(spec: WeightSpec) -> Path:
 
 def require_quickgelu(model_name: str, pretrained: str | None) -> None:
     """Refuse OpenAI weights on a GELU model: ``("ViT-L-14-336", "openai")`` raises ValueError naming
-    ``ViT-L-14-336-quickgelu``; ``("ViT-L-14-336-quickgelu", "openai")`` and random init pass."""
-    if pretrained in _QUICKGELU_TAGS and not model_name.endswith("-quickgelu"):
+    ``ViT-L-14-336-quickgelu``; ``-quickgelu`` names, configs with ``quick_gelu: true`` and random
+    init pass."""
+    if pretrained in _QUICKGELU_TAGS and not _builds_quickgelu(model_name):
         raise ValueError(
             f"model.clip.model_name {model_name!r} with pretrained {pretrained!r}: OpenAI's CLIP "
             f"weights need QuickGELU, but {model_name!r} builds GELU, and loading the weights from a "
             f"file would run them with the wrong activation without any warning. Use "
             f"model_name: {model_name + '-quickgelu'!r}."
         )
+
+
+def _builds_quickgelu(model_name: str) -> bool:
+    """Whether open_clip builds ``model_name`` with QuickGELU (its name or its config says so)."""
+    if model_name.endswith("-quickgelu"):
+        return True
+    import open_clip
+
+    return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu"))
 
 
 def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
