@@ -74,7 +74,7 @@ def timed(check: str, fn: Callable[[], tuple[bool, str, dict[str, Any]]]) -> Smo
         ok, detail, numbers = fn()
     except Exception as err:  # a smoke test reports every failure and goes on
         ok, detail, numbers = False, f"{type(err).__name__}: {err}"[:300], {}
-    return SmokeResult(check, ok, round(time.perf_counter() - t0, 1), detail, None, numbers)
+    return SmokeResult(check, ok, time.perf_counter() - t0, detail, None, numbers)
 
 
 # -------------------------------------------------------------------------------------- agent

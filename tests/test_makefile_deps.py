@@ -44,6 +44,7 @@ def stages_make_would_run(repo: Path, touched: str) -> list[str]:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "HXPE_RESULTS_ROOT": str(repo / "results")},  # the copy's own results
     )
     return [s for s in STAGE_ORDER if f" stage {s} " in done.stdout]
 
