@@ -59,7 +59,6 @@ def test_anomalyclip_matches_the_authors_outputs(capsys: pytest.CaptureFixture) 
 
 
 @needs_golden
-@pytest.mark.slow
 def test_adaclip_matches_the_authors_outputs_quickgelu_and_gelu() -> None:
     rows = check_folder(GOLDEN, ["adaclip"])
     bases = {r.base for r in rows}
