@@ -221,7 +221,8 @@ def paper_checks(
     from hxpe.bench.inputs import dataset_for, demo_index
     from hxpe.bench.timers import PeakMemory, sync
     from hxpe.model.config import TrainConfig
-    from hxpe.model.inference import infer_fast, make_loader, model_device
+    from hxpe.model.inference import infer_fast, make_loader
+    from hxpe.model.loading import model_device
     from hxpe.model.losses import LossSpec
     from hxpe.train import make_optimizer, step_losses
 

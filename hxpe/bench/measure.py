@@ -29,11 +29,11 @@ from hxpe.model.inference import (
     infer_naive,
     make_loader,
     maybe_compile,
-    model_device,
     naive_mode,
     phrase_cache_of,
     use_bf16,
 )
+from hxpe.model.loading import model_device
 from hxpe.model.losses import LossSpec
 from hxpe.model.maps import gaussian_blur
 from hxpe.train import make_optimizer, step_losses

@@ -38,7 +38,8 @@ from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.results import PER_CLASS_COLUMNS, merge_metrics, write_part
 from hxpe.evaluation.scoring import evaluate_store
 from hxpe.hashing import file_sha256
-from hxpe.model.inference import infer_fast, make_loader, model_device
+from hxpe.model.inference import infer_fast, make_loader
+from hxpe.model.loading import model_device
 
 logger = logging.getLogger(__name__)
 

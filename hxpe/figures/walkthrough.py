@@ -343,7 +343,7 @@ def vfm_steps(
     without one), ``salience`` (DINOv2's CLS attention), and ``prompt`` (the map the model uses,
     from ``model.vfm`` itself). ``image``/``reference``: [3, H, W] in [0, 1].
     """
-    from hxpe.model.inference import model_device
+    from hxpe.model.loading import model_device
     from hxpe.model.vfm import rarity, reference_distance
 
     device = model_device(model)
