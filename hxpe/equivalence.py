@@ -51,7 +51,18 @@ _BEHIND_FP16_CAST = {
     "anomalyclip": ("compound_prompts_text.",),
     "adaclip": ("clip_model.text_prompter.", "clip_model.visual_prompter.", "clip_model.dynamic_"),
 }
-ADACLIP_FP16_LOSS_CHANGE = 4.47e-4  # README: AdaCLIP loss_total change from the .half() casts
+# The golden README's measured max abs change of AdaCLIP quantities when its ``.half()`` casts are made
+# no-ops (logits in logit units, at logit scale 100). Everything downstream of the rounded prompt tokens
+# can move by a float16 ULP flip when float32 arithmetic differs in its last bit (other BLAS kernels,
+# other CPUs), so these quantities get the README's tolerance for the casts: 3 x that change.
+ADACLIP_FP16_CHANGE = {
+    "text_features": 4.29e-05,
+    "per_layer_logits": 3.95e-03,
+    "anomaly_map": 1.07e-04,
+    "anomaly_map_smoothed": 1.07e-04,
+    "image_score": 8.78e-05,
+    "loss_": 4.47e-04,
+}
 CHECKPOINTS = {"anomalyclip": "prompt_learner.pth", "adaclip": "params.pth"}
 
 
@@ -117,15 +128,19 @@ def _tolerance(base: str, name: str, expected: dict[str, torch.Tensor]) -> tuple
     118, 123). We round them the same way, but a float32 difference in the last bit can still flip
     a rounding by one float16 ULP; the casts' effect cannot be emulated away. Gradients of the
     parameters behind a cast therefore get the README's tolerance for the casts (2e-3 relative to
-    the gradient's max abs), and AdaCLIP's losses, whose dynamic prompts are rounded in the forward
-    pass too, 3 x the README's measured change of loss_total from the casts."""
+    the gradient's max abs), and AdaCLIP's forward quantities and losses, whose prompts are rounded
+    in the forward pass, 3 x the README's measured change of that quantity from the casts
+    (:data:`ADACLIP_FP16_CHANGE`): one float16 ULP flip moved the image score by 1.2e-5 on one CPU
+    and less than 1e-5 on another."""
     t = expected[name]
     if name.startswith("grad."):
         if name[len("grad.") :].startswith(_BEHIND_FP16_CAST[base]):
             return 2e-3 * float(t.abs().max()), 2e-3
         return 1e-4 * float(t.abs().max()), 1e-4
-    if base == "adaclip" and name.startswith("loss_") and "hsf" not in name:
-        return 3 * ADACLIP_FP16_LOSS_CHANGE, 1e-5
+    if base == "adaclip" and "hsf" not in name:
+        for prefix, change in ADACLIP_FP16_CHANGE.items():
+            if name == prefix or (prefix.endswith("_") and name.startswith(prefix)):
+                return 3 * change, 1e-5
     if name.startswith("anomaly_map"):
         return 4e-5, 1e-5
     if name == "per_layer_logits":

@@ -205,3 +205,31 @@ def test_released_variant_evaluates_the_imported_checkpoint(tmp_path: Path, monk
         assert torch.equal(value.detach(), state[authors_name("adaclip", name)])
     provenance = tmp_path / "results" / "checkpoints" / "d" / "released_adaclip" / "provenance.json"
     assert json.loads(provenance.read_text())["source_sha256"] == file_sha256(source)
+
+
+def test_tolerances_follow_the_golden_readme() -> None:
+    """Strict fp32 tolerances, except what the authors' ``.half()`` casts reach (README table)."""
+    from hxpe.equivalence import _tolerance
+
+    expected = {
+        "image_score": torch.tensor([0.5]),
+        "grad.ctx_pos": torch.tensor([-4.0, 2.0]),
+        "grad.compound_prompts_text.0": torch.tensor([1.0, -3.0]),
+        "hsf_seed_spread": torch.tensor([0.01, 0.014]),
+        "image_score_hsf": torch.tensor([0.5]),
+    }
+    for name in ("anomaly_map", "anomaly_map_smoothed", "per_layer_maps", "per_layer_logits"):
+        expected[name] = torch.zeros(1)
+    for name in ("loss_dice", "cls_features"):
+        expected[name] = torch.zeros(())
+    assert _tolerance("anomalyclip", "image_score", expected) == (1e-5, 1e-5)
+    assert _tolerance("anomalyclip", "anomaly_map", expected) == (4e-5, 1e-5)
+    assert _tolerance("anomalyclip", "per_layer_maps", expected) == (1e-5, 1e-5)
+    assert _tolerance("anomalyclip", "grad.ctx_pos", expected) == (4e-4, 1e-4)
+    assert _tolerance("anomalyclip", "grad.compound_prompts_text.0", expected) == (6e-3, 2e-3)
+    assert _tolerance("adaclip", "image_score", expected) == pytest.approx((3 * 8.78e-5, 1e-5))
+    assert _tolerance("adaclip", "anomaly_map_smoothed", expected) == pytest.approx((3.21e-4, 1e-5))
+    assert _tolerance("adaclip", "per_layer_logits", expected) == pytest.approx((1.185e-2, 1e-5))
+    assert _tolerance("adaclip", "loss_dice", expected) == pytest.approx((1.341e-3, 1e-5))
+    assert _tolerance("adaclip", "cls_features", expected) == (1e-5, 1e-5)
+    assert _tolerance("adaclip", "image_score_hsf", expected) == pytest.approx((0.042, 0.0))
