@@ -195,9 +195,7 @@ def run_extract(
             "cls": r.cls,
             "model_id": ecfg.model_id,
             "template_id": template.id,
-            "status": "ok" if out.ok else "failed",
-            "error": out.error,
-            "attempts": out.attempts,
+            **out.record_fields(),
             **_fields(out, r.text, cfg, clip),
         }
 
