@@ -63,7 +63,7 @@ def folder_name(value: str, what: str, where: str = "results") -> str:
         raise ValueError(
             f"{what} {value!r} cannot name a folder under {where}: it must be one path component "
             f"(not empty, not '.' or '..', no '/' or '\\', no surrounding spaces). Rename the {what} "
-            f"in the params file."
+            f"(params file or command line)."
         )
     return value
 
@@ -83,7 +83,7 @@ class ResultsLayout:
         return cls(directory.name, directory.parent)
 
     def __repr__(self) -> str:
-        return f"ResultsLayout({str(self.root)!r})"
+        return f"ResultsLayout({self.profile!r}, results_root={str(self.results_root)!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ResultsLayout) and self.root == other.root

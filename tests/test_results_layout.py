@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hxpe.config import load_config
+from hxpe.data.fixtures import IndexWriter
+from hxpe.data.index import save_index
 from hxpe.paths import RESULTS_ROOT_ENV, repo_root
 from hxpe.pipeline import STAGES
 from hxpe.results_layout import ResultsLayout, bench_dir, folder_name, models_lock
@@ -55,7 +59,7 @@ def test_root_profile_and_at_round_trip():
     assert LAYOUT.profile == "paper" and LAYOUT.results_root == ROOT
     assert ResultsLayout.at("/runs/paper") == LAYOUT
     assert LAYOUT.relative(LAYOUT.root) == ""
-    assert repr(LAYOUT) == "ResultsLayout('/runs/paper')"
+    assert repr(LAYOUT) == "ResultsLayout('paper', results_root='/runs')"
 
 
 def test_agent_caches_pair_per_rule():
@@ -108,7 +112,7 @@ def test_unsafe_names_are_refused_with_what_to_do(bad):
     message = (
         f"dataset name {bad!r} cannot name a folder under /runs/paper: it must be one path "
         "component (not empty, not '.' or '..', no '/' or '\\', no surrounding spaces). Rename "
-        "the dataset name in the params file."
+        "the dataset name (params file or command line)."
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         LAYOUT.index_dir(bad)
@@ -137,6 +141,15 @@ def test_other_misuses_name_the_valid_choices():
     with pytest.raises(ValueError, match=r"notebook '05_evaluation' must be an \.ipynb file name"):
         LAYOUT.notebook("05_evaluation")
     assert folder_name("aux_to_target", "direction") == "aux_to_target"
+
+
+def test_dataset_info_is_the_file_save_index_writes(tmp_path):
+    layout = ResultsLayout("demo", tmp_path)
+    writer = IndexWriter(tmp_path / "images", "toy")
+    writer.add("widget", "train", "good", "000", np.zeros((8, 8, 3), np.uint8))
+    save_index(writer.index(), layout.index_dir("toy"))
+    assert json.loads(layout.dataset_info("toy").read_text())["name"] == "toy"
+    assert layout.dataset_infos() == [layout.dataset_info("toy")]
 
 
 def test_globs_find_what_the_stages_wrote(tmp_path):
