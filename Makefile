@@ -31,7 +31,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
 NB := notebooks
-PKG_COMMON := hxpe/config.py hxpe/pipeline.py hxpe/paths.py hxpe/seeding.py
+PKG_COMMON := hxpe/config.py hxpe/pipeline.py hxpe/paths.py hxpe/results_layout.py hxpe/seeding.py
 STAGE_RUN = $(PY) -m hxpe.cli stage $(1) --params $(PARAMS) --kernel $(2)
 
 .PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest booktest book data describe \

@@ -31,6 +31,7 @@ from hxpe import predict as prediction
 from hxpe.config import Config, load_config
 from hxpe.data.images import ImageReadError, ImageTooLargeError
 from hxpe.predict import DEFAULT_PARAMS
+from hxpe.results_layout import ResultsLayout
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,21 @@ DEFAULT_PORT = 7860
 
 def default_checkpoint(cfg: Config) -> Path:
     """The profile's main variant for its first direction (the demo's: ``results/demo/...``)."""
-    from hxpe.model.checkpoint import checkpoint_dir
-
-    return checkpoint_dir(cfg.results_dir, cfg.evaluation.directions[0].name, cfg.main_variant)
+    return cfg.layout.checkpoint_dir(cfg.evaluation.directions[0].name, cfg.main_variant)
 
 
 def found_checkpoints(results_root: Path) -> list[str]:
-    """Checkpoint directories under ``results_root`` (``*/checkpoints/<direction>/<variant>``)."""
+    """Checkpoint directories of every profile under ``results_root``
+    (``<profile>/checkpoints/<direction>/<variant>`` holding weights and config)."""
+    from hxpe.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
     if not results_root.is_dir():
         return []
-    found = results_root.glob("*/checkpoints/*/*/config.json")
-    return sorted(str(p.parent) for p in found if (p.parent / "trainable.safetensors").is_file())
+    profiles = sorted(p for p in results_root.iterdir() if p.is_dir())
+    found = [d for p in profiles for d in ResultsLayout.at(p).checkpoint_dirs()]
+    return sorted(
+        str(d) for d in found if (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file()
+    )
 
 
 def _vlm_is_local(model_id: str) -> bool:
@@ -200,7 +205,7 @@ def build_app(params: str | Path = DEFAULT_PARAMS, max_pixels: int = MAX_PIXELS)
 
     cfg = load_config(params)
     default = str(default_checkpoint(cfg))
-    choices = sorted({default, *found_checkpoints(Path(cfg.results_dir).parent)})
+    choices = sorted({default, *found_checkpoints(cfg.layout.results_root)})
     backends = [NO_AGENT, *available_backends(cfg)]
     extensions = image_extensions()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hxpe.paths import repo_root
 from hxpe.pipeline import STAGES
+from hxpe.results_layout import ResultsLayout
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ PAGES = (("README.md", "readme.md"), ("hxpe/LEDGER.md", "ledger.md"))
 
 def executed_notebooks(results_dir: Path) -> list[Path]:
     """The six executed notebooks of a profile, in stage order; raises naming the missing ones."""
-    paths = [results_dir / stage.notebook for stage in STAGES.values()]
+    layout = ResultsLayout.at(results_dir)
+    paths = [layout.notebook(stage.notebook) for stage in STAGES.values()]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(

@@ -49,7 +49,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
     from hxpe.config import load_config
     from hxpe.doctor import required_weight_keys
-    from hxpe.paths import repo_root
+    from hxpe.results_layout import models_lock
     from hxpe.weights import describe_plan, fetch, fetch_plan
 
     keys = args.models or required_weight_keys(load_config(args.params))
@@ -63,7 +63,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     resolved = fetch(keys)
-    lock = repo_root() / "results" / "models.lock.json"
+    lock = models_lock()
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(json.dumps(resolved, indent=1, sort_keys=True) + "\n")
     print(f"Fetched {sorted(resolved)}; resolved revisions in {lock}")

@@ -30,7 +30,7 @@ from hxpe.evaluation.config import EvaluationConfig
 from hxpe.figures.config import FiguresConfig
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.paths import resolve
-from hxpe.paths import results_dir as _results_dir
+from hxpe.results_layout import ResultsLayout
 
 _ENV_PATTERN = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -59,8 +59,14 @@ class Config(BaseModel):
     main_variant: str = Field("hxpe", description="The variant reported as 'HXPE'.")
 
     @property
+    def layout(self) -> ResultsLayout:
+        """Every path under the profile's results directory."""
+        return ResultsLayout(self.profile)
+
+    @property
     def results_dir(self) -> Path:
-        return _results_dir(self.profile)
+        """``results/<profile>`` (or ``$HXPE_RESULTS_ROOT/<profile>``); writers create it."""
+        return self.layout.root
 
     def model_for(self, variant: str) -> ModelConfig:
         """The model section with a variant's overrides applied (validated)."""

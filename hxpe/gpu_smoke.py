@@ -169,18 +169,18 @@ def agent_checks(
     os.environ["HXPE_RESULTS_ROOT"] = env["HXPE_RESULTS_ROOT"]
     cfg = load_config(params)
     n_images = sum(len(ix.split("test")) for ix in prepare_all(cfg).values())
-    agent_dir = cfg.results_dir / "agent"
+    descriptions, extractions = cfg.layout.agent_caches()
 
     def describe() -> tuple[bool, str, dict[str, Any]]:
         run_stage("describe", params, env)
-        recs = _records(agent_dir / "descriptions.jsonl")
+        recs = _records(descriptions)
         engine = recs[0]["provenance"]["engine"] if recs else {}
         ok = len(recs) == n_images
         return ok, f"{len(recs)}/{n_images} images described; engine key {engine}", {"n": len(recs)}
 
     def extract() -> tuple[bool, str, dict[str, Any]]:
         run_stage("extract", params, env)
-        recs = _records(agent_dir / "extractions.jsonl")
+        recs = _records(extractions)
         valid = sum(1 for r in recs if not r.get("error"))
         engine = recs[0]["provenance"]["engine"] if recs else {}
         structured = engine.get("structured_output") == {"disable_any_whitespace": True}
@@ -305,13 +305,15 @@ def table(rows: list[SmokeResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hxpe.results_layout import bench_dir
+
     parser = argparse.ArgumentParser(
         prog="python -m hxpe.gpu_smoke",
         description="Five-minute GPU check (run by `make gpu-smoke` in .venv-vllm): vLLM stages "
         "02-03 on tiny random Qwen models, the paper-size architecture in bf16 at batch 32 and one "
         "training step. Writes results/bench/<gpu>-smoke.json.",
     )
-    parser.add_argument("--out", default="results/bench", help="Folder of the JSON report.")
+    parser.add_argument("--out", default=bench_dir(), help="Folder of the JSON report.")
     parser.add_argument("--skip-agent", action="store_true", help="Only the paper-size checks.")
     args = parser.parse_args(argv)
     reason = preflight()

@@ -1,7 +1,8 @@
-"""Where things live: the repository root and a profile's results directory.
+"""Where things live: the repository root and the folder of every profile's results.
 
 ``HXPE_RESULTS_ROOT`` redirects every profile's results (the notebook tests use it so that they never
-touch ``results/``); it is the only environment variable that changes where outputs go.
+touch ``results/``); it is the only environment variable that changes where outputs go. The paths
+inside a profile's results are :class:`hxpe.results_layout.ResultsLayout`'s.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ def resolve(path: str | Path) -> Path:
     return p if p.is_absolute() else repo_root() / p
 
 
-def results_dir(profile: str) -> Path:
-    """``results/<profile>`` (or ``$HXPE_RESULTS_ROOT/<profile>``); writers create it."""
+def results_root() -> Path:
+    """The folder holding every profile's results: ``$HXPE_RESULTS_ROOT``, else ``<repo>/results``."""
     root = os.environ.get(RESULTS_ROOT_ENV)
-    base = Path(root).expanduser() if root else repo_root() / "results"
-    return base / profile
+    return Path(root).expanduser() if root else repo_root() / "results"

@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hxpe.config import Config, load_config
 from hxpe.paths import repo_root, resolve
 from hxpe.provenance import record_stage, utc_now
+from hxpe.results_layout import ResultsLayout
 from hxpe.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 class Stage:
     name: str
     notebook: str
-    outputs: tuple[str, ...]  # paths relative to results/<profile>/ that the stage writes
+    outputs: Callable[[ResultsLayout], tuple[Path, ...]]  # what the stage writes (manifest)
 
     @property
     def source(self) -> Path:
@@ -39,12 +41,16 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("data", "01_data_prep.ipynb", ("index", "data")),
-        Stage("describe", "02_vlm_descriptions.ipynb", ("agent/descriptions.jsonl",)),
-        Stage("extract", "03_llm_extraction.ipynb", ("agent/extractions.jsonl",)),
-        Stage("train", "04_training.ipynb", ("checkpoints",)),
-        Stage("evaluate", "05_evaluation.ipynb", ("metrics", "tables", "maps")),
-        Stage("figures", "06_explainability_figures.ipynb", ("figures",)),
+        Stage("data", "01_data_prep.ipynb", lambda r: (r.index_root, r.data_root)),
+        Stage("describe", "02_vlm_descriptions.ipynb", lambda r: (r.descriptions(),)),
+        Stage("extract", "03_llm_extraction.ipynb", lambda r: (r.extractions(),)),
+        Stage("train", "04_training.ipynb", lambda r: (r.checkpoints_root,)),
+        Stage(
+            "evaluate",
+            "05_evaluation.ipynb",
+            lambda r: (r.metrics_dir, r.tables_dir, r.maps_root),
+        ),
+        Stage("figures", "06_explainability_figures.ipynb", lambda r: (r.figures_dir,)),
     )
 }
 
@@ -133,8 +139,8 @@ def run_stage(
     spec = STAGES[stage]
     params_path = resolve(params_file)
     cfg = load_config(params_path)
-    out_dir = cfg.results_dir
-    target = out_dir / spec.notebook
+    layout = cfg.layout
+    target = layout.notebook(spec.notebook)
     started = utc_now()
     log.info("stage %s: executing %s -> %s", stage, spec.source, target)
     execute_notebook_atomic(
@@ -145,11 +151,11 @@ def run_stage(
         log_output=log_output,
     )
     record_stage(
-        out_dir,
+        layout.root,
         stage,
         params_file=params_path,
         started=started,
         finished=utc_now(),
-        outputs=[out_dir / o for o in spec.outputs] + [target],
+        outputs=[*spec.outputs(layout), target],
     )
     return target

@@ -136,7 +136,7 @@ def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, s
     """The model of ``checkpoint`` (or of the profile's main variant); cached per process."""
     from pydantic import ValidationError
 
-    from hxpe.model.checkpoint import checkpoint_dir, load_checkpoint, model_for_evaluation
+    from hxpe.model.checkpoint import load_checkpoint, model_for_evaluation
 
     if checkpoint is not None:
         directory = Path(checkpoint).expanduser()
@@ -158,7 +158,7 @@ def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, s
                 ) from err
         return _MODELS[key], str(directory)
     direction = cfg.evaluation.directions[0].name
-    directory = checkpoint_dir(cfg.results_dir, direction, cfg.main_variant)
+    directory = cfg.layout.checkpoint_dir(direction, cfg.main_variant)
     key = _checkpoint_key(directory)
     if key not in _MODELS:
         _MODELS[key] = model_for_evaluation(cfg, direction, cfg.main_variant, cfg.results_dir)

@@ -20,9 +20,8 @@ from typing import Any
 from hxpe.atomic import write_json_atomic
 from hxpe.hashing import file_sha256
 from hxpe.paths import repo_root
+from hxpe.results_layout import ResultsLayout
 from hxpe.versions import software_versions
-
-MANIFEST = "provenance.json"
 
 
 def utc_now() -> str:
@@ -89,7 +88,7 @@ def hash_tree(paths: list[Path], base: Path) -> dict[str, str]:
 
 
 def read_manifest(results_dir: Path) -> dict[str, Any]:
-    path = results_dir / MANIFEST
+    path = ResultsLayout.at(results_dir).manifest
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -121,13 +120,11 @@ def model_provenance(keys: list[str]) -> dict[str, Any]:
 def dataset_provenance(results_dir: Path) -> dict[str, Any]:
     """Root, size and index hash of every dataset indexed under ``results_dir/index``."""
     out: dict[str, Any] = {}
-    index_dir = results_dir / "index"
-    if index_dir.is_dir():
-        for info_file in sorted(index_dir.glob("*/dataset.json")):
-            info = json.loads(info_file.read_text())
-            out[info["name"]] = {
-                k: info.get(k) for k in ("kind", "root", "n_images", "n_anomalous", "index_sha256")
-            }
+    for info_file in ResultsLayout.at(results_dir).dataset_infos():
+        info = json.loads(info_file.read_text())
+        out[info["name"]] = {
+            k: info.get(k) for k in ("kind", "root", "n_images", "n_anomalous", "index_sha256")
+        }
     return out
 
 
@@ -181,5 +178,5 @@ def record_stage(
         "artifacts": hash_tree(existing, results_dir),
         **(extra or {}),
     }
-    write_json_atomic(results_dir / MANIFEST, manifest)
+    write_json_atomic(ResultsLayout.at(results_dir).manifest, manifest)
     return manifest

@@ -37,7 +37,7 @@ from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
 from hxpe.model.checkpoint import (
     CHECKPOINT_FILES,
     CONFIG_FILE,
-    checkpoint_dir,
+    PROVENANCE_FILE,
     read_checkpoint_config,
     save_checkpoint,
 )
@@ -46,6 +46,7 @@ from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.loading import model_device
 from hxpe.model.losses import LossSpec, hxpe_loss
 from hxpe.provenance import git_state, utc_now
+from hxpe.results_layout import ResultsLayout
 from hxpe.seeding import generator, seed_everything, worker_init_fn
 from hxpe.versions import software_versions
 
@@ -276,7 +277,7 @@ def train(
             "train_index": index.name,
             "n_images": len(loader.dataset),
         }
-        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1))
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -337,25 +338,25 @@ def train_all(
     from hxpe.agent import phrases_for_rule
     from hxpe.data.index import load_index
 
-    rd = results_dir or cfg.results_dir
+    layout = ResultsLayout.at(results_dir) if results_dir is not None else cfg.layout
     groups = training_groups(cfg, variants)
     out: dict[tuple[str, str], Path] = {}
     for direction in cfg.evaluation.directions:
-        aux = load_index(rd / "index" / direction.train)
+        aux = load_index(layout.index_dir(direction.train))
         for members in groups.values():
             first = members[0]
             rule = cfg.reference_rule_for(first)
-            target = checkpoint_dir(rd, direction.name, first)
+            target = layout.checkpoint_dir(direction.name, first)
             out[(direction.name, first)] = train(
                 cfg,
                 aux,
-                phrases if phrases is not None else phrases_for_rule(rd, rule),
+                phrases if phrases is not None else phrases_for_rule(layout.root, rule),
                 target,
                 first,
                 references=select_references(aux, rule),
             )
             for other in members[1:]:
                 out[(direction.name, other)] = share_checkpoint(
-                    target, checkpoint_dir(rd, direction.name, other), cfg, other
+                    target, layout.checkpoint_dir(direction.name, other), cfg, other
                 )
     return out

@@ -14,9 +14,8 @@ from pathlib import Path
 from hxpe.config import load_config
 from hxpe.hashing import file_sha256
 from hxpe.paths import resolve
-from hxpe.provenance import MANIFEST, read_manifest
-
-TRACEABLE_DIRS = ("tables", "figures", "metrics")
+from hxpe.provenance import read_manifest
+from hxpe.results_layout import MANIFEST, ResultsLayout
 
 
 @dataclass
@@ -36,10 +35,11 @@ class VerifyReport:
 def verify_results(results_dir: Path, params_file: Path | None = None) -> VerifyReport:
     """Compare ``results_dir`` with its manifest (see module docstring)."""
     report = VerifyReport()
+    layout = ResultsLayout.at(results_dir)
     manifest = read_manifest(results_dir)
     if not manifest:
         report.problems.append(
-            f"{results_dir / MANIFEST} is missing: this results folder has no provenance. "
+            f"{layout.manifest} is missing: this results folder has no provenance. "
             f"Rerun the pipeline (make all PROFILE=...)."
         )
         return report
@@ -53,8 +53,7 @@ def verify_results(results_dir: Path, params_file: Path | None = None) -> Verify
                 report.problems.append(f"missing: {rel} (written by stage {stage})")
             elif file_sha256(path) != digest:
                 report.problems.append(f"changed since stage {stage} wrote it: {rel}")
-    for sub in TRACEABLE_DIRS:
-        base = results_dir / sub
+    for base in layout.traceable_dirs:
         if base.is_dir():
             for f in sorted(p for p in base.rglob("*") if p.is_file()):
                 rel = f.relative_to(results_dir).as_posix()
@@ -99,7 +98,8 @@ def compare_runs(a: Path, b: Path, *, atol: float = 1e-6) -> list[str]:
     from hxpe.agent.cache import read_records, stable_view
 
     problems: list[str] = []
-    pa, pb = a / "metrics" / "per_class.csv", b / "metrics" / "per_class.csv"
+    runs = ResultsLayout.at(a), ResultsLayout.at(b)
+    pa, pb = (run.metrics_file("per_class.csv") for run in runs)
     if pa.is_file() and pb.is_file():
         keys = ["direction", "variant", "dataset", "cls", "metric"]
         fa, fb = pd.read_csv(pa), pd.read_csv(pb)
@@ -116,16 +116,16 @@ def compare_runs(a: Path, b: Path, *, atol: float = 1e-6) -> list[str]:
                 f"{row.value_a!r} vs {row.value_b!r}"
             )
     elif pa.is_file() != pb.is_file():
-        problems.append("metrics/per_class.csv exists in only one run")
-    for name in ("descriptions.jsonl", "extractions.jsonl"):
-        fa, fb = a / "agent" / name, b / "agent" / name
+        problems.append(f"{runs[0].relative(pa)} exists in only one run")
+    for fa, fb in zip(*(run.agent_caches() for run in runs), strict=True):
+        rel = runs[0].relative(fa)
         if not (fa.is_file() or fb.is_file()):
             continue
         if fa.is_file() != fb.is_file():
-            problems.append(f"agent/{name} exists in only one run")
+            problems.append(f"{rel} exists in only one run")
             continue
         ra = [stable_view(r) for r in read_records(fa)]
         rb = [stable_view(r) for r in read_records(fb)]
         if ra != rb:
-            problems.append(f"agent/{name} differs ({len(ra)} vs {len(rb)} records)")
+            problems.append(f"{rel} differs ({len(ra)} vs {len(rb)} records)")
     return problems

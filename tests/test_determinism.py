@@ -28,13 +28,13 @@ def _run(root):
     cfg = load_config(repo_root() / "notebooks" / "params" / "demo.yaml", OVERRIDES)
     cfg = cfg.model_copy(update={"variants": VARIANTS})
     seed_everything(cfg.seed, cfg.deterministic)
-    rd = cfg.results_dir
+    descriptions, extractions = cfg.layout.agent_caches()
     indexes = prepare_all(cfg)
-    run_describe(list(indexes.values()), cfg.agent, rd / "agent" / "descriptions.jsonl")
-    run_extract(rd / "agent" / "descriptions.jsonl", cfg.agent, rd / "agent" / "extractions.jsonl")
-    train_all(cfg, load_phrases(rd / "agent" / "extractions.jsonl"))
+    run_describe(list(indexes.values()), cfg.agent, descriptions)
+    run_extract(descriptions, cfg.agent, extractions)
+    train_all(cfg, load_phrases(extractions))
     run_protocol(cfg)
-    return rd
+    return cfg.results_dir
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from hxpe.data.fixtures import IndexWriter
 from hxpe.data.index import DatasetIndex, load_index, save_index
 from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.metrics import pixel_metrics
-from hxpe.evaluation.protocol import infer_dataset, run_protocol, store_dir
+from hxpe.evaluation.protocol import infer_dataset, run_protocol
 from hxpe.evaluation.results import merge_metrics
+from hxpe.results_layout import ResultsLayout
 
 SIZE = 32
 
@@ -199,7 +200,9 @@ def test_run_protocol_values_cache_and_merge(results: Path) -> None:
     assert loads == [("aux_to_tgt", "hxpe")]
     merged, _ = merge_metrics(results)
     assert len(merged) == len(per_class)
-    assert (store_dir(results, "aux_to_tgt", "hxpe", "tgt") / "manifest.json").is_file()
+    assert (
+        ResultsLayout.at(results).maps_dir("aux_to_tgt", "hxpe", "tgt") / "manifest.json"
+    ).is_file()
 
 
 def test_selection_errors_name_the_choices(results: Path) -> None:
@@ -253,7 +256,7 @@ def test_flat_maps_metrics_are_full_precision_whatever_the_store(
             assert got[(cls, metric)] == pytest.approx(pix32[metric], abs=1e-12), (cls, metric)
             rounding_shift = max(rounding_shift, abs(pix16[metric] - pix32[metric]))
     assert rounding_shift > 1e-4  # float16 maps would have moved the metrics: the test can fail
-    store = MapStore(store_dir(rd, "aux_to_tgt", "plain", "tgt"), dtype)
+    store = MapStore(ResultsLayout.at(rd).maps_dir("aux_to_tgt", "plain", "tgt"), dtype)
     first = store.scores()["image_id"].iloc[0]
     assert store.read_map(first).dtype == np.dtype(dtype)
     assert store.manifest()["dtype"] == dtype

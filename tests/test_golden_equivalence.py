@@ -7,11 +7,6 @@ need it are skipped with that reason when it is absent.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import json
 import logging
 import pickle

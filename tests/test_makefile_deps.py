@@ -69,6 +69,10 @@ def test_model_code_reruns_training(repo):
     assert stages_make_would_run(repo, "hxpe/model/hxpe.py") == ["train", "evaluate", "figures"]
 
 
+def test_results_layout_edits_rerun_every_stage(repo):
+    assert stages_make_would_run(repo, "hxpe/results_layout.py") == STAGE_ORDER
+
+
 def test_template_edits_rerun_both_agent_stages(repo):
     ran = stages_make_would_run(repo, "hxpe/agent/templates/extract_v1.yaml")
     assert ran == ["describe", "extract", "train", "evaluate", "figures"]

@@ -5,10 +5,6 @@ CLIP of the authors' outputs."""
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import copy
 
 import pytest

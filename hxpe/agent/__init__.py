@@ -2,7 +2,8 @@
 
 Entry points (used by notebooks 02/03 and ``hxpe describe`` / ``hxpe extract``):
 :func:`run_describe`, :func:`run_extract`, :func:`load_descriptions`, :func:`load_extractions`,
-:func:`load_phrases`, :func:`phrases_for_rule`, :func:`agent_paths` and :func:`merge_shards`. Backends: ``hxpe/agent/backend_*.py``; prompt templates:
+:func:`load_phrases`, :func:`phrases_for_rule` and :func:`merge_shards` (the caches' paths:
+``hxpe.results_layout.ResultsLayout.agent_caches``). Backends: ``hxpe/agent/backend_*.py``; prompt templates:
 ``hxpe/agent/templates/``; scaling out: ``hxpe/agent/SCALING.md``.
 """
 
@@ -13,16 +14,15 @@ from hxpe.agent.extract import (
     extract_one,
     load_extractions,
     load_phrases,
+    phrases_for_rule,
     run_extract,
 )
-from hxpe.agent.paths import agent_paths, phrases_for_rule
 from hxpe.agent.schema import Extraction
 
 __all__ = [
     "DescribeReport",
     "ExtractReport",
     "Extraction",
-    "agent_paths",
     "extract_one",
     "load_descriptions",
     "load_extractions",

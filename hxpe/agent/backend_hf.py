@@ -57,6 +57,21 @@ def _dtype(options: dict[str, Any]) -> Any:
     return name if name == "auto" else getattr(torch, name)
 
 
+def load_pretrained(
+    cfg: DescribeConfig | ExtractConfig, model_class: Any, companion_class: Any, **kwargs: Any
+) -> tuple[Any, Any]:
+    """``(model, companion)`` of ``cfg.model_id`` at ``cfg.revision``: the model (``model_class``)
+    in eval mode on its device and dtype, its processor or tokenizer (``companion_class``, with
+    ``kwargs``); unknown options fail before anything loads."""
+    settings_for(cfg.options)
+    log.info("loading %s (revision %s) with transformers", cfg.model_id, cfg.revision)
+    companion = companion_class.from_pretrained(cfg.model_id, revision=cfg.revision, **kwargs)
+    model = model_class.from_pretrained(
+        cfg.model_id, revision=cfg.revision, dtype=_dtype(cfg.options)
+    )
+    return model.to(_device(cfg.options)).eval(), companion
+
+
 def generate(model: Any, inputs: dict[str, Any], tokenizer: Any, sampling: Sampling) -> Generation:
     """One ``generate`` call; the text after the prompt and why it stopped."""
     import torch
@@ -90,14 +105,11 @@ class HFDescriber:
     def from_config(cls, cfg: DescribeConfig) -> HFDescriber:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        settings_for(cfg.options)
         pixels = {k: cfg.options[k] for k in ("min_pixels", "max_pixels") if k in cfg.options}
-        log.info("loading %s (revision %s) with transformers", cfg.model_id, cfg.revision)
-        processor = AutoProcessor.from_pretrained(cfg.model_id, revision=cfg.revision, **pixels)
-        model = AutoModelForImageTextToText.from_pretrained(
-            cfg.model_id, revision=cfg.revision, dtype=_dtype(cfg.options)
+        model, processor = load_pretrained(
+            cfg, AutoModelForImageTextToText, AutoProcessor, **pixels
         )
-        return cls(model.to(_device(cfg.options)).eval(), processor, cfg.options)
+        return cls(model, processor, cfg.options)
 
     def settings(self) -> dict[str, Any]:
         return settings_for(self.options)
@@ -134,13 +146,8 @@ class HFExtractor:
     def from_config(cls, cfg: ExtractConfig) -> HFExtractor:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        settings_for(cfg.options)
-        log.info("loading %s (revision %s) with transformers", cfg.model_id, cfg.revision)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model_id, revision=cfg.revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.model_id, revision=cfg.revision, dtype=_dtype(cfg.options)
-        )
-        return cls(model.to(_device(cfg.options)).eval(), tokenizer, cfg.options)
+        model, tokenizer = load_pretrained(cfg, AutoModelForCausalLM, AutoTokenizer)
+        return cls(model, tokenizer, cfg.options)
 
     def settings(self) -> dict[str, Any]:
         return settings_for(self.options)

@@ -12,9 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hxpe.agent.paths import agent_paths
+if TYPE_CHECKING:
+    from hxpe.agent.cache import Shard
+    from hxpe.agent.runner import StageReport
+    from hxpe.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -53,44 +58,41 @@ def _merge(path: Path) -> int:
     return 0
 
 
-def cmd_describe(args: argparse.Namespace) -> int:
-    from hxpe.agent.describe import run_describe
+def _each_rule(
+    args: argparse.Namespace, stage: int, run: Callable[[Config, str, Shard], StageReport]
+) -> int:
+    """One stage (``stage`` 0: describe, 1: extract) for every reference rule of the profile:
+    ``run(cfg, rule, shard)`` and print its report, or only merge the shards with ``--merge``."""
     from hxpe.config import load_config
-    from hxpe.data.index import load_index
 
     cfg = load_config(args.params)
     rules = cfg.reference_rules()
     if args.merge:
-        return max(_merge(agent_paths(cfg.results_dir, rule)[0]) for rule in rules)
-    indexes = [load_index(cfg.results_dir / "index" / d.name) for d in cfg.data.datasets]
+        return max(_merge(cfg.layout.agent_caches(rule)[stage]) for rule in rules)
     for rule in rules:
-        report = run_describe(
-            indexes,
-            cfg.agent,
-            agent_paths(cfg.results_dir, rule)[0],
-            reference_rule=rule,
-            shard=(args.shard, args.num_shards),
-        )
+        report = run(cfg, rule, (args.shard, args.num_shards))
         print(json.dumps({"reference_rule": rule, **report.as_dict()}, indent=1))
     return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from hxpe.agent.describe import run_describe
+    from hxpe.data.index import load_index
+
+    def run(cfg: Config, rule: str, shard: Shard) -> StageReport:
+        indexes = [load_index(cfg.layout.index_dir(d.name)) for d in cfg.data.datasets]
+        return run_describe(
+            indexes, cfg.agent, cfg.layout.descriptions(rule), reference_rule=rule, shard=shard
+        )
+
+    return _each_rule(args, 0, run)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from hxpe.agent.extract import run_extract
-    from hxpe.config import load_config
 
-    cfg = load_config(args.params)
-    rules = cfg.reference_rules()
-    if args.merge:
-        return max(_merge(agent_paths(cfg.results_dir, rule)[1]) for rule in rules)
-    for rule in rules:
-        descriptions, extractions = agent_paths(cfg.results_dir, rule)
-        report = run_extract(
-            descriptions,
-            cfg.agent,
-            extractions,
-            shard=(args.shard, args.num_shards),
-            clip=cfg.model.clip,
-        )
-        print(json.dumps({"reference_rule": rule, **report.as_dict()}, indent=1))
-    return 0
+    def run(cfg: Config, rule: str, shard: Shard) -> StageReport:
+        descriptions, extractions = cfg.layout.agent_caches(rule)
+        return run_extract(descriptions, cfg.agent, extractions, shard=shard, clip=cfg.model.clip)
+
+    return _each_rule(args, 1, run)

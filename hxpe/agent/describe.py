@@ -219,9 +219,7 @@ def run_describe(
             "model_id": dcfg.model_id,
             "template_id": template.id,
             "text": out.value if out.ok else out.raw,
-            "status": "ok" if out.ok else "failed",
-            "error": out.error,
-            "attempts": out.attempts,
+            **out.record_fields(),
         }
 
     run_stage(

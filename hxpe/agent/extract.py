@@ -48,6 +48,7 @@ from hxpe.agent.runner import (
 from hxpe.agent.schema import Extraction, verdict, vlm_says_no_anomaly
 from hxpe.agent.templates import load_template
 from hxpe.model.config import ClipConfig
+from hxpe.results_layout import ResultsLayout
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,7 @@ def run_extract(
             "cls": r.cls,
             "model_id": ecfg.model_id,
             "template_id": template.id,
-            "status": "ok" if out.ok else "failed",
-            "error": out.error,
-            "attempts": out.attempts,
+            **out.record_fields(),
             **_fields(out, r.text, cfg, clip),
         }
 
@@ -230,3 +229,15 @@ def load_phrases(extractions_path: Path) -> dict[str, str | None]:
         usable = row.status == "ok" and bool(row.verdict) and bool(row.phrase)
         out[row.image_id] = row.phrase if usable else None
     return out
+
+
+def phrases_for_rule(results_dir: Path, rule: str) -> dict[str, str | None]:
+    """The gated phrases (image_id -> phrase or None) that stage 03 wrote for ``rule`` into a
+    profile's results directory."""
+    extractions = ResultsLayout.at(results_dir).extractions(rule)
+    if not extractions.is_file():
+        raise FileNotFoundError(
+            f"{extractions} is missing: stages 02-03 have not run for reference rule {rule!r}. "
+            f"Run them first (make extract PROFILE=<profile>)."
+        )
+    return load_phrases(extractions)

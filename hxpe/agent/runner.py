@@ -43,6 +43,14 @@ class Outcome(Generic[Val]):
     def ok(self) -> bool:
         return self.error is None
 
+    def record_fields(self) -> dict[str, Any]:
+        """What every cache record says of its request's outcome: status, error, attempts."""
+        return {
+            "status": "ok" if self.ok else "failed",
+            "error": self.error,
+            "attempts": self.attempts,
+        }
+
 
 def _call_robustly(
     call: Callable[[list[Req], Sampling], list[Generation]], batch: list[Req], sampling: Sampling

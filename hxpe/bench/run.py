@@ -37,6 +37,7 @@ from hxpe.data.torch_dataset import IndexDataset
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model, build_paper_architecture_random
 from hxpe.paths import repo_root
+from hxpe.results_layout import bench_dir
 
 log = logging.getLogger("hxpe.bench")
 DEMO_PARAMS = repo_root() / "notebooks" / "params" / "demo.yaml"
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prog="python -m hxpe.bench", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true", help="tiny config only, a few images")
-    parser.add_argument("--out", type=Path, default=repo_root() / "results" / "bench")
+    parser.add_argument("--out", type=Path, default=bench_dir())
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=None, help="fast path (8 CPU, 32 GPU)")
     parser.add_argument("--num-workers", type=int, default=None)

@@ -17,7 +17,7 @@ from hxpe.data.errors import DatasetError
 from hxpe.data.prepare import prepare_dataset
 from hxpe.data.registry import load_specs
 from hxpe.data.summary import summary_table
-from hxpe.paths import results_dir
+from hxpe.results_layout import ResultsLayout
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def source_from_args(args: argparse.Namespace) -> DatasetSource:
 def run_prepare(args: argparse.Namespace) -> int:
     """Run ``hxpe prepare``; print the count table, or the error and return 2."""
     source = source_from_args(args)
-    out = args.out or results_dir(DEFAULT_OUT_PROFILE) / "index" / source.name
+    out = args.out or ResultsLayout(DEFAULT_OUT_PROFILE).index_dir(source.name)
     try:
         index = prepare_dataset(source, out, allow_count_mismatch=args.allow_count_mismatch)
     except DatasetError as err:

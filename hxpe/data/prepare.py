@@ -130,10 +130,10 @@ def prepare_all(cfg: Config) -> dict[str, DatasetIndex]:
     their ``options["part"]`` (``aux`` or ``target``) picks the part to generate. Indexes go to
     ``results/<profile>/index/<name>``.
     """
-    results = cfg.results_dir
+    layout = cfg.layout
     indexes: dict[str, DatasetIndex] = {}
     for source in cfg.data.datasets:
-        default_root = results / "data" / source.name if source.kind == "demo" else None
+        default_root = layout.data_dir(source.name) if source.kind == "demo" else None
         if source.kind == "demo" and cfg.data.demo is not None:
             part = source.options.get("part")
             if part not in ("aux", "target"):
@@ -144,7 +144,7 @@ def prepare_all(cfg: Config) -> dict[str, DatasetIndex]:
             generate_demo_dataset(source_root(source, default_root), part, cfg.data.demo)
         indexes[source.name] = prepare_dataset(
             source,
-            results / "index" / source.name,
+            layout.index_dir(source.name),
             allow_count_mismatch=cfg.data.allow_count_mismatch,
             default_root=default_root,
         )

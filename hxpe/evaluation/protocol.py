@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from hxpe.agent.paths import agent_paths
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, frame_sha256, load_index, select_references
 from hxpe.data.torch_dataset import IndexDataset
@@ -38,14 +37,16 @@ from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.results import PER_CLASS_COLUMNS, merge_metrics, write_part
 from hxpe.evaluation.scoring import evaluate_store
 from hxpe.hashing import file_sha256
+from hxpe.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hxpe.model.inference import infer_fast, make_loader
 from hxpe.model.loading import model_device
+from hxpe.results_layout import ResultsLayout
 
 logger = logging.getLogger(__name__)
 
 ModelLoader = Callable[[Config, str, str, Path], nn.Module]
 PhraseLoader = Callable[[Path], dict[str, str | None]]
-CHECKPOINT_FILES = ("trainable.safetensors", "config.json")
+CHECKPOINT_FILES = (WEIGHTS_FILE, CONFIG_FILE)  # what the fingerprint hashes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def _digest(payload: object) -> str:
 
 def checkpoint_fingerprint(cfg: Config, direction: str, variant: str, results_dir: Path) -> str:
     """Hash of the variant's model config and of its checkpoint files (when it has any)."""
-    ckpt = Path(results_dir) / "checkpoints" / direction / variant
+    ckpt = ResultsLayout.at(results_dir).checkpoint_dir(direction, variant)
     files = {n: file_sha256(ckpt / n) for n in CHECKPOINT_FILES if (ckpt / n).is_file()}
     return _digest({"model": cfg.model_for(variant).model_dump(mode="json"), "files": files})
 
@@ -198,21 +199,16 @@ def _default_phrase_loader(path: Path) -> dict[str, str | None]:
     return load_phrases(path)
 
 
-def store_dir(results_dir: Path, direction: str, variant: str, dataset: str) -> Path:
-    """``results_dir/maps/<direction>/<variant>/<dataset>``."""
-    return Path(results_dir) / "maps" / direction / variant / dataset
-
-
 class _Phrases:
     """The gated phrases of each reference rule, read once and only when a variant needs them."""
 
-    def __init__(self, results_dir: Path, loader: PhraseLoader) -> None:
-        self.results_dir, self.loader = results_dir, loader
+    def __init__(self, layout: ResultsLayout, loader: PhraseLoader) -> None:
+        self.layout, self.loader = layout, loader
         self._phrases: dict[str, dict[str, str | None]] = {}
 
     def get(self, variant: str, rule: str) -> dict[str, str | None]:
         if rule not in self._phrases:
-            path = agent_paths(self.results_dir, rule)[1]
+            path = self.layout.extractions(rule)
             if not path.is_file():
                 raise FileNotFoundError(
                     f"Variant {variant!r} uses explainable prompts but {path} is missing. "
@@ -242,7 +238,8 @@ def run_protocol(
     dataset selection was given). ``load_model`` and ``load_phrases`` replace
     ``hxpe.model.checkpoint.model_for_evaluation`` and ``hxpe.agent.load_phrases`` (tests, other models).
     """
-    rd = Path(results_dir) if results_dir is not None else cfg.results_dir
+    layout = ResultsLayout.at(results_dir) if results_dir is not None else cfg.layout
+    rd = layout.root
     ev = cfg.evaluation
     by_name: dict[str, Direction] = {d.name: d for d in ev.directions}
     chosen_dirs = _select("directions", list(by_name), directions)
@@ -250,7 +247,7 @@ def run_protocol(
     all_targets = sorted({t for d in ev.directions for t in d.test})
     _select("datasets", all_targets, datasets)
     loader = load_model or _default_model_loader
-    phrases = _Phrases(rd, load_phrases or _default_phrase_loader)
+    phrases = _Phrases(layout, load_phrases or _default_phrase_loader)
     frames = []
     for direction in chosen_dirs:
         targets = [t for t in by_name[direction].test if datasets is None or t in datasets]
@@ -260,11 +257,11 @@ def run_protocol(
             ckpt = checkpoint_fingerprint(cfg, direction, variant, rd)
             model: nn.Module | None = None
             for target in targets:
-                index = load_index(rd / "index" / target)
+                index = load_index(layout.index_dir(target))
                 refs = select_references(index, rule)
                 image_phrases = phrases.get(variant, rule) if uses_phrases else {}
                 key = inputs_key(ckpt, index, image_phrases, refs, ev)
-                store = MapStore(store_dir(rd, direction, variant, target), ev.map_dtype)
+                store = MapStore(layout.maps_dir(direction, variant, target), ev.map_dtype)
                 cached = store.is_complete(key) and not recompute_maps
                 if cached and ev.map_dtype != "float32":
                     # float16 maps would shift the metrics: reuse them only with the float32

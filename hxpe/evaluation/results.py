@@ -15,20 +15,14 @@ from pathlib import Path
 import pandas as pd
 
 from hxpe.atomic import write_text_atomic
+from hxpe.results_layout import METRIC_FILES, ResultsLayout
 
 logger = logging.getLogger(__name__)
 
 PER_CLASS_COLUMNS = ["direction", "variant", "dataset", "cls", "metric", "value"]
 PER_DATASET_COLUMNS = ["direction", "variant", "dataset", "metric", "value", "n_classes"]
 SKIPPED_COLUMNS = ["direction", "variant", "dataset", "cls", "metric", "reason"]
-
-
-def metrics_dir(results_dir: Path) -> Path:
-    return Path(results_dir) / "metrics"
-
-
-def part_dir(results_dir: Path, direction: str, variant: str, dataset: str) -> Path:
-    return metrics_dir(results_dir) / "parts" / direction / variant / dataset
+PER_CLASS, PER_DATASET, SKIPPED = METRIC_FILES
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -46,10 +40,10 @@ def write_part(
     skipped: pd.DataFrame,
 ) -> Path:
     """Write one unit's per-class and skipped metrics, tagged with direction and variant."""
-    out = part_dir(results_dir, direction, variant, dataset)
+    out = ResultsLayout.at(results_dir).metrics_part_dir(direction, variant, dataset)
     tag = {"direction": direction, "variant": variant}
-    write_csv(per_class.assign(**tag)[PER_CLASS_COLUMNS], out / "per_class.csv")
-    write_csv(skipped.assign(**tag)[SKIPPED_COLUMNS], out / "skipped.csv")
+    write_csv(per_class.assign(**tag)[PER_CLASS_COLUMNS], out / PER_CLASS)
+    write_csv(skipped.assign(**tag)[SKIPPED_COLUMNS], out / SKIPPED)
     return out
 
 
@@ -63,8 +57,8 @@ def dataset_means(per_class: pd.DataFrame) -> pd.DataFrame:
     return out[PER_DATASET_COLUMNS]
 
 
-def _read_parts(results_dir: Path, name: str, columns: list[str]) -> pd.DataFrame:
-    files = sorted((metrics_dir(results_dir) / "parts").glob(f"*/*/*/{name}"))
+def _read_parts(layout: ResultsLayout, name: str, columns: list[str]) -> pd.DataFrame:
+    files = layout.metrics_parts(name)
     frames = [pd.read_csv(f, dtype={"cls": str, "dataset": str}) for f in files]
     frames = [f for f in frames if not f.empty]
     return (
@@ -77,28 +71,31 @@ def merge_metrics(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     Returns ``(per_class, per_dataset)``.
     """
-    per_class = _read_parts(results_dir, "per_class.csv", PER_CLASS_COLUMNS)
-    skipped = _read_parts(results_dir, "skipped.csv", SKIPPED_COLUMNS)
+    layout = ResultsLayout.at(results_dir)
+    per_class = _read_parts(layout, PER_CLASS, PER_CLASS_COLUMNS)
+    skipped = _read_parts(layout, SKIPPED, SKIPPED_COLUMNS)
     if per_class.empty:
         raise FileNotFoundError(
-            f"No metric parts under {metrics_dir(results_dir) / 'parts'}; run the protocol first "
+            f"No metric parts under {layout.metrics_parts_dir}; run the protocol first "
             f"(hxpe evaluate --params notebooks/params/<profile>.yaml)."
         )
     per_dataset = dataset_means(per_class)
-    out = metrics_dir(results_dir)
-    write_csv(per_class, out / "per_class.csv")
-    write_csv(per_dataset, out / "per_dataset.csv")
-    write_csv(skipped, out / "skipped.csv")
+    write_csv(per_class, layout.metrics_file(PER_CLASS))
+    write_csv(per_dataset, layout.metrics_file(PER_DATASET))
+    write_csv(skipped, layout.metrics_file(SKIPPED))
     logger.info(
-        "merged %d per-class values (%d skipped) into %s", len(per_class), len(skipped), out
+        "merged %d per-class values (%d skipped) into %s",
+        len(per_class),
+        len(skipped),
+        layout.metrics_dir,
     )
     return per_class, per_dataset
 
 
 def load_metrics(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read ``per_class.csv`` and ``per_dataset.csv`` written by :func:`merge_metrics`."""
-    out = metrics_dir(results_dir)
-    paths = [out / "per_class.csv", out / "per_dataset.csv"]
+    layout = ResultsLayout.at(results_dir)
+    paths = [layout.metrics_file(PER_CLASS), layout.metrics_file(PER_DATASET)]
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(

@@ -26,6 +26,7 @@ from hxpe.evaluation.published import (
     load_published,
 )
 from hxpe.evaluation.results import load_metrics, write_csv
+from hxpe.results_layout import ResultsLayout
 
 if TYPE_CHECKING:
     from hxpe.config import Config
@@ -201,7 +202,7 @@ def split_notes(results_dir: Path, datasets: list[str]) -> list[str]:
     is comparable with: one note line for the splits, one per comparability note."""
     parts, notes = [], []
     for name in datasets:
-        info_path = Path(results_dir) / "index" / name / "dataset.json"
+        info_path = ResultsLayout.at(results_dir).dataset_info(name)
         split = {}
         if info_path.is_file():
             split = json.loads(info_path.read_text()).get("split") or {}
@@ -262,7 +263,7 @@ def write_tables(
     """
     rd = Path(results_dir)
     per_class, per_dataset = load_metrics(rd)
-    out = rd / "tables"
+    out = ResultsLayout.at(rd).tables_dir
     banner = [DEMO_NOTE] if profile == DEMO_PROFILE else []
     if random_weights and profile != DEMO_PROFILE:
         banner.append(RANDOM_WEIGHTS_NOTE)

@@ -23,6 +23,8 @@ from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, load_index
 from hxpe.data.torch_dataset import load_image, load_mask
 from hxpe.evaluation.maps import MapStore
+from hxpe.evaluation.results import load_metrics
+from hxpe.results_layout import ResultsLayout
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,8 @@ class Artifacts:
 
     def __init__(self, cfg: Config, results_dir: Path | None = None) -> None:
         self.cfg = cfg
-        self.root = Path(results_dir) if results_dir is not None else cfg.results_dir
+        self.layout = ResultsLayout.at(results_dir) if results_dir is not None else cfg.layout
+        self.root = self.layout.root
         self.image_size = cfg.evaluation.image_size
         self._index = functools.cache(self._load_index)
         self._scores = functools.cache(self._load_scores)
@@ -103,7 +106,7 @@ class Artifacts:
     # index ------------------------------------------------------------------------------------
     def _load_index(self, dataset: str) -> DatasetIndex:
         try:
-            return load_index(self.root / "index" / dataset)
+            return load_index(self.layout.index_dir(dataset))
         except FileNotFoundError as err:
             raise MissingArtifact(str(err)) from err
 
@@ -111,12 +114,9 @@ class Artifacts:
         return self._index(dataset)
 
     # maps -------------------------------------------------------------------------------------
-    def store_dir(self, direction: str, variant: str, dataset: str) -> Path:
-        return self.root / "maps" / direction / variant / dataset
-
     def store(self, direction: str, variant: str, dataset: str) -> MapStore:
         """The map store of one unit; :class:`MissingArtifact` when its scores.csv is absent."""
-        store = MapStore(self.store_dir(direction, variant, dataset))
+        store = MapStore(self.layout.maps_dir(direction, variant, dataset))
         if not store.scores_path.is_file():
             raise MissingArtifact(
                 f"no stored maps of variant {variant!r} for {direction}/{dataset} "
@@ -125,7 +125,7 @@ class Artifacts:
         return store
 
     def has_maps(self, direction: str, variant: str, dataset: str) -> bool:
-        return (self.store_dir(direction, variant, dataset) / "scores.csv").is_file()
+        return MapStore(self.layout.maps_dir(direction, variant, dataset)).scores_path.is_file()
 
     def _load_scores(self, direction: str, variant: str, dataset: str) -> pd.DataFrame:
         scores = self.store(direction, variant, dataset).scores()
@@ -147,16 +147,16 @@ class Artifacts:
         """image_id -> :class:`Explanation`; empty (with a note) when the agent files are absent."""
         from hxpe.agent import load_descriptions, load_extractions
 
-        agent = self.root / "agent"
+        descriptions, extractions = self.layout.agent_caches()
         texts: dict[str, str | None] = {}
-        if (agent / "descriptions.jsonl").is_file():
-            frame = load_descriptions(agent / "descriptions.jsonl")
+        if descriptions.is_file():
+            frame = load_descriptions(descriptions)
             texts = {r.image_id: _text(r.text) for r in frame.itertuples(index=False)}
         else:
-            log.info("figures: no %s; explanations show no VLM description", agent)
+            log.info("figures: no %s; explanations show no VLM description", descriptions.parent)
         out = {i: Explanation(description=t) for i, t in texts.items()}
-        if (agent / "extractions.jsonl").is_file():
-            frame = load_extractions(agent / "extractions.jsonl")
+        if extractions.is_file():
+            frame = load_extractions(extractions)
             for r in frame.itertuples(index=False):
                 out[r.image_id] = Explanation(
                     description=texts.get(r.image_id),
@@ -165,7 +165,11 @@ class Artifacts:
                     status=_text(r.status),
                 )
         else:
-            log.info("figures: no extractions.jsonl in %s; no phrases or verdicts shown", agent)
+            log.info(
+                "figures: no %s in %s; no phrases or verdicts shown",
+                extractions.name,
+                extractions.parent,
+            )
         return out
 
     def explanation(self, image_id: str) -> Explanation:
@@ -206,14 +210,10 @@ class Artifacts:
     # metrics ----------------------------------------------------------------------------------
     def metrics(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``(per_class, per_dataset)`` long tables of stage 05."""
-        out = self.root / "metrics"
-        paths = [out / "per_class.csv", out / "per_dataset.csv"]
+        paths = [self.layout.metrics_file(n) for n in ("per_class.csv", "per_dataset.csv")]
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise MissingArtifact(
                 f"{missing[0]} is missing; stage 05 writes it (make evaluate PROFILE={self.cfg.profile})"
             )
-        return (
-            pd.read_csv(paths[0], dtype={"cls": str, "dataset": str}),
-            pd.read_csv(paths[1], dtype={"dataset": str}),
-        )
+        return load_metrics(self.root)

@@ -147,7 +147,7 @@ def make_all(
     :func:`hxpe.model.checkpoint.model_for_evaluation` for the leave-one-word-out figure.
     """
     art = Artifacts(cfg, results_dir)
-    out = art.root / "figures"
+    out = art.layout.figures_dir
     roles = comparison_roles(cfg)
     written: list[Path] = []
     for direction, dataset in art.targets():

@@ -2,7 +2,8 @@
 ``config.json`` (the resolved model and training settings) + ``provenance.json``; the loss history
 (``loss.csv``, ``loss.png``) is written beside them by the trainer.
 
-Checkpoints live in ``results/<profile>/checkpoints/<direction>/<variant>/`` (:func:`checkpoint_dir`);
+Checkpoints live in ``results/<profile>/checkpoints/<direction>/<variant>/``
+(:meth:`hxpe.results_layout.ResultsLayout.checkpoint_dir`);
 :func:`model_for_evaluation` resolves a profile's variant to its model for evaluation, prediction and
 figures.
 
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from hxpe.model.config import ModelConfig
 from hxpe.model.hxpe import HXPEModel, build_model
+from hxpe.results_layout import ResultsLayout
 
 if TYPE_CHECKING:
     from hxpe.config import Config
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "trainable.safetensors"
 CONFIG_FILE = "config.json"
-CHECKPOINT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "provenance.json", "loss.csv", "loss.png")
+PROVENANCE_FILE = "provenance.json"
+CHECKPOINT_FILES = (WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE, "loss.csv", "loss.png")
 
 
 def save_checkpoint(model: HXPEModel, out_dir: Path, train_settings: dict[str, Any]) -> None:
@@ -76,11 +79,6 @@ def load_checkpoint(directory: str | Path, device: str | None = None) -> HXPEMod
     return model.to(device) if device else model
 
 
-def checkpoint_dir(results_dir: Path, direction: str, variant: str) -> Path:
-    """``results_dir/checkpoints/<direction>/<variant>``."""
-    return Path(results_dir) / "checkpoints" / direction / variant
-
-
 def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
     """The model of ``variant`` for ``direction``: its checkpoint when it trains, built otherwise."""
     model_cfg = cfg.model_for(variant)
@@ -88,7 +86,7 @@ def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir:
         return released_model(cfg, direction, variant, results_dir)
     if not model_cfg.trains:
         return build_model(model_cfg).eval()
-    ckpt = checkpoint_dir(results_dir, direction, variant)
+    ckpt = ResultsLayout.at(results_dir).checkpoint_dir(direction, variant)
     if not (ckpt / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(
             f"No checkpoint for variant {variant!r}, direction {direction!r} in {ckpt}. Run stage "
@@ -128,8 +126,8 @@ def released_model(cfg: Config, direction: str, variant: str, results_dir: Path)
             f"Variant {variant!r} evaluates {spec.key} trained on {aux}, expected at {source}. "
             f"Fetch it: make fetch-models MODELS={spec.key}"
         )
-    target = checkpoint_dir(results_dir, direction, variant)
-    provenance = target / "provenance.json"
+    target = ResultsLayout.at(results_dir).checkpoint_dir(direction, variant)
+    provenance = target / PROVENANCE_FILE
     digest = file_sha256(source)
     if (
         not provenance.is_file()

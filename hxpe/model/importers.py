@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from hxpe.atomic import replace_dir
 from hxpe.hashing import file_sha256
-from hxpe.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from hxpe.model.checkpoint import CONFIG_FILE, PROVENANCE_FILE, WEIGHTS_FILE
 from hxpe.model.config import ModelConfig
 
 Kind = Literal["anomalyclip", "adaclip"]
@@ -258,7 +258,7 @@ def import_checkpoint(
             "renamed": dict(sorted(conv.renamed.items())),
             "ignored_keys": conv.ignored,
         }
-        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True))
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1, sort_keys=True))
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
