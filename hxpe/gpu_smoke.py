@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     from hxpe.model.config import ModelConfig
     from hxpe.model.hxpe import build_paper_architecture_random
     from hxpe.paths import resolve
+    from hxpe.versions import software_versions
 
     gpu = torch.cuda.get_device_name(0)
     print(f"gpu-smoke on {gpu}: torch {torch.__version__}, vLLM {vllm.__version__}", flush=True)
@@ -343,9 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "gpu": gpu,
-        "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "vllm": vllm.__version__,
+        "software": software_versions(),
         "passed": passed,
         "total_seconds": total,
         "checks": [asdict(r) for r in rows],

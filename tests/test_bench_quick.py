@@ -6,6 +6,7 @@ import json
 
 from hxpe.bench.run import main
 from hxpe.bench.timers import PeakMemory
+from hxpe.versions import software_versions
 
 
 def test_quick_bench_writes_json_and_markdown(tmp_path) -> None:
@@ -13,7 +14,8 @@ def test_quick_bench_writes_json_and_markdown(tmp_path) -> None:
     report = json.loads((tmp_path / "testhost.json").read_text())
     md = (tmp_path / "testhost.md").read_text()
     assert {"host", "settings", "sections", "memory", "aupro", "total_seconds"} <= set(report)
-    assert report["host"]["torch"] and report["host"]["torch_threads"] >= 1
+    assert report["host"]["torch"] == software_versions()["torch"]
+    assert report["host"]["torch_threads"] >= 1
     section = report["sections"]["demo/hxpe"]
     ev = section["eval"]
     for path in ("naive", "fast"):

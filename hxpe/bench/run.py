@@ -38,6 +38,7 @@ from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model, build_paper_architecture_random
 from hxpe.paths import repo_root
 from hxpe.results_layout import bench_dir
+from hxpe.versions import software_versions
 
 log = logging.getLogger("hxpe.bench")
 DEMO_PARAMS = repo_root() / "notebooks" / "params" / "demo.yaml"
@@ -56,12 +57,11 @@ def host_info(device: torch.device) -> dict[str, Any]:
     info = {
         "host": socket.gethostname(),
         "platform": platform.platform(),
-        "python": platform.python_version(),
         "cpu": cpu,
         "cpu_count_logical": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "torch": torch.__version__,
+        **software_versions(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
