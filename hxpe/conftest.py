@@ -148,6 +148,8 @@ def tiny_demo_config():
         "figures": {
             "images_per_dataset": 2,
             "cards_per_kind": 1,
+            "comparison_rows": 1,
+            "metrics": ["image_auroc", "pixel_auroc"],
             "word_examples": 1,
             "formats": ["png"],
             "dpi": 50,
