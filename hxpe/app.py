@@ -12,9 +12,11 @@ page is built, so this module's logic (:func:`analyse`) works without it.
 Example (a tiny random-init checkpoint; no agent and no description, so the generic prompts):
     >>> page = analyse(part_png, checkpoint=checkpoint, out_dir=tmp_path)
     >>> page.status
-    'Done in ... s with `.../checkpoints/aux_to_target/hxpe`. Note: random-init CLIP (tiny demo model): ...'
-    >>> page.phrase, page.verdict, page.overlay.name, page.record.name
-    ('(none: the model uses its generic prompts)', 'no verdict (no description)', 'part_overlay.png', 'part_prediction.json')
+    'Done in ... s with `.../checkpoints/aux_to_target/hxpe`. Note: random-init CLIP (tiny demo ...'
+    >>> page.phrase, page.verdict
+    ('(none: the model uses its generic prompts)', 'no verdict (no description)')
+    >>> page.overlay.name, page.prompt.name, page.record.name
+    ('part_overlay.png', 'part_dinov2_prompt.png', 'part_prediction.json')
     >>> analyse(part_png, checkpoint=tmp_path).status
     '**Checkpoint not usable:** ... is not a checkpoint directory (no config.json); ...'
 """

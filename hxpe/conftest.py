@@ -1,7 +1,8 @@
-"""Doctest setup: the package's docstring examples run for real (``pytest hxpe``, part of ``make test``).
+"""Doctest setup: the package's docstring examples run for real (``pytest hxpe``, in ``make test``).
 
 An example may use these names without defining them; each is built the first time an example
-mentions it (once per session, except ``tmp_path``), so a module's examples pay only for what they use:
+mentions it (once per session, except ``tmp_path``), so a module's examples pay only for what they
+use:
 
 * ``tmp_path``: a fresh empty directory for this example.
 * ``tiny_model``: the tiny HXPE model (AdaCLIP base, :func:`hxpe.model.tiny.tiny_model_config`),
@@ -22,9 +23,9 @@ mentions it (once per session, except ``tmp_path``), so a module's examples pay 
   cell each), what ``make book`` renders.
 
 ``$HXPE_RESULTS_ROOT`` points at the session's temporary results root during every example, so no
-example writes into ``results/``. Examples run torch on one thread: the tiny tensors gain nothing from
-a second one, and on a busy machine OpenMP threads that wait for each other make every operation
-many times slower.
+example writes into ``results/``. Examples run torch on one thread: the tiny tensors gain nothing
+from a second one, and on a busy machine OpenMP threads that wait for each other make every
+operation many times slower.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def _doctest_names(request, doctest_namespace, doctest_results_root, monkeypatch
     if not isinstance(request.node, DoctestItem):
         return
     monkeypatch.setenv("HXPE_RESULTS_ROOT", str(doctest_results_root))
+    monkeypatch.delenv("HXPE_BOOK_PROFILE", raising=False)  # build_book sets it; restored after
     import torch
 
     threads = torch.get_num_threads()

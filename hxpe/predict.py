@@ -10,7 +10,9 @@ image with ``reference``, then the extractor). Without either, the model uses it
 Example (a scratched part and a defect-free reference, the demo profile's classical describer and
 rule extractor, a tiny random-init checkpoint: the score itself means nothing):
     >>> from hxpe.predict import predict
-    >>> result = predict(part_png, reference=reference_png, checkpoint=checkpoint, agent="classical")
+    >>> result = predict(
+    ...     part_png, reference=reference_png, checkpoint=checkpoint, agent="classical"
+    ... )
     >>> result.phrase, result.verdict
     ('medium-sized dark crack on the upper left', True)
     >>> result.anomaly_map.shape, 0.0 <= result.image_score <= 1.0

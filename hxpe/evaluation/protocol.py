@@ -20,7 +20,8 @@ metrics are computed again):
              gravel     8
     dtype: int64
     >>> sorted(per_class["metric"].unique())
-    ['image_ap', 'image_auroc', 'image_f1_max', 'pixel_ap', 'pixel_aupro_anomalyclip', 'pixel_aupro_exact', 'pixel_auroc', 'pixel_f1_max']
+    ['image_ap', 'image_auroc', 'image_f1_max', 'pixel_ap', 'pixel_aupro_anomalyclip',
+     'pixel_aupro_exact', 'pixel_auroc', 'pixel_f1_max']
     >>> bool(per_class["value"].between(0, 1).all())
     True
     >>> sorted(p.name for p in (cfg.results_dir / "metrics").glob("*.csv"))

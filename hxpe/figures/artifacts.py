@@ -20,7 +20,8 @@ Example (the shrunk demo profile after stage 05; its test images are 64 px):
     >>> art.store("aux_to_target", "winclip", "demo_target")
     Traceback (most recent call last):
     ...
-    hxpe.figures.artifacts.MissingArtifact: no stored maps of variant 'winclip' for aux_to_target/demo_target (.../scores.csv is missing; stage 05 writes it: make evaluate)
+    hxpe.figures.artifacts.MissingArtifact: no stored maps of variant 'winclip' for
+    aux_to_target/demo_target (.../scores.csv is missing; stage 05 writes it: make evaluate)
 """
 
 from __future__ import annotations
