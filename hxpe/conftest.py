@@ -8,7 +8,8 @@ use:
 * ``tiny_model``: the tiny HXPE model (AdaCLIP base, :func:`hxpe.model.tiny.tiny_model_config`),
   random-init, in eval mode; input side 112 px, an 8×8 patch grid.
 * ``part_png``, ``reference_png``: ``part.png`` (a dark scratch on a grey texture) and
-  ``reference.png`` (the same texture without it), 150×100 RGB.
+  ``reference.png`` (the same texture without it), 150×100 RGB
+  (:func:`hxpe.data.fixtures.write_part_pair`).
 * ``demo_root``: the demo generator's ``target`` part (classes gravel and bracket, 64 px) in MVTec
   layout.
 * ``cfg``: the demo profile (``notebooks/params/demo.yaml``) shrunk to seconds: 64 px data, one
@@ -92,17 +93,9 @@ def doctest_tiny_model():
 
 @pytest.fixture(scope="session")
 def doctest_images(tmp_path_factory) -> dict[str, Path]:
-    import numpy as np
-    from PIL import Image, ImageDraw
+    from hxpe.data.fixtures import write_part_pair
 
-    folder = tmp_path_factory.mktemp("doctest-images")
-    rng = np.random.default_rng(0)
-    base = np.clip(140 + rng.normal(0, 10, (100, 150, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(base).save(folder / "reference.png")
-    part = Image.fromarray(base)
-    ImageDraw.Draw(part).line([10, 10, 50, 25], fill=(20, 20, 20), width=3)
-    part.save(folder / "part.png")
-    return {"part": folder / "part.png", "reference": folder / "reference.png"}
+    return write_part_pair(tmp_path_factory.mktemp("doctest-images"))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ ipywidgets installed.
 Example (the shrunk demo profile after stage 05; static, as under papermill):
     >>> from hxpe.explorer import explore
     >>> fig = explore(cfg, interactive=False, n_static=2)
-    >>> type(fig).__name__, len(fig.axes)  # 2 images x (image, mask, map, DINOv2 prompt, phrase)
+    >>> type(fig).__name__, len(fig.axes)  # 2 rows: image, ground truth, map, DINOv2, explanation
     ('Figure', 10)
 """
 
