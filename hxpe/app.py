@@ -9,10 +9,16 @@ by the project's one image reader (:mod:`hxpe.data.images`), exactly as evaluati
 The server binds to 127.0.0.1 unless told otherwise (``--host``). Gradio is imported only when the
 page is built, so this module's logic (:func:`analyse`) works without it.
 
-Example:
-    >>> page = analyse("part.png", "good.png", checkpoint="results/demo/checkpoints/aux_to_target/hxpe",
-    ...                agent="classical")  # doctest: +SKIP
-    >>> page.phrase, page.score  # doctest: +SKIP
+Example (a tiny random-init checkpoint; no agent and no description, so the generic prompts):
+    >>> page = analyse(part_png, checkpoint=checkpoint, out_dir=tmp_path)
+    >>> page.status
+    'Done in ... s with `.../checkpoints/aux_to_target/hxpe`. Note: random-init CLIP (tiny demo ...'
+    >>> page.phrase, page.verdict
+    ('(none: the model uses its generic prompts)', 'no verdict (no description)')
+    >>> page.overlay.name, page.prompt.name, page.record.name
+    ('part_overlay.png', 'part_dinov2_prompt.png', 'part_prediction.json')
+    >>> analyse(part_png, checkpoint=tmp_path).status
+    '**Checkpoint not usable:** ... is not a checkpoint directory (no config.json); ...'
 """
 
 from __future__ import annotations

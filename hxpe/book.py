@@ -6,8 +6,13 @@ executed them into ``results/<profile>/`` (with their figures). Nothing executes
 ``notebooks/book/``; :func:`stage_sources` gathers them with the README, the ledger and the executed
 notebooks into one source tree, and :func:`build_book` runs Sphinx on it.
 
-Example:
-    >>> build_book(Path("results/demo"), Path("build/book/demo"), profile="demo")  # doctest: +SKIP
+Example (six executed notebooks of a profile, each a title cell; Sphinx renders, nothing runs):
+    >>> index = build_book(executed_dir, tmp_path / "book", profile="demo")
+    >>> index.name
+    'index.html'
+    >>> sorted(p.name for p in (index.parent / "notebooks").glob("*.html"))
+    ['01_data_prep.html', '02_vlm_descriptions.html', '03_llm_extraction.html',
+     '04_training.html', '05_evaluation.html', '06_explainability_figures.html']
 """
 
 from __future__ import annotations

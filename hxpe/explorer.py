@@ -7,9 +7,11 @@ decides, and otherwise the explorer is interactive only inside a Jupyter kernel 
 server (JupyterLab or Notebook set ``JPY_SESSION_NAME``; papermill and nbclient do not) with
 ipywidgets installed.
 
-Example:
+Example (the shrunk demo profile after stage 05; static, as under papermill):
     >>> from hxpe.explorer import explore
-    >>> explore(cfg)  # doctest: +SKIP
+    >>> fig = explore(cfg, interactive=False, n_static=2)
+    >>> type(fig).__name__, len(fig.axes)  # 2 rows: image, ground truth, map, DINOv2, explanation
+    ('Figure', 10)
 """
 
 from __future__ import annotations

@@ -7,10 +7,18 @@ phrase comes from a description you give (``description=``, run through the conf
 the anti-false-alarm verdict) or from the agent (``agent=<backend>``: the describer first compares the
 image with ``reference``, then the extractor). Without either, the model uses its generic prompts.
 
-Example:
+Example (a scratched part and a defect-free reference, the demo profile's classical describer and
+rule extractor, a tiny random-init checkpoint: the score itself means nothing):
     >>> from hxpe.predict import predict
-    >>> result = predict("part.png", checkpoint="results/demo/checkpoints/aux_to_target/hxpe")  # doctest: +SKIP
-    >>> result.image_score, result.save("out/")  # doctest: +SKIP
+    >>> result = predict(
+    ...     part_png, reference=reference_png, checkpoint=checkpoint, agent="classical"
+    ... )
+    >>> result.phrase, result.verdict
+    ('medium-sized dark crack on the upper left', True)
+    >>> result.anomaly_map.shape, 0.0 <= result.image_score <= 1.0
+    ((112, 112), True)
+    >>> sorted(path.name for path in result.save(tmp_path).values())
+    ['part_dinov2_prompt.png', 'part_overlay.png', 'part_prediction.json']
 """
 
 from __future__ import annotations

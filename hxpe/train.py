@@ -9,9 +9,20 @@ Variants that would train identical parameters (same :func:`training_signature`,
 only in a test-time setting such as ``vfm.mode: reweight``) are trained once; the others get a copy
 of that checkpoint with their own ``config.json`` (:func:`share_checkpoint`).
 
-Example:
-    >>> ckpt = train(cfg, load_index(aux_dir), phrases, out_dir, "hxpe")  # doctest: +SKIP
-    >>> model = load_checkpoint(ckpt)  # doctest: +SKIP
+Example (the shrunk demo profile: one step on the auxiliary dataset's test split):
+    >>> from hxpe.agent import phrases_for_rule
+    >>> from hxpe.data.index import load_index
+    >>> aux = load_index(cfg.results_dir / "index" / "demo_aux")
+    >>> phrases = phrases_for_rule(cfg.results_dir, "first_normal_train")
+    >>> ckpt = train(cfg, aux, phrases, tmp_path / "hxpe", "hxpe")
+    >>> sorted(p.name for p in ckpt.iterdir())
+    ['config.json', 'loss.csv', 'loss.png', 'provenance.json', 'trainable.safetensors']
+    >>> ckpt.joinpath("loss.csv").read_text().splitlines()[0]  # one row per step
+    'epoch,step,total,focal,dice,image'
+    >>> from hxpe.model.checkpoint import load_checkpoint
+    >>> model = load_checkpoint(ckpt)
+    >>> model.cfg == cfg.model_for("hxpe")
+    True
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from hxpe.cli import main
+from hxpe.data.fixtures import write_part_pair
 from hxpe.data.torch_dataset import load_image
 from hxpe.model.checkpoint import load_checkpoint, save_checkpoint
 from hxpe.model.hxpe import build_model
@@ -34,14 +35,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
     """A normal reference and a scratched part (RGB PNG, 150×100)."""
-    d = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    base = np.clip(140 + rng.normal(0, 10, (100, 150, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(base).save(d / "reference.png")
-    part = Image.fromarray(base)
-    ImageDraw.Draw(part).line([10, 10, 50, 25], fill=(20, 20, 20), width=3)
-    part.save(d / "part.png")
-    return {"reference": d / "reference.png", "part": d / "part.png"}
+    return write_part_pair(tmp_path_factory.mktemp("images"))
 
 
 _LOADED: dict[Path, torch.nn.Module] = {}

@@ -19,10 +19,19 @@ with no flags:
 relative to the root) is the authors' list, image-mask pairing included, and is preferred; a prepared
 tree without it is walked (DAGM masks ``NNNN_label.PNG`` pair by stem).
 
-Example:
-    >>> found = detect_prepared(Path("/data/DAGM_anomaly_detection"), "dagm")  # doctest: +SKIP
-    >>> found.split.text  # doctest: +SKIP
-    "prepared by the authors: AdaCLIP's DAGM_anomaly_detection (meta.json)"
+Example (a small tree in AdaCLIP's DAGM layout, from generated demo images):
+    >>> from hxpe.data.fixtures import write_prepared_fixture
+    >>> root = tmp_path / "DAGM_anomaly_detection"
+    >>> write_prepared_fixture("adaclip_dagm", root, demo_root)
+    ['Class1', 'Class2']
+    >>> found = detect_prepared(root, "dagm")
+    >>> found.provider, found.meta.name
+    ('AdaCLIP', 'meta.json')
+    >>> found.split.text
+    "prepared by the authors: AdaCLIP's DAGM (DAGM_anomaly_detection, meta.json)"
+    >>> entries = entries_from_meta(root, found.meta)
+    >>> len(entries), sorted({(e.split, e.defect_type, e.mask is not None) for e in entries})
+    (8, [('test', 'defect', True), ('test', 'good', False), ('train', 'good', False)])
 """
 
 from __future__ import annotations

@@ -10,9 +10,20 @@ Three mistakes cover nearly every "wrong layout" report:
   folder (MVTec AD's ``.tar.xz``, ``VisA_20220922.tar``, ``KolektorSDD.zip``) was unpacked straight
   into it.
 
-Example:
-    >>> diagnose_root(get_spec("mvtec"), Path("/data/mvtec_anomaly_detection"))  # doctest: +SKIP
-    'Dataset root /data/mvtec_anomaly_detection does not exist, but /data holds ... mkdir -p ...'
+Example (MVTec AD's archive unpacked straight into the data root, then the root set to one class):
+    >>> from hxpe.data.registry import get_spec
+    >>> data = tmp_path / "data"
+    >>> for cls in ("bottle", "cable"):
+    ...     (data / cls / "train").mkdir(parents=True)
+    >>> print(diagnose_root(get_spec("mvtec"), data / "mvtec_anomaly_detection"))
+    Dataset root .../data/mvtec_anomaly_detection does not exist, but its parent .../data holds
+    class folders of MVTec AD (bottle, cable): the archive has no top-level folder and was unpacked
+    straight into the data root. Fix: mkdir -p .../data/mvtec_anomaly_detection && mv
+    .../data/bottle .../data/cable .../data/mvtec_anomaly_detection/
+    >>> print(diagnose_root(get_spec("mvtec"), data / "bottle"))
+    Dataset root .../data/bottle is one class folder of MVTec AD; the root is the folder that holds
+    all class folders. Fix: hxpe prepare mvtec --root .../data   (or set the source's root: to
+    .../data)
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from hxpe.data.config import DemoDataConfig
 from hxpe.data.demo import generate_demo_dataset
@@ -387,6 +387,27 @@ class IndexWriter:
         """Everything added so far, as a validated index."""
         frame = validate_frame(pd.DataFrame(self.rows))
         return DatasetIndex(name=self.dataset, root=self.root, frame=frame, kind=self.kind)
+
+
+def write_part_pair(folder: Path) -> dict[str, Path]:
+    """``reference.png`` (a grey texture, 150×100 RGB) and ``part.png`` (the same with a dark scratch
+    in its upper left) in ``folder``, for ``hxpe predict``, the app and their examples.
+
+    Example:
+        >>> import tempfile
+        >>> pair = write_part_pair(Path(tempfile.mkdtemp()))
+        >>> [(name, path.name, Image.open(path).size) for name, path in pair.items()]
+        [('part', 'part.png', (150, 100)), ('reference', 'reference.png', (150, 100))]
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = np.clip(140 + rng.normal(0, 10, (100, 150, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(base).save(folder / "reference.png")
+    part = Image.fromarray(base)
+    ImageDraw.Draw(part).line([10, 10, 50, 25], fill=(20, 20, 20), width=3)
+    part.save(folder / "part.png")
+    return {"part": folder / "part.png", "reference": folder / "reference.png"}
 
 
 def _write_png(image: np.ndarray | Image.Image, path: Path) -> None:

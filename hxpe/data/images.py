@@ -25,7 +25,17 @@ as float32 ``[3, size, size]`` in [0, 1].
 
 Example:
     >>> from hxpe.data.images import read_image, to_tensor
-    >>> x = to_tensor(read_image("part.png"), 518)  # doctest: +SKIP
+    >>> image = read_image(part_png)
+    >>> image.mode, image.size
+    ('RGB', (150, 100))
+    >>> x = to_tensor(image, 224)
+    >>> x.shape, x.dtype, 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
+    (torch.Size([3, 224, 224]), torch.float32, True)
+
+    Half-transparent orange over black:
+    >>> Image.new("RGBA", (2, 1), (200, 100, 50, 128)).save(tmp_path / "half.png")
+    >>> read_image(tmp_path / "half.png").getpixel((0, 0))
+    (100, 50, 25)
 """
 
 from __future__ import annotations

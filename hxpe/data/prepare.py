@@ -3,9 +3,12 @@
 Each index directory is built in a hidden sibling (``.<name>.partial``) and renamed into place only
 when every check passed, so a failed or interrupted run never leaves a half-written index behind.
 
-Example:
-    >>> from hxpe.config import load_config  # doctest: +SKIP
-    >>> indexes = prepare_all(load_config("notebooks/params/demo.yaml"))  # doctest: +SKIP
+Example (the shrunk demo profile: its two generated parts, then their indexes):
+    >>> indexes = prepare_all(cfg)
+    >>> {name: len(index.frame) for name, index in indexes.items()}
+    {'demo_aux': 5, 'demo_target': 10}
+    >>> sorted(p.name for p in (cfg.results_dir / "index" / "demo_target").iterdir())
+    ['dataset.json', 'index.csv', 'meta.json']
 """
 
 from __future__ import annotations

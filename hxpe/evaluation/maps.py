@@ -18,10 +18,17 @@ CSV, so peak memory does not grow with the dataset. ``manifest.json`` appears on
 :meth:`MapStore.finalize` ran, so a crashed run is never mistaken for a complete cache.
 
 Example:
-    >>> store = MapStore("/tmp/maps-demo")  # doctest: +SKIP
-    >>> with store.writer(key="abc") as w:  # doctest: +SKIP
-    ...     w.add("ds/cls/test/good/000", amap, cls="cls", label=0, image_score=0.1)
-    >>> ids, maps = store.class_maps("cls")  # doctest: +SKIP
+    >>> store = MapStore(tmp_path / "maps")
+    >>> with store.writer(key="abc", image_size=4) as w:
+    ...     w.add("ds/cls/test/good/000", np.zeros((4, 4)), cls="cls", label=0, image_score=0.1)
+    ...     w.add("ds/cls/test/scratch/000", np.eye(4), cls="cls", label=1, image_score=0.9)
+    >>> store.is_complete("abc"), store.manifest()["n_images"]
+    (True, 2)
+    >>> ids, maps = store.class_maps("cls")
+    >>> ids, maps.shape, maps.dtype
+    (['ds/cls/test/good/000', 'ds/cls/test/scratch/000'], (2, 4, 4), dtype('float32'))
+    >>> store.scores()[["image_id", "label", "image_score"]].values.tolist()
+    [['ds/cls/test/good/000', 0, 0.1], ['ds/cls/test/scratch/000', 1, 0.9]]
 """
 
 from __future__ import annotations

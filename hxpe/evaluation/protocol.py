@@ -9,10 +9,23 @@ Sharding: ``datasets=[...]`` runs only those targets (one shard per GPU); each u
 metric part, and :func:`hxpe.evaluation.results.merge_metrics` (``hxpe evaluate --merge``) gathers
 them.
 
-Example:
-    >>> from hxpe.config import load_config
-    >>> cfg = load_config("notebooks/params/demo.yaml")  # doctest: +SKIP
-    >>> per_class = run_protocol(cfg)  # doctest: +SKIP
+Example (the shrunk demo profile, whose maps stage 05 already stored: they are reused, only the
+metrics are computed again):
+    >>> per_class = run_protocol(cfg)
+    >>> per_class.groupby(["variant", "cls"]).size()
+    variant  cls
+    adaclip  bracket    8
+             gravel     8
+    hxpe     bracket    8
+             gravel     8
+    dtype: int64
+    >>> sorted(per_class["metric"].unique())
+    ['image_ap', 'image_auroc', 'image_f1_max', 'pixel_ap', 'pixel_aupro_anomalyclip',
+     'pixel_aupro_exact', 'pixel_auroc', 'pixel_f1_max']
+    >>> bool(per_class["value"].between(0, 1).all())
+    True
+    >>> sorted(p.name for p in (cfg.results_dir / "metrics").glob("*.csv"))
+    ['per_class.csv', 'per_dataset.csv', 'skipped.csv']
 """
 
 from __future__ import annotations

@@ -4,8 +4,25 @@ All values are ×100 with one decimal, as the papers print them. Written to ``re
 as CSV and markdown. Tables of the demo profile carry a banner saying that they come from tiny
 random-init models on generated data.
 
-Example:
-    >>> paths = write_tables("results/demo", profile="demo", main_variant="hxpe")  # doctest: +SKIP
+Example (the shrunk demo profile after stage 05):
+    >>> paths = write_tables(cfg.results_dir, **table_options(cfg))
+    >>> [p.name for p in paths if p.suffix == ".md"]
+    ['per_class.md', ...]
+    >>> print((cfg.results_dir / "tables" / "ablation.md").read_text())
+    # Variants (ablation rows), mean over each direction's datasets (demo)
+    <BLANKLINE>
+    > Demo profile: these numbers come from tiny random-init models on generated data. ...
+    >
+    > Values ×100 (fractions in metrics/*.csv); dataset value = unweighted mean over classes.
+    ...
+    > Main variant: hxpe.
+    >
+    <BLANKLINE>
+    | direction | variant | base | explain | dinov2 | reference | image_auroc | image_ap | ... |
+    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+    | aux_to_target | adaclip | adaclip | off | off | first_normal_train | ... |
+    | aux_to_target | hxpe | adaclip | in_prompt | attn_bias | first_normal_train | ... |
+    <BLANKLINE>
 """
 
 from __future__ import annotations

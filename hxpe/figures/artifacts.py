@@ -4,9 +4,24 @@ explorer: indexes, the agent's descriptions and extractions, map stores and metr
 Every accessor raises :class:`MissingArtifact` (with the path and the stage that writes it) when an
 optional artifact is absent, so that callers can skip one panel and go on.
 
-Example:
-    >>> art = Artifacts(cfg)  # doctest: +SKIP
-    >>> sample = art.sample("aux_to_target", "hxpe", "demo_target", image_id)  # doctest: +SKIP
+Example (the shrunk demo profile after stage 05; its test images are 64 px):
+    >>> art = Artifacts(cfg)
+    >>> art.targets()
+    [('aux_to_target', 'demo_target')]
+    >>> scores = art.scores("aux_to_target", "hxpe", "demo_target")
+    >>> image_id = scores.loc[scores["label"] == 1, "image_id"].iloc[0]
+    >>> image_id
+    'demo_target/bracket/test/.../000'
+    >>> sample = art.sample("aux_to_target", "hxpe", "demo_target", image_id)
+    >>> sample.image.shape, sample.mask.shape, sample.anomaly_map.shape, sample.vfm_prompt.shape
+    ((64, 64, 3), (64, 64), (64, 64), (8, 8))
+    >>> sample.explanation.verdict, sample.explanation.phrase
+    (True, '...')
+    >>> art.store("aux_to_target", "winclip", "demo_target")
+    Traceback (most recent call last):
+    ...
+    hxpe.figures.artifacts.MissingArtifact: no stored maps of variant 'winclip' for
+    aux_to_target/demo_target (.../scores.csv is missing; stage 05 writes it: make evaluate)
 """
 
 from __future__ import annotations

@@ -14,9 +14,13 @@
 A missing optional artifact (no DINOv2 prompts, a variant without maps, no metrics, no checkpoint)
 skips that figure or panel with a logged note. Demo-profile figures carry a visible note.
 
-Example:
+Example (the shrunk demo profile after stage 05, PNG only):
     >>> from hxpe.figures.stage import make_all
-    >>> written = make_all(cfg)  # doctest: +SKIP
+    >>> written = make_all(cfg)
+    >>> [p.name for p in written]
+    ['qualitative_aux_to_target_demo_target.png', 'cards_aux_to_target_demo_target.png',
+     'comparison_aux_to_target_demo_target.png', 'metrics_per_dataset.png', 'ablation.png',
+     'word_importance.png', 'word_importance.csv']
 """
 
 from __future__ import annotations

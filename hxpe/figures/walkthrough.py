@@ -6,7 +6,10 @@ The functions only read stored artifacts or call the package's own public functi
 ``hxpe_loss``, ``roc_curve``/``pro_curve``), so the walk-through shows what the pipeline computes.
 
 Example:
-    >>> protocol_figure([("aux_to_target", "demo_aux", ["demo_target"])])  # doctest: +SKIP
+    >>> fig = protocol_figure([("aux_to_target", "demo_aux", ["demo_target"])])
+    >>> [t.get_text() for t in fig.axes[0].texts if t.get_text()]
+    ['train on\\ndemo_aux', 'aux_to_target', 'test on demo_target']
+    >>> plt.close(fig)
 """
 
 from __future__ import annotations

@@ -7,8 +7,20 @@ Checkpoints live in ``results/<profile>/checkpoints/<direction>/<variant>/``
 :func:`model_for_evaluation` resolves a profile's variant to its model for evaluation, prediction and
 figures.
 
-Example:
-    >>> model = load_checkpoint("results/demo/checkpoints/aux_to_target/hxpe")  # doctest: +SKIP
+Example (a round trip of the tiny model; stage 04 writes into
+``results/<profile>/checkpoints/<direction>/<variant>/``):
+    >>> import torch
+    >>> out = tmp_path / "hxpe"
+    >>> out.mkdir()
+    >>> save_checkpoint(tiny_model, out, {"note": "untrained"})
+    >>> sorted(p.name for p in out.iterdir())
+    ['config.json', 'trainable.safetensors']
+    >>> model = load_checkpoint(out)
+    >>> model.cfg == tiny_model.cfg
+    True
+    >>> saved = model.trainable_state()
+    >>> all(torch.equal(v, saved[k]) for k, v in tiny_model.trainable_state().items())
+    True
 """
 
 from __future__ import annotations

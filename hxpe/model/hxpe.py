@@ -1,10 +1,16 @@
 """The HXPE model: a CLIP base (AdaCLIP-, AnomalyCLIP- or WinCLIP-style) enhanced with explainable
 text prompts and DINOv2 attention prompts.
 
-Example:
-    >>> model = build_model(ModelConfig(...))  # doctest: +SKIP
-    >>> out = model(images, ["small dark scratch", None], references=refs)  # doctest: +SKIP
-    >>> out.anomaly_map.shape, out.image_score.shape  # doctest: +SKIP
+Example (tiny random-init backbones; maps come back at the input size, prompts on the patch grid):
+    >>> from hxpe.model.tiny import tiny_model_config
+    >>> model = build_model(tiny_model_config("adaclip")).eval()
+    >>> images, refs = torch.rand(2, 3, 96, 96), torch.rand(2, 3, 96, 96)
+    >>> with torch.no_grad():
+    ...     out = model(images, ["small dark scratch", None], references=refs)
+    >>> out.anomaly_map.shape, out.image_score.shape, out.vfm_prompt.shape
+    (torch.Size([2, 96, 96]), torch.Size([2]), torch.Size([2, 8, 8]))
+    >>> bool(((out.image_score >= 0) & (out.image_score <= 1)).all())
+    True
 """
 
 from __future__ import annotations

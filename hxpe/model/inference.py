@@ -20,10 +20,16 @@ disk and keep host memory flat whatever the dataset size.
 
 In float32 both paths give the same scores and maps (within 1e-3; ``tests/test_inference_paths.py``).
 
-Example:
-    >>> loader = make_loader(dataset, batch_size=32, num_workers=4, device="cuda")  # doctest: +SKIP
-    >>> for res in infer_fast(model, loader):  # doctest: +SKIP
-    ...     save(res.image_ids, res.anomaly_maps)
+Example (the tiny model over the demo target's 8 test images; on a GPU, move the model there and
+pass ``device="cuda"`` and ``num_workers`` to :func:`make_loader`):
+    >>> from hxpe.data.index import load_index
+    >>> from hxpe.data.torch_dataset import IndexDataset
+    >>> index = load_index(cfg.results_dir / "index" / "demo_target")
+    >>> loader = make_loader(IndexDataset(index, image_size=112), batch_size=4)
+    >>> for res in infer_fast(tiny_model, loader):
+    ...     print(len(res), res.anomaly_maps.shape, res.vfm_prompts.shape, res.image_ids[0])
+    4 (4, 112, 112) (4, 8, 8) demo_target/bracket/test/...
+    4 (4, 112, 112) (4, 8, 8) demo_target/gravel/test/...
 """
 
 from __future__ import annotations

@@ -6,9 +6,15 @@ model id, the revision, the cache looked in and the command that fetches them. T
 and the demo are built from JSON configs in ``hxpe/model/configs/`` through the same code path, with
 random weights drawn from a fixed seed (so a checkpoint of trainable parameters reproduces a model).
 
-Example:
+Example (the tiny CLIP of the tests and the demo, random weights from seed 0):
     >>> clip, tokenizer = load_clip(ClipConfig(model_name="hxpe-tiny-clip", pretrained=None,
-    ...     config_file="hxpe/model/configs/hxpe-tiny-clip.json"), seed=0)  # doctest: +SKIP
+    ...     config_file="hxpe/model/configs/hxpe-tiny-clip.json"), seed=0)
+    >>> clip.visual.image_size, clip.text_projection.shape
+    ((112, 112), torch.Size([64, 32]))
+    >>> tokenizer(["a photo of a damaged object."]).shape
+    torch.Size([1, 77])
+    >>> any(p.requires_grad for p in clip.parameters())  # frozen
+    False
 """
 
 from __future__ import annotations

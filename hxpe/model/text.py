@@ -11,9 +11,14 @@ A deep prompt of a block replaces the tokens right after SOT at that block's inp
 or (``overwrite``, both authors) the first context tokens (AnomalyCLIP) or words (AdaCLIP). Sentences longer than
 CLIP's context lose the end of their explainable phrase (with a logged warning), never the rest.
 
-Example:
-    >>> tok = PromptTokenizer(open_clip.get_tokenizer("ViT-L-14"), n_slots=4)  # doctest: +SKIP
-    >>> ids = tok(["damaged object."])  # [1, 77]  # doctest: +SKIP
+Example (the ``P`` slots hold the placeholder "X", BPE id 343):
+    >>> import open_clip
+    >>> tok = PromptTokenizer(open_clip.get_tokenizer("ViT-L-14"), n_slots=4)
+    >>> ids = tok(["damaged object."])
+    >>> ids.shape, tok.room()
+    (torch.Size([1, 77]), 71)
+    >>> ids[0, :9].tolist()  # SOT, 4 slots, "damaged", "object", ".", EOT
+    [49406, 343, 343, 343, 343, 13568, 14115, 269, 49407]
 """
 
 from __future__ import annotations

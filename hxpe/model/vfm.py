@@ -16,9 +16,15 @@ the defect covers less than half of the patches).
 The map is modulated by DINOv2's last-layer CLS self-attention salience ``ŝ`` (min-max over the
 image, a relative weight): ``M = d̂ · ((1 − γ) + γ · ŝ)`` in [0, 1).
 
-Example:
-    >>> prompter = VfmPrompter(load_dinov2(cfg.vfm), cfg.vfm)  # doctest: +SKIP
-    >>> m = prompter(images, grid=(37, 37), references=refs)  # [B, 37, 37] in [0, 1)  # doctest: +SKIP
+Example (the tiny random-init DINOv2, on CLIP's 8×8 patch grid of 112 px inputs):
+    >>> from hxpe.model.loading import load_dinov2
+    >>> from hxpe.model.tiny import tiny_model_config
+    >>> vfm = tiny_model_config().vfm
+    >>> prompter = VfmPrompter(load_dinov2(vfm), vfm)
+    >>> images, refs = torch.rand(2, 3, 112, 112), torch.rand(2, 3, 112, 112)
+    >>> m = prompter(images, grid=(8, 8), references=refs)
+    >>> m.shape, bool(m.min() >= 0), bool(m.max() < 1)
+    (torch.Size([2, 8, 8]), True, True)
 """
 
 from __future__ import annotations

@@ -4,10 +4,14 @@ enter without a modified copy of CLIP.
 The open_clip modules (``conv1``, ``ln_pre``, the residual blocks, ``ln_post``, ``proj``) are used as
 they are; positional embeddings are interpolated to the input grid on the fly, never written back.
 
-Example:
-    >>> enc = VisualEncoder(clip.visual, layers=[6, 12, 18, 24])  # doctest: +SKIP
-    >>> feats = enc(images)  # CLIP-normalised [B, 3, H, W]  # doctest: +SKIP
-    >>> [p.shape for p in feats.patches]  # doctest: +SKIP
+Example (the tiny CLIP: 4 blocks, patch 14, joint space of 32 dimensions):
+    >>> from hxpe.model.loading import load_clip
+    >>> from hxpe.model.tiny import tiny_model_config
+    >>> clip, _ = load_clip(tiny_model_config().clip)
+    >>> enc = VisualEncoder(clip.visual, layers=[2, 4])
+    >>> feats = enc(torch.rand(2, 3, 112, 112))  # [0, 1] RGB; normalised inside
+    >>> feats.grid, [tuple(p.shape) for p in feats.patches], tuple(feats.cls.shape)
+    ((8, 8), [(2, 64, 32), (2, 64, 32)], (2, 32))
 """
 
 from __future__ import annotations

@@ -14,9 +14,23 @@ The computation follows anomalib's ``WinClipModel`` (zero-shot branch) and is pi
 ``tests/test_winclip.py`` on identical random weights. The backbone of the paper is open_clip
 ``ViT-B-16-plus-240`` with ``laion400m_e31`` weights at 240 px (``hxpe/weights.yaml``: winclip_clip).
 
-Example:
-    >>> model = build_winclip(ModelConfig(base="winclip", clip=...))  # doctest: +SKIP
-    >>> out = model(images, [None] * len(images))  # hxpe.model.hxpe.ModelOutput  # doctest: +SKIP
+Example (a tiny random CLIP in the backbone's shape: patch 16 at 64 px, a 4×4 grid, so 9 windows
+of 2×2 patches and 4 of 3×3):
+    >>> from hxpe.model.tiny import tiny_model_config
+    >>> cfg = tiny_model_config(
+    ...     "winclip",
+    ...     clip={"model_name": "hxpe-tiny-winclip", "image_size": 64, "layers": [2],
+    ...           "config_file": "hxpe/model/configs/hxpe-tiny-winclip.json"},
+    ...     explain={"enabled": False}, vfm={"enabled": False},
+    ... )
+    >>> model = build_winclip(cfg)
+    >>> model.scales, [tuple(w.shape) for w in model.windows]
+    ((2, 3), [(9, 4), (4, 9)])
+    >>> images = torch.rand(2, 3, 64, 64)
+    >>> with torch.no_grad():
+    ...     out = model(images, [None] * len(images))  # hxpe.model.hxpe.ModelOutput
+    >>> out.anomaly_map.shape, out.image_score.shape, out.vfm_prompt
+    (torch.Size([2, 64, 64]), torch.Size([2]), None)
 """
 
 from __future__ import annotations
