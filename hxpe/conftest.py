@@ -159,33 +159,33 @@ def tiny_demo_config():
 @pytest.fixture(scope="session")
 def doctest_cfg(doctest_results_root):
     """``cfg`` after stages 01-05 (checkpoints random-init: the train example trains for real)."""
-    from hxpe.agent import agent_paths, run_describe, run_extract
+    from hxpe.agent import run_describe, run_extract
     from hxpe.data.prepare import prepare_all
     from hxpe.evaluation.protocol import run_protocol
     from hxpe.evaluation.tables import table_options, write_tables
-    from hxpe.model.checkpoint import checkpoint_dir, save_checkpoint
+    from hxpe.model.checkpoint import save_checkpoint
     from hxpe.model.hxpe import build_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HXPE_RESULTS_ROOT", str(doctest_results_root))
         cfg = tiny_demo_config()
-        rd = cfg.results_dir
+        layout = cfg.layout
         indexes = prepare_all(cfg)
-        descriptions, extractions = agent_paths(rd, cfg.data.reference_rule)
+        descriptions, extractions = layout.agent_caches(cfg.data.reference_rule)
         run_describe(list(indexes.values()), cfg.agent, descriptions)
         run_extract(descriptions, cfg.agent, extractions, clip=cfg.model.clip)
         for variant in cfg.variants:
-            out = checkpoint_dir(rd, DIRECTION, variant)
+            out = layout.checkpoint_dir(DIRECTION, variant)
             out.mkdir(parents=True)
             save_checkpoint(build_model(cfg.model_for(variant)), out, {"note": "random-init"})
         run_protocol(cfg)
-        write_tables(rd, **table_options(cfg))
+        write_tables(layout.root, **table_options(cfg))
     return cfg
 
 
 @pytest.fixture(scope="session")
 def doctest_checkpoint(doctest_cfg, doctest_results_root) -> Path:
-    return doctest_results_root / doctest_cfg.profile / "checkpoints" / DIRECTION / "hxpe"
+    return doctest_cfg.layout.checkpoint_dir(DIRECTION, "hxpe")
 
 
 @pytest.fixture(scope="session")

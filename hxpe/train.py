@@ -12,7 +12,7 @@ of that checkpoint with their own ``config.json`` (:func:`share_checkpoint`).
 Example (the shrunk demo profile: one step on the auxiliary dataset's test split):
     >>> from hxpe.agent import phrases_for_rule
     >>> from hxpe.data.index import load_index
-    >>> aux = load_index(cfg.results_dir / "index" / "demo_aux")
+    >>> aux = load_index(cfg.layout.index_dir("demo_aux"))
     >>> phrases = phrases_for_rule(cfg.results_dir, "first_normal_train")
     >>> ckpt = train(cfg, aux, phrases, tmp_path / "hxpe", "hxpe")
     >>> sorted(p.name for p in ckpt.iterdir())

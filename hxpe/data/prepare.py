@@ -7,7 +7,7 @@ Example (the shrunk demo profile: its two generated parts, then their indexes):
     >>> indexes = prepare_all(cfg)
     >>> {name: len(index.frame) for name, index in indexes.items()}
     {'demo_aux': 5, 'demo_target': 10}
-    >>> sorted(p.name for p in (cfg.results_dir / "index" / "demo_target").iterdir())
+    >>> sorted(p.name for p in cfg.layout.index_dir("demo_target").iterdir())
     ['dataset.json', 'index.csv', 'meta.json']
 """
 

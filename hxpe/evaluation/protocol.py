@@ -24,7 +24,7 @@ metrics are computed again):
      'pixel_aupro_exact', 'pixel_auroc', 'pixel_f1_max']
     >>> bool(per_class["value"].between(0, 1).all())
     True
-    >>> sorted(p.name for p in (cfg.results_dir / "metrics").glob("*.csv"))
+    >>> sorted(p.name for p in cfg.layout.metrics_dir.glob("*.csv"))
     ['per_class.csv', 'per_dataset.csv', 'skipped.csv']
 """
 

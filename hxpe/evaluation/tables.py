@@ -8,7 +8,7 @@ Example (the shrunk demo profile after stage 05):
     >>> paths = write_tables(cfg.results_dir, **table_options(cfg))
     >>> [p.name for p in paths if p.suffix == ".md"]
     ['per_class.md', ...]
-    >>> print((cfg.results_dir / "tables" / "ablation.md").read_text())
+    >>> print((cfg.layout.tables_dir / "ablation.md").read_text())
     # Variants (ablation rows), mean over each direction's datasets (demo)
     <BLANKLINE>
     > Demo profile: these numbers come from tiny random-init models on generated data. ...

@@ -24,7 +24,7 @@ Example (the tiny model over the demo target's 8 test images; on a GPU, move the
 pass ``device="cuda"`` and ``num_workers`` to :func:`make_loader`):
     >>> from hxpe.data.index import load_index
     >>> from hxpe.data.torch_dataset import IndexDataset
-    >>> index = load_index(cfg.results_dir / "index" / "demo_target")
+    >>> index = load_index(cfg.layout.index_dir("demo_target"))
     >>> loader = make_loader(IndexDataset(index, image_size=112), batch_size=4)
     >>> for res in infer_fast(tiny_model, loader):
     ...     print(len(res), res.anomaly_maps.shape, res.vfm_prompts.shape, res.image_ids[0])
