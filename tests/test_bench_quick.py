@@ -22,6 +22,11 @@ def test_quick_bench_writes_json_and_markdown(tmp_path) -> None:
         assert ev[path]["images"] > 0
         assert ev[path]["images_per_s"] > 0 and ev[path]["peak_memory_mb"] > 0
     assert ev["speedup"] > 0
+    # one fast batch of the 8 quick images, all of class gravel: its reference's DINOv2 features
+    # computed once (1 miss), none served across batches; AdaCLIP's image-conditioned text: no
+    # phrase cache
+    assert ev["fast"]["reference_cache"] == {"hits": 0, "misses": 1}
+    assert ev["fast"]["phrase_cache"] is None
     assert ev["max_abs_diff_map"] < 1e-3 and ev["max_abs_diff_score"] < 1e-3
     assert ev["stages_fast_s"]["clip_vision"] > 0 and ev["stages_fast_s"]["text"] > 0
     assert section["train"]["naive"]["s_per_step"] > 0

@@ -186,3 +186,17 @@ def test_imports_of_counts_module_level_imports_only(tmp_path, source, expected)
 def test_package_has_no_import_cycle():
     cycles = find_cycles(import_graph())
     assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_model_package_does_not_import_the_data_package():
+    """The data package owns the loader's batch keys (``IndexBatch``); the model takes explicit
+    inputs."""
+    graph = import_graph()
+    edges = sorted(
+        (module, target)
+        for module, targets in graph.items()
+        if module.startswith("hxpe.model")
+        for target in targets
+        if target == "hxpe.data" or target.startswith("hxpe.data.")
+    )
+    assert edges == []

@@ -1,5 +1,5 @@
 """Fast batched inference against the naive per-image path: equal outputs (1e-5, as the README
-says), caches owned by the inference code, the loader."""
+says), caches owned by the inference code (the model holds none), the loader."""
 
 from __future__ import annotations
 
@@ -11,44 +11,43 @@ import torch
 
 from hxpe.data.fixtures import IndexWriter
 from hxpe.data.index import DatasetIndex
-from hxpe.data.torch_dataset import IndexDataset
+from hxpe.data.torch_dataset import IndexBatch, IndexDataset, index_batches
+from hxpe.model.caches import InferenceCaches, PhraseCache, ReferenceCache
 from hxpe.model.hxpe import build_model
 from hxpe.model.inference import (
-    PhraseCache,
     collect,
-    enable_phrase_cache,
     infer_fast,
     infer_naive,
+    inference_caches,
     make_loader,
     maybe_compile,
-    phrase_cache_of,
 )
 from hxpe.model.tiny import tiny_model_config
-from hxpe.model.vfm import ReferenceCache, unique_rows
+from hxpe.model.vfm import unique_rows
 
 SIZE = 112
 PHRASES = ["crack", "crack", None, "small dark hole", "", "crack", None, "stain"]
 
 
-def batches(n: int = 8, batch: int = 4, seed: int = 0, size: int = SIZE) -> list[dict]:
-    """Collated-like batches: mixed phrases (None, "", repeats), two shared references."""
+def batches(n: int = 8, batch: int = 4, seed: int = 0, size: int = SIZE) -> list[IndexBatch]:
+    """Collated-like batches, unpacked: mixed phrases (None, "", repeats), two shared references
+    (rows with ``i % 3 == 2`` have none)."""
     g = torch.Generator().manual_seed(seed)
     imgs = torch.rand(n, 3, size, size, generator=g)
     refs = torch.rand(2, 3, size, size, generator=g)
     out = []
     for s in range(0, n, batch):
         idx = list(range(s, min(n, s + batch)))
-        out.append(
-            {
-                "image": imgs[idx],
-                "phrase": [PHRASES[i % len(PHRASES)] or "" for i in idx],
-                "image_id": [f"img{i}" for i in idx],
-                "cls": [f"c{i % 2}" for i in idx],
-                "label": torch.tensor([i % 2 for i in idx]),
-                "reference": refs[[i % 2 for i in idx]],
-                "has_reference": torch.tensor([i % 3 != 2 for i in idx]),
-            }
-        )
+        collated = {
+            "image": imgs[idx],
+            "phrase": [PHRASES[i % len(PHRASES)] or "" for i in idx],
+            "image_id": [f"img{i}" for i in idx],
+            "cls": [f"c{i % 2}" for i in idx],
+            "label": torch.tensor([i % 2 for i in idx]),
+            "reference": refs[[i % 2 for i in idx]],
+            "has_reference": torch.tensor([i % 3 != 2 for i in idx]),
+        }
+        out.append(IndexBatch.from_collated(collated))
     return out
 
 
@@ -73,26 +72,27 @@ def test_fast_equals_naive_in_fp32(case: str) -> None:
     model = build_model(tiny_model_config(base, **overrides)).eval()
     data = batches()
     naive = collect(infer_naive(model, data))
-    fast = collect(infer_fast(model, data, precision="fp32"))
-    again = collect(infer_fast(model, data, precision="fp32"))  # served from the caches
+    caches = inference_caches(model)
+    fast = collect(infer_fast(model, data, precision="fp32", caches=caches))
+    again = collect(infer_fast(model, data, precision="fp32", caches=caches))  # from the caches
     assert naive.image_ids == fast.image_ids == [f"img{i}" for i in range(8)]
+    assert fast.labels.tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
     assert fast.anomaly_maps.shape == (8, SIZE, SIZE)
     for other in (fast, again):  # README: "agree within 1e-5 in fp32"
         assert np.abs(other.anomaly_maps - naive.anomaly_maps).max() < 1e-5
         assert np.abs(other.image_scores - naive.image_scores).max() < 1e-5
         if naive.vfm_prompts is not None:
             assert np.abs(other.vfm_prompts - naive.vfm_prompts).max() < 1e-5
-    # the naive mode restored the model: a plain forward smooths on the device again
-    with torch.no_grad():
-        direct = model(data[0]["image"], [p or None for p in data[0]["phrase"]], None)
-    assert model.cfg.sigma == tiny_model_config(base, **overrides).sigma
-    assert direct.anomaly_map.shape == (4, SIZE, SIZE)
+    # served from the caches: the very same numbers
+    assert np.array_equal(again.anomaly_maps, fast.anomaly_maps)
+    assert np.array_equal(again.image_scores, fast.image_scores)
 
 
 def test_phrase_cache_hits_and_is_invalidated_by_training() -> None:
     model = build_model(tiny_model_config("anomalyclip", vfm={"enabled": False})).eval()
-    cache = enable_phrase_cache(model)
-    assert isinstance(cache, PhraseCache) and phrase_cache_of(model) is cache
+    caches = inference_caches(model)
+    cache = caches.phrases
+    assert isinstance(cache, PhraseCache) and caches.references is None  # no DINOv2: no cache
     assert not any(isinstance(v, PhraseCache) for v in vars(model.text).values())  # pure module
     seen: list[int] = []
     hook = model.text.encoder.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
@@ -129,8 +129,9 @@ def test_phrase_cache_hits_and_is_invalidated_by_training() -> None:
 def test_phrase_cache_is_skipped_for_image_conditioned_text(caplog) -> None:
     model = build_model(tiny_model_config("adaclip", vfm={"enabled": False})).eval()
     with caplog.at_level(logging.INFO):
-        assert enable_phrase_cache(model) is None
-    assert "depend on the image" in caplog.text
+        caches = inference_caches(model)
+    assert caches.phrases is None and caches.references is None
+    assert "depend on the image (dynamic language prompts)" in caplog.text
 
 
 def test_reference_dedup_and_cache() -> None:
@@ -139,17 +140,85 @@ def test_reference_dedup_and_cache() -> None:
     reps, inverse = unique_rows(stacked)
     assert reps == [0, 1, 3] and inverse == [0, 1, 0, 2, 1]
     model = build_model(tiny_model_config("adaclip")).eval()
-    model.vfm.reference_cache = ReferenceCache()
+    cache = ReferenceCache()
     refs = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        feats = model.vfm.reference_features(refs[[0, 1, 0]], (8, 8))
+        feats = model.vfm.reference_features(refs[[0, 1, 0]], (8, 8), cache)
         direct, _ = model.vfm.features(refs, (8, 8))
-        feats2 = model.vfm.reference_features(refs[[1, 0]], (8, 8))
+        feats2 = model.vfm.reference_features(refs[[1, 0]], (8, 8), cache)
+        uncached = model.vfm.reference_features(refs[[1, 0]], (8, 8))
     assert torch.allclose(feats[0], direct[0], atol=1e-5)
     assert torch.allclose(feats[1], direct[1], atol=1e-5)
     assert torch.equal(feats[2], feats[0])
-    assert model.vfm.reference_cache.hits == 2 and len(model.vfm.reference_cache) == 2
-    assert torch.allclose(feats2[0], feats[1])
+    # first call: two distinct references, two misses; second: both served
+    assert (cache.hits, cache.misses, len(cache)) == (2, 2, 2)
+    assert torch.equal(feats2[0], feats[1]) and torch.equal(feats2[1], feats[0])
+    assert torch.equal(uncached, feats2)  # the cache changes nothing (same batch of two)
+    assert (cache.hits, cache.misses) == (2, 2)  # a call without the cache leaves it alone
+
+
+def _cache_kwargs(model: torch.nn.Module) -> tuple[list[dict], torch.utils.hooks.RemovableHandle]:
+    """Record the cache keywords of every forward call of ``model``."""
+    seen: list[dict] = []
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append({k: kwargs.get(k) for k in ("phrase_cache", "reference_cache")})
+
+    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _module_state(model: torch.nn.Module) -> dict[str, list[str]]:
+    return {name: sorted(vars(m)) for name, m in model.named_modules()}
+
+
+def test_reference_cache_across_batches_is_exact_and_owned_by_the_caller() -> None:
+    model = build_model(tiny_model_config("anomalyclip")).eval()
+    data = batches()
+    before = _module_state(model)
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    caches = InferenceCaches(references=ReferenceCache())
+    seen, handle = _cache_kwargs(model)
+    try:
+        cached = collect(infer_fast(model, data, precision="fp32", caches=caches))
+        plain = collect(infer_fast(model, data, precision="fp32", caches=InferenceCaches()))
+        naive = collect(infer_naive(model, data[:1]))
+    finally:
+        handle.remove()
+    # rows with a reference: batch 1 [r0, r1, r1] (2 misses), batch 2 [r0, r0, r1] (2 hits)
+    assert caches.stats() == {"phrase_cache": None, "reference_cache": {"hits": 2, "misses": 2}}
+    assert np.array_equal(cached.anomaly_maps, plain.anomaly_maps)
+    assert np.array_equal(cached.image_scores, plain.image_scores)
+    assert np.array_equal(cached.vfm_prompts, plain.vfm_prompts)
+    # the fast path passes its caches per call; the naive path passes none
+    assert [s["reference_cache"] for s in seen[:2]] == [caches.references] * 2
+    assert [s["reference_cache"] for s in seen[2:4]] == [None, None]
+    assert len(seen) == 4 + len(naive) and seen[4:] == [
+        {"phrase_cache": None, "reference_cache": None}
+    ] * len(naive)
+    # the model holds no cache and no new state after the runs
+    assert _module_state(model) == before
+    assert not hasattr(model.vfm, "reference_cache")
+    assert all(torch.equal(v, params[k]) for k, v in model.state_dict().items())
+    cache_types = (PhraseCache, ReferenceCache, InferenceCaches)
+    assert not any(isinstance(v, cache_types) for m in model.modules() for v in vars(m).values())
+
+
+def test_fast_path_makes_fresh_caches_per_call_by_default() -> None:
+    model = build_model(tiny_model_config("anomalyclip")).eval()
+    seen, handle = _cache_kwargs(model)
+    try:
+        collect(infer_fast(model, batches(), precision="fp32"))
+        collect(infer_fast(model, batches(), precision="fp32"))
+    finally:
+        handle.remove()
+    refs = [s["reference_cache"] for s in seen]
+    phrases = [s["phrase_cache"] for s in seen]
+    assert all(isinstance(r, ReferenceCache) for r in refs)
+    assert all(isinstance(p, PhraseCache) for p in phrases)
+    # one cache object per call, shared by its two batches
+    assert refs[0] is refs[1] and refs[2] is refs[3] and refs[0] is not refs[2]
+    assert phrases[0] is phrases[1] and phrases[0] is not phrases[2]
+    assert (refs[0].hits, refs[0].misses) == (2, 2)
 
 
 def test_text_trim_is_exact() -> None:
@@ -179,6 +248,12 @@ def test_make_loader_yields_ordered_batches(tmp_path) -> None:
     assert got[0]["image"].shape == (2, 3, 32, 32)
     assert got[0]["phrase"] == ["scratch", ""]
     assert [i for b in got for i in b["image_id"]] == list(index.frame.image_id)
+    unpacked = list(index_batches(got))  # the data package unpacks its own keys
+    assert unpacked[0].phrases == ["scratch", None]  # "" (collation) is no phrase again
+    assert unpacked[0].cls == ["w", "w"] and unpacked[0].labels.tolist() == [0, 0]
+    assert unpacked[0].image_ids == list(index.frame.image_id[:2])
+    assert torch.equal(unpacked[0].images, got[0]["image"])
+    assert unpacked[0].references is None and unpacked[0].has_reference is None
     workers = make_loader(ds, batch_size=5, num_workers=1, device="cpu")
     assert torch.equal(next(iter(workers))["image"][:2], got[0]["image"])
     assert make_loader(ds, 2, 0, "cuda").pin_memory

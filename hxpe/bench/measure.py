@@ -18,19 +18,17 @@ import torch.nn.functional as F
 from hxpe.bench.inputs import dataset_for
 from hxpe.bench.timers import PeakMemory, StageTimer, stage_modules, sync, to_mb
 from hxpe.data.index import DatasetIndex
-from hxpe.data.torch_dataset import IndexDataset
+from hxpe.data.torch_dataset import IndexDataset, index_batches
 from hxpe.model.config import TrainConfig
 from hxpe.model.hxpe import HXPEModel
 from hxpe.model.inference import (
     BatchResult,
     collect,
-    disable_caches,
     infer_fast,
     infer_naive,
+    inference_caches,
     make_loader,
     maybe_compile,
-    naive_mode,
-    phrase_cache_of,
     use_bf16,
 )
 from hxpe.model.loading import model_device
@@ -58,29 +56,34 @@ def measure_eval(
     fast path's per-stage times."""
     device = model_device(model)
     naive_set = torch.utils.data.Subset(dataset, range(min(n_naive, len(dataset))))
-    fast_loader = make_loader(dataset, batch_size, num_workers, device)
+    fast_loader = index_batches(make_loader(dataset, batch_size, num_workers, device))
     if compile:
         maybe_compile(model, device)
     if warmup:
-        _drain(infer_naive(model, make_loader(torch.utils.data.Subset(dataset, [0]), 1)))
+        one = torch.utils.data.Subset(dataset, [0])
+        _drain(infer_naive(model, index_batches(make_loader(one, 1))))
         first = torch.utils.data.Subset(dataset, range(min(batch_size, len(dataset))))
-        _drain(infer_fast(model, make_loader(first, batch_size), precision=precision))
-        # warm-up filled the caches; a timed run starts cold
-        disable_caches(model)
+        # the warm-up fills caches of its own; the timed run starts cold
+        _drain(
+            infer_fast(model, index_batches(make_loader(first, batch_size)), precision=precision)
+        )
 
     with PeakMemory(device) as mem_naive:
         sync(device)
         t0 = time.perf_counter()
-        naive = collect(infer_naive(model, make_loader(naive_set, 1, 0, device)))
+        naive = collect(infer_naive(model, index_batches(make_loader(naive_set, 1, 0, device))))
         sync(device)
         t_naive = time.perf_counter() - t0
 
     timer = StageTimer(stage_modules(model), device)
     smooth_s = 0.0
+    caches = inference_caches(model)
     with PeakMemory(device) as mem_fast:
         sync(device)
         t0 = time.perf_counter()
-        parts = list(infer_fast(model, fast_loader, precision=precision, compile=compile))
+        parts = list(
+            infer_fast(model, fast_loader, precision=precision, compile=compile, caches=caches)
+        )
         sync(device)
         t_fast = time.perf_counter() - t0
     timer.remove()
@@ -119,15 +122,7 @@ def measure_eval(
             "s_per_image": t_fast / n_fast,
             "peak_memory_mb": to_mb(mem_fast.peak_bytes),
             "memory_method": mem_fast.method,
-            "phrase_cache": None
-            if (pc := phrase_cache_of(model)) is None
-            else {"hits": pc.hits, "misses": pc.misses},
-            "reference_cache": None
-            if model.vfm is None or model.vfm.reference_cache is None
-            else {
-                "hits": model.vfm.reference_cache.hits,
-                "misses": model.vfm.reference_cache.misses,
-            },
+            **caches.stats(),  # phrase_cache, reference_cache: hits and misses, or None
         },
         "speedup": (n_fast / t_fast) / (n / t_naive),
         "max_abs_diff_map": diff_map,
@@ -196,11 +191,10 @@ def measure_train(
     one = _train_batch(dataset, 1, device)
     many = _train_batch(dataset, batch_size, device)
     try:
-        with naive_mode(model):
-            if warmup:
-                _train_steps(model, one, train_cfg, 1, False, trim=False)
-            with PeakMemory(device) as mem_naive:
-                naive = _train_steps(model, one, train_cfg, steps, False, trim=False)
+        if warmup:
+            _train_steps(model, one, train_cfg, 1, False, trim=False)
+        with PeakMemory(device) as mem_naive:
+            naive = _train_steps(model, one, train_cfg, steps, False, trim=False)
         if warmup:
             _train_steps(model, many, train_cfg, 1, bf16)
         with PeakMemory(device) as mem_fast:
@@ -232,8 +226,6 @@ def measure_train(
 def measure_phrases(model: HXPEModel, n: int, precision: str) -> dict[str, Any]:
     """ms per distinct phrase encoded: naive (one text call per image, full 77-token context, no
     cache), fast uncached (one batched call, trimmed context), fast cached (a repeat call)."""
-    from hxpe.model.inference import enable_phrase_cache
-
     device = model_device(model)
     bf16 = use_bf16(precision, device)
     words = ["scratch", "dent", "crack", "hole", "stain", "burr", "chip", "bend", "rust", "smear"]
@@ -245,21 +237,19 @@ def measure_phrases(model: HXPEModel, n: int, precision: str) -> dict[str, Any]:
         cond = cond.to(device)
     model.eval()
 
-    def call(ps: list[str], c: torch.Tensor | None, trim: bool = True) -> None:
-        model.text(ps, c, cache=phrase_cache_of(model), trim=trim)
+    cache = inference_caches(model, references=False).phrases  # None for image-conditioned text
+
+    def call(ps: list[str], c: torch.Tensor | None, trim: bool = True, cached: bool = True) -> None:
+        model.text(ps, c, cache=cache if cached else None, trim=trim)
 
     with torch.inference_mode():
-        call(phrases[:2], None if cond is None else cond[:2])  # warm-up
-        with naive_mode(model):
-            sync(device)
-            t0 = time.perf_counter()
-            for i, p in enumerate(phrases):
-                call([p], None if cond is None else cond[i : i + 1], trim=False)
-            sync(device)
-            naive = (time.perf_counter() - t0) / n
-        cache = enable_phrase_cache(model)
-        if cache is not None:
-            cache.clear()
+        call(phrases[:2], None if cond is None else cond[:2], cached=False)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        for i, p in enumerate(phrases):
+            call([p], None if cond is None else cond[i : i + 1], trim=False, cached=False)
+        sync(device)
+        naive = (time.perf_counter() - t0) / n
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             sync(device)
             t0 = time.perf_counter()
@@ -287,12 +277,13 @@ def measure_phrases(model: HXPEModel, n: int, precision: str) -> dict[str, Any]:
 def profile_batch(
     model: HXPEModel, dataset: IndexDataset, batch_size: int, precision: str, top: int = 12
 ) -> list[dict[str, Any]]:
-    """torch.profiler top operators (self CPU, and self CUDA on GPU) of one fast batch."""
+    """torch.profiler top operators (self CPU, and self CUDA on GPU) of one fast batch, its
+    caches cold (the first batch of an evaluation)."""
     from torch.profiler import ProfilerActivity, profile
 
     device = model_device(model)
     subset = torch.utils.data.Subset(dataset, range(min(batch_size, len(dataset))))
-    batches = list(make_loader(subset, batch_size))
+    batches = list(index_batches(make_loader(subset, batch_size)))
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -336,7 +327,8 @@ def measure_streaming(
             gc.collect()
             with PeakMemory(torch.device("cpu")) as mem:
                 t0 = time.perf_counter()
-                for res in infer_fast(model, make_loader(dataset, batch_size, 0, device)):
+                loader = index_batches(make_loader(dataset, batch_size, 0, device))
+                for res in infer_fast(model, loader):
                     for image_id, amap in zip(res.image_ids, res.anomaly_maps, strict=True):
                         if mode == "stream_to_disk":
                             name = image_id.replace("/", "__").replace("#", "_")

@@ -9,6 +9,8 @@ integers), then the mask is resized bilinearly and thresholded at 0.5, as Anomal
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,7 +19,14 @@ import torch
 from hxpe.data.images import load_image, mask_tensor, read_mask
 from hxpe.data.index import DatasetIndex
 
-__all__ = ["IndexDataset", "load_image", "load_mask", "phrases_from_batch"]
+__all__ = [
+    "IndexBatch",
+    "IndexDataset",
+    "index_batches",
+    "load_image",
+    "load_mask",
+    "phrases_from_batch",
+]
 
 
 def load_mask(path: str | Path | None, size: int) -> torch.Tensor:
@@ -84,3 +93,45 @@ class IndexDataset(torch.utils.data.Dataset):
 def phrases_from_batch(batch: dict) -> list[str | None]:
     """The batch's phrases with ``""`` turned back into ``None``."""
     return [p or None for p in batch["phrase"]]
+
+
+@dataclass(frozen=True)
+class IndexBatch:
+    """A collated batch of :class:`IndexDataset` items, unpacked for a model call: what the
+    inference paths (:mod:`hxpe.model.inference`) read, so they never see the loader's keys.
+
+    Attributes:
+        images: [B, 3, H, W] float32 in [0, 1].
+        phrases: per image the gated phrase, ``None`` for none.
+        image_ids, cls: per image.
+        labels: [B] int64 (0 normal, 1 anomalous).
+        references: [B, 3, H, W] the class's normal reference per image, or None.
+        has_reference: [B] bool, which rows of ``references`` are real, or None.
+    """
+
+    images: torch.Tensor
+    phrases: list[str | None]
+    image_ids: list[str]
+    cls: list[str]
+    labels: torch.Tensor
+    references: torch.Tensor | None = None
+    has_reference: torch.Tensor | None = None
+
+    @classmethod
+    def from_collated(cls, batch: dict) -> IndexBatch:
+        """Unpack a batch as collated from :class:`IndexDataset` items."""
+        has_ref = batch.get("has_reference")
+        return cls(
+            images=batch["image"],
+            phrases=phrases_from_batch(batch),
+            image_ids=[str(i) for i in batch["image_id"]],
+            cls=[str(c) for c in batch["cls"]],
+            labels=torch.as_tensor(batch["label"]),
+            references=batch.get("reference"),
+            has_reference=None if has_ref is None else torch.as_tensor(has_ref),
+        )
+
+
+def index_batches(batches: Iterable[dict]) -> Iterator[IndexBatch]:
+    """:meth:`IndexBatch.from_collated` over a loader's batches (lazily)."""
+    return (IndexBatch.from_collated(b) for b in batches)

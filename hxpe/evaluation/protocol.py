@@ -44,14 +44,15 @@ from tqdm import tqdm
 
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, frame_sha256, load_index, select_references
-from hxpe.data.torch_dataset import IndexDataset
+from hxpe.data.torch_dataset import IndexDataset, index_batches
 from hxpe.evaluation.config import Direction, EvaluationConfig
 from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.results import PER_CLASS_COLUMNS, merge_metrics, write_part
 from hxpe.evaluation.scoring import evaluate_store
 from hxpe.hashing import file_sha256
+from hxpe.model.caches import InferenceCaches
 from hxpe.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from hxpe.model.inference import infer_fast, make_loader
+from hxpe.model.inference import infer_fast, inference_caches, make_loader
 from hxpe.model.loading import model_device
 from hxpe.results_layout import ResultsLayout
 
@@ -83,6 +84,7 @@ def infer_dataset(
     out_dir: Path,
     *,
     key: str = "",
+    caches: InferenceCaches | None = None,
 ) -> Path:
     """Run ``model`` over the ``cfg.split`` split of ``index`` and stream maps to ``out_dir``.
 
@@ -90,7 +92,8 @@ def infer_dataset(
     ``image_score [B]``, ``anomaly_map [B, H, W]`` and ``vfm_prompt [B, h, w] | None``. Maps are
     resized to ``cfg.image_size`` when needed and stored in float32 (:func:`score_unit` casts a
     float16 store after scoring it). ``key`` (the inputs' hash) goes into the store's manifest for
-    the cache check. Returns ``out_dir``.
+    the cache check. ``caches``: the fast path's phrase and reference caches (the caller keeps one
+    per model across datasets; None = fresh ones). Returns ``out_dir``.
     """
     dataset = IndexDataset(
         index, cfg.image_size, split=cfg.split, phrases=phrases, references=references
@@ -100,11 +103,14 @@ def infer_dataset(
             f"{index.name} has no images in split {cfg.split!r}; check the index or evaluation.split"
         )
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, model_device(model))
-    batches = tqdm(loader, desc=f"infer {index.name}", leave=False)
+    batches = index_batches(tqdm(loader, desc=f"infer {index.name}", leave=False))
     store = MapStore(out_dir, "float32")
     with store.writer(key, dataset=index.name, image_size=cfg.image_size) as writer:
         # The fast path (hxpe.model.inference): batched, cached phrases/references, bf16 on GPU.
-        for res in infer_fast(model, batches, precision=cfg.precision, compile=cfg.compile):
+        results = infer_fast(
+            model, batches, precision=cfg.precision, compile=cfg.compile, caches=caches
+        )
+        for res in results:
             maps = _to_size(torch.from_numpy(res.anomaly_maps), cfg.image_size)
             for i, image_id in enumerate(res.image_ids):
                 writer.add(
@@ -269,6 +275,7 @@ def run_protocol(
             rule = cfg.reference_rule_for(variant)
             ckpt = checkpoint_fingerprint(cfg, direction, variant, rd)
             model: nn.Module | None = None
+            caches: InferenceCaches | None = None  # one per model, kept across its datasets
             for target in targets:
                 index = load_index(layout.index_dir(target))
                 refs = select_references(index, rule)
@@ -287,11 +294,14 @@ def run_protocol(
                         model = loader(cfg, direction, variant, rd)
                         if torch.cuda.is_available():
                             model = model.to("cuda")
-                    infer_dataset(model, index, image_phrases, refs, ev, store.root, key=key)
+                        caches = inference_caches(model)
+                    infer_dataset(
+                        model, index, image_phrases, refs, ev, store.root, key=key, caches=caches
+                    )
                 per_class, skipped = score_unit(store, index, ev, fresh=not cached)
                 write_part(rd, direction, variant, target, per_class, skipped)
                 frames.append(per_class.assign(direction=direction, variant=variant))
-            del model
+            del model, caches
     if merge if merge is not None else datasets is None:
         merge_metrics(rd)
     if not frames:

@@ -10,7 +10,7 @@ text prompts depend on the image (AdaCLIP dynamic prompts), the normal prompt is
 each distinct phrase once.
 
 Caching across batches: the module holds no cache. A caller may pass one
-(:class:`hxpe.model.inference.PhraseCache`, owned by the inference code) with each call; prompt
+(:class:`hxpe.model.caches.PhraseCache`, owned by the inference code) with each call; prompt
 embeddings are then kept per (kind, phrase, object word) and reused by later batches. It is
 consulted only in eval mode with gradients off, and is emptied whenever a trainable parameter
 changes (its version counter, storage, dtype or device), the autocast setting or the trim flag
@@ -32,7 +32,7 @@ from hxpe.model.prompts import Kind
 from hxpe.model.text import PromptTokenizer, TextEncoder
 
 if TYPE_CHECKING:
-    from hxpe.model.inference import PhraseCache
+    from hxpe.model.caches import PhraseCache
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from hxpe.model.vfm import KeyBias, VfmPrompter
 from hxpe.model.vision import VisualEncoder, VisualFeatures
 
 if TYPE_CHECKING:
-    from hxpe.model.inference import PhraseCache
+    from hxpe.model.caches import PhraseCache, ReferenceCache
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ class HXPEModel(nn.Module):
         class_names: list[str] | None = None,
         *,
         phrase_cache: PhraseCache | None = None,
+        reference_cache: ReferenceCache | None = None,
         trim_text: bool = True,
         sigma: float | None = None,
     ) -> ModelOutput:
@@ -191,8 +192,9 @@ class HXPEModel(nn.Module):
             has_reference: [B] bool, which rows of ``references`` are real.
             class_names: per image its class, for bases whose prompts carry the class name
                 (``object_word: class_name``); None = the generic ``model.object_name``.
-            phrase_cache: a caller-owned cache of prompt embeddings
-                (:mod:`hxpe.model.inference`); the model itself holds none.
+            phrase_cache, reference_cache: caller-owned caches of prompt embeddings and of the
+                references' DINOv2 features (:mod:`hxpe.model.caches`, owned by
+                :mod:`hxpe.model.inference`); the model itself holds none.
             trim_text: run the text tower up to the last EOT only (exact); False = 77 tokens.
             sigma: Gaussian σ of the output map; None = ``model.sigma``, 0 = unsmoothed.
         """
@@ -215,7 +217,7 @@ class HXPEModel(nn.Module):
                 refs = F.interpolate(
                     references, size=(side, side), mode="bilinear", align_corners=False
                 )
-            vfm_map = self.vfm(x, grid, refs, has_reference)
+            vfm_map = self.vfm(x, grid, refs, has_reference, reference_cache=reference_cache)
         key_bias = None
         if vfm_map is not None and self.key_bias is not None:
             key_bias = self.key_bias(vfm_map)

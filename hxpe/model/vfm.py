@@ -30,12 +30,16 @@ Example (the tiny random-init DINOv2, on CLIP's 8×8 patch grid of 112 px inputs
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hxpe.model.config import VfmConfig
+
+if TYPE_CHECKING:
+    from hxpe.model.caches import ReferenceCache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,7 +133,6 @@ class VfmPrompter(nn.Module):
         if self._last_attn is not None and hasattr(dinov2, "set_attn_implementation"):
             with contextlib.suppress(ValueError, ImportError, AttributeError):
                 dinov2.set_attn_implementation("sdpa")
-        self.reference_cache: ReferenceCache | None = None
 
     def _salience_from(self, hidden: torch.Tensor, n_extra: int) -> torch.Tensor:
         """Head-mean softmax of the CLS query over the patch keys, from the layer input [B, L, C]."""
@@ -174,18 +177,26 @@ class VfmPrompter(nn.Module):
         feats = F.normalize(out.last_hidden_state[:, n_extra:], dim=-1)
         return feats, salience
 
-    def reference_features(self, references: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def reference_features(
+        self,
+        references: torch.Tensor,
+        grid: tuple[int, int],
+        cache: ReferenceCache | None = None,
+    ) -> torch.Tensor:
         """Patch features of ``references`` [R, 3, H, W] (see :meth:`reference_calibrated`)."""
-        return self.reference_calibrated(references, grid)[0]
+        return self.reference_calibrated(references, grid, cache)[0]
 
     def reference_calibrated(
-        self, references: torch.Tensor, grid: tuple[int, int]
+        self,
+        references: torch.Tensor,
+        grid: tuple[int, int],
+        cache: ReferenceCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch features [R, N, C] of ``references`` [R, 3, H, W] and each one's normal distance
         scale [R] (the ``calibration_quantile`` of its own nearest-neighbour distances). Each
-        distinct reference is computed once (within the batch, and across batches when
-        :attr:`reference_cache` is set)."""
-        cache = self.reference_cache
+        distinct reference is computed once within the batch, and once across batches when the
+        caller passes a ``cache`` (:class:`hxpe.model.caches.ReferenceCache`, owned by the
+        inference code; the module holds none)."""
         reps, inverse = unique_rows(references)
         todo = []
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
@@ -213,8 +224,11 @@ class VfmPrompter(nn.Module):
         grid: tuple[int, int],
         references: torch.Tensor | None = None,
         has_reference: torch.Tensor | None = None,
+        *,
+        reference_cache: ReferenceCache | None = None,
     ) -> torch.Tensor:
-        """The calibrated prompt map M [B, h, w] in [0, 1) (see the module docstring)."""
+        """The calibrated prompt map M [B, h, w] in [0, 1) (see the module docstring);
+        ``reference_cache``: a caller-owned cache of the references' features, or None."""
         feats, salience = self.features(images, grid)
         dist = rarity(feats, self.cfg.rarity_k)
         scale = dist.median(dim=1).values
@@ -225,7 +239,9 @@ class VfmPrompter(nn.Module):
                 else has_reference.to(images.device).bool()
             )
             if has.any():
-                ref_feats, ref_scale = self.reference_calibrated(references[has], grid)
+                ref_feats, ref_scale = self.reference_calibrated(
+                    references[has], grid, reference_cache
+                )
                 ref_dist = reference_distance(
                     feats[has], ref_feats, self.cfg.distance == "mutual_nn"
                 )
@@ -256,7 +272,7 @@ class KeyBias(nn.Module):
         return self.beta * prompt_map.flatten(1)
 
 
-def _row_keys(x: torch.Tensor, samples: int = 1024) -> list[bytes]:
+def row_keys(x: torch.Tensor, samples: int = 1024) -> list[bytes]:
     """A cheap per-row fingerprint (a strided sample of the values); equal rows give equal keys."""
     flat = x.reshape(x.shape[0], -1)
     step = max(1, flat.shape[1] // samples)
@@ -270,7 +286,7 @@ def unique_rows(x: torch.Tensor) -> tuple[list[int], list[int]]:
     reps: list[int] = []
     inverse: list[int] = []
     by_key: dict[bytes, list[int]] = {}
-    for i, key in enumerate(_row_keys(x)):
+    for i, key in enumerate(row_keys(x)):
         for pos in by_key.get(key, []):
             if torch.equal(x[reps[pos]], x[i]):
                 inverse.append(pos)
@@ -280,42 +296,3 @@ def unique_rows(x: torch.Tensor) -> tuple[list[int], list[int]]:
             inverse.append(len(reps))
             reps.append(i)
     return reps, inverse
-
-
-CachedReference = tuple[torch.Tensor, torch.Tensor]  # (patch features [N, C], distance scale [])
-
-
-class ReferenceCache:
-    """Frozen DINOv2 features (and calibration scales) of normal references kept across batches
-    (LRU, exact match).
-
-    DINOv2 is frozen, so the features depend only on the reference pixels and the grid: no training
-    invalidation is needed. Entries are compared exactly with :func:`torch.equal`.
-    """
-
-    def __init__(self, maxsize: int = 32) -> None:
-        self.maxsize = maxsize
-        self._data: list[tuple[bytes, tuple[int, int], torch.Tensor, CachedReference]] = []
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, reference: torch.Tensor, grid: tuple[int, int]) -> CachedReference | None:
-        key = _row_keys(reference[None])[0]
-        for i, (k, g, ref, feats) in enumerate(self._data):
-            same = k == key and g == grid and ref.shape == reference.shape
-            if same and ref.device == reference.device and torch.equal(ref, reference):
-                self._data.append(self._data.pop(i))
-                self.hits += 1
-                return feats
-        self.misses += 1
-        return None
-
-    def put(self, reference: torch.Tensor, grid: tuple[int, int], value: CachedReference) -> None:
-        key = _row_keys(reference[None])[0]
-        detached = (value[0].detach(), value[1].detach())
-        self._data.append((key, grid, reference.detach().clone(), detached))
-        while len(self._data) > self.maxsize:
-            self._data.pop(0)
