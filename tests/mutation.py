@@ -13,11 +13,18 @@ Examples::
     python tests/mutation.py                                    # the defaults below
     python tests/mutation.py --paths hxpe/model/vfm.py --tests tests/test_model_core.py
     python tests/mutation.py --max-children 2 --out build/mutation.txt
+    python tests/mutation.py --mutants 'hxpe.*__mutmut_*0'      # a 1-in-10 sample (numbers ending in 0)
+
+On a small machine a full run is hours (every surviving mutant reruns all the tests that reach its
+function); ``--mutants`` with a glob on the mutant number gives a systematic sample whose kill rate
+estimates the full one, and the report counts only the mutants the globs select. ``--keep-work``
+reuses the scratch copy (its test statistics and results) when the sources have not changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -161,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         help="A mutant times out after this many times its tests' clean duration (raise it on a "
         "loaded machine, so that slowness is not counted as a kill).",
     )
+    p.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="Reuse the scratch copy of an earlier run with the same paths and tests (no re-copy).",
+    )
     p.add_argument("--work", type=Path, default=ROOT / "build" / "mutation-work")
     p.add_argument("--out", type=Path, default=ROOT / "build" / "mutation.txt")
     p.add_argument(
@@ -171,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.report_only:
         return write_report(args, None, 0.0)
-    prepare(args.work, args.paths, args.tests, args.timeout_multiplier)
+    if not (args.keep_work and (args.work / "pyproject.toml").is_file()):
+        prepare(args.work, args.paths, args.tests, args.timeout_multiplier)
     started = time.perf_counter()
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
@@ -191,8 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     return write_report(args, run.returncode, time.perf_counter() - started)
 
 
+def selected(found: dict[str, str], globs: list[str]) -> dict[str, str]:
+    """The results of the mutants that ``globs`` select (all of them without globs).
+
+    >>> selected({"m.x_f__mutmut_10": "killed", "m.x_f__mutmut_3": "survived"}, ["m.*__mutmut_*0"])
+    {'m.x_f__mutmut_10': 'killed'}
+    """
+    if not globs:
+        return found
+    return {k: v for k, v in found.items() if any(fnmatch.fnmatch(k, g) for g in globs)}
+
+
 def write_report(args: argparse.Namespace, returncode: int | None, seconds: float) -> int:
-    found = statuses(args.work)
+    found = selected(statuses(args.work), args.mutants)
     if not found:
         print(f"mutmut produced no results (exit {returncode}); see {args.work}")
         return returncode or 1
