@@ -39,7 +39,13 @@ DEFAULT_PATHS = [
     "hxpe/model/*.py",
     "hxpe/train.py",
 ]
-DEFAULT_TESTS = ["tests/test_model_core.py", "tests/test_train_loop.py"]
+DEFAULT_TESTS = [
+    "tests/test_model_core.py",
+    "tests/test_losses_hsf.py",
+    "tests/test_inference_paths.py",
+    "tests/test_train_loop.py",
+    "tests/test_winclip.py",
+]
 COPY = ["hxpe", "tests", "notebooks/params", "pyproject.toml"]
 STATUS = re.compile(r"^\s*(?P<name>\S+): (?P<status>[\w ]+?)\s*$")
 
