@@ -52,6 +52,16 @@ _BEHIND_FP16_CAST = {
     "adaclip": ("clip_model.text_prompter.", "clip_model.visual_prompter.", "clip_model.dynamic_"),
 }
 ADACLIP_FP16_LOSS_CHANGE = 4.47e-4  # README: AdaCLIP loss_total change from the .half() casts
+# README "Measured effect of the fp16 casts": AdaCLIP forward quantities' max abs change when the
+# .half() casts are made no-ops (per_layer_logits in logit units; the smoothed map is a convex
+# combination of the map, so its change is bounded by the map's).
+ADACLIP_FP16_FORWARD_CHANGE = {
+    "text_features": 4.29e-5,
+    "per_layer_logits": 3.95e-3,
+    "anomaly_map": 1.07e-4,
+    "anomaly_map_smoothed": 1.07e-4,
+    "image_score": 8.78e-5,
+}
 CHECKPOINTS = {"anomalyclip": "prompt_learner.pth", "adaclip": "params.pth"}
 
 
@@ -118,7 +128,13 @@ def _tolerance(base: str, name: str, expected: dict[str, torch.Tensor]) -> tuple
     a rounding by one float16 ULP; the casts' effect cannot be emulated away. Gradients of the
     parameters behind a cast therefore get the README's tolerance for the casts (2e-3 relative to
     the gradient's max abs), and AdaCLIP's losses, whose dynamic prompts are rounded in the forward
-    pass too, 3 x the README's measured change of loss_total from the casts."""
+    pass too, 3 x the README's measured change of loss_total from the casts. AdaCLIP's forward
+    quantities downstream of the prompt tokens follow the same rule (3 x the README's measured
+    change of that quantity, never less than the plain tolerance): the dynamic prompts come from
+    the CLS of an unprompted pass, and a 1e-6 float32 difference there flips a few roundings
+    (measured on a generated 322 px folder with GELU: up to 4 of the 320 text prompt values of a
+    block one float16 ULP apart; text_features 1.06e-5, per_layer_logits 1.10e-3 from the
+    authors')."""
     t = expected[name]
     if name.startswith("grad."):
         if name[len("grad.") :].startswith(_BEHIND_FP16_CAST[base]):
@@ -126,14 +142,22 @@ def _tolerance(base: str, name: str, expected: dict[str, torch.Tensor]) -> tuple
         return 1e-4 * float(t.abs().max()), 1e-4
     if base == "adaclip" and name.startswith("loss_") and "hsf" not in name:
         return 3 * ADACLIP_FP16_LOSS_CHANGE, 1e-5
-    if name.startswith("anomaly_map"):
-        return 4e-5, 1e-5
-    if name == "per_layer_logits":
-        return 1e-5 * 100.0, 1e-5
+    if base == "adaclip" and name in ADACLIP_FP16_FORWARD_CHANGE:
+        atol, rtol = _plain_tolerance(name)
+        return max(atol, 3 * ADACLIP_FP16_FORWARD_CHANGE[name]), rtol
     if name == "image_score_hsf":
         return 3.0 * float(expected["hsf_seed_spread"].max()), 0.0
     if name in ("loss_image_hsf", "loss_total_hsf"):
         return 3.0 * float(expected[f"{name}_seed_spread"].max()), 0.0
+    return _plain_tolerance(name)
+
+
+def _plain_tolerance(name: str) -> tuple[float, float]:
+    """The README's tolerance for float32 arithmetic-order differences alone."""
+    if name.startswith("anomaly_map"):
+        return 4e-5, 1e-5
+    if name == "per_layer_logits":
+        return 1e-5 * 100.0, 1e-5
     return 1e-5, 1e-5
 
 
