@@ -15,22 +15,8 @@ layers and prompt shapes from the folder), and compares every expected quantity:
 
 Tolerances follow the folder's README (``|ours − theirs| <= atol + rtol·|theirs|``).
 
-Example (one quantity, as ``hxpe check-equivalence`` prints it):
-    >>> import torch
-    >>> ours = torch.tensor([0.5, 0.25], dtype=torch.float64)
-    >>> theirs = torch.tensor([0.5, 0.2501], dtype=torch.float64)
-    >>> row = compare("adaclip", "image_score", ours, theirs, atol=1e-5, rtol=1e-3)
-    >>> print(HEADER); print(row.line())
-    base             quantity          max|diff|       atol     rtol  result
-    adaclip          image_score       1.000e-04   1.00e-05    1e-03  pass
-    >>> check_folder(tmp_path)
-    Traceback (most recent call last):
-    ...
-    FileNotFoundError: ... is not a golden folder: clip.json is missing.
-
-    The golden folder holds outputs of the authors' own code, which this repository does not ship
-    (``../shared/golden``, or ``$HXPE_GOLDEN_DIR``); ``tests/test_golden_equivalence.py`` runs it:
-    >>> rows = check_folder(golden_dir())  # golden outputs: not in the repository  # doctest: +SKIP
+Example:
+    >>> rows = check_folder("../shared/golden")  # doctest: +SKIP
     >>> all(r.passed for r in rows)  # doctest: +SKIP
     True
 """
@@ -65,17 +51,16 @@ _BEHIND_FP16_CAST = {
     "anomalyclip": ("compound_prompts_text.",),
     "adaclip": ("clip_model.text_prompter.", "clip_model.visual_prompter.", "clip_model.dynamic_"),
 }
-# The golden README's measured max abs change of AdaCLIP quantities when its ``.half()`` casts are made
-# no-ops (logits in logit units, at logit scale 100). Everything downstream of the rounded prompt tokens
-# can move by a float16 ULP flip when float32 arithmetic differs in its last bit (other BLAS kernels,
-# other CPUs), so these quantities get the README's tolerance for the casts: 3 x that change.
-ADACLIP_FP16_CHANGE = {
-    "text_features": 4.29e-05,
-    "per_layer_logits": 3.95e-03,
-    "anomaly_map": 1.07e-04,
-    "anomaly_map_smoothed": 1.07e-04,
-    "image_score": 8.78e-05,
-    "loss_": 4.47e-04,
+ADACLIP_FP16_LOSS_CHANGE = 4.47e-4  # README: AdaCLIP loss_total change from the .half() casts
+# README "Measured effect of the fp16 casts": AdaCLIP forward quantities' max abs change when the
+# .half() casts are made no-ops (per_layer_logits in logit units; the smoothed map is a convex
+# combination of the map, so its change is bounded by the map's).
+ADACLIP_FP16_FORWARD_CHANGE = {
+    "text_features": 4.29e-5,
+    "per_layer_logits": 3.95e-3,
+    "anomaly_map": 1.07e-4,
+    "anomaly_map_smoothed": 1.07e-4,
+    "image_score": 8.78e-5,
 }
 CHECKPOINTS = {"anomalyclip": "prompt_learner.pth", "adaclip": "params.pth"}
 
@@ -142,27 +127,38 @@ def _tolerance(base: str, name: str, expected: dict[str, torch.Tensor]) -> tuple
     118, 123). We round them the same way, but a float32 difference in the last bit can still flip
     a rounding by one float16 ULP; the casts' effect cannot be emulated away. Gradients of the
     parameters behind a cast therefore get the README's tolerance for the casts (2e-3 relative to
-    the gradient's max abs), and AdaCLIP's forward quantities and losses, whose prompts are rounded
-    in the forward pass, 3 x the README's measured change of that quantity from the casts
-    (:data:`ADACLIP_FP16_CHANGE`): one float16 ULP flip moved the image score by 1.2e-5 on one CPU
-    and less than 1e-5 on another."""
+    the gradient's max abs), and AdaCLIP's losses, whose dynamic prompts are rounded in the forward
+    pass too, 3 x the README's measured change of loss_total from the casts. AdaCLIP's forward
+    quantities downstream of the prompt tokens follow the same rule (3 x the README's measured
+    change of that quantity, never less than the plain tolerance): the dynamic prompts come from
+    the CLS of an unprompted pass, and a 1e-6 float32 difference there flips a few roundings
+    (measured on a generated 322 px folder with GELU: up to 4 of the 320 text prompt values of a
+    block one float16 ULP apart; text_features 1.06e-5, per_layer_logits 1.10e-3 from the
+    authors'; on the shared golden folder one such flip moved AdaCLIP's image_score by 1.2e-5 on one
+    CPU and by less than 1e-5 on another)."""
     t = expected[name]
     if name.startswith("grad."):
         if name[len("grad.") :].startswith(_BEHIND_FP16_CAST[base]):
             return 2e-3 * float(t.abs().max()), 2e-3
         return 1e-4 * float(t.abs().max()), 1e-4
-    if base == "adaclip" and "hsf" not in name:
-        for prefix, change in ADACLIP_FP16_CHANGE.items():
-            if name == prefix or (prefix.endswith("_") and name.startswith(prefix)):
-                return 3 * change, 1e-5
-    if name.startswith("anomaly_map"):
-        return 4e-5, 1e-5
-    if name == "per_layer_logits":
-        return 1e-5 * 100.0, 1e-5
+    if base == "adaclip" and name.startswith("loss_") and "hsf" not in name:
+        return 3 * ADACLIP_FP16_LOSS_CHANGE, 1e-5
+    if base == "adaclip" and name in ADACLIP_FP16_FORWARD_CHANGE:
+        atol, rtol = _plain_tolerance(name)
+        return max(atol, 3 * ADACLIP_FP16_FORWARD_CHANGE[name]), rtol
     if name == "image_score_hsf":
         return 3.0 * float(expected["hsf_seed_spread"].max()), 0.0
     if name in ("loss_image_hsf", "loss_total_hsf"):
         return 3.0 * float(expected[f"{name}_seed_spread"].max()), 0.0
+    return _plain_tolerance(name)
+
+
+def _plain_tolerance(name: str) -> tuple[float, float]:
+    """The README's tolerance for float32 arithmetic-order differences alone."""
+    if name.startswith("anomaly_map"):
+        return 4e-5, 1e-5
+    if name == "per_layer_logits":
+        return 1e-5 * 100.0, 1e-5
     return 1e-5, 1e-5
 
 
