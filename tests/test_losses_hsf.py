@@ -198,3 +198,29 @@ def test_sklearn_kmeans_draws_like_numpy_global_seed() -> None:
         assert np.array_equal(a, b)
     ours.reset()
     assert np.array_equal(ours(torch.from_numpy(data[0])[None], 5)[0].numpy(), theirs[0])
+
+
+def test_sklearn_kmeans_per_image_draws_each_image_from_a_fresh_seeded_rng() -> None:
+    """``per_image`` (``HXPEModel.same_rng_per_image``): every image draws from RandomState(seed),
+    whatever ran before; the default draws the images from one stream."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(40, 6)).astype(np.float32)
+    x = torch.from_numpy(np.stack([d, d]))  # the same image twice in one batch
+    fresh = KMeans(n_clusters=5, n_init="auto", random_state=np.random.RandomState(111))
+    alone = fresh.fit_predict(d)
+    stream = np.random.RandomState(111)
+    first, second = (
+        KMeans(n_clusters=5, n_init="auto", random_state=stream).fit_predict(d) for _ in range(2)
+    )
+    assert not np.array_equal(first, second)  # the data makes the draw visible in the labels
+
+    ours = SklearnKMeans(seed=111)
+    assert ours.per_image is False
+    got = ours(x, 5).numpy()
+    assert np.array_equal(got[0], first) and np.array_equal(got[1], second)
+    ours.per_image = True
+    for _ in range(2):  # the stream moved on, but each image still starts from the seed
+        got = ours(x, 5).numpy()
+        assert np.array_equal(got[0], alone) and np.array_equal(got[1], alone)
