@@ -90,6 +90,38 @@ def test_vv_attention_differs_from_qk_and_is_attached_to_last_blocks() -> None:
     assert not torch.allclose(a, b, atol=1e-4)
 
 
+def test_dual_path_attention_called_as_its_module_is_the_original_q_k_attention() -> None:
+    mha = tiny("anomalyclip").visual.blocks[1].attn.mha
+    wrapped = DualPathAttention(mha)
+    x = torch.randn(2, 6, mha.embed_dim, generator=torch.Generator().manual_seed(0))
+    causal = torch.full((6, 6), float("-inf")).triu(1)  # keyword arguments reach the module
+    with torch.no_grad():
+        out, weights = wrapped(x, x, x, need_weights=False, attn_mask=causal)
+        reference = mha(x, x, x, need_weights=False, attn_mask=causal)[0]
+        # position 0 attends only to itself: its output is out_proj of its own value
+        v0 = F.linear(
+            x[:, 0], mha.in_proj_weight[-mha.embed_dim :], mha.in_proj_bias[-mha.embed_dim :]
+        )
+    assert weights is None
+    assert torch.equal(out, reference)
+    assert torch.allclose(out[:, 0], mha.out_proj(v0), atol=1e-6)
+
+
+def test_joint_identity_patch_heads_start_as_the_identity() -> None:
+    model = tiny("adaclip", adaclip={"patch_head": "joint_identity"})
+    prompter = model.prompter
+    e = 32  # the tiny CLIP's joint embedding width
+    assert len(prompter.patch_heads) == 4
+    for head in [*prompter.patch_heads, prompter.cls_head]:
+        assert torch.equal(head.weight, torch.eye(e)) and torch.equal(head.bias, torch.zeros(e))
+    with torch.no_grad():
+        feats = model.visual(images(1))
+        projected = prompter.project_patches(feats)
+        cls = prompter.project_cls(feats.cls)
+    assert all(torch.equal(p, q) for p, q in zip(projected, feats.patches, strict=True))
+    assert torch.equal(cls, feats.cls)
+
+
 def test_dynamic_prompts_change_with_the_image() -> None:
     model = tiny("adaclip")
     a, b = images(1, seed=0), images(1, seed=5)
