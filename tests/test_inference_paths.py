@@ -126,6 +126,27 @@ def test_phrase_cache_hits_and_is_invalidated_by_training() -> None:
     assert not torch.allclose(updated[0, 1], first[0, 1], atol=1e-4)
 
 
+def test_phrase_cache_in_fuse_mode_keeps_the_phrases_encoded_alone() -> None:
+    cfg = tiny_model_config("anomalyclip", vfm={"enabled": False}, explain={"mode": "fuse"})
+    model = build_model(cfg).eval()
+    cache = inference_caches(model).phrases
+    seen: list[int] = []
+    hook = model.text.encoder.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            first = model.text(["crack", None], cache=cache)
+            # prompts (normal, generic abnormal) in one call, then the phrase alone
+            assert seen == [2, 1] and (cache.hits, cache.misses) == (0, 3)
+            second = model.text(["crack", None], cache=cache)
+            assert seen == [2, 1] and (cache.hits, cache.misses) == (3, 3)  # all three hits
+    finally:
+        hook.remove()
+    assert len(cache) == 3
+    with torch.no_grad():
+        uncached = model.text(["crack", None])
+    assert torch.equal(first, second) and torch.allclose(first, uncached, atol=1e-6)
+
+
 def test_phrase_cache_is_skipped_for_image_conditioned_text(caplog) -> None:
     model = build_model(tiny_model_config("adaclip", vfm={"enabled": False})).eval()
     with caplog.at_level(logging.INFO):

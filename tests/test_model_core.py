@@ -552,3 +552,17 @@ def test_fuse_mode_formula_only_for_phrased_images(lam: float) -> None:
     assert float(F.cosine_similarity(text[0, 1], g_e, dim=0)) > float(
         F.cosine_similarity(generic[0, 1], g_e, dim=0)
     )
+
+
+def test_fuse_mode_encodes_each_phrase_alone_through_its_template() -> None:
+    fuse = tiny("anomalyclip", explain={"mode": "fuse", "fuse_template": "a photo of {phrase}"})
+    enc = fuse.text.encoder
+    with torch.no_grad():
+        text = fuse.text(["crack", "hole", None, "crack"])
+        generic = fuse.text([None])[0, 1]
+        tokens = fuse.text.plain_tokenizer(["a photo of crack", "a photo of hole"])
+        g_crack, g_hole = enc(tokens)  # the plain text tower, no prompt tokens
+    assert torch.allclose(text[0, 1], F.normalize(generic + g_crack, dim=-1), atol=1e-5)
+    assert torch.allclose(text[1, 1], F.normalize(generic + g_hole, dim=-1), atol=1e-5)
+    assert torch.allclose(text[2, 1], generic, atol=1e-6)
+    assert torch.equal(text[3], text[0])
