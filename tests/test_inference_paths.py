@@ -287,3 +287,21 @@ def test_compile_flag_is_skipped_on_cpu(caplog) -> None:
         out = collect(infer_fast(model, batches(2, 2), compile=True))
     assert "torch.compile skipped" in caplog.text
     assert out.anomaly_maps.shape == (2, SIZE, SIZE)
+
+
+def test_compile_on_cuda_compiles_the_towers_once(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """The CUDA branch, without a GPU: ``nn.Module.compile`` replaced by a recorder."""
+    model = build_model(tiny_model_config("anomalyclip")).eval()
+    calls: list[tuple[str, bool]] = []
+    towers = {"visual": model.visual, "text": model.text.encoder, "dinov2": model.vfm.dinov2}
+    for name, module in towers.items():
+        monkeypatch.setattr(module, "compile", lambda dynamic, n=name: calls.append((n, dynamic)))
+    cuda = torch.device("cuda")
+    with caplog.at_level(logging.INFO):
+        assert maybe_compile(model, cuda) and maybe_compile(model, cuda)
+        assert not maybe_compile(torch.nn.Linear(2, 2), cuda)
+    assert calls == [("visual", False), ("text", True), ("dinov2", False)]  # once, not twice
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.inference"] == [
+        "torch.compile enabled for the CLIP vision/text towers and DINOv2.",
+        "torch.compile skipped: Linear is not an HXPE model.",
+    ]

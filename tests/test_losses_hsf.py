@@ -101,6 +101,27 @@ def test_loss_terms_weights_and_image_loss_per_base(base: str) -> None:
     assert torch.allclose(losses["total"], total, atol=1e-5)
 
 
+@pytest.mark.parametrize("base", ["anomalyclip", "adaclip"])
+def test_probability_maps_only_are_upsampled_with_the_base_alignment(base: str) -> None:
+    """An output without ``layer_logits`` is trained on its ``layer_maps``, upsampled as the base
+    does (align_corners: AdaCLIP True, AnomalyCLIP False)."""
+    g = torch.Generator().manual_seed(2)
+    logits = [torch.randn(1, 2, 3, 3, generator=g) * 3 for _ in range(2)]
+    out = _output(logits, torch.zeros(1, 2))
+    out.layer_logits = None
+    masks = torch.zeros(1, 1, 7, 7)
+    masks[0, 0, 1:4, 2:6] = 1
+    spec = LossSpec.resolve(ModelConfig(base=base), TrainConfig())
+    losses = hxpe_loss(out, masks, torch.tensor([1]), spec)
+    align = base == "adaclip"
+    target = masks[0, 0]
+    dice = torch.zeros(())
+    for lg in logits:
+        p = F.interpolate(lg.softmax(1), size=(7, 7), mode="bilinear", align_corners=align)[0]
+        dice = dice + dice_loss(p[1], target) + dice_loss(p[0], 1 - target)
+    assert torch.allclose(losses["dice"], dice, atol=1e-6)
+
+
 def test_single_image_dice_is_per_row_as_the_authors_squeeze() -> None:
     logits = [torch.zeros(1, 2, 2, 2)]
     logits[0][0, 1] = torch.tensor([[2.0, -2.0], [0.0, 0.0]])

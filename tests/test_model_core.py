@@ -122,6 +122,65 @@ def test_joint_identity_patch_heads_start_as_the_identity() -> None:
     assert torch.equal(cls, feats.cls)
 
 
+def test_dual_path_key_bias_applies_to_both_paths() -> None:
+    """A bias of −1e9 on every key but key 0 leaves one key to attend to: both paths give
+    ``out_proj(v_0)`` for every query."""
+    mha = tiny("anomalyclip").visual.blocks[1].attn.mha
+    x = torch.randn(2, 5, mha.embed_dim, generator=torch.Generator().manual_seed(1))
+    bias = torch.full((2, 5), -1e9)
+    bias[:, 0] = 0.0
+    d = mha.embed_dim
+    with torch.no_grad():
+        qk, vv = DualPathAttention(mha).dual(x, bias)
+        v0 = F.linear(x[:, 0], mha.in_proj_weight[2 * d :], mha.in_proj_bias[2 * d :])
+        expected = mha.out_proj(v0)[:, None].expand(2, 5, d)
+    assert torch.allclose(qk, expected, atol=1e-5)
+    assert torch.allclose(vv, expected, atol=1e-5)
+
+
+def test_anomalyclip_slots_layout_reserves_the_deep_prompt_slots() -> None:
+    """Layout ``slots``: [SOT] [4 deep-prompt slots] [12 context tokens] words [EOT]; layout
+    ``overwrite`` (the authors'): no slots, the deep prompts overwrite the context tokens."""
+    for layout, slots in (("slots", 4), ("overwrite", 0)):
+        bank = tiny("anomalyclip", anomalyclip={"text_layout": layout}).text
+        assert bank.prompter.text_slots == slots
+        tok = bank.tokenizer.tokenizer
+        words = tok.encode(bank.sentences("normal", None)[0])
+        expected = [tok.sot_token_id, *[tok.encode("X")[0]] * (slots + 12), *words]
+        expected.append(tok.eot_token_id)
+        ids = bank.tokens("normal", None)[0].tolist()
+        assert ids[: len(expected)] == expected and not any(ids[len(expected) :])
+
+
+def test_paper_architecture_random_is_the_paper_config_without_weights(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import hxpe.model.hxpe as hxpe_module
+    from hxpe.model.config import ModelConfig
+    from hxpe.model.loading import CONFIG_DIR
+
+    built: list[ModelConfig] = []
+    monkeypatch.setattr(hxpe_module, "build_model", lambda cfg: built.append(cfg) or "model")
+    base = ModelConfig(sigma=2.0)
+    with caplog.at_level(logging.WARNING):
+        assert hxpe_module.build_paper_architecture_random(base) == "model"
+        hxpe_module.build_paper_architecture_random()
+    cfg, default = built
+    assert cfg.clip.pretrained is None and cfg.clip.config_file is None
+    assert cfg.vfm.config_file == str(CONFIG_DIR / "dinov2-small.json")
+    assert cfg.clip.model_name == "ViT-L-14-336-quickgelu" and cfg.sigma == 2.0
+    assert base.clip.pretrained == "openai" and base.vfm.config_file is None  # not mutated
+    assert default.model_dump() == cfg.model_dump() | {"sigma": ModelConfig().sigma}
+    assert (
+        caplog.messages
+        == [
+            "Building the paper architecture (ViT-L-14-336-quickgelu + DINOv2 ViT-S/14) with RANDOM "
+            "WEIGHTS: for dry runs and benchmarks only."
+        ]
+        * 2
+    )
+
+
 def test_dynamic_prompts_change_with_the_image() -> None:
     model = tiny("adaclip")
     a, b = images(1, seed=0), images(1, seed=5)

@@ -363,3 +363,29 @@ def test_optimiser_choices_build_what_they_name() -> None:
     assert sgd.param_groups[0]["params"] == params
     adamw = make_optimizer(params, TrainConfig(optimizer="adamw", betas=(0.9, 0.99)), model_cfg)
     assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["betas"] == (0.9, 0.99)
+
+
+def test_share_checkpoint_cleans_up_and_keeps_the_original_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the staging folder was renamed into place (the old copy cannot be removed)
+    propagates as it is; the clean-up of the vanished staging folder adds no error of its own."""
+    import hxpe.train as train_module
+
+    cfg = variant_profile(a={"explain": {"enabled": False}, "vfm": {"enabled": False}})
+    source = tmp_path / "src"
+    source.mkdir()
+    train = {"variant": "a", "training_signature": training_signature(cfg, "a")}
+    (source / "config.json").write_text(json.dumps({"train": train, "model": {}}))
+    (source / "loss.csv").write_text("epoch,loss\n0,1.0\n")
+
+    def rename_then_fail(staging: Path, target: Path) -> None:
+        staging.rename(target)
+        raise OSError("cannot remove the old copy")
+
+    monkeypatch.setattr(train_module, "replace_dir", rename_then_fail)
+    target = tmp_path / "ckpt" / "b"
+    with pytest.raises(OSError, match="cannot remove the old copy"):
+        share_checkpoint(source, target, cfg, "a")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["b"]
+    assert (target / "loss.csv").read_text() == "epoch,loss\n0,1.0\n"
