@@ -147,6 +147,25 @@ def test_phrase_cache_in_fuse_mode_keeps_the_phrases_encoded_alone() -> None:
     assert torch.equal(first, second) and torch.allclose(first, uncached, atol=1e-6)
 
 
+def test_phrase_cache_is_emptied_when_the_autocast_dtype_changes() -> None:
+    model = build_model(tiny_model_config("anomalyclip", vfm={"enabled": False})).eval()
+    cache = inference_caches(model).phrases
+    seen: list[torch.dtype] = []
+    hook = model.text.encoder.register_forward_hook(lambda m, a, o: seen.append(o.dtype))
+    try:
+        with torch.inference_mode():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = model.text(["crack"], cache=cache)
+            with torch.autocast("cpu", dtype=torch.float16):
+                fp16 = model.text(["crack"], cache=cache)
+                again = model.text(["crack"], cache=cache)
+    finally:
+        hook.remove()
+    assert seen == [torch.bfloat16, torch.float16]  # re-encoded once per autocast dtype
+    assert (bf16.dtype, fp16.dtype) == (torch.bfloat16, torch.float16)
+    assert torch.equal(again, fp16)
+
+
 def test_phrase_cache_is_skipped_for_image_conditioned_text(caplog) -> None:
     model = build_model(tiny_model_config("adaclip", vfm={"enabled": False})).eval()
     with caplog.at_level(logging.INFO):
