@@ -198,6 +198,18 @@ def test_hsf_fuses_the_centre_of_the_abnormal_clusters(clusterer: object) -> Non
     assert torch.allclose(fused[0], expected, atol=1e-6)
 
 
+def test_hsf_with_one_layer() -> None:
+    """A single CLIP layer (``clip.layers: [n]``): the same formula on that layer's tokens."""
+    patches, logits = _two_clusters()
+    cls = F.normalize(torch.tensor([[0.0, 0.0, 1.0]]), dim=-1)
+    fused = hybrid_semantic_fusion(
+        patches[:1], logits[:1], cls, k=2, topk_factor=2, alpha=0.5, clusterer=TorchKMeans(5)
+    )
+    chosen = patches[0][0, :4]
+    centre = F.normalize((chosen[:2].mean(0) + chosen[2:].mean(0)) / 2, dim=0)
+    assert torch.allclose(fused[0], F.normalize(0.5 * centre + 0.5 * cls[0], dim=0), atol=1e-6)
+
+
 def test_cluster_centre_skips_empty_clusters() -> None:
     sel = [torch.tensor([[[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]]])]
     labels = torch.tensor([[0, 0, 2]])  # cluster 1 empty

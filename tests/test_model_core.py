@@ -181,6 +181,32 @@ def test_paper_architecture_random_is_the_paper_config_without_weights(
     )
 
 
+def test_patch_heads_refuse_features_of_another_layer_count() -> None:
+    from hxpe.model.vision import VisualFeatures
+
+    prompter = tiny("adaclip").prompter
+    tokens = [torch.zeros(1, 4, 64)] * 3  # three layers for four heads
+    feats = VisualFeatures(torch.zeros(1, 32), tokens, (2, 2), raw_patches=tokens)
+    with pytest.raises(ValueError, match="zip"):
+        prompter.project_patches(feats)
+
+
+def test_phrase_that_cannot_fit_at_all_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """Room for 4 word tokens, a 4-token template: nothing of the phrase fits."""
+    from hxpe.model.text import PromptTokenizer
+
+    tok = PromptTokenizer(tiny("anomalyclip").text.tokenizer.tokenizer, n_slots=71)
+    assert tok.room() == 4
+
+    def render(p: str) -> list[str]:
+        return [f"one two three four {p}".strip()]
+
+    with caplog.at_level(logging.WARNING):
+        assert tok.fit_phrase("deep scratch", render) == ""
+        assert tok.fit_phrase("dent", render) == ""
+    assert "'deep scratch' -> ''" in caplog.text
+
+
 def test_dynamic_prompts_change_with_the_image() -> None:
     model = tiny("adaclip")
     a, b = images(1, seed=0), images(1, seed=5)

@@ -389,3 +389,36 @@ def test_share_checkpoint_cleans_up_and_keeps_the_original_error(
         share_checkpoint(source, target, cfg, "a")
     assert sorted(p.name for p in target.parent.iterdir()) == ["b"]
     assert (target / "loss.csv").read_text() == "epoch,loss\n0,1.0\n"
+
+
+def test_train_all_reads_each_rules_phrases_from_the_results_when_none_are_given(
+    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hxpe.agent
+    import hxpe.train as train_module
+
+    off = {"explain": {"enabled": False}, "vfm": {"enabled": False}}
+    cfg = variant_profile(
+        ref={"base": "adaclip", **off},
+        noref={"base": "anomalyclip", **off, "reference_rule": "none"},
+    )
+    cfg = Config.model_validate(
+        cfg.model_dump()
+        | {"evaluation": {"directions": [{"name": "d", "train": "toy", "test": ["toy"]}]}}
+    )
+    rd = tmp_path / "results"
+    save_index(toy, rd / "index" / "toy")
+    read: list[tuple[Path, str]] = []
+    given: list[tuple[str, dict]] = []
+
+    def fake_phrases(root: Path, rule: str) -> dict[str, str | None]:
+        read.append((root, rule))
+        return {"x": rule}
+
+    monkeypatch.setattr(hxpe.agent, "phrases_for_rule", fake_phrases)
+    monkeypatch.setattr(
+        train_module, "train", lambda c, i, phrases, target, v, **k: given.append((v, phrases))
+    )
+    train_module.train_all(cfg, results_dir=rd)
+    assert read == [(rd, "first_normal_train"), (rd, "none")]
+    assert given == [("ref", {"x": "first_normal_train"}), ("noref", {"x": "none"})]
