@@ -207,6 +207,30 @@ def test_phrase_that_cannot_fit_at_all_is_dropped(caplog: pytest.LogCaptureFixtu
     assert "'deep scratch' -> ''" in caplog.text
 
 
+def test_dynamic_only_prompts_are_the_heads_of_the_cls_feature() -> None:
+    model = tiny("adaclip", adaclip={"prompt_types": ["dynamic"]})
+    prompter = model.prompter
+    assert prompter.visual_static is None and prompter.text_static is None
+    cond = torch.randn(3, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        visual = prompter.visual_prompts(cond, 3)
+        expected = torch.stack([head(cond) for head in prompter.visual_dynamic], dim=1)
+    assert len(visual) == 2 and all(torch.equal(v, expected) for v in visual)
+    with pytest.raises(ValueError, match="dynamic prompts need the image's CLS feature"):
+        prompter.visual_prompts(None, 3)
+
+
+def test_prompts_enter_the_stream_in_its_dtype() -> None:
+    from hxpe.model.vision import _put_prompts
+
+    x = torch.zeros(2, 1 + 4 + 3, 8)  # CLS, 4 patches, 3 earlier prompt tokens
+    prompts = torch.full((2, 5, 8), 1 / 3, dtype=torch.float64)
+    out = _put_prompts(x, prompts, n_patch=4, first=False)
+    assert out.dtype == torch.float32 and out.shape == (2, 10, 8)
+    assert torch.equal(out[:, 5:], prompts.float()) and not out[:, :5].any()
+    assert _put_prompts(x, prompts, n_patch=4, first=True).shape == (2, 13, 8)
+
+
 def test_dynamic_prompts_change_with_the_image() -> None:
     model = tiny("adaclip")
     a, b = images(1, seed=0), images(1, seed=5)

@@ -102,3 +102,23 @@ def test_scales_are_configurable(model: WinClipModel) -> None:
         out = one(images, [None])
     assert out.anomaly_map.shape == (1, 80, 80)  # back at the input resolution
     assert one.trainable_state() == {}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_explain_or_dinov2_settings_are_ignored_with_a_warning(
+    enabled: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tiny_cfg().model_copy(
+        update={"vfm": tiny_cfg().vfm.model_copy(update={"enabled": enabled})}
+    )
+    with caplog.at_level("WARNING", logger="hxpe.model.winclip"):
+        build_model(cfg)
+    warned = [r.message for r in caplog.records if r.name == "hxpe.model.winclip"]
+    assert warned == (
+        [
+            "WinCLIP uses neither explainable prompts nor DINOv2 prompts; model.explain and "
+            "model.vfm are ignored (disable them in the variant to silence this)."
+        ]
+        if enabled
+        else []
+    )
