@@ -231,6 +231,57 @@ def test_prompts_enter_the_stream_in_its_dtype() -> None:
     assert _put_prompts(x, prompts, n_patch=4, first=True).shape == (2, 13, 8)
 
 
+@pytest.mark.parametrize(
+    ("adaclip", "slots", "needs_condition"),
+    [
+        ({}, 0, True),  # the authors': both branches, layout overwrite
+        ({"text_layout": "slots"}, 5, True),
+        ({"text_layout": "slots", "branches": ["vision"]}, 0, True),
+        ({"branches": ["language"]}, 0, True),
+        ({"prompt_types": ["static"]}, 0, False),
+    ],
+)
+def test_adaclip_slots_and_condition_per_layout_and_branch(
+    adaclip: dict, slots: int, needs_condition: bool
+) -> None:
+    """Deep-prompt slots only for the language branch in layout ``slots`` (prompt length 5); the
+    frozen CLS pass whenever a branch has dynamic prompts."""
+    model = tiny("adaclip", adaclip=adaclip)
+    prompter = model.prompter
+    assert prompter.text_slots == slots and prompter.needs_condition is needs_condition
+    tok = model.text.tokenizer.tokenizer
+    sentence = model.text.sentences("normal", None)[0]
+    expected = [tok.sot_token_id, *[tok.encode("X")[0]] * slots, *tok.encode(sentence)]
+    assert model.text.tokens("normal", None)[0, : len(expected) + 1].tolist() == [
+        *expected,
+        tok.eot_token_id,
+    ]
+    with torch.no_grad():
+        out = model(images(1), ["dent"])
+    assert out.image_score.shape == (1,)
+
+
+def test_adaclip_slots_layout_deep_text_prompts_from_block_0() -> None:
+    prompter = tiny("adaclip", adaclip={"text_layout": "slots"}).prompter
+    cond = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        deep = prompter.text_deep(cond, 3)
+        dyn = torch.stack([head(cond) for head in prompter.text_dynamic], dim=1)
+    assert len(deep) == 2
+    for block, prompt in enumerate(deep):
+        assert torch.equal(prompt, dyn + prompter.text_static[block].expand(3, -1, -1))
+
+
+def test_adaclip_without_prompt_types_is_refused() -> None:
+    from hxpe.model.bases import AdaClipPrompter, Dims
+
+    cfg = tiny_model_config("adaclip", adaclip={"prompt_types": []})
+    with pytest.raises(
+        ValueError, match=r"model\.adaclip\.prompt_types must hold 'static', 'dynamic' or both\."
+    ):
+        AdaClipPrompter(cfg, Dims(visual_width=64, text_width=64, embed_dim=32, text_blocks=2))
+
+
 def test_dynamic_prompts_change_with_the_image() -> None:
     model = tiny("adaclip")
     a, b = images(1, seed=0), images(1, seed=5)

@@ -122,3 +122,12 @@ def test_explain_or_dinov2_settings_are_ignored_with_a_warning(
         if enabled
         else []
     )
+
+
+def test_build_logs_the_window_count(caplog: pytest.LogCaptureFixture) -> None:
+    """4x4 patch grid (64 px, patch 16): (4-2+1)² = 9 windows at scale 2, (4-3+1)² = 4 at 3."""
+    with caplog.at_level("INFO", logger="hxpe.model.winclip"):
+        build_model(tiny_cfg(scales=[2, 3]))
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.winclip"] == [
+        "WinCLIP (hxpe-tiny-winclip at 64 px): 13 windows per image at scales (2, 3)"
+    ]
