@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -32,7 +33,14 @@ _MODELS: dict[str, HXPEModel] = {}
 
 
 def tiny(base: str, **overrides: object) -> HXPEModel:
-    """A tiny model in eval mode, built once per configuration within this module."""
+    """A tiny model in eval mode, built once per configuration within this module.
+
+    Under mutmut (``MUTANT_UNDER_TEST`` set) every call builds afresh: mutmut runs a mutant only
+    against the tests it saw calling the mutated function, and a cached model would credit its
+    constructors to the first test that built it alone.
+    """
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        return build_model(tiny_model_config(base, **overrides)).eval()
     key = json.dumps([base, overrides], sort_keys=True)
     if key not in _MODELS:
         _MODELS[key] = build_model(tiny_model_config(base, **overrides)).eval()
