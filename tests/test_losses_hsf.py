@@ -182,6 +182,20 @@ def _two_clusters() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return [layer_a, layer_b], [logit, logit]
 
 
+@pytest.mark.parametrize("fusion", ["sum_probs", "mean_probs"])
+def test_probability_fusions_upsample_with_align_corners(fusion: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    logits = [torch.randn(1, 2, 3, 3, generator=g) * 2 for _ in range(2)]
+    probs = [
+        F.interpolate(lg.softmax(1), size=(7, 7), mode="bilinear", align_corners=True)
+        for lg in logits
+    ]
+    per_layer = [(p[:, 1] + 1 - p[:, 0]) / 2 for p in probs]
+    expected = per_layer[0] + per_layer[1]
+    expected = expected if fusion == "sum_probs" else expected / 2
+    assert torch.allclose(fuse_layers(logits, (7, 7), fusion, True), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("clusterer", [TorchKMeans(iters=5), SklearnKMeans(seed=111)])
 def test_hsf_fuses_the_centre_of_the_abnormal_clusters(clusterer: object) -> None:
     patches, logits = _two_clusters()
