@@ -166,6 +166,16 @@ def test_phrase_cache_is_emptied_when_the_autocast_dtype_changes() -> None:
     assert torch.equal(again, fp16)
 
 
+def test_model_forward_hands_the_phrase_cache_to_the_text_bank() -> None:
+    model = build_model(tiny_model_config("anomalyclip", vfm={"enabled": False})).eval()
+    cache = inference_caches(model).phrases
+    with torch.inference_mode():
+        for _ in range(2):
+            model(torch.rand(2, 3, SIZE, SIZE), ["crack", None], phrase_cache=cache)
+    # normal, abnormal(crack), abnormal(None): three misses, then three hits
+    assert (cache.hits, cache.misses, len(cache)) == (3, 3, 3)
+
+
 def test_phrase_cache_is_skipped_for_image_conditioned_text(caplog) -> None:
     model = build_model(tiny_model_config("adaclip", vfm={"enabled": False})).eval()
     with caplog.at_level(logging.INFO):

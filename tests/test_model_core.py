@@ -290,6 +290,78 @@ def test_adaclip_without_prompt_types_is_refused() -> None:
         AdaClipPrompter(cfg, Dims(visual_width=64, text_width=64, embed_dim=32, text_blocks=2))
 
 
+def test_text_encoder_accepts_a_clip_without_text_pool_type_and_checks_causality() -> None:
+    """Older open_clip CLIPs have no ``text_pool_type``: they pool at the EOT token (argmax)."""
+    from hxpe.model.text import TextEncoder, _is_causal
+
+    clip, _ = load_clip(tiny_model_config("anomalyclip").clip)
+    del clip.text_pool_type
+    assert TextEncoder(clip).causal
+    causal = torch.full((3, 3), float("-inf")).triu(1)
+    leaky = causal.clone()
+    leaky[2, 0] = 1.0  # −inf only above the diagonal, but not 0 below it
+    assert _is_causal(causal)
+    assert not _is_causal(leaky) and not _is_causal(torch.zeros(3, 3)) and not _is_causal(None)
+
+
+def test_vision_encoder_checks_the_pooling_and_keeps_its_buffers_out_of_the_state_dict() -> None:
+    from hxpe.model.vision import VisualEncoder
+
+    clip, _ = load_clip(tiny_model_config("anomalyclip").clip)
+    visual = clip.visual
+    del visual.pool_type  # older open_clip: a class-token tower
+    encoder = VisualEncoder(visual, [1, 2])
+    assert set(encoder.state_dict()) == {f"visual.{k}" for k in visual.state_dict()}
+    assert torch.equal(encoder.mean.flatten(), torch.tensor([0.48145466, 0.4578275, 0.40821073]))
+    visual.attn_pool = torch.nn.Identity()
+    with pytest.raises(ValueError, match="Only class-token CLIP vision towers are supported"):
+        VisualEncoder(visual, [1, 2])
+
+
+def test_interpolate_positions_on_a_non_square_grid() -> None:
+    """The patch part resized like an image (align_corners=False); the CLS row kept."""
+    from hxpe.model.vision import interpolate_positions
+
+    pos = torch.arange(5 * 2, dtype=torch.float32).view(5, 2)  # CLS + a 2x2 grid, 2 channels
+    out = interpolate_positions(pos, (2, 4), mode="bilinear")
+    assert out.shape == (1 + 8, 2) and torch.equal(out[0], pos[0])
+    # channel 0 of the grid is [[2, 4], [6, 8]]; along a row the 4 columns sample at
+    # x = -0.25, 0.25, 0.75, 1.25 (clamped to [0, 1]): 2, 2.5, 3.5, 4 and 6, 6.5, 7.5, 8
+    expected = torch.tensor([2.0, 2.5, 3.5, 4.0, 6.0, 6.5, 7.5, 8.0])
+    assert torch.allclose(out[1:, 0], expected) and torch.allclose(out[1:, 1], expected + 1)
+    assert interpolate_positions(pos, (2, 2)) is pos
+
+
+def test_vfm_prompter_tolerates_a_dinov2_without_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    dinov2 = tiny("anomalyclip").vfm.dinov2
+
+    def no_sdpa(name: str) -> None:
+        raise ImportError(f"{name} needs a newer torch")
+
+    monkeypatch.setattr(dinov2, "set_attn_implementation", no_sdpa)
+    prompter = VfmPrompter(dinov2, tiny_model_config("anomalyclip").vfm)
+    assert prompter.patch == 14
+
+
+def test_build_logs_the_trainable_parameter_count(caplog: pytest.LogCaptureFixture) -> None:
+    """AnomalyCLIP tiny: 2 contexts x 12 tokens x 64 + 1 deep prompt x 4 tokens x 64 = 1792."""
+    with caplog.at_level(logging.INFO, logger="hxpe.model.hxpe"):
+        build_model(tiny_model_config("anomalyclip"))
+    assert "HXPE model (base anomalyclip): 1792 trainable parameters" in caplog.messages
+
+
+def test_adaclip_map_is_the_softmax_of_the_mean_logits_upsampled_with_align_corners() -> None:
+    model = tiny("adaclip", sigma=0.0)
+    with torch.no_grad():
+        out = model(images(1, size=100), ["dent"])
+    up = [
+        F.interpolate(lg, size=(100, 100), mode="bilinear", align_corners=True)
+        for lg in out.layer_logits
+    ]
+    q = torch.stack(up).mean(0).softmax(dim=1)
+    assert torch.allclose(out.anomaly_map, (q[:, 1] + 1 - q[:, 0]) / 2, atol=1e-5)
+
+
 def test_dynamic_prompts_change_with_the_image() -> None:
     model = tiny("adaclip")
     a, b = images(1, seed=0), images(1, seed=5)
