@@ -244,9 +244,36 @@ def _recording_init(real: type, made: list):
     return init
 
 
-def test_max_steps_stops_training_early(toy: DatasetIndex, tmp_path: Path) -> None:
-    out = train(profile(epochs=5, max_steps=2), toy, phrases_for(toy), tmp_path / "a", "adaclip")
-    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 2
+def test_max_steps_stops_training_early(
+    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    import hxpe.atomic
+    import hxpe.train as train_module
+
+    staged: list[Path] = []
+    monkeypatch.setattr(
+        train_module,
+        "replace_dir",
+        lambda tmp, target: staged.append(tmp.parent) or hxpe.atomic.replace_dir(tmp, target),
+    )
+    with caplog.at_level("INFO", logger="hxpe.train"):
+        out = train(
+            profile(epochs=5, max_steps=2), toy, phrases_for(toy), tmp_path / "a", "adaclip"
+        )
+    settings = json.loads((out / "config.json").read_text())["train"]
+    assert (settings["steps"], settings["train_index"], settings["seed"]) == (2, "toy", 3)
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert (provenance["variant"], provenance["train_index"], provenance["seed"]) == (
+        "adaclip",
+        "toy",
+        3,
+    )
+    assert staged == [tmp_path]  # staged beside the target: the final rename stays atomic
+    trained = [r.getMessage() for r in caplog.records if r.name == "hxpe.train"]
+    assert any(
+        m.startswith("Trained adaclip: 2 steps, final loss ") and m.endswith(f" -> {out}")
+        for m in trained
+    )
 
 
 # --------------------------------------------------------------------------------------------------
