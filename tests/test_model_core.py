@@ -362,6 +362,46 @@ def test_adaclip_map_is_the_softmax_of_the_mean_logits_upsampled_with_align_corn
     assert torch.allclose(out.anomaly_map, (q[:, 1] + 1 - q[:, 0]) / 2, atol=1e-5)
 
 
+def test_vision_encoder_on_a_non_native_grid_interpolates_the_positions() -> None:
+    """112 x 140 px at patch 14: an 8 x 10 grid; the positions resized as the base says."""
+    from hxpe.model.vision import interpolate_positions
+
+    encoder = tiny("anomalyclip").visual
+    v = encoder.visual
+    x = torch.rand(1, 3, 112, 140, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        feats = encoder(x)
+        patches = v.conv1(encoder.normalize(x)).flatten(2).transpose(1, 2)
+        pos = interpolate_positions(v.positional_embedding, (8, 10), "bilinear")
+        tokens = torch.cat([v.class_embedding.expand(1, 1, -1), patches], dim=1) + pos
+        embedded = encoder.embed(x)
+    assert encoder.pos_interpolation == "bilinear"  # AnomalyCLIP's
+    assert feats.grid == (8, 10) and feats.patches[0].shape == (1, 80, 32)
+    assert torch.allclose(embedded, v.ln_pre(tokens), atol=1e-5)
+
+
+def test_vv_stream_adds_only_the_vv_attention_from_its_first_block() -> None:
+    """AnomalyCLIP's DPAM stream, written out: it starts from the q-k stream at the first dual
+    block and then adds each block's v-v attention (no MLP). The tiny CLIP has no layer scale."""
+    encoder = tiny("anomalyclip").visual
+    x = images(1)
+    with torch.no_grad():
+        feats = encoder(x)
+        qk = encoder.embed(x)
+        vv = None
+        for block in encoder.blocks:
+            h = block.ln_1(qk)
+            if isinstance(block.attn, DualPathAttention):
+                attn, attn_vv = block.attn.dual(h)
+                vv = (qk if vv is None else vv) + attn_vv
+            else:
+                attn = multihead_attention(block.attn, h)
+            qk = qk + attn
+            qk = qk + block.mlp(block.ln_2(qk))
+    assert torch.allclose(feats.raw_patches[-1], vv[:, 1:], atol=1e-5)
+    assert torch.allclose(feats.cls_token, qk[:, 0], atol=1e-5)
+
+
 def test_dynamic_prompts_change_with_the_image() -> None:
     model = tiny("adaclip")
     a, b = images(1, seed=0), images(1, seed=5)
@@ -511,7 +551,8 @@ def test_adaclip_prompts_carry_the_class_name() -> None:
     with torch.no_grad():
         bottle = model(x, ["scratch"], class_names=["bottle"])
         cable = model(x, ["scratch"], class_names=["cable"])
-    assert not torch.allclose(bottle.text_features, cable.text_features)
+    for row in (0, 1):  # normal and abnormal prompts both carry the class word
+        assert not torch.allclose(bottle.text_features[:, row], cable.text_features[:, row])
     sentences = bank.sentences("abnormal", "scratch", "bottle")
     assert "a bad photo of a damaged bottle with scratch." in sentences
 

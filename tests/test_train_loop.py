@@ -449,3 +449,26 @@ def test_train_all_reads_each_rules_phrases_from_the_results_when_none_are_given
     train_module.train_all(cfg, results_dir=rd)
     assert read == [(rd, "first_normal_train"), (rd, "none")]
     assert given == [("ref", {"x": "first_normal_train"}), ("noref", {"x": "none"})]
+
+
+def test_loss_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from hxpe.train import _write_loss
+
+    figures: list[Figure] = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **k: figures.append(fig) or real_savefig(fig, *a, **k)
+    )
+    rows = [
+        {"epoch": 1, "step": s, "total": t, "focal": t / 2, "dice": t / 4, "image": t / 4}
+        for s, t in ((1, 2.0), (2, 1.0))
+    ]
+    _write_loss(rows, tmp_path, "adaclip on toy")
+    with open(tmp_path / "loss.csv") as fh:
+        assert [float(r["total"]) for r in csv.DictReader(fh)] == [2.0, 1.0]
+    (ax,) = figures[0].axes
+    assert ax.get_title() == "adaclip on toy" and ax.title.get_fontsize() == 9
+    assert [line.get_label() for line in ax.get_lines()] == ["total", "focal", "dice", "image"]
+    assert (tmp_path / "loss.png").stat().st_size > 0
