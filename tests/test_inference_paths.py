@@ -126,6 +126,56 @@ def test_phrase_cache_hits_and_is_invalidated_by_training() -> None:
     assert not torch.allclose(updated[0, 1], first[0, 1], atol=1e-4)
 
 
+def test_phrase_cache_in_fuse_mode_keeps_the_phrases_encoded_alone() -> None:
+    cfg = tiny_model_config("anomalyclip", vfm={"enabled": False}, explain={"mode": "fuse"})
+    model = build_model(cfg).eval()
+    cache = inference_caches(model).phrases
+    seen: list[int] = []
+    hook = model.text.encoder.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            first = model.text(["crack", None], cache=cache)
+            # prompts (normal, generic abnormal) in one call, then the phrase alone
+            assert seen == [2, 1] and (cache.hits, cache.misses) == (0, 3)
+            second = model.text(["crack", None], cache=cache)
+            assert seen == [2, 1] and (cache.hits, cache.misses) == (3, 3)  # all three hits
+    finally:
+        hook.remove()
+    assert len(cache) == 3
+    with torch.no_grad():
+        uncached = model.text(["crack", None])
+    assert torch.equal(first, second) and torch.allclose(first, uncached, atol=1e-6)
+
+
+def test_phrase_cache_is_emptied_when_the_autocast_dtype_changes() -> None:
+    model = build_model(tiny_model_config("anomalyclip", vfm={"enabled": False})).eval()
+    cache = inference_caches(model).phrases
+    seen: list[torch.dtype] = []
+    hook = model.text.encoder.register_forward_hook(lambda m, a, o: seen.append(o.dtype))
+    try:
+        with torch.inference_mode():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = model.text(["crack"], cache=cache)
+            with torch.autocast("cpu", dtype=torch.float16):
+                fp16 = model.text(["crack"], cache=cache)
+                again = model.text(["crack"], cache=cache)
+    finally:
+        hook.remove()
+    assert seen == [torch.bfloat16, torch.float16]  # re-encoded once per autocast dtype
+    assert (bf16.dtype, fp16.dtype) == (torch.bfloat16, torch.float16)
+    assert torch.equal(again, fp16)
+
+
+def test_model_forward_hands_the_phrase_cache_to_the_text_bank() -> None:
+    model = build_model(tiny_model_config("anomalyclip", vfm={"enabled": False})).eval()
+    cache = inference_caches(model).phrases
+    with torch.inference_mode():
+        for _ in range(2):
+            model(torch.rand(2, 3, SIZE, SIZE), ["crack", None], phrase_cache=cache)
+    # normal, abnormal(crack), abnormal(None): three misses, then three hits
+    assert (cache.hits, cache.misses, len(cache)) == (3, 3, 3)
+
+
 def test_phrase_cache_is_skipped_for_image_conditioned_text(caplog) -> None:
     model = build_model(tiny_model_config("adaclip", vfm={"enabled": False})).eval()
     with caplog.at_level(logging.INFO):
@@ -266,3 +316,21 @@ def test_compile_flag_is_skipped_on_cpu(caplog) -> None:
         out = collect(infer_fast(model, batches(2, 2), compile=True))
     assert "torch.compile skipped" in caplog.text
     assert out.anomaly_maps.shape == (2, SIZE, SIZE)
+
+
+def test_compile_on_cuda_compiles_the_towers_once(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """The CUDA branch, without a GPU: ``nn.Module.compile`` replaced by a recorder."""
+    model = build_model(tiny_model_config("anomalyclip")).eval()
+    calls: list[tuple[str, bool]] = []
+    towers = {"visual": model.visual, "text": model.text.encoder, "dinov2": model.vfm.dinov2}
+    for name, module in towers.items():
+        monkeypatch.setattr(module, "compile", lambda dynamic, n=name: calls.append((n, dynamic)))
+    cuda = torch.device("cuda")
+    with caplog.at_level(logging.INFO):
+        assert maybe_compile(model, cuda) and maybe_compile(model, cuda)
+        assert not maybe_compile(torch.nn.Linear(2, 2), cuda)
+    assert calls == [("visual", False), ("text", True), ("dinov2", False)]  # once, not twice
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.inference"] == [
+        "torch.compile enabled for the CLIP vision/text towers and DINOv2.",
+        "torch.compile skipped: Linear is not an HXPE model.",
+    ]

@@ -101,6 +101,27 @@ def test_loss_terms_weights_and_image_loss_per_base(base: str) -> None:
     assert torch.allclose(losses["total"], total, atol=1e-5)
 
 
+@pytest.mark.parametrize("base", ["anomalyclip", "adaclip"])
+def test_probability_maps_only_are_upsampled_with_the_base_alignment(base: str) -> None:
+    """An output without ``layer_logits`` is trained on its ``layer_maps``, upsampled as the base
+    does (align_corners: AdaCLIP True, AnomalyCLIP False)."""
+    g = torch.Generator().manual_seed(2)
+    logits = [torch.randn(1, 2, 3, 3, generator=g) * 3 for _ in range(2)]
+    out = _output(logits, torch.zeros(1, 2))
+    out.layer_logits = None
+    masks = torch.zeros(1, 1, 7, 7)
+    masks[0, 0, 1:4, 2:6] = 1
+    spec = LossSpec.resolve(ModelConfig(base=base), TrainConfig())
+    losses = hxpe_loss(out, masks, torch.tensor([1]), spec)
+    align = base == "adaclip"
+    target = masks[0, 0]
+    dice = torch.zeros(())
+    for lg in logits:
+        p = F.interpolate(lg.softmax(1), size=(7, 7), mode="bilinear", align_corners=align)[0]
+        dice = dice + dice_loss(p[1], target) + dice_loss(p[0], 1 - target)
+    assert torch.allclose(losses["dice"], dice, atol=1e-6)
+
+
 def test_single_image_dice_is_per_row_as_the_authors_squeeze() -> None:
     logits = [torch.zeros(1, 2, 2, 2)]
     logits[0][0, 1] = torch.tensor([[2.0, -2.0], [0.0, 0.0]])
@@ -161,6 +182,20 @@ def _two_clusters() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return [layer_a, layer_b], [logit, logit]
 
 
+@pytest.mark.parametrize("fusion", ["sum_probs", "mean_probs"])
+def test_probability_fusions_upsample_with_align_corners(fusion: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    logits = [torch.randn(1, 2, 3, 3, generator=g) * 2 for _ in range(2)]
+    probs = [
+        F.interpolate(lg.softmax(1), size=(7, 7), mode="bilinear", align_corners=True)
+        for lg in logits
+    ]
+    per_layer = [(p[:, 1] + 1 - p[:, 0]) / 2 for p in probs]
+    expected = per_layer[0] + per_layer[1]
+    expected = expected if fusion == "sum_probs" else expected / 2
+    assert torch.allclose(fuse_layers(logits, (7, 7), fusion, True), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("clusterer", [TorchKMeans(iters=5), SklearnKMeans(seed=111)])
 def test_hsf_fuses_the_centre_of_the_abnormal_clusters(clusterer: object) -> None:
     patches, logits = _two_clusters()
@@ -175,6 +210,18 @@ def test_hsf_fuses_the_centre_of_the_abnormal_clusters(clusterer: object) -> Non
     centre = F.normalize((c1 + c2) / 2, dim=0)
     expected = F.normalize(0.2 * centre + 0.8 * cls[0], dim=0)
     assert torch.allclose(fused[0], expected, atol=1e-6)
+
+
+def test_hsf_with_one_layer() -> None:
+    """A single CLIP layer (``clip.layers: [n]``): the same formula on that layer's tokens."""
+    patches, logits = _two_clusters()
+    cls = F.normalize(torch.tensor([[0.0, 0.0, 1.0]]), dim=-1)
+    fused = hybrid_semantic_fusion(
+        patches[:1], logits[:1], cls, k=2, topk_factor=2, alpha=0.5, clusterer=TorchKMeans(5)
+    )
+    chosen = patches[0][0, :4]
+    centre = F.normalize((chosen[:2].mean(0) + chosen[2:].mean(0)) / 2, dim=0)
+    assert torch.allclose(fused[0], F.normalize(0.5 * centre + 0.5 * cls[0], dim=0), atol=1e-6)
 
 
 def test_cluster_centre_skips_empty_clusters() -> None:
@@ -198,3 +245,29 @@ def test_sklearn_kmeans_draws_like_numpy_global_seed() -> None:
         assert np.array_equal(a, b)
     ours.reset()
     assert np.array_equal(ours(torch.from_numpy(data[0])[None], 5)[0].numpy(), theirs[0])
+
+
+def test_sklearn_kmeans_per_image_draws_each_image_from_a_fresh_seeded_rng() -> None:
+    """``per_image`` (``HXPEModel.same_rng_per_image``): every image draws from RandomState(seed),
+    whatever ran before; the default draws the images from one stream."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(40, 6)).astype(np.float32)
+    x = torch.from_numpy(np.stack([d, d]))  # the same image twice in one batch
+    fresh = KMeans(n_clusters=5, n_init="auto", random_state=np.random.RandomState(111))
+    alone = fresh.fit_predict(d)
+    stream = np.random.RandomState(111)
+    first, second = (
+        KMeans(n_clusters=5, n_init="auto", random_state=stream).fit_predict(d) for _ in range(2)
+    )
+    assert not np.array_equal(first, second)  # the data makes the draw visible in the labels
+
+    ours = SklearnKMeans(seed=111)
+    assert ours.per_image is False
+    got = ours(x, 5).numpy()
+    assert np.array_equal(got[0], first) and np.array_equal(got[1], second)
+    ours.per_image = True
+    for _ in range(2):  # the stream moved on, but each image still starts from the seed
+        got = ours(x, 5).numpy()
+        assert np.array_equal(got[0], alone) and np.array_equal(got[1], alone)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -32,7 +33,14 @@ _MODELS: dict[str, HXPEModel] = {}
 
 
 def tiny(base: str, **overrides: object) -> HXPEModel:
-    """A tiny model in eval mode, built once per configuration within this module."""
+    """A tiny model in eval mode, built once per configuration within this module.
+
+    Under mutmut (``MUTANT_UNDER_TEST`` set) every call builds afresh: mutmut runs a mutant only
+    against the tests it saw calling the mutated function, and a cached model would credit its
+    constructors to the first test that built it alone.
+    """
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        return build_model(tiny_model_config(base, **overrides)).eval()
     key = json.dumps([base, overrides], sort_keys=True)
     if key not in _MODELS:
         _MODELS[key] = build_model(tiny_model_config(base, **overrides)).eval()
@@ -88,6 +96,310 @@ def test_vv_attention_differs_from_qk_and_is_attached_to_last_blocks() -> None:
     with torch.no_grad():
         a, b = model.visual(images(1)).patches[-1], off.visual(images(1)).patches[-1]
     assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_dual_path_attention_called_as_its_module_is_the_original_q_k_attention() -> None:
+    mha = tiny("anomalyclip").visual.blocks[1].attn.mha
+    wrapped = DualPathAttention(mha)
+    x = torch.randn(2, 6, mha.embed_dim, generator=torch.Generator().manual_seed(0))
+    causal = torch.full((6, 6), float("-inf")).triu(1)  # keyword arguments reach the module
+    with torch.no_grad():
+        out, weights = wrapped(x, x, x, need_weights=False, attn_mask=causal)
+        reference = mha(x, x, x, need_weights=False, attn_mask=causal)[0]
+        # position 0 attends only to itself: its output is out_proj of its own value
+        v0 = F.linear(
+            x[:, 0], mha.in_proj_weight[-mha.embed_dim :], mha.in_proj_bias[-mha.embed_dim :]
+        )
+    assert weights is None
+    assert torch.equal(out, reference)
+    assert torch.allclose(out[:, 0], mha.out_proj(v0), atol=1e-6)
+
+
+def test_joint_identity_patch_heads_start_as_the_identity() -> None:
+    model = tiny("adaclip", adaclip={"patch_head": "joint_identity"})
+    prompter = model.prompter
+    e = 32  # the tiny CLIP's joint embedding width
+    assert len(prompter.patch_heads) == 4
+    for head in [*prompter.patch_heads, prompter.cls_head]:
+        assert torch.equal(head.weight, torch.eye(e)) and torch.equal(head.bias, torch.zeros(e))
+    with torch.no_grad():
+        feats = model.visual(images(1))
+        projected = prompter.project_patches(feats)
+        cls = prompter.project_cls(feats.cls)
+    assert all(torch.equal(p, q) for p, q in zip(projected, feats.patches, strict=True))
+    assert torch.equal(cls, feats.cls)
+
+
+def test_dual_path_key_bias_applies_to_both_paths() -> None:
+    """A bias of −1e9 on every key but key 0 leaves one key to attend to: both paths give
+    ``out_proj(v_0)`` for every query."""
+    mha = tiny("anomalyclip").visual.blocks[1].attn.mha
+    x = torch.randn(2, 5, mha.embed_dim, generator=torch.Generator().manual_seed(1))
+    bias = torch.full((2, 5), -1e9)
+    bias[:, 0] = 0.0
+    d = mha.embed_dim
+    with torch.no_grad():
+        qk, vv = DualPathAttention(mha).dual(x, bias)
+        v0 = F.linear(x[:, 0], mha.in_proj_weight[2 * d :], mha.in_proj_bias[2 * d :])
+        expected = mha.out_proj(v0)[:, None].expand(2, 5, d)
+    assert torch.allclose(qk, expected, atol=1e-5)
+    assert torch.allclose(vv, expected, atol=1e-5)
+
+
+def test_anomalyclip_slots_layout_reserves_the_deep_prompt_slots() -> None:
+    """Layout ``slots``: [SOT] [4 deep-prompt slots] [12 context tokens] words [EOT]; layout
+    ``overwrite`` (the authors'): no slots, the deep prompts overwrite the context tokens."""
+    for layout, slots in (("slots", 4), ("overwrite", 0)):
+        bank = tiny("anomalyclip", anomalyclip={"text_layout": layout}).text
+        assert bank.prompter.text_slots == slots
+        tok = bank.tokenizer.tokenizer
+        words = tok.encode(bank.sentences("normal", None)[0])
+        expected = [tok.sot_token_id, *[tok.encode("X")[0]] * (slots + 12), *words]
+        expected.append(tok.eot_token_id)
+        ids = bank.tokens("normal", None)[0].tolist()
+        assert ids[: len(expected)] == expected and not any(ids[len(expected) :])
+
+
+def test_paper_architecture_random_is_the_paper_config_without_weights(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import hxpe.model.hxpe as hxpe_module
+    from hxpe.model.config import ModelConfig
+    from hxpe.model.loading import CONFIG_DIR
+
+    built: list[ModelConfig] = []
+    monkeypatch.setattr(hxpe_module, "build_model", lambda cfg: built.append(cfg) or "model")
+    base = ModelConfig(sigma=2.0)
+    with caplog.at_level(logging.WARNING):
+        assert hxpe_module.build_paper_architecture_random(base) == "model"
+        hxpe_module.build_paper_architecture_random()
+    cfg, default = built
+    assert cfg.clip.pretrained is None and cfg.clip.config_file is None
+    assert cfg.vfm.config_file == str(CONFIG_DIR / "dinov2-small.json")
+    assert cfg.clip.model_name == "ViT-L-14-336-quickgelu" and cfg.sigma == 2.0
+    assert base.clip.pretrained == "openai" and base.vfm.config_file is None  # not mutated
+    assert default.model_dump() == cfg.model_dump() | {"sigma": ModelConfig().sigma}
+    assert (
+        caplog.messages
+        == [
+            "Building the paper architecture (ViT-L-14-336-quickgelu + DINOv2 ViT-S/14) with RANDOM "
+            "WEIGHTS: for dry runs and benchmarks only."
+        ]
+        * 2
+    )
+
+
+def test_patch_heads_refuse_features_of_another_layer_count() -> None:
+    from hxpe.model.vision import VisualFeatures
+
+    prompter = tiny("adaclip").prompter
+    tokens = [torch.zeros(1, 4, 64)] * 3  # three layers for four heads
+    feats = VisualFeatures(torch.zeros(1, 32), tokens, (2, 2), raw_patches=tokens)
+    with pytest.raises(ValueError, match="zip"):
+        prompter.project_patches(feats)
+
+
+def test_phrase_that_cannot_fit_at_all_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """Room for 4 word tokens, a 4-token template: nothing of the phrase fits."""
+    from hxpe.model.text import PromptTokenizer
+
+    tok = PromptTokenizer(tiny("anomalyclip").text.tokenizer.tokenizer, n_slots=71)
+    assert tok.room() == 4
+
+    def render(p: str) -> list[str]:
+        return [f"one two three four {p}".strip()]
+
+    with caplog.at_level(logging.WARNING):
+        assert tok.fit_phrase("deep scratch", render) == ""
+        assert tok.fit_phrase("dent", render) == ""
+    assert "'deep scratch' -> ''" in caplog.text
+
+
+def test_dynamic_only_prompts_are_the_heads_of_the_cls_feature() -> None:
+    model = tiny("adaclip", adaclip={"prompt_types": ["dynamic"]})
+    prompter = model.prompter
+    assert prompter.visual_static is None and prompter.text_static is None
+    cond = torch.randn(3, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        visual = prompter.visual_prompts(cond, 3)
+        expected = torch.stack([head(cond) for head in prompter.visual_dynamic], dim=1)
+    assert len(visual) == 2 and all(torch.equal(v, expected) for v in visual)
+    with pytest.raises(ValueError, match="dynamic prompts need the image's CLS feature"):
+        prompter.visual_prompts(None, 3)
+
+
+def test_prompts_enter_the_stream_in_its_dtype() -> None:
+    from hxpe.model.vision import _put_prompts
+
+    x = torch.zeros(2, 1 + 4 + 3, 8)  # CLS, 4 patches, 3 earlier prompt tokens
+    prompts = torch.full((2, 5, 8), 1 / 3, dtype=torch.float64)
+    out = _put_prompts(x, prompts, n_patch=4, first=False)
+    assert out.dtype == torch.float32 and out.shape == (2, 10, 8)
+    assert torch.equal(out[:, 5:], prompts.float()) and not out[:, :5].any()
+    assert _put_prompts(x, prompts, n_patch=4, first=True).shape == (2, 13, 8)
+
+
+@pytest.mark.parametrize(
+    ("adaclip", "slots", "needs_condition"),
+    [
+        ({}, 0, True),  # the authors': both branches, layout overwrite
+        ({"text_layout": "slots"}, 5, True),
+        ({"text_layout": "slots", "branches": ["vision"]}, 0, True),
+        ({"branches": ["language"]}, 0, True),
+        ({"prompt_types": ["static"]}, 0, False),
+    ],
+)
+def test_adaclip_slots_and_condition_per_layout_and_branch(
+    adaclip: dict, slots: int, needs_condition: bool
+) -> None:
+    """Deep-prompt slots only for the language branch in layout ``slots`` (prompt length 5); the
+    frozen CLS pass whenever a branch has dynamic prompts."""
+    model = tiny("adaclip", adaclip=adaclip)
+    prompter = model.prompter
+    assert prompter.text_slots == slots and prompter.needs_condition is needs_condition
+    tok = model.text.tokenizer.tokenizer
+    sentence = model.text.sentences("normal", None)[0]
+    expected = [tok.sot_token_id, *[tok.encode("X")[0]] * slots, *tok.encode(sentence)]
+    assert model.text.tokens("normal", None)[0, : len(expected) + 1].tolist() == [
+        *expected,
+        tok.eot_token_id,
+    ]
+    with torch.no_grad():
+        out = model(images(1), ["dent"])
+    assert out.image_score.shape == (1,)
+
+
+def test_adaclip_slots_layout_deep_text_prompts_from_block_0() -> None:
+    prompter = tiny("adaclip", adaclip={"text_layout": "slots"}).prompter
+    cond = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        deep = prompter.text_deep(cond, 3)
+        dyn = torch.stack([head(cond) for head in prompter.text_dynamic], dim=1)
+    assert len(deep) == 2
+    for block, prompt in enumerate(deep):
+        assert torch.equal(prompt, dyn + prompter.text_static[block].expand(3, -1, -1))
+
+
+def test_adaclip_without_prompt_types_is_refused() -> None:
+    from hxpe.model.bases import AdaClipPrompter, Dims
+
+    cfg = tiny_model_config("adaclip", adaclip={"prompt_types": []})
+    with pytest.raises(
+        ValueError, match=r"model\.adaclip\.prompt_types must hold 'static', 'dynamic' or both\."
+    ):
+        AdaClipPrompter(cfg, Dims(visual_width=64, text_width=64, embed_dim=32, text_blocks=2))
+
+
+def test_text_encoder_accepts_a_clip_without_text_pool_type_and_checks_causality() -> None:
+    """Older open_clip CLIPs have no ``text_pool_type``: they pool at the EOT token (argmax)."""
+    from hxpe.model.text import TextEncoder, _is_causal
+
+    clip, _ = load_clip(tiny_model_config("anomalyclip").clip)
+    del clip.text_pool_type
+    assert TextEncoder(clip).causal
+    causal = torch.full((3, 3), float("-inf")).triu(1)
+    leaky = causal.clone()
+    leaky[2, 0] = 1.0  # −inf only above the diagonal, but not 0 below it
+    assert _is_causal(causal)
+    assert not _is_causal(leaky) and not _is_causal(torch.zeros(3, 3)) and not _is_causal(None)
+
+
+def test_vision_encoder_checks_the_pooling_and_keeps_its_buffers_out_of_the_state_dict() -> None:
+    from hxpe.model.vision import VisualEncoder
+
+    clip, _ = load_clip(tiny_model_config("anomalyclip").clip)
+    visual = clip.visual
+    del visual.pool_type  # older open_clip: a class-token tower
+    encoder = VisualEncoder(visual, [1, 2])
+    assert set(encoder.state_dict()) == {f"visual.{k}" for k in visual.state_dict()}
+    assert torch.equal(encoder.mean.flatten(), torch.tensor([0.48145466, 0.4578275, 0.40821073]))
+    visual.attn_pool = torch.nn.Identity()
+    with pytest.raises(ValueError, match="Only class-token CLIP vision towers are supported"):
+        VisualEncoder(visual, [1, 2])
+
+
+def test_interpolate_positions_on_a_non_square_grid() -> None:
+    """The patch part resized like an image (align_corners=False); the CLS row kept."""
+    from hxpe.model.vision import interpolate_positions
+
+    pos = torch.arange(5 * 2, dtype=torch.float32).view(5, 2)  # CLS + a 2x2 grid, 2 channels
+    out = interpolate_positions(pos, (2, 4), mode="bilinear")
+    assert out.shape == (1 + 8, 2) and torch.equal(out[0], pos[0])
+    # channel 0 of the grid is [[2, 4], [6, 8]]; along a row the 4 columns sample at
+    # x = -0.25, 0.25, 0.75, 1.25 (clamped to [0, 1]): 2, 2.5, 3.5, 4 and 6, 6.5, 7.5, 8
+    expected = torch.tensor([2.0, 2.5, 3.5, 4.0, 6.0, 6.5, 7.5, 8.0])
+    assert torch.allclose(out[1:, 0], expected) and torch.allclose(out[1:, 1], expected + 1)
+    assert interpolate_positions(pos, (2, 2)) is pos
+
+
+def test_vfm_prompter_tolerates_a_dinov2_without_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    dinov2 = tiny("anomalyclip").vfm.dinov2
+
+    def no_sdpa(name: str) -> None:
+        raise ImportError(f"{name} needs a newer torch")
+
+    monkeypatch.setattr(dinov2, "set_attn_implementation", no_sdpa)
+    prompter = VfmPrompter(dinov2, tiny_model_config("anomalyclip").vfm)
+    assert prompter.patch == 14
+
+
+def test_build_logs_the_trainable_parameter_count(caplog: pytest.LogCaptureFixture) -> None:
+    """AnomalyCLIP tiny: 2 contexts x 12 tokens x 64 + 1 deep prompt x 4 tokens x 64 = 1792."""
+    with caplog.at_level(logging.INFO, logger="hxpe.model.hxpe"):
+        build_model(tiny_model_config("anomalyclip"))
+    assert "HXPE model (base anomalyclip): 1792 trainable parameters" in caplog.messages
+
+
+def test_adaclip_map_is_the_softmax_of_the_mean_logits_upsampled_with_align_corners() -> None:
+    model = tiny("adaclip", sigma=0.0)
+    with torch.no_grad():
+        out = model(images(1, size=100), ["dent"])
+    up = [
+        F.interpolate(lg, size=(100, 100), mode="bilinear", align_corners=True)
+        for lg in out.layer_logits
+    ]
+    q = torch.stack(up).mean(0).softmax(dim=1)
+    assert torch.allclose(out.anomaly_map, (q[:, 1] + 1 - q[:, 0]) / 2, atol=1e-5)
+
+
+def test_vision_encoder_on_a_non_native_grid_interpolates_the_positions() -> None:
+    """112 x 140 px at patch 14: an 8 x 10 grid; the positions resized as the base says."""
+    from hxpe.model.vision import interpolate_positions
+
+    encoder = tiny("anomalyclip").visual
+    v = encoder.visual
+    x = torch.rand(1, 3, 112, 140, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        feats = encoder(x)
+        patches = v.conv1(encoder.normalize(x)).flatten(2).transpose(1, 2)
+        pos = interpolate_positions(v.positional_embedding, (8, 10), "bilinear")
+        tokens = torch.cat([v.class_embedding.expand(1, 1, -1), patches], dim=1) + pos
+        embedded = encoder.embed(x)
+    assert encoder.pos_interpolation == "bilinear"  # AnomalyCLIP's
+    assert feats.grid == (8, 10) and feats.patches[0].shape == (1, 80, 32)
+    assert torch.allclose(embedded, v.ln_pre(tokens), atol=1e-5)
+
+
+def test_vv_stream_adds_only_the_vv_attention_from_its_first_block() -> None:
+    """AnomalyCLIP's DPAM stream, written out: it starts from the q-k stream at the first dual
+    block and then adds each block's v-v attention (no MLP). The tiny CLIP has no layer scale."""
+    encoder = tiny("anomalyclip").visual
+    x = images(1)
+    with torch.no_grad():
+        feats = encoder(x)
+        qk = encoder.embed(x)
+        vv = None
+        for block in encoder.blocks:
+            h = block.ln_1(qk)
+            if isinstance(block.attn, DualPathAttention):
+                attn, attn_vv = block.attn.dual(h)
+                vv = (qk if vv is None else vv) + attn_vv
+            else:
+                attn = multihead_attention(block.attn, h)
+            qk = qk + attn
+            qk = qk + block.mlp(block.ln_2(qk))
+    assert torch.allclose(feats.raw_patches[-1], vv[:, 1:], atol=1e-5)
+    assert torch.allclose(feats.cls_token, qk[:, 0], atol=1e-5)
 
 
 def test_dynamic_prompts_change_with_the_image() -> None:
@@ -239,7 +551,8 @@ def test_adaclip_prompts_carry_the_class_name() -> None:
     with torch.no_grad():
         bottle = model(x, ["scratch"], class_names=["bottle"])
         cable = model(x, ["scratch"], class_names=["cable"])
-    assert not torch.allclose(bottle.text_features, cable.text_features)
+    for row in (0, 1):  # normal and abnormal prompts both carry the class word
+        assert not torch.allclose(bottle.text_features[:, row], cable.text_features[:, row])
     sentences = bank.sentences("abnormal", "scratch", "bottle")
     assert "a bad photo of a damaged bottle with scratch." in sentences
 
@@ -520,3 +833,17 @@ def test_fuse_mode_formula_only_for_phrased_images(lam: float) -> None:
     assert float(F.cosine_similarity(text[0, 1], g_e, dim=0)) > float(
         F.cosine_similarity(generic[0, 1], g_e, dim=0)
     )
+
+
+def test_fuse_mode_encodes_each_phrase_alone_through_its_template() -> None:
+    fuse = tiny("anomalyclip", explain={"mode": "fuse", "fuse_template": "a photo of {phrase}"})
+    enc = fuse.text.encoder
+    with torch.no_grad():
+        text = fuse.text(["crack", "hole", None, "crack"])
+        generic = fuse.text([None])[0, 1]
+        tokens = fuse.text.plain_tokenizer(["a photo of crack", "a photo of hole"])
+        g_crack, g_hole = enc(tokens)  # the plain text tower, no prompt tokens
+    assert torch.allclose(text[0, 1], F.normalize(generic + g_crack, dim=-1), atol=1e-5)
+    assert torch.allclose(text[1, 1], F.normalize(generic + g_hole, dim=-1), atol=1e-5)
+    assert torch.allclose(text[2, 1], generic, atol=1e-6)
+    assert torch.equal(text[3], text[0])

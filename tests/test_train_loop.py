@@ -244,9 +244,36 @@ def _recording_init(real: type, made: list):
     return init
 
 
-def test_max_steps_stops_training_early(toy: DatasetIndex, tmp_path: Path) -> None:
-    out = train(profile(epochs=5, max_steps=2), toy, phrases_for(toy), tmp_path / "a", "adaclip")
-    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 2
+def test_max_steps_stops_training_early(
+    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    import hxpe.atomic
+    import hxpe.train as train_module
+
+    staged: list[Path] = []
+    monkeypatch.setattr(
+        train_module,
+        "replace_dir",
+        lambda tmp, target: staged.append(tmp.parent) or hxpe.atomic.replace_dir(tmp, target),
+    )
+    with caplog.at_level("INFO", logger="hxpe.train"):
+        out = train(
+            profile(epochs=5, max_steps=2), toy, phrases_for(toy), tmp_path / "a", "adaclip"
+        )
+    settings = json.loads((out / "config.json").read_text())["train"]
+    assert (settings["steps"], settings["train_index"], settings["seed"]) == (2, "toy", 3)
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert (provenance["variant"], provenance["train_index"], provenance["seed"]) == (
+        "adaclip",
+        "toy",
+        3,
+    )
+    assert staged == [tmp_path]  # staged beside the target: the final rename stays atomic
+    trained = [r.getMessage() for r in caplog.records if r.name == "hxpe.train"]
+    assert any(
+        m.startswith("Trained adaclip: 2 steps, final loss ") and m.endswith(f" -> {out}")
+        for m in trained
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,3 +390,85 @@ def test_optimiser_choices_build_what_they_name() -> None:
     assert sgd.param_groups[0]["params"] == params
     adamw = make_optimizer(params, TrainConfig(optimizer="adamw", betas=(0.9, 0.99)), model_cfg)
     assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["betas"] == (0.9, 0.99)
+
+
+def test_share_checkpoint_cleans_up_and_keeps_the_original_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the staging folder was renamed into place (the old copy cannot be removed)
+    propagates as it is; the clean-up of the vanished staging folder adds no error of its own."""
+    import hxpe.train as train_module
+
+    cfg = variant_profile(a={"explain": {"enabled": False}, "vfm": {"enabled": False}})
+    source = tmp_path / "src"
+    source.mkdir()
+    train = {"variant": "a", "training_signature": training_signature(cfg, "a")}
+    (source / "config.json").write_text(json.dumps({"train": train, "model": {}}))
+    (source / "loss.csv").write_text("epoch,loss\n0,1.0\n")
+
+    def rename_then_fail(staging: Path, target: Path) -> None:
+        staging.rename(target)
+        raise OSError("cannot remove the old copy")
+
+    monkeypatch.setattr(train_module, "replace_dir", rename_then_fail)
+    target = tmp_path / "ckpt" / "b"
+    with pytest.raises(OSError, match="cannot remove the old copy"):
+        share_checkpoint(source, target, cfg, "a")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["b"]
+    assert (target / "loss.csv").read_text() == "epoch,loss\n0,1.0\n"
+
+
+def test_train_all_reads_each_rules_phrases_from_the_results_when_none_are_given(
+    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hxpe.agent
+    import hxpe.train as train_module
+
+    off = {"explain": {"enabled": False}, "vfm": {"enabled": False}}
+    cfg = variant_profile(
+        ref={"base": "adaclip", **off},
+        noref={"base": "anomalyclip", **off, "reference_rule": "none"},
+    )
+    cfg = Config.model_validate(
+        cfg.model_dump()
+        | {"evaluation": {"directions": [{"name": "d", "train": "toy", "test": ["toy"]}]}}
+    )
+    rd = tmp_path / "results"
+    save_index(toy, rd / "index" / "toy")
+    read: list[tuple[Path, str]] = []
+    given: list[tuple[str, dict]] = []
+
+    def fake_phrases(root: Path, rule: str) -> dict[str, str | None]:
+        read.append((root, rule))
+        return {"x": rule}
+
+    monkeypatch.setattr(hxpe.agent, "phrases_for_rule", fake_phrases)
+    monkeypatch.setattr(
+        train_module, "train", lambda c, i, phrases, target, v, **k: given.append((v, phrases))
+    )
+    train_module.train_all(cfg, results_dir=rd)
+    assert read == [(rd, "first_normal_train"), (rd, "none")]
+    assert given == [("ref", {"x": "first_normal_train"}), ("noref", {"x": "none"})]
+
+
+def test_loss_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from hxpe.train import _write_loss
+
+    figures: list[Figure] = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **k: figures.append(fig) or real_savefig(fig, *a, **k)
+    )
+    rows = [
+        {"epoch": 1, "step": s, "total": t, "focal": t / 2, "dice": t / 4, "image": t / 4}
+        for s, t in ((1, 2.0), (2, 1.0))
+    ]
+    _write_loss(rows, tmp_path, "adaclip on toy")
+    with open(tmp_path / "loss.csv") as fh:
+        assert [float(r["total"]) for r in csv.DictReader(fh)] == [2.0, 1.0]
+    (ax,) = figures[0].axes
+    assert ax.get_title() == "adaclip on toy" and ax.title.get_fontsize() == 9
+    assert [line.get_label() for line in ax.get_lines()] == ["total", "focal", "dice", "image"]
+    assert (tmp_path / "loss.png").stat().st_size > 0

@@ -102,3 +102,32 @@ def test_scales_are_configurable(model: WinClipModel) -> None:
         out = one(images, [None])
     assert out.anomaly_map.shape == (1, 80, 80)  # back at the input resolution
     assert one.trainable_state() == {}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_explain_or_dinov2_settings_are_ignored_with_a_warning(
+    enabled: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tiny_cfg().model_copy(
+        update={"vfm": tiny_cfg().vfm.model_copy(update={"enabled": enabled})}
+    )
+    with caplog.at_level("WARNING", logger="hxpe.model.winclip"):
+        build_model(cfg)
+    warned = [r.message for r in caplog.records if r.name == "hxpe.model.winclip"]
+    assert warned == (
+        [
+            "WinCLIP uses neither explainable prompts nor DINOv2 prompts; model.explain and "
+            "model.vfm are ignored (disable them in the variant to silence this)."
+        ]
+        if enabled
+        else []
+    )
+
+
+def test_build_logs_the_window_count(caplog: pytest.LogCaptureFixture) -> None:
+    """4x4 patch grid (64 px, patch 16): (4-2+1)² = 9 windows at scale 2, (4-3+1)² = 4 at 3."""
+    with caplog.at_level("INFO", logger="hxpe.model.winclip"):
+        build_model(tiny_cfg(scales=[2, 3]))
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.winclip"] == [
+        "WinCLIP (hxpe-tiny-winclip at 64 px): 13 windows per image at scales (2, 3)"
+    ]

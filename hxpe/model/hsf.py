@@ -45,7 +45,8 @@ class SklearnKMeans:
 
         data = x.detach().float().cpu().numpy()
         labels = [
-            KMeans(n_clusters=k, n_init="auto", random_state=self.rng).fit_predict(d) for d in data
+            KMeans(n_clusters=k, n_init="auto", random_state=self._rng()).fit_predict(d)
+            for d in data
         ]
         return torch.as_tensor(np.stack(labels), device=x.device, dtype=torch.long)
 
