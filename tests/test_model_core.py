@@ -170,7 +170,9 @@ def test_paper_architecture_random_is_the_paper_config_without_weights(
     built: list[ModelConfig] = []
     monkeypatch.setattr(hxpe_module, "build_model", lambda cfg: built.append(cfg) or "model")
     base = ModelConfig(sigma=2.0)
-    with caplog.at_level(logging.WARNING):
+    # an earlier test's logging.config (disable_existing_loggers) may have disabled the logger
+    monkeypatch.setattr(hxpe_module.log, "disabled", False)
+    with caplog.at_level(logging.WARNING, logger=hxpe_module.log.name):
         assert hxpe_module.build_paper_architecture_random(base) == "model"
         hxpe_module.build_paper_architecture_random()
     cfg, default = built
