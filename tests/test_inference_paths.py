@@ -21,9 +21,11 @@ from hxpe.model.inference import (
     inference_caches,
     make_loader,
     maybe_compile,
+    use_bf16,
 )
 from hxpe.model.tiny import tiny_model_config
 from hxpe.model.vfm import unique_rows
+from hxpe.seeding import worker_init_fn
 
 SIZE = 112
 PHRASES = ["crack", "crack", None, "small dark hole", "", "crack", None, "stain"]
@@ -181,7 +183,10 @@ def test_phrase_cache_is_skipped_for_image_conditioned_text(caplog) -> None:
     with caplog.at_level(logging.INFO):
         caches = inference_caches(model)
     assert caches.phrases is None and caches.references is None
-    assert "depend on the image (dynamic language prompts)" in caplog.text
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.inference"] == [
+        "Text prompts of base adaclip depend on the image (dynamic language prompts): phrase "
+        "embeddings are computed per image and not cached."
+    ]
 
 
 def test_reference_dedup_and_cache() -> None:
@@ -306,6 +311,8 @@ def test_make_loader_yields_ordered_batches(tmp_path) -> None:
     assert unpacked[0].references is None and unpacked[0].has_reference is None
     workers = make_loader(ds, batch_size=5, num_workers=1, device="cpu")
     assert torch.equal(next(iter(workers))["image"][:2], got[0]["image"])
+    assert workers.prefetch_factor == 4 and workers.persistent_workers is False
+    assert workers.worker_init_fn is worker_init_fn and loader.worker_init_fn is None
     assert make_loader(ds, 2, 0, "cuda").pin_memory
 
 
@@ -334,3 +341,16 @@ def test_compile_on_cuda_compiles_the_towers_once(monkeypatch: pytest.MonkeyPatc
         "torch.compile enabled for the CLIP vision/text towers and DINOv2.",
         "torch.compile skipped: Linear is not an HXPE model.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "expected"),
+    [("bf16", "cpu", True), ("fp32", "cpu", False), ("auto", "cpu", False), ("auto", "cuda", True)],
+)
+def test_use_bf16_per_precision_and_device(precision: str, device: str, expected: bool) -> None:
+    assert use_bf16(precision, torch.device(device)) is expected
+
+
+def test_use_bf16_refuses_an_unknown_precision() -> None:
+    with pytest.raises(ValueError, match=r"precision must be 'fp32', 'bf16' or 'auto'; got 'fp16'"):
+        use_bf16("fp16", torch.device("cpu"))

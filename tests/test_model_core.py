@@ -170,6 +170,9 @@ def test_paper_architecture_random_is_the_paper_config_without_weights(
     built: list[ModelConfig] = []
     monkeypatch.setattr(hxpe_module, "build_model", lambda cfg: built.append(cfg) or "model")
     base = ModelConfig(sigma=2.0)
+    base = base.model_copy(  # a CLIP config file of its own must not survive into the paper model
+        update={"clip": base.clip.model_copy(update={"config_file": "my-clip.json"})}
+    )
     # an earlier test's logging.config (disable_existing_loggers) may have disabled the logger
     monkeypatch.setattr(hxpe_module.log, "disabled", False)
     with caplog.at_level(logging.WARNING, logger=hxpe_module.log.name):
@@ -180,6 +183,7 @@ def test_paper_architecture_random_is_the_paper_config_without_weights(
     assert cfg.vfm.config_file == str(CONFIG_DIR / "dinov2-small.json")
     assert cfg.clip.model_name == "ViT-L-14-336-quickgelu" and cfg.sigma == 2.0
     assert base.clip.pretrained == "openai" and base.vfm.config_file is None  # not mutated
+    assert base.clip.config_file == "my-clip.json"
     assert default.model_dump() == cfg.model_dump() | {"sigma": ModelConfig().sigma}
     assert (
         caplog.messages
@@ -849,3 +853,82 @@ def test_fuse_mode_encodes_each_phrase_alone_through_its_template() -> None:
     assert torch.allclose(text[1, 1], F.normalize(generic + g_hole, dim=-1), atol=1e-5)
     assert torch.allclose(text[2, 1], generic, atol=1e-6)
     assert torch.equal(text[3], text[0])
+
+
+@pytest.mark.parametrize("layout", ["overwrite", "slots"])
+def test_anomalyclip_deep_text_prompts_per_block(layout: str) -> None:
+    """Layout ``overwrite`` (the authors'): block 0 keeps its context tokens, the depth − 1 deep
+    prompts enter blocks 1..depth−1; layout ``slots``: a deep prompt at every block from 0."""
+    prompter = tiny("anomalyclip", anomalyclip={"text_layout": layout}).prompter
+    deep = prompter.text_deep(None, 3)
+    assert len(deep) == 2  # the tiny text_prompt_depth
+    learned = [d.expand(3, -1, -1) for d in prompter.deep]
+    expected = [None, *learned] if layout == "overwrite" else learned
+    assert len(learned) == (1 if layout == "overwrite" else 2)
+    for got, want in zip(deep, expected, strict=True):
+        assert (got is None and want is None) or torch.equal(got, want)
+
+
+def test_torch_kmeans_gets_the_configured_iterations() -> None:
+    from hxpe.model.hsf import SklearnKMeans, TorchKMeans
+
+    model = tiny("adaclip", adaclip={"hsf_kmeans": "torch", "kmeans_iters": 3})
+    assert type(model.clusterer) is TorchKMeans and model.clusterer.iters == 3
+    assert type(tiny("adaclip").clusterer) is SklearnKMeans
+    with torch.no_grad():
+        assert model(images(1), [None]).image_score.shape == (1,)
+
+
+def test_image_features_are_the_unit_cls_feature_of_the_score() -> None:
+    """AnomalyCLIP scores the CLS feature against the text: image_logits = f · t / τ."""
+    model = tiny("anomalyclip")
+    with torch.no_grad():
+        out = model(images(2), ["scratch", None])
+    f, t = out.image_features, out.text_features
+    assert f.shape == (2, 32) and torch.allclose(f.norm(dim=-1), torch.ones(2), atol=1e-5)
+    expected = torch.einsum("bd,bkd->bk", f, t) / model.cfg.arithmetic.temperature
+    assert torch.allclose(out.image_logits, expected, atol=1e-5)
+
+
+def test_prompt_tokenizer_and_text_encoder_say_what_they_need() -> None:
+    from hxpe.model.text import PromptTokenizer, TextEncoder
+
+    with pytest.raises(
+        TypeError,
+        match=r"needs open_clip's SimpleTokenizer \(CLIP BPE\); object has no 'encode'\.",
+    ):
+        PromptTokenizer(object(), n_slots=0)
+    clip, _ = load_clip(tiny_model_config("anomalyclip").clip)
+    clip.text_pool_type = "last"
+    with pytest.raises(
+        ValueError, match=r"^Only CLIP text towers pooled at the EOT token \(argmax\) are supported"
+    ):
+        TextEncoder(clip)
+
+
+def test_text_encoder_without_an_attention_mask_matches_open_clip() -> None:
+    """A text tower without a causal mask runs the full context (no trimming) like open_clip."""
+    from hxpe.model.text import TextEncoder
+
+    clip, tokenizer = load_clip(tiny_model_config("anomalyclip").clip)
+    clip.attn_mask = None
+    encoder = TextEncoder(clip)
+    assert encoder.attn_mask is None and not encoder.causal
+    tokens = tokenizer(["a photo of a flawless object", "a scratch"])
+    with torch.no_grad():
+        ours = encoder(tokens)
+        theirs = clip.encode_text(tokens, normalize=True)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_row_keys_use_every_value_of_short_rows() -> None:
+    """Rows shorter than ``samples`` are fingerprinted whole: a difference at any position (here
+    the second value) gives a different key."""
+    from hxpe.model.vfm import row_keys
+
+    x = torch.zeros(2, 10)
+    x[1, 1] = 1.0
+    a, b = row_keys(x, samples=16)
+    assert a != b and len(a) == 10 * 4
+    long = torch.arange(40.0).reshape(1, 40)
+    assert row_keys(long, samples=16) == [long[0, ::2].numpy().tobytes()]  # stride 40 // 16 = 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,7 @@ def test_checkpoint_files_round_trip_and_atomic_write(toy: DatasetIndex, tmp_pat
     assert config["model"]["base"] == "adaclip" and config["train"]["batch_size_resolved"] == 2
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["seed"] == 3 and "torch" in provenance["versions"]
+    assert isinstance(provenance["seconds"], float)  # to the hundredth, not whole seconds
     rows = list(csv.DictReader((out / "loss.csv").open()))
     assert len(rows) == 3 and float(rows[0]["total"]) > 0  # 6 test images, batch 2
     assert (out / "loss.png").stat().st_size > 1000
@@ -471,4 +473,95 @@ def test_loss_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     (ax,) = figures[0].axes
     assert ax.get_title() == "adaclip on toy" and ax.title.get_fontsize() == 9
     assert [line.get_label() for line in ax.get_lines()] == ["total", "focal", "dice", "image"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "loss")
+    assert list(ax.get_lines()[0].get_xdata()) == [1, 2]
+    assert list(ax.get_lines()[2].get_ydata()) == [0.5, 0.25]
     assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_train_feeds_the_references_and_shows_the_loss(
+    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A variant with DINOv2 prompts trains on batches that carry each class's normal reference
+    (``select_references``: the first normal training image), and the progress bar shows the
+    running loss."""
+    import hxpe.train as train_module
+
+    seen: list[dict] = []
+    real = train_module.step_losses
+    monkeypatch.setattr(
+        train_module,
+        "step_losses",
+        lambda model, batch, spec: seen.append(batch) or real(model, batch, spec),
+    )
+    cfg = profile(epochs=1, max_steps=1)
+    train(cfg, toy, phrases_for(toy), tmp_path / "hxpe", "hxpe")
+    (batch,) = seen
+    ds = IndexDataset(toy, SIZE, "test", {}, {"widget": toy.split("train").iloc[0]["image_id"]})
+    assert torch.equal(batch["reference"][0], ds[0]["reference"])
+    assert batch["has_reference"].tolist() == [True, True]
+    assert re.search(r"loss=\d+\.\d{4}\b", capsys.readouterr().err)
+
+
+def test_step_losses_passes_references_and_which_are_real(toy: DatasetIndex) -> None:
+    """The losses of one batch are those of the model's forward with the batch's references,
+    their ``has_reference`` flags and class names (a reference marked missing changes them)."""
+    from hxpe.train import step_losses
+
+    model = build_model(profile().model_for("hxpe")).eval()
+    refs = {"widget": toy.split("train").iloc[0]["image_id"]}
+    ds = IndexDataset(toy, SIZE, "test", phrases_for(toy), refs)
+    batch = torch.utils.data.default_collate([ds[i] for i in (0, 3)])
+    batch["has_reference"] = torch.tensor([True, False])
+    spec = LossSpec.resolve(model.cfg, TrainConfig())
+    phrases = [p or None for p in batch["phrase"]]
+
+    def losses(**kw: object) -> torch.Tensor:
+        with torch.no_grad(), model.same_rng_per_image():
+            return hxpe_loss(
+                model(batch["image"], phrases, **kw), batch["mask"], batch["label"], spec
+            )["total"]
+
+    with torch.no_grad(), model.same_rng_per_image():  # HSF k-means: the same draws per call
+        got = step_losses(model, batch, spec)["total"]
+    cls = [str(c) for c in batch["cls"]]
+    expected = losses(
+        references=batch["reference"], has_reference=batch["has_reference"], class_names=cls
+    )
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, losses(references=batch["reference"], class_names=cls))
+    assert not torch.equal(got, losses(class_names=cls))
+
+
+def test_interrupted_training_leaves_no_partial_checkpoint(
+    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hxpe.train as train_module
+
+    def fail(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", fail)
+    out = tmp_path / "checkpoints" / "adaclip"
+    with pytest.raises(KeyboardInterrupt):
+        train(profile(epochs=1, max_steps=1), toy, phrases_for(toy), out, "adaclip")
+    assert list(out.parent.iterdir()) == []  # neither the checkpoint nor its staging folder
+
+
+def test_share_checkpoint_stages_beside_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging folder lives in the target's folder (same file system: an atomic rename), not
+    in the system temporary folder, which here does not exist."""
+    import tempfile
+
+    cfg = variant_profile(a={"explain": {"enabled": False}, "vfm": {"enabled": False}})
+    source = tmp_path / "src"
+    source.mkdir()
+    train_settings = {"variant": "a", "training_signature": training_signature(cfg, "a")}
+    (source / "config.json").write_text(json.dumps({"train": train_settings, "model": {}}))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    target = tmp_path / "ckpt" / "b"
+    assert share_checkpoint(source, target, cfg, "a") == target
+    assert json.loads((target / "config.json").read_text())["train"]["trained_as"] == "a"
+    assert [p.name for p in target.parent.iterdir()] == ["b"]

@@ -124,10 +124,25 @@ def test_explain_or_dinov2_settings_are_ignored_with_a_warning(
     )
 
 
-def test_build_logs_the_window_count(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("scales", "count"), [([2, 3], 13), ([2], 9), ([3], 4)])
+def test_build_logs_the_window_count(
+    scales: list[int], count: int, caplog: pytest.LogCaptureFixture
+) -> None:
     """4x4 patch grid (64 px, patch 16): (4-2+1)² = 9 windows at scale 2, (4-3+1)² = 4 at 3."""
     with caplog.at_level("INFO", logger="hxpe.model.winclip"):
-        build_model(tiny_cfg(scales=[2, 3]))
+        build_model(tiny_cfg(scales=scales))
     assert [r.message for r in caplog.records if r.name == "hxpe.model.winclip"] == [
-        "WinCLIP (hxpe-tiny-winclip at 64 px): 13 windows per image at scales (2, 3)"
+        f"WinCLIP (hxpe-tiny-winclip at 64 px): {count} windows per image at scales {tuple(scales)}"
     ]
+
+
+def test_winclip_refuses_an_attention_pooled_vision_tower() -> None:
+    from hxpe.model.loading import load_clip
+
+    clip, tokenizer = load_clip(tiny_cfg().clip)
+    clip.visual.attn_pool = torch.nn.Identity()
+    with pytest.raises(
+        ValueError,
+        match=r"^WinCLIP needs a class-token CLIP vision tower \(no attentional pool\)\.$",
+    ):
+        WinClipModel(tiny_cfg(), clip, tokenizer)
