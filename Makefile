@@ -178,10 +178,10 @@ booktest: | $(BOOK_STAMP)
 test: lint unit nbtest booktest  ## ruff, pytest (unit tests), the six notebooks (demo), the book in headless Chromium
 
 # Mutation testing: MUTATE (files or globs), MUTATION_TESTS (test files), MUTATION_JOBS (parallel runs),
-# MUTANTS (mutant-name globs: a sample such as 'hxpe.*__mutmut_*0', one mutant in ten).
-MUTATE         ?= hxpe/model/*.py hxpe/train.py
-MUTATION_TESTS ?= tests/test_model_core.py tests/test_losses_hsf.py tests/test_inference_paths.py \
-                  tests/test_train_loop.py tests/test_winclip.py
+# MUTANTS (mutant-name globs: a sample such as 'hxpe.*__mutmut_*0', one mutant in ten). Empty MUTATE /
+# MUTATION_TESTS: the defaults of tests/mutation.py (its --help lists them).
+MUTATE         ?=
+MUTATION_TESTS ?=
 MUTANTS        ?=
 MUTATION_JOBS  ?= 2
 $(VENV)/.mutation: constraints.txt | $(STAMP)
@@ -189,8 +189,8 @@ $(VENV)/.mutation: constraints.txt | $(STAMP)
 	touch $@
 
 mutation: $(VENV)/.mutation  ## mutmut over the model and training code against the fast tests -> build/mutation.txt
-	$(PY) tests/mutation.py --paths $(MUTATE) --tests $(MUTATION_TESTS) --max-children $(MUTATION_JOBS) \
-		$(if $(MUTANTS),--mutants $(foreach m,$(MUTANTS),'$(m)'))
+	$(PY) tests/mutation.py $(if $(MUTATE),--paths $(MUTATE)) $(if $(MUTATION_TESTS),--tests $(MUTATION_TESTS)) \
+		--max-children $(MUTATION_JOBS) $(if $(MUTANTS),--mutants $(foreach m,$(MUTANTS),'$(m)'))
 
 format: | $(STAMP)  ## Apply ruff's formatter and fixes
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .

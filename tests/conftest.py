@@ -16,3 +16,15 @@ import pytest  # noqa: E402
 def _isolated_results(tmp_path_factory, monkeypatch):
     """Every test writes profile results under a temporary root, never into results/."""
     monkeypatch.setenv("HXPE_RESULTS_ROOT", str(tmp_path_factory.mktemp("results")))
+
+
+@pytest.fixture(autouse=True)
+def _hxpe_loggers_enabled():
+    """Some libraries configure logging with ``disable_existing_loggers`` (a dictConfig) when a test
+    runs them; the package's loggers created before that would stay silent for later tests that
+    check their messages. Re-enable them before each test."""
+    import logging
+
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("hxpe") and isinstance(logger, logging.Logger):
+            logger.disabled = False

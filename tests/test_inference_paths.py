@@ -78,7 +78,8 @@ def test_fast_equals_naive_in_fp32(case: str) -> None:
     fast = collect(infer_fast(model, data, precision="fp32", caches=caches))
     again = collect(infer_fast(model, data, precision="fp32", caches=caches))  # from the caches
     assert naive.image_ids == fast.image_ids == [f"img{i}" for i in range(8)]
-    assert fast.labels.tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert fast.labels.tolist() == naive.labels.tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert naive.cls == fast.cls == [f"c{i % 2}" for i in range(8)]
     assert fast.anomaly_maps.shape == (8, SIZE, SIZE)
     for other in (fast, again):  # README: "agree within 1e-5 in fp32"
         assert np.abs(other.anomaly_maps - naive.anomaly_maps).max() < 1e-5
@@ -88,6 +89,26 @@ def test_fast_equals_naive_in_fp32(case: str) -> None:
     # served from the caches: the very same numbers
     assert np.array_equal(again.anomaly_maps, fast.anomaly_maps)
     assert np.array_equal(again.image_scores, fast.image_scores)
+
+
+def test_references_without_flags_count_as_all_real_on_both_paths() -> None:
+    """``has_reference=None`` with references: every row has one (the same as all-True flags)."""
+    import dataclasses
+
+    model = build_model(tiny_model_config("anomalyclip")).eval()
+    flagged = [
+        dataclasses.replace(b, has_reference=torch.ones(4, dtype=torch.bool)) for b in batches()
+    ]
+    unflagged = [dataclasses.replace(b, has_reference=None) for b in batches()]
+    want = collect(infer_naive(model, flagged))
+    for got in (
+        collect(infer_naive(model, unflagged)),
+        collect(infer_fast(model, unflagged, precision="fp32")),
+    ):
+        assert np.abs(got.anomaly_maps - want.anomaly_maps).max() < 1e-5
+        assert np.abs(got.vfm_prompts - want.vfm_prompts).max() < 1e-5
+    partial = collect(infer_naive(model, batches()))  # rows i % 3 == 2 without a reference
+    assert np.abs(partial.vfm_prompts - want.vfm_prompts).max() > 1e-3
 
 
 def test_phrase_cache_hits_and_is_invalidated_by_training() -> None:

@@ -173,8 +173,6 @@ def test_paper_architecture_random_is_the_paper_config_without_weights(
     base = base.model_copy(  # a CLIP config file of its own must not survive into the paper model
         update={"clip": base.clip.model_copy(update={"config_file": "my-clip.json"})}
     )
-    # an earlier test's logging.config (disable_existing_loggers) may have disabled the logger
-    monkeypatch.setattr(hxpe_module.log, "disabled", False)
     with caplog.at_level(logging.WARNING, logger=hxpe_module.log.name):
         assert hxpe_module.build_paper_architecture_random(base) == "model"
         hxpe_module.build_paper_architecture_random()

@@ -44,7 +44,8 @@ def _check(clip: torch.nn.Module, tokenizer: object, native: int, other: int) ->
     with torch.no_grad():
         for side in (native, other):
             images = torch.rand(2, 3, side, side, generator=g)
-            for mode in ("bicubic", "bilinear"):
+            # at the native size neither side resizes the positions: one mode suffices there
+            for mode in ("bicubic",) if side == native else ("bicubic", "bilinear"):
                 ours = VisualEncoder(clip.visual, [1], pos_interpolation=mode)(images).cls
                 theirs = _openclip_image(clip, images, mode)
                 assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), (side, mode)

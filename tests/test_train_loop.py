@@ -217,7 +217,7 @@ def test_train_uses_the_base_optimiser_batch_size_and_epochs(
         real = getattr(torch.optim, name)
         spy = type(name, (real,), {"__init__": _recording_init(real, made)})
         monkeypatch.setattr(torch.optim, name, spy)
-    cfg = profile(epochs=3, batch_size=None, lr=0.01)
+    cfg = profile(epochs=2, batch_size=None, lr=0.01)
     out = train(cfg, toy, phrases_for(toy), tmp_path / variant, variant)
     expected_cls, betas, batch = BASE_DEFAULTS[variant]
     assert len(made) == 1
@@ -233,9 +233,9 @@ def test_train_uses_the_base_optimiser_batch_size_and_epochs(
     steps_per_epoch = -(-n_images // batch)
     config = json.loads((out / "config.json").read_text())["train"]
     assert config["batch_size_resolved"] == batch
-    assert config["steps"] == 3 * steps_per_epoch
+    assert config["steps"] == 2 * steps_per_epoch
     rows = pd.read_csv(out / "loss.csv")
-    assert rows.groupby("epoch").size().tolist() == [steps_per_epoch] * 3
+    assert rows.groupby("epoch").size().tolist() == [steps_per_epoch] * 2
 
 
 def _recording_init(real: type, made: list):
@@ -549,7 +549,7 @@ def test_interrupted_training_leaves_no_partial_checkpoint(
 
 
 def test_share_checkpoint_stages_beside_the_target(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The staging folder lives in the target's folder (same file system: an atomic rename), not
     in the system temporary folder, which here does not exist."""
@@ -562,6 +562,41 @@ def test_share_checkpoint_stages_beside_the_target(
     (source / "config.json").write_text(json.dumps({"train": train_settings, "model": {}}))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
     target = tmp_path / "ckpt" / "b"
-    assert share_checkpoint(source, target, cfg, "a") == target
+    with caplog.at_level("INFO", logger="hxpe.train"):
+        assert share_checkpoint(source, target, cfg, "a") == target
+    assert caplog.messages == [f"Variant a shares the checkpoint trained as src -> {target}"]
     assert json.loads((target / "config.json").read_text())["train"]["trained_as"] == "a"
     assert [p.name for p in target.parent.iterdir()] == ["b"]
+
+
+def test_checkpoint_config_and_the_evaluation_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``config.json`` is indented JSON; the evaluation model warns only when the profile's variant
+    config differs from the checkpoint's (and then uses the checkpoint's); ``device`` moves it."""
+    from hxpe.model.checkpoint import save_checkpoint
+    from hxpe.results_layout import ResultsLayout
+
+    cfg = profile()
+    model = build_model(cfg.model_for("adaclip"))
+    ckpt = ResultsLayout.at(tmp_path).checkpoint_dir("toy_dir", "adaclip")
+    ckpt.mkdir(parents=True)
+    save_checkpoint(model, ckpt, {"note": "untrained"})
+    text = (ckpt / "config.json").read_text()
+    assert text.startswith('{\n "model": {\n  "adaclip": {') and json.loads(text)["train"] == {
+        "note": "untrained"
+    }
+    with caplog.at_level("WARNING", logger="hxpe.model.checkpoint"):
+        same = model_for_evaluation(cfg, "toy_dir", "adaclip", tmp_path)
+    warned = [r.message for r in caplog.records if r.name == "hxpe.model.checkpoint"]
+    assert warned == [] and same.cfg == model.cfg and not same.training
+    other = Config.model_validate(cfg.model_dump() | {"model": TINY_MODEL | {"sigma": 2.0}})
+    with caplog.at_level("WARNING", logger="hxpe.model.checkpoint"):
+        used = model_for_evaluation(other, "toy_dir", "adaclip", tmp_path)
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.checkpoint"] == [
+        f"Checkpoint {ckpt} was trained with a model config that differs from the profile's "
+        "variant 'adaclip'; using the checkpoint's."
+    ]
+    assert used.cfg.sigma == 1.0
+    on_meta = load_checkpoint(ckpt, device="meta")
+    assert {p.device.type for p in on_meta.parameters()} == {"meta"}
