@@ -49,6 +49,7 @@ DEFAULT_TESTS = [
     # golden comparisons need $HXPE_GOLDEN_DIR or ../shared/golden; without it they skip)
     "tests/test_openclip_equivalence.py",
     "tests/test_golden_equivalence.py",
+    "tests/test_importers.py",
     "tests/test_clip_quickgelu_guard.py",
 ]
 COPY = ["hxpe", "tests", "notebooks/params", "pyproject.toml"]

@@ -1,5 +1,5 @@
 """The bases against golden outputs of the authors' own code (``hxpe check-equivalence``), and the
-importers of the authors' checkpoints.
+import of the authors' golden checkpoints (the importers on tiny checkpoints: tests/test_importers.py).
 
 The golden folder is ``$HXPE_GOLDEN_DIR``, else ``../shared/golden`` beside the repository; tests that
 need it are skipped with that reason when it is absent.
@@ -8,8 +8,6 @@ need it are skipped with that reason when it is absent.
 from __future__ import annotations
 
 import json
-import logging
-import pickle
 from pathlib import Path
 
 import pytest
@@ -19,16 +17,11 @@ from hxpe.cli import main
 from hxpe.equivalence import check_folder, golden_clip, golden_dir, model_config
 from hxpe.hashing import file_sha256
 from hxpe.model.checkpoint import load_checkpoint
-from hxpe.model.hxpe import build_model
 from hxpe.model.importers import (
-    CheckpointRefused,
     authors_name,
     import_checkpoint,
-    our_name,
-    read_tensors,
     to_authors_layout,
 )
-from hxpe.model.tiny import tiny_model_config
 
 GOLDEN = golden_dir()
 needs_golden = pytest.mark.skipif(
@@ -111,95 +104,6 @@ def test_import_round_trips_the_golden_checkpoints(kind: str, file: str, tmp_pat
     assert provenance["kind"] == kind and provenance["renamed"]
     if kind == "anomalyclip":
         assert any(k.startswith("compound_prompt_projections") for k in provenance["ignored_keys"])
-
-
-def _authors_checkpoint(kind: str, path: Path) -> dict[str, torch.Tensor]:
-    """A tiny model's parameters saved in the authors' format."""
-    built = build_model(tiny_model_config(kind, explain={"enabled": False}, vfm={"enabled": False}))
-    state = {
-        authors_name(kind, n): to_authors_layout(kind, n, p.detach() + 0.01)
-        for n, p in built.trainable_state().items()
-    }
-    torch.save({"prompt_learner": state} if kind == "anomalyclip" else state, path)
-    return state
-
-
-@pytest.mark.parametrize("kind", ["anomalyclip", "adaclip"])
-def test_import_round_trips_a_tiny_authors_checkpoint(kind: str, tmp_path: Path) -> None:
-    state = _authors_checkpoint(kind, tmp_path / "ckpt.pth")
-    cfg = tiny_model_config(kind, explain={"enabled": False}, vfm={"enabled": False})
-    out = import_checkpoint(kind, tmp_path / "ckpt.pth", tmp_path / "ours", cfg)
-    model = load_checkpoint(out)
-    for name, value in model.trainable_state().items():
-        assert torch.equal(
-            to_authors_layout(kind, name, value.detach()), state[authors_name(kind, name)]
-        )
-    for name in model.trainable_state():
-        assert our_name(kind, authors_name(kind, name)) == name
-
-
-class _NotATensor:
-    pass
-
-
-def test_a_pickled_object_is_refused_in_one_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as fh:
-        pickle.dump({"clip_model.x": _NotATensor()}, fh)
-    with pytest.raises(CheckpointRefused, match="refused, not a tensors-only checkpoint"):
-        read_tensors(path)
-    with caplog.at_level(logging.ERROR):
-        status = main(["import-checkpoint", "adaclip", str(path), "--out", str(tmp_path / "o")])
-    assert status == 2
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "\n" not in errors[0].getMessage()
-    assert "refused" in errors[0].getMessage() and errors[0].exc_info is None
-    assert not (tmp_path / "o").exists()
-
-
-def test_wrong_layouts_are_refused(tmp_path: Path) -> None:
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "a.pth")
-    with pytest.raises(CheckpointRefused, match="not an AnomalyCLIP checkpoint"):
-        import_checkpoint("anomalyclip", tmp_path / "a.pth", tmp_path / "o")
-    with pytest.raises(CheckpointRefused, match="not an AdaCLIP checkpoint"):
-        import_checkpoint("adaclip", tmp_path / "a.pth", tmp_path / "o")
-
-
-def test_released_variant_evaluates_the_imported_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    from hxpe.config import Config
-    from hxpe.model.checkpoint import model_for_evaluation
-    from hxpe.model.tiny import TINY_MODEL
-    from hxpe.train import trainable_variants
-
-    monkeypatch.setenv("HXPE_RELEASED_DIR", str(tmp_path / "released"))
-    cfg = Config.model_validate(
-        {
-            "profile": "t",
-            "model": TINY_MODEL,
-            "evaluation": {"directions": [{"name": "d", "train": "mvtec", "test": ["x"]}]},
-            "variants": {
-                "released_adaclip": {
-                    "base": "adaclip",
-                    "checkpoint": "released_adaclip",
-                    "explain": {"enabled": False},
-                    "vfm": {"enabled": False},
-                }
-            },
-        }
-    )
-    assert trainable_variants(cfg) == []
-    with pytest.raises(FileNotFoundError, match="make fetch-models MODELS=released_adaclip"):
-        model_for_evaluation(cfg, "d", "released_adaclip", tmp_path / "results")
-    source = tmp_path / "released" / "released_adaclip" / "mvtec.pth"
-    source.parent.mkdir(parents=True)
-    state = _authors_checkpoint("adaclip", source)
-    model = model_for_evaluation(cfg, "d", "released_adaclip", tmp_path / "results")
-    for name, value in model.trainable_state().items():
-        assert torch.equal(value.detach(), state[authors_name("adaclip", name)])
-    provenance = tmp_path / "results" / "checkpoints" / "d" / "released_adaclip" / "provenance.json"
-    assert json.loads(provenance.read_text())["source_sha256"] == file_sha256(source)
 
 
 def test_tolerances_follow_the_golden_readme() -> None:

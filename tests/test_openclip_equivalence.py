@@ -14,7 +14,7 @@ from open_clip.model import resize_pos_embed
 
 from hxpe.equivalence import golden_dir
 from hxpe.model.config import ClipConfig
-from hxpe.model.loading import load_clip
+from hxpe.model.loading import load_clip, set_activation
 from hxpe.model.text import TextEncoder
 from hxpe.model.tiny import TINY_MODEL
 from hxpe.model.vision import OPENAI_MEAN, OPENAI_STD, VisualEncoder
@@ -81,3 +81,11 @@ def test_activation_option_swaps_every_mlp(kind: str) -> None:
     want = torch.nn.GELU if kind == "gelu" else QuickGELU
     acts = [m.mlp.gelu for m in clip.modules() if hasattr(m, "mlp") and hasattr(m.mlp, "gelu")]
     assert len(acts) == 4 + 2 and all(isinstance(a, want) for a in acts)
+    assert set_activation(clip, kind) == 4 + 2  # the count of replaced activations
+
+
+def test_set_activation_refuses_a_model_without_mlp_activations() -> None:
+    with pytest.raises(
+        ValueError, match=r"^No MLP activations found to set to 'gelu' in Linear\.$"
+    ):
+        set_activation(torch.nn.Linear(2, 2), "gelu")

@@ -162,6 +162,7 @@ def test_checkpoint_files_round_trip_and_atomic_write(toy: DatasetIndex, tmp_pat
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["seed"] == 3 and "torch" in provenance["versions"]
     assert isinstance(provenance["seconds"], float)  # to the hundredth, not whole seconds
+    assert provenance["device"] == "cpu" and provenance["variant"] == "hxpe"
     rows = list(csv.DictReader((out / "loss.csv").open()))
     assert len(rows) == 3 and float(rows[0]["total"]) > 0  # 6 test images, batch 2
     assert (out / "loss.png").stat().st_size > 1000
@@ -474,6 +475,8 @@ def test_loss_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert ax.get_title() == "adaclip on toy" and ax.title.get_fontsize() == 9
     assert [line.get_label() for line in ax.get_lines()] == ["total", "focal", "dice", "image"]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "loss")
+    assert tuple(figures[0].get_size_inches()) == (5.0, 3.0)
+    assert ax.get_legend().get_texts()[0].get_fontsize() == 7
     assert list(ax.get_lines()[0].get_xdata()) == [1, 2]
     assert list(ax.get_lines()[2].get_ydata()) == [0.5, 0.25]
     assert (tmp_path / "loss.png").stat().st_size > 0
@@ -600,3 +603,12 @@ def test_checkpoint_config_and_the_evaluation_model(
     assert used.cfg.sigma == 1.0
     on_meta = load_checkpoint(ckpt, device="meta")
     assert {p.device.type for p in on_meta.parameters()} == {"meta"}
+
+
+def test_training_loader_uses_the_configured_workers_batch_and_seed(toy: DatasetIndex) -> None:
+    from hxpe.train import _loader
+
+    cfg = profile(num_workers=1, batch_size=3)
+    loader = _loader(cfg, cfg.model_for("adaclip"), toy, phrases_for(toy), None)
+    assert loader.num_workers == 1 and loader.batch_size == 3
+    assert loader.generator.initial_seed() == cfg.seed

@@ -1,0 +1,226 @@
+"""The importers of the authors' checkpoints (:mod:`hxpe.model.importers`) on tiny checkpoints
+written in the authors' formats: renaming, inferred prompt shapes, refusals with their messages, the
+files written, the command line, and the released-checkpoint path of the evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from hxpe.cli import main
+from hxpe.hashing import file_sha256
+from hxpe.model.checkpoint import load_checkpoint
+from hxpe.model.config import ModelConfig
+from hxpe.model.hxpe import build_model
+from hxpe.model.importers import (
+    CheckpointRefused,
+    authors_name,
+    authors_state,
+    convert,
+    import_checkpoint,
+    our_name,
+    read_tensors,
+    to_authors_layout,
+)
+from hxpe.model.tiny import tiny_model_config
+
+
+def _authors_checkpoint(kind: str, path: Path, shift: float = 0.01) -> dict[str, torch.Tensor]:
+    """A tiny model's parameters (moved by ``shift``) saved in the authors' format."""
+    built = build_model(tiny_model_config(kind, explain={"enabled": False}, vfm={"enabled": False}))
+    state = {
+        authors_name(kind, n): to_authors_layout(kind, n, p.detach() + shift)
+        for n, p in built.trainable_state().items()
+    }
+    torch.save({"prompt_learner": state} if kind == "anomalyclip" else state, path)
+    return state
+
+
+@pytest.mark.parametrize("kind", ["anomalyclip", "adaclip"])
+def test_import_round_trips_a_tiny_authors_checkpoint(kind: str, tmp_path: Path) -> None:
+    state = _authors_checkpoint(kind, tmp_path / "ckpt.pth")
+    cfg = tiny_model_config(kind, explain={"enabled": False}, vfm={"enabled": False})
+    out = import_checkpoint(kind, tmp_path / "ckpt.pth", tmp_path / "ours", cfg)
+    model = load_checkpoint(out)
+    for name, value in model.trainable_state().items():
+        assert torch.equal(
+            to_authors_layout(kind, name, value.detach()), state[authors_name(kind, name)]
+        )
+    for name in model.trainable_state():
+        assert our_name(kind, authors_name(kind, name)) == name
+
+
+class _NotATensor:
+    pass
+
+
+def test_a_pickled_object_is_refused_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as fh:
+        pickle.dump({"clip_model.x": _NotATensor()}, fh)
+    with pytest.raises(CheckpointRefused, match="refused, not a tensors-only checkpoint"):
+        read_tensors(path)
+    with caplog.at_level(logging.ERROR):
+        status = main(["import-checkpoint", "adaclip", str(path), "--out", str(tmp_path / "o")])
+    assert status == 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0].getMessage()
+    assert "refused" in errors[0].getMessage() and errors[0].exc_info is None
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_layouts_are_refused(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "a.pth")
+    with pytest.raises(CheckpointRefused, match="not an AnomalyCLIP checkpoint"):
+        import_checkpoint("anomalyclip", tmp_path / "a.pth", tmp_path / "o")
+    with pytest.raises(CheckpointRefused, match="not an AdaCLIP checkpoint"):
+        import_checkpoint("adaclip", tmp_path / "a.pth", tmp_path / "o")
+
+
+def test_released_variant_evaluates_the_imported_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from hxpe.config import Config
+    from hxpe.model.checkpoint import model_for_evaluation
+    from hxpe.model.tiny import TINY_MODEL
+    from hxpe.train import trainable_variants
+
+    monkeypatch.setenv("HXPE_RELEASED_DIR", str(tmp_path / "released"))
+    cfg = Config.model_validate(
+        {
+            "profile": "t",
+            "model": TINY_MODEL,
+            "evaluation": {"directions": [{"name": "d", "train": "mvtec", "test": ["x"]}]},
+            "variants": {
+                "released_adaclip": {
+                    "base": "adaclip",
+                    "checkpoint": "released_adaclip",
+                    "explain": {"enabled": False},
+                    "vfm": {"enabled": False},
+                }
+            },
+        }
+    )
+    assert trainable_variants(cfg) == []
+    with pytest.raises(FileNotFoundError, match="make fetch-models MODELS=released_adaclip"):
+        model_for_evaluation(cfg, "d", "released_adaclip", tmp_path / "results")
+    source = tmp_path / "released" / "released_adaclip" / "mvtec.pth"
+    source.parent.mkdir(parents=True)
+    state = _authors_checkpoint("adaclip", source)
+    model = model_for_evaluation(cfg, "d", "released_adaclip", tmp_path / "results")
+    for name, value in model.trainable_state().items():
+        assert torch.equal(value.detach(), state[authors_name("adaclip", name)])
+    provenance = tmp_path / "results" / "checkpoints" / "d" / "released_adaclip" / "provenance.json"
+    assert json.loads(provenance.read_text())["source_sha256"] == file_sha256(source)
+
+    import hxpe.model.importers as importers
+
+    imports: list[Path] = []
+    real = importers.import_checkpoint
+    monkeypatch.setattr(
+        importers, "import_checkpoint", lambda k, src, *a: imports.append(src) or real(k, src, *a)
+    )
+    model_for_evaluation(cfg, "d", "released_adaclip", tmp_path / "results")
+    assert imports == []  # the same file: imported once
+    _authors_checkpoint("adaclip", source, shift=0.02)  # a new file: imported again
+    model = model_for_evaluation(cfg, "d", "released_adaclip", tmp_path / "results")
+    assert imports == [source]
+    assert json.loads(provenance.read_text())["source_sha256"] == file_sha256(source)
+
+
+def test_non_tensor_entries_are_refused_naming_the_first_three(tmp_path: Path) -> None:
+    obj = {"clip_model.a": 1, "clip_model.b": "x", "clip_model.c": None, "clip_model.d": 2.0}
+    with pytest.raises(CheckpointRefused) as err:
+        authors_state("adaclip", obj, tmp_path / "c.pth")
+    assert str(err.value) == (
+        f"{tmp_path / 'c.pth'}: entries that are not tensors: "
+        "['clip_model.a', 'clip_model.b', 'clip_model.c']."
+    )
+
+
+def test_anomalyclip_shapes_are_read_off_the_file() -> None:
+    """n_ctx from the contexts, the deep-prompt length and depth (+1: block 0 has none) from
+    ``compound_prompts_text``; a file without deep prompts has length 0 and depth 1."""
+    ctx = torch.zeros(1, 1, 5, 8)
+    deep = {f"compound_prompts_text.{i}": torch.zeros(3, 8) for i in range(2)}
+    with_deep = convert("anomalyclip", {"ctx_pos": ctx, "ctx_neg": ctx, **deep})
+    assert with_deep.overrides == {
+        "anomalyclip": {
+            "n_ctx": 5,
+            "text_prompt_length": 3,
+            "text_prompt_depth": 3,
+            "text_layout": "overwrite",
+        }
+    }
+    assert with_deep.state["prompter.ctx_normal"].shape == (5, 8)
+    bare = convert("anomalyclip", {"ctx_pos": ctx, "ctx_neg": ctx})
+    assert bare.overrides == {
+        "anomalyclip": {
+            "n_ctx": 5,
+            "text_prompt_length": 0,
+            "text_prompt_depth": 1,
+            "text_layout": "overwrite",
+        }
+    }
+    with pytest.raises(CheckpointRefused, match=r"^AnomalyCLIP checkpoint without ctx_neg\.$"):
+        convert("anomalyclip", {"ctx_pos": ctx})
+
+
+@pytest.mark.parametrize(
+    ("types", "branches"),
+    [(["static"], ["vision", "language"]), (["static", "dynamic"], ["vision", "language"])],
+)
+def test_adaclip_prompt_types_and_branches_are_read_off_the_file(
+    types: list[str], branches: list[str], tmp_path: Path
+) -> None:
+    built = build_model(
+        tiny_model_config(
+            "adaclip",
+            adaclip={"prompt_types": types},
+            explain={"enabled": False},
+            vfm={"enabled": False},
+        )
+    )
+    state = {authors_name("adaclip", n): p.detach() for n, p in built.trainable_state().items()}
+    got = convert("adaclip", state).overrides
+    assert got["adaclip"]["prompt_types"] == types
+    assert got["adaclip"]["branches"] == branches
+    assert got["adaclip"]["prompt_depth"] == 2 and got["n_layers"] == 4
+
+
+def test_import_with_the_base_defaults_writes_config_provenance_and_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Without a model config: the base's defaults with the phrase and the DINOv2 prompts off;
+    ``config.json`` and ``provenance.json`` are indented JSON naming the source; the command line
+    says what it wrote."""
+    source = tmp_path / "ckpt.pth"
+    _authors_checkpoint("anomalyclip", source)
+    out = tmp_path / "ours"
+    assert main(["import-checkpoint", "anomalyclip", str(source), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"Imported anomalyclip checkpoint {source} -> {out}\n"
+    config_text = (out / "config.json").read_text()
+    config = json.loads(config_text)
+    expected = ModelConfig(base="anomalyclip").model_dump(mode="json")
+    expected["explain"]["enabled"] = expected["vfm"]["enabled"] = False
+    expected["anomalyclip"] |= {"text_prompt_depth": 2, "text_prompt_length": 4}
+    assert config == {"model": expected, "train": {"imported": "anomalyclip"}}
+    assert config_text == json.dumps(config, indent=1, sort_keys=True)
+    provenance_text = (out / "provenance.json").read_text()
+    provenance = json.loads(provenance_text)
+    assert provenance_text == json.dumps(provenance, indent=1, sort_keys=True)
+    assert provenance["imported_from"] == str(source)
+    assert provenance["authors_code"] == "zqhang/AnomalyCLIP@45ed4dd"
+
+
+def test_import_command_help_names_the_safe_loader(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["import-checkpoint", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "The authors' .pth file (read with torch.load(weights_only=True))." in text
