@@ -45,11 +45,12 @@ DEFAULT_TESTS = [
     "tests/test_inference_paths.py",
     "tests/test_train_loop.py",
     "tests/test_winclip.py",
-    # the loading, importer and checkpoint code against open_clip and the authors' outputs (the
-    # golden comparisons need $HXPE_GOLDEN_DIR or ../shared/golden; without it they skip)
+    # loading (from a fake hub cache), the importers and checkpoints, against open_clip and the
+    # authors' outputs (the golden comparisons need $HXPE_GOLDEN_DIR or ../shared/golden, else skip)
     "tests/test_openclip_equivalence.py",
     "tests/test_golden_equivalence.py",
     "tests/test_importers.py",
+    "tests/test_demo_pretrained.py",
     "tests/test_clip_quickgelu_guard.py",
 ]
 COPY = ["hxpe", "tests", "notebooks/params", "pyproject.toml"]

@@ -59,7 +59,7 @@ def test_loaders_raise_with_the_fetch_command_on_an_empty_cache(tmp_path, monkey
         load_dinov2(cfg.vfm)
 
 
-def test_loaders_read_the_pinned_snapshots_of_a_fake_cache(tmp_path, monkeypatch):
+def test_loaders_read_the_pinned_snapshots_of_a_fake_cache(tmp_path, monkeypatch, caplog):
     """Real loading code on a cache laid out as `make fetch-models` leaves it, with tiny weights."""
     import open_clip
     from safetensors.torch import save_file
@@ -104,8 +104,10 @@ def test_loaders_read_the_pinned_snapshots_of_a_fake_cache(tmp_path, monkeypatch
     torch.manual_seed(3)
     Dinov2Model(config).save_pretrained(dsnap)
     vfm = load_config(PROFILE).model.vfm
-    dino = load_dinov2(vfm)
+    with caplog.at_level("INFO", logger="hxpe.model.loading"):
+        dino = load_dinov2(vfm)
     assert dino.config.hidden_size == 32 and not any(p.requires_grad for p in dino.parameters())
+    assert f"DINOv2 facebook/dinov2-small loaded from {dsnap}" in caplog.messages
 
 
 def test_random_weight_path_of_the_profile_runs_one_batch():
