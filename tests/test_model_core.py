@@ -930,3 +930,28 @@ def test_row_keys_use_every_value_of_short_rows() -> None:
     assert a != b and len(a) == 10 * 4
     long = torch.arange(40.0).reshape(1, 40)
     assert row_keys(long, samples=16) == [long[0, ::2].numpy().tobytes()]  # stride 40 // 16 = 2
+
+
+def test_prompt_dtype_rounds_the_prompts_before_they_enter_the_stream() -> None:
+    """``prompt_dtype`` (the authors' ``.half()`` on AdaCLIP's prompts): each block's prompts are
+    rounded through it first, exactly as if they had been given rounded; None leaves them as given."""
+    from hxpe.model.text import TextEncoder
+    from hxpe.model.vision import VisualEncoder
+
+    clip, tokenizer = load_clip(tiny_model_config("adaclip").clip)
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randn(2, 3, 64, generator=g) / 3 for _ in range(2)]
+    rounded = [p.half().float() for p in prompts]
+    x = images(2)
+    with torch.no_grad():
+        half = VisualEncoder(clip.visual, [2, 4], prompt_dtype=torch.float16)(x, prompts)
+        given = VisualEncoder(clip.visual, [2, 4])(x, rounded)
+        plain = VisualEncoder(clip.visual, [2, 4])(x, prompts)
+        assert torch.equal(half.cls, given.cls) and torch.equal(half.patches[1], given.patches[1])
+        assert not torch.equal(plain.cls, given.cls)
+        tokens = tokenizer(["a photo of a damaged object"])
+        deep = [None, torch.randn(1, 2, 64, generator=g) / 3]
+        text_half = TextEncoder(clip, prompt_dtype=torch.float16)(tokens, None, deep)
+        text_given = TextEncoder(clip)(tokens, None, [None, deep[1].half().float()])
+        text_plain = TextEncoder(clip)(tokens, None, deep)
+    assert torch.equal(text_half, text_given) and not torch.equal(text_plain, text_given)
