@@ -85,7 +85,10 @@ def test_loaders_read_the_pinned_snapshots_of_a_fake_cache(tmp_path, monkeypatch
         {k: v.contiguous() for k, v in source.state_dict().items()},
         snap / next(p for p in spec.weight_patterns if p.endswith(".safetensors")),
     )
-    loaded, _ = load_clip(tiny.model_copy(update={"pretrained": "openai"}), seed=99)
+    with caplog.at_level("INFO", logger="hxpe.model.loading"):
+        loaded, _ = load_clip(tiny.model_copy(update={"pretrained": "openai"}), seed=99)
+    weights = snap / next(p for p in spec.weight_patterns if p.endswith(".safetensors"))
+    assert caplog.messages[-1] == f"CLIP hxpe-tiny-clip loaded from {weights}"
     for (name, a), b in zip(source.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert open_clip.list_models()  # open_clip still importable after registering the config

@@ -955,3 +955,23 @@ def test_prompt_dtype_rounds_the_prompts_before_they_enter_the_stream() -> None:
         text_given = TextEncoder(clip)(tokens, None, [None, deep[1].half().float()])
         text_plain = TextEncoder(clip)(tokens, None, deep)
     assert torch.equal(text_half, text_given) and not torch.equal(text_plain, text_given)
+
+
+def test_a_phrase_too_long_is_cut_at_token_boundaries_until_it_fits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Room for 4 word tokens, a 2-token template: the phrase keeps its first 2 tokens."""
+    from hxpe.model.text import PromptTokenizer
+
+    tok = PromptTokenizer(tiny("anomalyclip").text.tokenizer.tokenizer, n_slots=71)
+
+    def render(p: str) -> list[str]:
+        return [f"one two {p}".strip(), p]
+
+    with caplog.at_level(logging.WARNING, logger="hxpe.model.text"):
+        assert tok.fit_phrase("deep scratch near the edge", render) == "deep scratch"
+        assert tok.fit_phrase("short dent", render) == "short dent"
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.text"] == [
+        "Explainable phrase cut to CLIP's 77-token context: 'deep scratch near the edge' -> "
+        "'deep scratch'"
+    ]
