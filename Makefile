@@ -158,8 +158,11 @@ lint: | $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# TEST_JOBS: pytest-xdist workers for the unit tests (test files stay whole on one worker, so module
+# fixtures are built once); TEST_JOBS=0 runs them in this process.
+TEST_JOBS ?= 2
 unit: | $(BOOK_STAMP)
-	$(PY) -m pytest -m "not slow and not browser" -q tests hxpe
+	$(PY) -m pytest -m "not slow and not browser" -q -n $(TEST_JOBS) --dist loadfile tests hxpe
 
 # The six notebooks as tests: the demo profile executed stage by stage (papermill, the same runner as
 # make demo; a failing cell fails the target) into build/nbval/demo/, whose executed notebooks the

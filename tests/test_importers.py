@@ -171,26 +171,38 @@ def test_anomalyclip_shapes_are_read_off_the_file() -> None:
         convert("anomalyclip", {"ctx_pos": ctx})
 
 
-@pytest.mark.parametrize(
-    ("types", "branches"),
-    [(["static"], ["vision", "language"]), (["static", "dynamic"], ["vision", "language"])],
-)
-def test_adaclip_prompt_types_and_branches_are_read_off_the_file(
-    types: list[str], branches: list[str], tmp_path: Path
+@pytest.mark.parametrize("types", [["static"], ["dynamic"], ["static", "dynamic"]])
+def test_adaclip_prompt_shapes_types_and_branches_are_read_off_the_file(
+    types: list[str], tmp_path: Path
 ) -> None:
-    built = build_model(
-        tiny_model_config(
-            "adaclip",
-            adaclip={"prompt_types": types},
-            explain={"enabled": False},
-            vfm={"enabled": False},
-        )
+    """Static prompts give the depth (one tensor per block) and the length; dynamic-only prompts
+    give the length (one head per token) but not the depth, which stays the given config's."""
+    cfg = tiny_model_config(
+        "adaclip",
+        adaclip={"prompt_types": types, "prompt_depth": 3, "prompt_length": 2},
+        explain={"enabled": False},
+        vfm={"enabled": False},
     )
+    built = build_model(cfg)
     state = {authors_name("adaclip", n): p.detach() for n, p in built.trainable_state().items()}
     got = convert("adaclip", state).overrides
-    assert got["adaclip"]["prompt_types"] == types
-    assert got["adaclip"]["branches"] == branches
-    assert got["adaclip"]["prompt_depth"] == 2 and got["n_layers"] == 4
+    expected = {
+        "prompt_types": types,
+        "branches": ["vision", "language"],
+        "patch_head": "raw_tokens",
+        "text_layout": "overwrite",
+        "prompt_length": 2,
+    }
+    if "static" in types:
+        expected["prompt_depth"] = 3
+    assert got == {"adaclip": expected, "n_layers": 4}
+    torch.save(state, tmp_path / "c.pth")
+    other = cfg.model_copy(
+        update={"adaclip": cfg.adaclip.model_copy(update={"prompt_depth": 1, "prompt_length": 5})}
+    )
+    model = load_checkpoint(import_checkpoint("adaclip", tmp_path / "c.pth", tmp_path / "o", other))
+    depth = 3 if "static" in types else 1
+    assert (model.cfg.adaclip.prompt_depth, model.cfg.adaclip.prompt_length) == (depth, 2)
 
 
 def test_import_with_the_base_defaults_writes_config_provenance_and_reports(

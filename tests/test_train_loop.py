@@ -163,6 +163,11 @@ def test_checkpoint_files_round_trip_and_atomic_write(toy: DatasetIndex, tmp_pat
     assert provenance["seed"] == 3 and "torch" in provenance["versions"]
     assert isinstance(provenance["seconds"], float)  # to the hundredth, not whole seconds
     assert provenance["device"] == "cpu" and provenance["variant"] == "hxpe"
+    assert sorted(provenance) == sorted(
+        ["git", "versions", "seed", "deterministic", "device", "started", "finished", "seconds"]
+        + ["variant", "train_index", "n_images"]
+    )
+    assert provenance["n_images"] == 6 and provenance["deterministic"] is cfg.deterministic
     rows = list(csv.DictReader((out / "loss.csv").open()))
     assert len(rows) == 3 and float(rows[0]["total"]) > 0  # 6 test images, batch 2
     assert (out / "loss.png").stat().st_size > 1000
@@ -601,7 +606,10 @@ def test_checkpoint_config_and_the_evaluation_model(
         "variant 'adaclip'; using the checkpoint's."
     ]
     assert used.cfg.sigma == 1.0
-    on_meta = load_checkpoint(ckpt, device="meta")
+    with caplog.at_level("INFO", logger="hxpe.model.checkpoint"):
+        on_meta = load_checkpoint(ckpt, device="meta")
+    n_tensors = len(model.trainable_state())
+    assert caplog.records[-1].getMessage() == f"Loaded checkpoint {ckpt} ({n_tensors} tensors)"
     assert {p.device.type for p in on_meta.parameters()} == {"meta"}
 
 
@@ -611,4 +619,5 @@ def test_training_loader_uses_the_configured_workers_batch_and_seed(toy: Dataset
     cfg = profile(num_workers=1, batch_size=3)
     loader = _loader(cfg, cfg.model_for("adaclip"), toy, phrases_for(toy), None)
     assert loader.num_workers == 1 and loader.batch_size == 3
+    assert isinstance(loader.sampler, torch.utils.data.RandomSampler)  # shuffled, seeded
     assert loader.generator.initial_seed() == cfg.seed

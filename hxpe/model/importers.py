@@ -192,6 +192,12 @@ def convert(kind: Kind, state: dict[str, torch.Tensor]) -> Converted:
         statics = [k for k in ours if k.startswith("prompter.visual_static.")]
         heads = [k for k in ours if re.match(r"prompter\.patch_heads\.\d+\.weight$", k)]
         first = ours.get("prompter.visual_static.0", ours.get("prompter.text_static.1"))
+        # one dynamic head per prompt token: [n, length, C] = the heads' outputs stacked
+        dynamic_heads = {
+            m.group(1)
+            for k in ours
+            if (m := re.match(r"prompter\.(?:visual|text)_dynamic\.(\d+)\.weight$", k))
+        }
         kinds = [
             t
             for t, p in (("static", "_static."), ("dynamic", "_dynamic."))
@@ -202,17 +208,21 @@ def convert(kind: Kind, state: dict[str, torch.Tensor]) -> Converted:
             for b, p in (("vision", "prompter.visual_"), ("language", "prompter.text_"))
             if any(k.startswith(p) for k in ours)
         ]
-        overrides = {
-            "adaclip": {
-                "prompt_depth": len(statics) or 1,
-                "prompt_length": first.shape[0] if first is not None else 1,
-                "prompt_types": kinds,
-                "branches": branches,
-                "patch_head": "raw_tokens",
-                "text_layout": "overwrite",
-            },
-            "n_layers": len(heads),
+        adaclip: dict[str, Any] = {
+            "prompt_types": kinds,
+            "branches": branches,
+            "patch_head": "raw_tokens",
+            "text_layout": "overwrite",
         }
+        # Only static prompts reveal the depth (one tensor per block); dynamic-only prompts put the
+        # same tokens in every prompted block, so their depth stays the given config's.
+        if statics:
+            adaclip["prompt_depth"] = len(statics)
+        if first is not None:
+            adaclip["prompt_length"] = first.shape[0]
+        elif dynamic_heads:
+            adaclip["prompt_length"] = len(dynamic_heads)
+        overrides = {"adaclip": adaclip, "n_layers": len(heads)}
     return Converted(ours, overrides, sorted(ignored), renamed)
 
 
