@@ -232,7 +232,8 @@ def import_checkpoint(
     """Convert the authors' checkpoint ``path`` into our checkpoint directory ``out_dir``.
 
     ``model_cfg`` gives the rest of the model (CLIP, layers, ...); default: the base's defaults
-    with the explainable phrase and the DINOv2 prompts off. Prompt shapes come from the file.
+    with the explainable phrase and the DINOv2 prompts off. Prompt shapes come from the file, except
+    the depth of dynamic-only AdaCLIP prompts, which no file records (``model_cfg``'s is kept).
     Written atomically; ``provenance.json`` records the source's SHA-256.
     """
     path, out_dir = Path(path), Path(out_dir)
