@@ -236,3 +236,22 @@ def test_import_command_help_names_the_safe_loader(capsys: pytest.CaptureFixture
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "The authors' .pth file (read with torch.load(weights_only=True))." in text
+    assert "Whose checkpoint format." in text and "Checkpoint directory to write." in text
+
+
+def test_an_unknown_key_is_refused_by_name() -> None:
+    with pytest.raises(CheckpointRefused) as err:
+        convert("adaclip", {"clip_model.something_else": torch.zeros(1)})
+    assert str(err.value) == (
+        "unknown adaclip checkpoint key 'clip_model.something_else'; cannot import it."
+    )
+
+
+def test_language_only_static_prompts_give_the_length() -> None:
+    """Without visual prompts the length comes from the text prompts (block 1: the authors' block 0
+    text prompt is never read)."""
+    state = {f"clip_model.text_prompter.static_prompts.{i}": torch.zeros(3, 8) for i in range(3)}
+    got = convert("adaclip", state)
+    assert got.overrides["adaclip"]["prompt_length"] == 3
+    assert got.overrides["adaclip"]["branches"] == ["language"]
+    assert got.ignored == ["clip_model.text_prompter.static_prompts.0"]

@@ -84,6 +84,13 @@ def test_activation_option_swaps_every_mlp(kind: str) -> None:
     assert set_activation(clip, kind) == 4 + 2  # the count of replaced activations
 
 
+def test_set_activation_logs_the_count(caplog: pytest.LogCaptureFixture) -> None:
+    clip, _ = load_clip(ClipConfig.model_validate(TINY_MODEL["clip"]))
+    with caplog.at_level("INFO", logger="hxpe.model.loading"):
+        set_activation(clip, "gelu")
+    assert caplog.records[-1].getMessage() == "CLIP MLP activation set to gelu in 6 blocks"
+
+
 def test_set_activation_refuses_a_model_without_mlp_activations() -> None:
     with pytest.raises(
         ValueError, match=r"^No MLP activations found to set to 'gelu' in Linear\.$"

@@ -573,7 +573,9 @@ def test_share_checkpoint_stages_beside_the_target(
     with caplog.at_level("INFO", logger="hxpe.train"):
         assert share_checkpoint(source, target, cfg, "a") == target
     assert caplog.messages == [f"Variant a shares the checkpoint trained as src -> {target}"]
-    assert json.loads((target / "config.json").read_text())["train"]["trained_as"] == "a"
+    text = (target / "config.json").read_text()
+    assert json.loads(text)["train"]["trained_as"] == "a"
+    assert text == json.dumps(json.loads(text), indent=1, sort_keys=True)
     assert [p.name for p in target.parent.iterdir()] == ["b"]
 
 

@@ -65,6 +65,17 @@ def test_window_indices_stride_one() -> None:
         window_indices((2, 2), 3)
 
 
+def test_windows_with_a_stride() -> None:
+    """Stride 2 over a 4x4 grid: the four disjoint 2x2 windows, row-major."""
+    assert window_indices((4, 4), 2, stride=2).tolist() == [
+        [0, 1, 4, 5],
+        [2, 3, 6, 7],
+        [8, 9, 12, 13],
+        [10, 11, 14, 15],
+    ]
+    assert window_indices((3, 5), 2, stride=2).tolist() == [[0, 1, 5, 6], [2, 3, 7, 8]]
+
+
 def test_harmonic_aggregation_by_hand() -> None:
     # 3x3 grid, 2x2 windows with scores 1, 0.75, 0.5, 0.25: patch 4 is in all four windows,
     # harmonic mean 4 / (1 + 4/3 + 2 + 4) = 0.48; patch 1 in the first two: 2 / (1 + 4/3) = 0.857.
