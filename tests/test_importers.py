@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -77,11 +78,46 @@ def test_a_pickled_object_is_refused_in_one_line(
 
 
 def test_wrong_layouts_are_refused(tmp_path: Path) -> None:
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "a.pth")
-    with pytest.raises(CheckpointRefused, match="not an AnomalyCLIP checkpoint"):
-        import_checkpoint("anomalyclip", tmp_path / "a.pth", tmp_path / "o")
-    with pytest.raises(CheckpointRefused, match="not an AdaCLIP checkpoint"):
-        import_checkpoint("adaclip", tmp_path / "a.pth", tmp_path / "o")
+    path = tmp_path / "a.pth"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointRefused, match=f"^{re.escape(str(path))}: not an AnomalyCLIP"):
+        import_checkpoint("anomalyclip", path, tmp_path / "o")
+    with pytest.raises(CheckpointRefused, match=f"^{re.escape(str(path))}: not an AdaCLIP"):
+        import_checkpoint("adaclip", path, tmp_path / "o")
+
+
+class _OpensAFile:
+    """Unpickling this object with the full pickle machinery would create ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def test_a_torch_file_with_code_in_it_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"clip_model.x": _OpensAFile(marker)}, path)
+    with pytest.raises(CheckpointRefused, match="refused, not a tensors-only checkpoint"):
+        read_tensors(path)
+    assert not marker.exists()
+
+
+def test_a_failed_import_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
+    import hxpe.model.importers as importers
+
+    _authors_checkpoint("anomalyclip", tmp_path / "ckpt.pth")
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(importers, "save_file", disk_full)
+    out = tmp_path / "checkpoints" / "ours"
+    with pytest.raises(OSError, match="No space left on device"):
+        import_checkpoint("anomalyclip", tmp_path / "ckpt.pth", out)
+    assert list(out.parent.iterdir()) == []
 
 
 def test_released_variant_evaluates_the_imported_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -465,9 +465,12 @@ def test_loss_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     from hxpe.train import _write_loss
 
     figures: list[Figure] = []
+    saved: list[dict] = []
     real_savefig = Figure.savefig
     monkeypatch.setattr(
-        Figure, "savefig", lambda fig, *a, **k: figures.append(fig) or real_savefig(fig, *a, **k)
+        Figure,
+        "savefig",
+        lambda fig, *a, **k: figures.append(fig) or saved.append(k) or real_savefig(fig, *a, **k),
     )
     rows = [
         {"epoch": 1, "step": s, "total": t, "focal": t / 2, "dice": t / 4, "image": t / 4}
@@ -484,7 +487,7 @@ def test_loss_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert ax.get_legend().get_texts()[0].get_fontsize() == 7
     assert list(ax.get_lines()[0].get_xdata()) == [1, 2]
     assert list(ax.get_lines()[2].get_ydata()) == [0.5, 0.25]
-    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert (tmp_path / "loss.png").stat().st_size > 0 and saved == [{"dpi": 120}]
 
 
 def test_train_feeds_the_references_and_shows_the_loss(
