@@ -499,7 +499,12 @@ def test_train_feeds_the_references_and_shows_the_loss(
     import hxpe.train as train_module
 
     seen: list[dict] = []
+    bars: list[dict] = []
     real = train_module.step_losses
+    real_tqdm = train_module.tqdm
+    monkeypatch.setattr(
+        train_module, "tqdm", lambda it, **kw: bars.append(kw) or real_tqdm(it, **kw)
+    )
     monkeypatch.setattr(
         train_module,
         "step_losses",
@@ -512,6 +517,7 @@ def test_train_feeds_the_references_and_shows_the_loss(
     assert torch.equal(batch["reference"][0], ds[0]["reference"])
     assert batch["has_reference"].tolist() == [True, True]
     assert re.search(r"loss=\d+\.\d{4}\b", capsys.readouterr().err)
+    assert bars == [{"desc": "hxpe epoch 1/1", "leave": False}]  # cleared when the epoch ends
 
 
 def test_step_losses_passes_references_and_which_are_real(toy: DatasetIndex) -> None:
@@ -616,6 +622,22 @@ def test_checkpoint_config_and_the_evaluation_model(
     n_tensors = len(model.trainable_state())
     assert caplog.records[-1].getMessage() == f"Loaded checkpoint {ckpt} ({n_tensors} tensors)"
     assert {p.device.type for p in on_meta.parameters()} == {"meta"}
+
+
+def test_training_loader_refuses_an_empty_split_and_takes_one_image(
+    toy: DatasetIndex, tmp_path: Path
+) -> None:
+    from hxpe.train import _loader
+
+    cfg = profile(split="validation")
+    with pytest.raises(ValueError) as err:
+        _loader(cfg, cfg.model_for("adaclip"), toy, phrases_for(toy), None)
+    assert str(err.value) == (
+        "Index toy has no 'validation' images to train on; check the index (stage 01) or "
+        "train.split."
+    )
+    cfg = profile(split="train")  # the toy index has one training image
+    assert len(_loader(cfg, cfg.model_for("adaclip"), toy, phrases_for(toy), None).dataset) == 1
 
 
 def test_training_loader_uses_the_configured_workers_batch_and_seed(toy: DatasetIndex) -> None:
