@@ -648,3 +648,32 @@ def test_training_loader_uses_the_configured_workers_batch_and_seed(toy: Dataset
     assert loader.num_workers == 1 and loader.batch_size == 3
     assert isinstance(loader.sampler, torch.utils.data.RandomSampler)  # shuffled, seeded
     assert loader.generator.initial_seed() == cfg.seed
+
+
+def test_checkpoint_metadata_and_refusals(tmp_path: Path) -> None:
+    """The weights file says its format; a checkpoint without weights, or with a tensor of another
+    shape, is refused with a message that names the file and what to do."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hxpe.model.checkpoint import save_checkpoint
+
+    model = build_model(profile().model_for("anomalyclip"))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_checkpoint(model, ckpt, {})
+    with safe_open(str(ckpt / "trainable.safetensors"), "pt") as fh:
+        assert fh.metadata() == {"format": "hxpe-trainable-v1"}
+    state = load_file(ckpt / "trainable.safetensors")
+    state["prompter.ctx_normal"] = torch.zeros(3, 64)
+    save_file(state, str(ckpt / "trainable.safetensors"))
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(ckpt)
+    assert str(err.value) == (
+        f"Checkpoint {ckpt}: prompter.ctx_normal has shape (3, 64), the model expects (12, 64); "
+        "retrain it."
+    )
+    (ckpt / "trainable.safetensors").unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        load_checkpoint(ckpt)
+    assert str(err.value) == f"Checkpoint {ckpt} has no trainable.safetensors; retrain it."
