@@ -975,3 +975,14 @@ def test_a_phrase_too_long_is_cut_at_token_boundaries_until_it_fits(
         "Explainable phrase cut to CLIP's 77-token context: 'deep scratch near the edge' -> "
         "'deep scratch'"
     ]
+
+
+def test_vfm_prompter_switches_dinov2_to_sdpa() -> None:
+    """DINOv2 is loaded with eager attention (its last block's attention is computed by the
+    prompter itself); the prompter then switches the blocks to SDPA, the faster kernel."""
+    from hxpe.model.loading import load_dinov2
+
+    dinov2 = load_dinov2(tiny_model_config("anomalyclip").vfm)
+    assert dinov2.config._attn_implementation == "eager"
+    VfmPrompter(dinov2, tiny_model_config("anomalyclip").vfm)
+    assert dinov2.config._attn_implementation == "sdpa"
