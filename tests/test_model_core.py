@@ -986,3 +986,17 @@ def test_vfm_prompter_switches_dinov2_to_sdpa() -> None:
     assert dinov2.config._attn_implementation == "eager"
     VfmPrompter(dinov2, tiny_model_config("anomalyclip").vfm)
     assert dinov2.config._attn_implementation == "sdpa"
+
+
+def test_a_template_too_long_is_refused_with_its_first_60_characters() -> None:
+    from hxpe.model.text import PromptTokenizer
+
+    tok = PromptTokenizer(tiny("anomalyclip").text.tokenizer.tokenizer, n_slots=71)  # room 4
+    sentence = "a b c d e " + "x" * 70
+    with pytest.raises(ValueError) as err:
+        tok([sentence])
+    n = len(tok.tokenizer.encode(sentence))
+    assert str(err.value) == (
+        f"Prompt {sentence[:60]!r}... has {n} tokens; at most 4 fit in CLIP's 77-token context. "
+        "Shorten the template."
+    )
