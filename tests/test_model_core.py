@@ -1000,3 +1000,25 @@ def test_a_template_too_long_is_refused_with_its_first_60_characters() -> None:
         f"Prompt {sentence[:60]!r}... has {n} tokens; at most 4 fit in CLIP's 77-token context. "
         "Shorten the template."
     )
+
+
+def test_constructors_say_what_is_wrong(caplog: pytest.LogCaptureFixture) -> None:
+    """WinCLIP is not an HXPEModel; layers beyond the tower; random CLIP weights are announced."""
+    from hxpe.model.vision import VisualEncoder
+
+    cfg = tiny_model_config("winclip", explain={"enabled": False}, vfm={"enabled": False})
+    with caplog.at_level(logging.WARNING, logger="hxpe.model.loading"):
+        clip, tokenizer = load_clip(cfg.clip)
+    assert [r.getMessage() for r in caplog.records if r.name == "hxpe.model.loading"] == [
+        "CLIP hxpe-tiny-clip has RANDOM weights (pretrained=None, seed 0): outputs carry no "
+        "meaning beyond tests and dry runs."
+    ]
+    with pytest.raises(ValueError) as err:
+        HXPEModel(cfg, clip, tokenizer, None)
+    assert str(err.value) == (
+        "Base 'winclip' is a model of its own (registry spec 'build'); build it with "
+        "hxpe.model.hxpe.build_model, not HXPEModel."
+    )
+    with pytest.raises(ValueError) as err:
+        VisualEncoder(clip.visual, [1, 9])
+    assert str(err.value).startswith("model.clip.layers [1, 9] asks for block 9, but this CLIP has")
