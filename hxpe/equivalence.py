@@ -15,8 +15,22 @@ layers and prompt shapes from the folder), and compares every expected quantity:
 
 Tolerances follow the folder's README (``|ours − theirs| <= atol + rtol·|theirs|``).
 
-Example:
-    >>> rows = check_folder("../shared/golden")  # doctest: +SKIP
+Example (one quantity, as ``hxpe check-equivalence`` prints it):
+    >>> import torch
+    >>> ours = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    >>> theirs = torch.tensor([0.5, 0.2501], dtype=torch.float64)
+    >>> row = compare("adaclip", "image_score", ours, theirs, atol=1e-5, rtol=1e-3)
+    >>> print(HEADER); print(row.line())
+    base             quantity          max|diff|       atol     rtol  result
+    adaclip          image_score       1.000e-04   1.00e-05    1e-03  pass
+    >>> check_folder(tmp_path)
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: ... is not a golden folder: clip.json is missing.
+
+    The golden folder holds outputs of the authors' own code, which this repository does not ship
+    (``../shared/golden``, or ``$HXPE_GOLDEN_DIR``); ``tests/test_golden_equivalence.py`` runs it:
+    >>> rows = check_folder(golden_dir())  # golden outputs: not in the repository  # doctest: +SKIP
     >>> all(r.passed for r in rows)  # doctest: +SKIP
     True
 """
