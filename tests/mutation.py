@@ -34,6 +34,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from hxpe.equivalence import golden_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PATHS = [
     "hxpe/model/*.py",
@@ -210,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.work, args.paths, args.tests, args.timeout_multiplier)
     started = time.perf_counter()
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    golden = ROOT.parent / "shared" / "golden"  # the scratch copy has no ../shared beside it
-    if "HXPE_GOLDEN_DIR" not in env and (golden / "clip.json").is_file():
+    golden = golden_dir()  # found from this checkout: the scratch copy has no ../shared beside it
+    if golden is not None:
         env["HXPE_GOLDEN_DIR"] = str(golden)
     run = subprocess.run(
         [
