@@ -242,14 +242,18 @@ def test_adaclip_prompt_shapes_types_and_branches_are_read_off_the_file(
 
 
 def test_import_with_the_base_defaults_writes_config_provenance_and_reports(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without a model config: the base's defaults with the phrase and the DINOv2 prompts off;
     ``config.json`` and ``provenance.json`` are indented JSON naming the source; the command line
     says what it wrote."""
+    import tempfile
+
     source = tmp_path / "ckpt.pth"
     _authors_checkpoint("anomalyclip", source)
     out = tmp_path / "ours"
+    # staged beside the target (one file system: an atomic rename), never in the system temp dir
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
     assert main(["import-checkpoint", "anomalyclip", str(source), "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"Imported anomalyclip checkpoint {source} -> {out}\n"
     config_text = (out / "config.json").read_text()
@@ -273,6 +277,7 @@ def test_import_command_help_names_the_safe_loader(capsys: pytest.CaptureFixture
     text = " ".join(capsys.readouterr().out.split())
     assert "The authors' .pth file (read with torch.load(weights_only=True))." in text
     assert "Whose checkpoint format." in text and "Checkpoint directory to write." in text
+    assert "Profile params file whose model settings to use." in text
 
 
 def test_an_unknown_key_is_refused_by_name() -> None:

@@ -79,6 +79,7 @@ def test_fast_equals_naive_in_fp32(case: str) -> None:
     again = collect(infer_fast(model, data, precision="fp32", caches=caches))  # from the caches
     assert naive.image_ids == fast.image_ids == [f"img{i}" for i in range(8)]
     assert fast.labels.tolist() == naive.labels.tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert naive.anomaly_maps.dtype == fast.anomaly_maps.dtype == np.float32
     assert naive.cls == fast.cls == [f"c{i % 2}" for i in range(8)]
     assert fast.anomaly_maps.shape == (8, SIZE, SIZE)
     for other in (fast, again):  # README: "agree within 1e-5 in fp32"

@@ -1022,3 +1022,32 @@ def test_constructors_say_what_is_wrong(caplog: pytest.LogCaptureFixture) -> Non
     with pytest.raises(ValueError) as err:
         VisualEncoder(clip.visual, [1, 9])
     assert str(err.value).startswith("model.clip.layers [1, 9] asks for block 9, but this CLIP has")
+
+
+def test_images_and_references_of_another_size_are_resized_bilinearly_without_corners() -> None:
+    """An input off the CLIP size is resized once, bilinear with align_corners=False (both the
+    images and the references): the same as handing over the resized tensors."""
+    model = tiny("anomalyclip", sigma=0.0)
+    x, refs = images(2, size=120), images(2, size=120, seed=5)
+
+    def resized(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, size=(112, 112), mode="bilinear", align_corners=False)
+
+    with torch.no_grad():
+        big = model(x, [None, "dent"], references=refs)
+        small = model(resized(x), [None, "dent"], references=resized(refs))
+    assert torch.equal(big.vfm_prompt, small.vfm_prompt)
+    assert torch.equal(big.image_score, small.image_score)
+    assert torch.equal(big.layer_maps[0], small.layer_maps[0])
+
+
+def test_an_unpinned_dinov2_is_refused_with_what_to_do() -> None:
+    cfg = tiny_model_config("anomalyclip").vfm.model_copy(
+        update={"config_file": None, "model_id": "someone/dinov2-huge"}
+    )
+    with pytest.raises(ValueError) as err:
+        load_dinov2(cfg)
+    assert str(err.value) == (
+        "model.vfm.model_id 'someone/dinov2-huge' is not pinned in hxpe/weights.yaml; add it there "
+        "(repo_id, revision, weight_patterns) or use facebook/dinov2-small."
+    )

@@ -673,6 +673,10 @@ def test_checkpoint_metadata_and_refusals(tmp_path: Path) -> None:
         f"Checkpoint {ckpt}: prompter.ctx_normal has shape (3, 64), the model expects (12, 64); "
         "retrain it."
     )
+    del state["prompter.ctx_normal"]  # a tensor missing, none unexpected
+    save_file(state, str(ckpt / "trainable.safetensors"))
+    with pytest.raises(ValueError, match=r"missing \['prompter\.ctx_normal'\], unexpected \[\]"):
+        load_checkpoint(ckpt)
     (ckpt / "trainable.safetensors").unlink()
     with pytest.raises(FileNotFoundError) as err:
         load_checkpoint(ckpt)
