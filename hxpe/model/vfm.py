@@ -16,6 +16,11 @@ the defect covers less than half of the patches).
 The map is modulated by DINOv2's last-layer CLS self-attention salience ``ŝ`` (min-max over the
 image, a relative weight): ``M = d̂ · ((1 − γ) + γ · ŝ)`` in [0, 1).
 
+Precision: DINOv2 itself runs under the caller's autocast (bf16 on a GPU), but every statistic of
+the map (distances, scales, quantile, calibration) is computed in float32 with autocast off
+(:func:`full_precision`). CUDA autocast would otherwise return the distance matmuls in bf16 and,
+unlike CPU autocast, does not upcast ``quantile``, which refuses bf16 inputs.
+
 Example (the tiny random-init DINOv2, on CLIP's 8×8 patch grid of 112 px inputs):
     >>> from hxpe.model.loading import load_dinov2
     >>> from hxpe.model.tiny import tiny_model_config
@@ -90,6 +95,23 @@ def own_nn_distance(feats: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if bool(near.all()):
         raise ValueError(f"grid {grid} is too small to calibrate on (every patch is a neighbour)")
     return 1.0 - sim.masked_fill(near, -2.0).max(dim=2).values
+
+
+def full_precision(t: torch.Tensor) -> torch.autocast:
+    """Autocast switched off on ``t``'s device (inputs must then be cast to float32 by the caller)."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+def normal_scale(feats: torch.Tensor, grid: tuple[int, int], q: float) -> torch.Tensor:
+    """[B] float32: the ``q``-quantile of each image's :func:`own_nn_distance`, under any autocast.
+
+    >>> f = torch.nn.functional.normalize(torch.rand(1, 9, 4), dim=-1)
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     normal_scale(f.bfloat16(), (3, 3), 0.5).dtype
+    torch.float32
+    """
+    with full_precision(feats):
+        return own_nn_distance(feats.float(), grid).quantile(q, dim=1)
 
 
 def calibrate(dist: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -207,7 +229,7 @@ class VfmPrompter(nn.Module):
                 todo.append(r)
         if todo:
             feats, _ = self.features(references[todo], grid)
-            scales = own_nn_distance(feats, grid).quantile(self.cfg.calibration_quantile, dim=1)
+            scales = normal_scale(feats, grid, self.cfg.calibration_quantile)
             for j, r in enumerate(todo):
                 out[reps.index(r)] = (feats[j], scales[j])
                 if cache is not None:
@@ -230,8 +252,8 @@ class VfmPrompter(nn.Module):
         """The calibrated prompt map M [B, h, w] in [0, 1) (see the module docstring);
         ``reference_cache``: a caller-owned cache of the references' features, or None."""
         feats, salience = self.features(images, grid)
-        dist = rarity(feats, self.cfg.rarity_k)
-        scale = dist.median(dim=1).values
+        ref_feats = ref_scale = None
+        has = None
         if references is not None:
             has = (
                 torch.ones(len(images), dtype=torch.bool, device=images.device)
@@ -242,14 +264,19 @@ class VfmPrompter(nn.Module):
                 ref_feats, ref_scale = self.reference_calibrated(
                     references[has], grid, reference_cache
                 )
+        with full_precision(feats):  # the statistics in float32 (module docstring)
+            feats = feats.float()
+            dist = rarity(feats, self.cfg.rarity_k)
+            scale = dist.median(dim=1).values
+            if ref_feats is not None and has is not None:
                 ref_dist = reference_distance(
-                    feats[has], ref_feats, self.cfg.distance == "mutual_nn"
+                    feats[has], ref_feats.float(), self.cfg.distance == "mutual_nn"
                 )
                 dist, scale = dist.clone(), scale.clone()
                 dist[has] = ref_dist
-                scale[has] = ref_scale.to(scale.dtype)
-        gamma = self.cfg.salience_weight
-        m = calibrate(dist, scale) * ((1.0 - gamma) + gamma * minmax(salience))
+                scale[has] = ref_scale.float()
+            gamma = self.cfg.salience_weight
+            m = calibrate(dist, scale) * ((1.0 - gamma) + gamma * minmax(salience.float()))
         return m.view(-1, *grid)
 
 
