@@ -5,9 +5,11 @@ Run in the vLLM venv (``.venv-vllm/bin/python -m hxpe.gpu_smoke``), on one CUDA 
 1. **agent**: the tiny random Qwen2-VL and Qwen2 folders of the dry run (head size 64, so every vLLM
    attention backend takes them) and a few MVTec-layout fixture images; stage 01 indexes them, then
    stages 02 and 03 run through the real vLLM backend (``hxpe describe`` / ``hxpe extract``, each in
-   its own process, structured JSON output on). Passes when every image has a description and every
-   description an extraction record (random models rarely produce a valid extraction; failures are
-   recorded, which is the path being exercised).
+   its own process, for two reference rules, with one engine per process; structured JSON output on
+   with an explicit backend). Passes when every image has a description and every description an
+   extraction record under both rules (random models rarely produce a valid extraction; failures are
+   recorded, which is the path being exercised), the extraction records carry the engine-level
+   structured-output settings, and no raw output has whitespace outside its JSON strings.
 2. **inference**: the paper-size architecture (ViT-L/14@336 at 518 px + DINOv2 ViT-S/14, RANDOM
    weights) through ``infer_fast`` in bf16 at batch 32; passes when every map is finite.
 3. **training**: one optimiser step of that model in bf16 (batch 8); passes when the loss is finite
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 SMOKE_IMAGE_SIZE = 518
+# what the extraction records must say of vLLM's engine-level structured-output settings
+STRUCTURED = {"backend": "guidance", "disable_any_whitespace": True}
 BATCH = 32
 TRAIN_BATCH = 8
 
@@ -98,6 +102,8 @@ def write_agent_inputs(work: Path) -> Path:
         "profile": "gpu-smoke",
         "description": "make gpu-smoke: tiny random Qwen models on vLLM, fixture images",
         "deterministic": False,
+        # two reference rules: both run in one `hxpe describe` (and `extract`) process, one engine
+        "variants": {"hxpe": {}, "hxpe_noref": {"reference_rule": "none"}},
         "data": {
             "allow_count_mismatch": True,
             "datasets": [
@@ -169,33 +175,62 @@ def agent_checks(
     os.environ["HXPE_RESULTS_ROOT"] = env["HXPE_RESULTS_ROOT"]
     cfg = load_config(params)
     n_images = sum(len(ix.split("test")) for ix in prepare_all(cfg).values())
-    descriptions, extractions = cfg.layout.agent_caches()
+    caches = [cfg.layout.agent_caches(rule) for rule in cfg.reference_rules()]
+    expected = n_images * len(caches)
 
     def describe() -> tuple[bool, str, dict[str, Any]]:
         run_stage("describe", params, env)
-        recs = _records(descriptions)
+        recs = [r for d, _ in caches for r in _records(d)]
         engine = recs[0]["provenance"]["engine"] if recs else {}
-        ok = len(recs) == n_images
-        return ok, f"{len(recs)}/{n_images} images described; engine key {engine}", {"n": len(recs)}
+        ok = len(recs) == expected
+        detail = f"{len(recs)}/{expected} descriptions ({len(caches)} reference rules); engine key {engine}"
+        return ok, detail, {"n": len(recs)}
 
     def extract() -> tuple[bool, str, dict[str, Any]]:
         run_stage("extract", params, env)
-        recs = _records(extractions)
+        recs = [r for _, e in caches for r in _records(e)]
         valid = sum(1 for r in recs if not r.get("error"))
-        engine = recs[0]["provenance"]["engine"] if recs else {}
-        structured = engine.get("structured_output") == {"disable_any_whitespace": True}
-        ok = len(recs) == n_images and structured
+        engines = [r["provenance"]["engine"].get("structured_output") for r in recs]
+        structured = bool(recs) and all(e == STRUCTURED for e in engines)
+        spaced = sum(1 for r in recs if whitespace_outside_strings(r.get("raw") or ""))
+        ok = len(recs) == expected and structured and spaced == 0
         detail = (
-            f"{len(recs)}/{n_images} extraction records ({valid} valid JSON from a random model), "
-            f"structured output {'on' if structured else 'MISSING'}"
+            f"{len(recs)}/{expected} extraction records ({valid} valid JSON from a random model), "
+            f"structured output {'on' if structured else 'MISSING'} {engines[0] if recs else ''}, "
+            f"{spaced} raw output(s) with whitespace outside strings"
         )
-        return ok, detail, {"n": len(recs), "valid": valid}
+        return ok, detail, {"n": len(recs), "valid": valid, "whitespace_outside_strings": spaced}
 
     rows = [timed("stage 02 describe (vLLM, 2 images/prompt)", describe)]
-    rows[0].images_per_s = _rate(n_images, rows[0])
+    rows[0].images_per_s = _rate(expected, rows[0])
     rows.append(timed("stage 03 extract (vLLM, JSON schema)", extract))
-    rows[1].images_per_s = _rate(n_images, rows[1])
+    rows[1].images_per_s = _rate(expected, rows[1])
     return rows
+
+
+def whitespace_outside_strings(text: str) -> int:
+    r"""How many whitespace characters of ``text`` (JSON, possibly cut off at ``max_tokens``) lie
+    outside its string literals: 0 when compact JSON was enforced.
+
+    >>> whitespace_outside_strings('{"a":"b c","d":[1,2]}')
+    0
+    >>> whitespace_outside_strings('{"a": "b \\" c",\n "d":1')
+    3
+    """
+    count, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch.isspace():
+            count += 1
+    return count
 
 
 def _rate(n: int, row: SmokeResult) -> float | None:

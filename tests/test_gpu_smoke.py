@@ -55,7 +55,7 @@ def test_module_without_cuda_fails_with_one_line(monkeypatch, capsys):
 def _in_process_stage(monkeypatch):
     from hxpe.cli import main
 
-    vllm = stand_in_vllm("new")
+    vllm = stand_in_vllm('{"anomaly":false,"phrase":"a b"}')
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", vllm.sampling_params)
 
@@ -71,12 +71,25 @@ def test_agent_checks_drive_both_stages_through_the_vllm_backend(monkeypatch, tm
     rows = gpu_smoke.agent_checks(tmp_path, run_stage=run)
     assert [r.ok for r in rows] == [True, True], [r.detail for r in rows]
     inits = [c[1] for c in vllm.calls if c[0] == "init"]
+    assert len(inits) == 2  # one engine per stage process, shared by both reference rules
     assert inits[0]["limit_mm_per_prompt"] == {"image": 2, "video": 0}
     assert inits[0]["model"].endswith("tiny-qwen2-vl") and inits[1]["model"].endswith("tiny-qwen2")
+    assert inits[1]["structured_outputs_config"] == gpu_smoke.STRUCTURED
     generate = [c for c in vllm.calls if c[0] == "generate"]
-    assert generate[-1][2].kwargs["structured_outputs"].kwargs["disable_any_whitespace"] is True
-    assert "structured output on" in rows[1].detail
+    assert "json" in generate[-1][2].kwargs["structured_outputs"].kwargs
+    assert "structured output on" in rows[1].detail and "2 reference rules" in rows[0].detail
+    assert "0 raw output(s) with whitespace outside strings" in rows[1].detail
     assert rows[0].images_per_s is not None
+
+
+def test_agent_checks_fail_on_whitespace_outside_strings(monkeypatch, tmp_path):
+    _, run = _in_process_stage(monkeypatch)
+    spaced = stand_in_vllm('{"anomaly": false}')  # what an unconstrained engine may write
+    monkeypatch.setitem(sys.modules, "vllm", spaced)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", spaced.sampling_params)
+    rows = gpu_smoke.agent_checks(tmp_path, run_stage=run)
+    assert [r.ok for r in rows] == [True, False]
+    assert rows[1].numbers["whitespace_outside_strings"] == rows[1].numbers["n"] > 0
 
 
 def test_paper_checks_run_on_a_small_model_on_cpu(tmp_path):

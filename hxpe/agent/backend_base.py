@@ -172,3 +172,36 @@ def engine_settings(cfg: DescribeConfig | ExtractConfig) -> dict[str, Any]:
     if backend is None:
         raise ValueError(f"backend {cfg.backend!r} has no engine settings")
     return backend.settings_for(cfg.options, structured=isinstance(cfg, ExtractConfig))
+
+
+class LazyEngine:
+    """A describer or extractor built on first use by ``factory`` and then reused: one engine per
+    process for every reference rule of a profile (``hxpe describe``/``hxpe extract``), and none at
+    all when everything is cached. It has the :class:`Describer` and :class:`Extractor` methods.
+
+    >>> built = []
+    >>> lazy = LazyEngine(lambda: built.append(1) or make_extractor(ExtractConfig(backend="rules")))
+    >>> built  # nothing built yet
+    []
+    >>> lazy.settings() == lazy.settings(), built  # built once, on first use
+    (True, [1])
+    """
+
+    def __init__(self, factory: Callable[[], Any]):
+        self._factory = factory
+        self._engine: Any = None
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            self._engine = self._factory()
+        return self._engine
+
+    def settings(self) -> dict[str, Any]:
+        return self.engine.settings()
+
+    def describe(self, requests: Sequence[DescribeRequest], sampling: Sampling) -> list[Generation]:
+        return self.engine.describe(requests, sampling)
+
+    def extract(self, requests: Sequence[ExtractRequest], sampling: Sampling) -> list[Generation]:
+        return self.engine.extract(requests, sampling)

@@ -6,18 +6,28 @@ Describe: the prompt is rendered by the HF processor's chat template (one
 ``multi_modal_data={"image": [reference, test]}`` through ``llm.generate``; the engine is built with
 ``limit_mm_per_prompt={"image": 2, "video": 0}`` (left out, video defaults to 999 items and vLLM
 profiles memory with a dummy video, shrinking the KV cache). Extract: the tokenizer's chat template,
-plus structured outputs (the JSON schema of :class:`~hxpe.agent.schema.Extraction`, compact: no
-whitespace between tokens, which otherwise can loop until ``max_tokens``) through
-:func:`structured_output_kwargs`, a shim over vLLM's two APIs that fails loudly when neither exists. ``SamplingParams`` always sets
-temperature, top_p, max_tokens and seed, so the model's generation_config cannot change them.
+plus structured outputs: ``StructuredOutputsParams(json=<the Extraction schema>)`` per request, and
+the engine-level ``structured_outputs_config`` (:func:`structured_config`) that holds the backend and
+the compact-JSON switch. vLLM's xgrammar and guidance backends read ``disable_any_whitespace`` only
+from that engine config (a per-request value is ignored), and the config refuses it while the backend
+is ``"auto"``; so the backend is always explicit. The default is ``guidance``: the pinned xgrammar
+0.2.8 still emits a space after commas with ``disable_any_whitespace`` (vLLM 0.33's
+``backend_xgrammar.py`` says so), and free whitespace can loop until ``max_tokens``.
+``SamplingParams`` always sets temperature, top_p, max_tokens and seed, so the model's
+generation_config cannot change them.
 
 Options (``agent.<stage>.options``) are ``vllm.LLM`` keywords: ``tensor_parallel_size`` (1 for the AWQ
 model on one 80 GB GPU; 4 for bf16 in practice), ``max_model_len`` (8192; part of the cache key),
 ``max_num_seqs`` (32 fits the AWQ model's KV budget; send >= 256 requests per call, ``batch_size``),
-``gpu_memory_utilization``, ``dtype``, ``quantization``, ``mm_processor_kwargs`` (default
-``{"min_pixels": 256*28*28, "max_pixels": 1280*28*28}``), ``enforce_eager``,
-``distributed_executor_backend`` ("mp" or "ray"), ``pipeline_parallel_size``, ``download_dir``.
-vLLM is imported only here, when the engine is built (it is CUDA-only and lives in its own venv).
+``gpu_memory_utilization``, ``dtype``, ``quantization``, ``mm_processor_kwargs`` (describe: the
+Qwen2-VL pixel limits ``{"min_pixels": 256*28*28, "max_pixels": 1280*28*28}`` by default, each
+overridable alone; passed on as ``size={"shortest_edge", "longest_edge"}``, the form transformers
+keeps after 5.23), ``structured_outputs_config`` (extract: ``{"backend": "guidance" | "xgrammar",
+"disable_any_whitespace": bool}``), ``enforce_eager``, ``distributed_executor_backend`` ("mp" or
+"ray"), ``pipeline_parallel_size``, ``download_dir``. :func:`settings_for` says which of them are in
+the cache key. Every keyword sent to vLLM exists in the pinned version: the CPU tests' stand-in
+refuses any other (:mod:`hxpe.environment.vllm_api`). vLLM is imported only here, when the engine is
+built (it is CUDA-only and lives in its own venv).
 """
 
 from __future__ import annotations
@@ -44,8 +54,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PIXELS = {"min_pixels": 256 * 28 * 28, "max_pixels": 1280 * 28 * 28}
 # Two images per prompt and no video: vLLM reserves memory for the most items each modality allows.
 MM_LIMITS = {"image": 2, "video": 0}
-# Structured JSON without free whitespace (part of the extractor's cache key).
-STRUCTURED_OPTIONS = {"disable_any_whitespace": True}
+# The extractor's engine-level structured-output settings (part of its cache key).
+STRUCTURED_DEFAULTS: dict[str, Any] = {"backend": "guidance", "disable_any_whitespace": True}
+STRUCTURED_BACKENDS = ("guidance", "xgrammar")  # the two that honour disable_any_whitespace
 ENGINE_DEFAULTS: dict[str, Any] = {"max_model_len": 8192, "tensor_parallel_size": 1}
 KNOWN_OPTIONS = (
     "tensor_parallel_size",
@@ -56,6 +67,7 @@ KNOWN_OPTIONS = (
     "dtype",
     "quantization",
     "mm_processor_kwargs",
+    "structured_outputs_config",
     "enforce_eager",
     "distributed_executor_backend",
     "download_dir",
@@ -72,21 +84,85 @@ PERFORMANCE_ONLY = (
 )
 
 
+def pixel_limits(options: dict[str, Any]) -> dict[str, int]:
+    """The describer's Qwen2-VL pixel limits: ``mm_processor_kwargs`` over the defaults.
+
+    >>> pixel_limits({"mm_processor_kwargs": {"max_pixels": 1000000}})
+    {'min_pixels': 200704, 'max_pixels': 1000000}
+    """
+    given = dict(options.get("mm_processor_kwargs") or {})
+    unknown = sorted(set(given) - set(DEFAULT_PIXELS))
+    if unknown:
+        raise ValueError(
+            f"vllm backend: mm_processor_kwargs {unknown} are not supported; give "
+            f"{sorted(DEFAULT_PIXELS)} (the Qwen2-VL pixel limits)"
+        )
+    return {**DEFAULT_PIXELS, **given}
+
+
+def processor_size(pixels: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Pixel limits in the ``size`` form of the Qwen2-VL processors (``min_pixels``/``max_pixels``
+    keywords are deprecated in transformers 5.x and removed in 5.23).
+
+    >>> processor_size({"min_pixels": 4, "max_pixels": 9})
+    {'size': {'shortest_edge': 4, 'longest_edge': 9}}
+    """
+    return {"size": {"shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]}}
+
+
+def structured_config(options: dict[str, Any]) -> dict[str, Any]:
+    """The extractor's engine-level ``structured_outputs_config``: the option over the defaults,
+    with an explicit backend that honours ``disable_any_whitespace``.
+
+    >>> structured_config({})
+    {'backend': 'guidance', 'disable_any_whitespace': True}
+    >>> structured_config({"structured_outputs_config": {"backend": "xgrammar"}})
+    {'backend': 'xgrammar', 'disable_any_whitespace': True}
+    """
+    given = dict(options.get("structured_outputs_config") or {})
+    unknown = sorted(set(given) - set(STRUCTURED_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"vllm backend: structured_outputs_config {unknown} are not supported; give "
+            f"{sorted(STRUCTURED_DEFAULTS)}"
+        )
+    out = {**STRUCTURED_DEFAULTS, **given}
+    if out["backend"] not in STRUCTURED_BACKENDS:
+        raise ValueError(
+            f"vllm backend: structured_outputs_config.backend {out['backend']!r}; use one of "
+            f"{list(STRUCTURED_BACKENDS)} (vLLM honours disable_any_whitespace only with these, and "
+            f"'auto' may pick another per release)"
+        )
+    return out
+
+
 def settings_for(options: dict[str, Any], structured: bool = False) -> dict[str, Any]:
     """Engine settings that determine the output (part of the cache key): the options with their
-    defaults filled in (``max_model_len`` included), less the performance-only ones; for the
-    extractor (``structured=True``) also the structured-output switches.
+    defaults filled in, less the performance-only ones. The describer's include its pixel limits
+    (``mm_processor_kwargs``, defaults filled); the extractor's (``structured=True``) its
+    engine-level structured-output settings (``structured_output``: backend and whitespace switch).
 
     >>> settings_for({"max_num_seqs": 32}, structured=True)
-    {'max_model_len': 8192, 'structured_output': {'disable_any_whitespace': True}}
+    {'max_model_len': 8192, 'structured_output': {'backend': 'guidance', 'disable_any_whitespace': True}}
+    >>> settings_for({})
+    {'max_model_len': 8192, 'mm_processor_kwargs': {'min_pixels': 200704, 'max_pixels': 1003520}}
     """
     unknown = sorted(set(options) - set(KNOWN_OPTIONS))
     if unknown:
         raise ValueError(f"vllm backend: unknown options {unknown}; known: {list(KNOWN_OPTIONS)}")
+    wrong_stage = "mm_processor_kwargs" if structured else "structured_outputs_config"
+    if wrong_stage in options:
+        stage, other = ("extract", "describe") if structured else ("describe", "extract")
+        raise ValueError(
+            f"vllm backend: {wrong_stage} is an agent.{other} option; agent.{stage} has no use for it"
+        )
     effective = {**ENGINE_DEFAULTS, **options}
+    if not structured:
+        effective["mm_processor_kwargs"] = pixel_limits(options)
     out = {k: v for k, v in sorted(effective.items()) if k not in PERFORMANCE_ONLY}
     if structured:
-        out["structured_output"] = dict(STRUCTURED_OPTIONS)
+        out.pop("structured_outputs_config", None)
+        out["structured_output"] = structured_config(options)
     return out
 
 
@@ -103,28 +179,24 @@ def import_vllm() -> Any:
 
 
 def structured_output_kwargs(schema: dict[str, Any], sampling_module: Any = None) -> dict[str, Any]:
-    """``SamplingParams`` keywords constraining output to ``schema``, for whichever API vLLM has.
-
-    vLLM >= 0.11: ``structured_outputs=StructuredOutputsParams(json=...)``; up to 0.11:
-    ``guided_decoding=GuidedDecodingParams(json=...)``. Neither: a loud error (never silently
-    unconstrained).
-    """
+    """``SamplingParams`` keywords constraining output to ``schema``:
+    ``structured_outputs=StructuredOutputsParams(json=schema)`` (vLLM >= 0.11). The backend and the
+    whitespace switch are engine settings (:func:`structured_config`). Without that class: a loud
+    error (never silently unconstrained)."""
     sp = sampling_module or importlib.import_module("vllm.sampling_params")
     if hasattr(sp, "StructuredOutputsParams"):
-        return {"structured_outputs": sp.StructuredOutputsParams(json=schema, **STRUCTURED_OPTIONS)}
-    if hasattr(sp, "GuidedDecodingParams"):
-        return {"guided_decoding": sp.GuidedDecodingParams(json=schema, **STRUCTURED_OPTIONS)}
+        return {"structured_outputs": sp.StructuredOutputsParams(json=schema)}
     version = getattr(importlib.import_module("vllm"), "__version__", "?")
     raise RuntimeError(
-        f"vLLM {version} has neither StructuredOutputsParams nor GuidedDecodingParams in "
-        f"vllm.sampling_params; cannot constrain extraction to JSON. Install the vLLM version "
-        f"pinned in environment.yml (make gpu-env)."
+        f"vLLM {version} has no StructuredOutputsParams in vllm.sampling_params; cannot constrain "
+        f"extraction to JSON. Install the vLLM version pinned in constraints-gpu.txt (make gpu-env)."
     )
 
 
 def engine_kwargs(cfg: DescribeConfig | ExtractConfig, multimodal: bool) -> dict[str, Any]:
-    """Keywords of ``vllm.LLM`` for a stage (defaults filled, the seed set)."""
-    settings_for(cfg.options)
+    """Keywords of ``vllm.LLM`` for a stage (defaults filled, the seed set): the describer's with its
+    image limits and pixel limits, the extractor's with its ``structured_outputs_config``."""
+    settings_for(cfg.options, structured=not multimodal)
     kwargs: dict[str, Any] = {
         "model": cfg.model_id,
         "revision": cfg.revision,
@@ -134,7 +206,9 @@ def engine_kwargs(cfg: DescribeConfig | ExtractConfig, multimodal: bool) -> dict
     }
     if multimodal:
         kwargs["limit_mm_per_prompt"] = dict(MM_LIMITS)
-        kwargs.setdefault("mm_processor_kwargs", dict(DEFAULT_PIXELS))
+        kwargs["mm_processor_kwargs"] = processor_size(pixel_limits(cfg.options))
+    else:
+        kwargs["structured_outputs_config"] = structured_config(cfg.options)
     return kwargs
 
 
@@ -169,12 +243,12 @@ class VllmDescriber:
         kwargs = engine_kwargs(cfg, multimodal=True)
         processor = AutoProcessor.from_pretrained(
             cfg.model_id, revision=cfg.revision, **kwargs["mm_processor_kwargs"]
-        )
+        )  # only its chat template is used here; vLLM's own copy processes the images
         log.info("starting vLLM: %s", {k: v for k, v in kwargs.items() if k != "model"})
         return cls(vllm, vllm.LLM(**kwargs), processor, cfg.options)
 
     def settings(self) -> dict[str, Any]:
-        return settings_for(self.options)
+        return settings_for(self.options, structured=False)
 
     def request(self, req: DescribeRequest) -> dict[str, Any]:
         """One ``llm.generate`` input: the chat-templated prompt and its images in order."""

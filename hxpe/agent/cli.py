@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from hxpe.agent.backend_base import LazyEngine
     from hxpe.agent.cache import Shard
     from hxpe.agent.runner import StageReport
     from hxpe.config import Config
@@ -59,18 +60,27 @@ def _merge(path: Path) -> int:
 
 
 def _each_rule(
-    args: argparse.Namespace, stage: int, run: Callable[[Config, str, Shard], StageReport]
+    args: argparse.Namespace,
+    stage: int,
+    run: Callable[[Config, str, Shard, LazyEngine], StageReport],
 ) -> int:
     """One stage (``stage`` 0: describe, 1: extract) for every reference rule of the profile:
-    ``run(cfg, rule, shard)`` and print its report, or only merge the shards with ``--merge``."""
+    ``run(cfg, rule, shard, engine)`` and print its report, or only merge the shards with ``--merge``.
+    ``engine`` is built on first use and shared by the rules: one engine per process (a second 72B
+    engine may not start while the first still holds the GPU's memory)."""
+    from hxpe.agent.backend_base import LazyEngine, make_describer, make_extractor
     from hxpe.config import load_config
 
     cfg = load_config(args.params)
     rules = cfg.reference_rules()
     if args.merge:
         return max(_merge(cfg.layout.agent_caches(rule)[stage]) for rule in rules)
+    if stage == 0:
+        engine = LazyEngine(lambda: make_describer(cfg.agent.describe))
+    else:
+        engine = LazyEngine(lambda: make_extractor(cfg.agent.extract))
     for rule in rules:
-        report = run(cfg, rule, (args.shard, args.num_shards))
+        report = run(cfg, rule, (args.shard, args.num_shards), engine)
         print(json.dumps({"reference_rule": rule, **report.as_dict()}, indent=1))
     return 0
 
@@ -79,10 +89,15 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from hxpe.agent.describe import run_describe
     from hxpe.data.index import load_index
 
-    def run(cfg: Config, rule: str, shard: Shard) -> StageReport:
+    def run(cfg: Config, rule: str, shard: Shard, engine: LazyEngine) -> StageReport:
         indexes = [load_index(cfg.layout.index_dir(d.name)) for d in cfg.data.datasets]
         return run_describe(
-            indexes, cfg.agent, cfg.layout.descriptions(rule), reference_rule=rule, shard=shard
+            indexes,
+            cfg.agent,
+            cfg.layout.descriptions(rule),
+            reference_rule=rule,
+            shard=shard,
+            describer=engine,
         )
 
     return _each_rule(args, 0, run)
@@ -91,8 +106,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from hxpe.agent.extract import run_extract
 
-    def run(cfg: Config, rule: str, shard: Shard) -> StageReport:
+    def run(cfg: Config, rule: str, shard: Shard, engine: LazyEngine) -> StageReport:
         descriptions, extractions = cfg.layout.agent_caches(rule)
-        return run_extract(descriptions, cfg.agent, extractions, shard=shard, clip=cfg.model.clip)
+        return run_extract(
+            descriptions, cfg.agent, extractions, shard=shard, clip=cfg.model.clip, extractor=engine
+        )
 
     return _each_rule(args, 1, run)

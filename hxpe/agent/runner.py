@@ -1,5 +1,11 @@
 """What both stages share: the stage skeleton (cache, batches, records), the bounded retry loop,
-producer provenance and the run report."""
+producer provenance and the run report.
+
+Engine errors (the backend raised instead of answering) are never cached: they say nothing about the
+input, and after an out-of-memory error a dead engine fails every item at once. Such items are left
+out of the cache, so the next run retries them; a batch in which every item failed that way stops
+the stage with :class:`EngineFailure`, after the records of the earlier batches were written.
+"""
 
 from __future__ import annotations
 
@@ -52,21 +58,45 @@ class Outcome(Generic[Val]):
         }
 
 
+ENGINE_ERROR = "engine_error"
+# Consecutive single-item failures after which the per-item retry of a failed batch stops calling
+# the backend (the engine is presumed dead; the remaining items fail without a call).
+DEAD_AFTER = 3
+
+
+class EngineFailure(RuntimeError):
+    """The backend failed on every item of a batch: the stage stops, and nothing of it was cached."""
+
+
+def _engine_error(err: BaseException) -> OutputError:
+    return OutputError(ENGINE_ERROR, f"{type(err).__name__}: {err}"[:300])
+
+
 def _call_robustly(
     call: Callable[[list[Req], Sampling], list[Generation]], batch: list[Req], sampling: Sampling
 ) -> list[Generation | OutputError]:
-    """Call the backend on a batch; if it raises, call it per item so one bad input fails alone."""
+    """Call the backend on a batch; if it raises, call it per item so one bad input fails alone.
+
+    After :data:`DEAD_AFTER` single items in a row have raised, the rest of the batch is not sent
+    (every one would fail the same way on a dead engine) and fails with that error.
+    """
     try:
         gens = call(batch, sampling)
         if len(gens) != len(batch):
             raise RuntimeError(f"backend returned {len(gens)} outputs for {len(batch)} requests")
         return list(gens)
-    except Exception as err:  # noqa: BLE001 - a backend failure must never stop the run
+    except Exception as err:  # noqa: BLE001 - a backend failure must never stop the run here
         if len(batch) == 1:
             log.warning("backend error: %s: %s", type(err).__name__, err)
-            return [OutputError("engine_error", f"{type(err).__name__}: {err}"[:300])]
+            return [_engine_error(err)]
         log.warning("backend error on a batch of %d (%s); retrying one by one", len(batch), err)
-        return [_call_robustly(call, [item], sampling)[0] for item in batch]
+    out: list[Generation | OutputError] = []
+    streak = 0
+    for item in batch:
+        res = _call_robustly(call, [item], sampling)[0] if streak < DEAD_AFTER else out[-1]
+        streak = streak + 1 if isinstance(res, OutputError) else 0
+        out.append(res)
+    return out
 
 
 def run_with_retries(
@@ -76,6 +106,8 @@ def run_with_retries(
     cfg: DescribeConfig | ExtractConfig,
 ) -> list[Outcome[Val]]:
     """Generate for every request; bad output is retried ``cfg.max_retries`` times, then reported.
+    An engine error (the backend raised) is reported at once: it is not the model's output, and
+    the stage leaves it out of the cache for the next run (:func:`run_stage`).
 
     ``check`` turns a :class:`Generation` into the value or raises :class:`OutputError`.
     """
@@ -83,6 +115,7 @@ def run_with_retries(
     last: dict[int, tuple[str, str]] = {}
     pending = list(range(len(requests)))
     spent = [0.0] * len(requests)
+    tries = [0] * len(requests)
     for attempt in range(cfg.max_retries + 1):
         if not pending:
             break
@@ -93,6 +126,7 @@ def run_with_retries(
         still = []
         for i, res in zip(pending, results, strict=True):
             spent[i] += share
+            tries[i] += 1
             raw = res.text if isinstance(res, Generation) else ""
             try:
                 if isinstance(res, OutputError):
@@ -100,13 +134,15 @@ def run_with_retries(
                 value = check(res)
             except OutputError as err:
                 last[i] = (raw, str(err))
-                still.append(i)
+                if err.reason != ENGINE_ERROR:  # an engine error is retried by the next run
+                    still.append(i)
                 continue
             outcomes[i] = Outcome(value, raw, None, attempt + 1, spent[i])
         pending = still
-    for i in pending:
-        raw, error = last[i]
-        outcomes[i] = Outcome(None, raw, error, cfg.max_retries + 1, spent[i])
+    for i, out in enumerate(outcomes):
+        if out is None:
+            raw, error = last[i]
+            outcomes[i] = Outcome(None, raw, error, tries[i], spent[i])
     return [o for o in outcomes if o is not None]
 
 
@@ -133,7 +169,8 @@ def run_stage(
     appended after each batch: ``key``, ``settings_hash``, the stage's ``fields(item, outcome)``,
     then ``provenance`` and ``timing``. ``report`` counts done, cached and failed items.
     """
-    known = {r["key"]: r for r in cache.records()}
+    # records of engine errors (left by older versions) are not results: retried like missing ones
+    known = {r["key"]: r for r in cache.records() if reason_of(r.get("error")) != ENGINE_ERROR}
     pending = [(k, it) for k, it in keyed if k not in known]
     for k, _ in keyed:
         if k in known:
@@ -149,6 +186,9 @@ def run_stage(
         outcomes = run_with_retries(requests([it for _, it in batch]), call, check, cfg)
         records = []
         for (key, it), out in zip(batch, outcomes, strict=True):
+            if reason_of(out.error) == ENGINE_ERROR:  # never cached: the next run retries it
+                report.count_failure(out.error)
+                continue
             records.append(
                 {
                     "key": key,
@@ -162,7 +202,24 @@ def run_stage(
             report.done += int(out.ok)
         cache.append(records)
         bar.update(len(batch))
+        if not records:
+            bar.close()
+            raise EngineFailure(engine_failure_message(report, cfg, len(batch), outcomes[-1].error))
     bar.close()
+
+
+def engine_failure_message(
+    report: StageReport, cfg: DescribeConfig | ExtractConfig, n: int, error: str | None
+) -> str:
+    """What went wrong when a whole batch failed in the engine, what was kept, and what to do."""
+    return (
+        f"agent {report.stage}: the {cfg.backend} engine failed on all {n} request(s) of a batch "
+        f"({error}); it is presumed dead, so the stage stops. {report.done} new record(s) of earlier "
+        f"batches are in {report.cache_path}; no engine failure was cached. Fix the cause (after an "
+        f"out-of-memory error lower agent.{report.stage}.options gpu_memory_utilization, "
+        f"max_num_seqs, max_model_len or the pixel limits, or free the GPU), then rerun the same "
+        f"command: it resumes with the items not yet done."
+    )
 
 
 def replay_stage(

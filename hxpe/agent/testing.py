@@ -241,32 +241,96 @@ def save_tiny_qwen2(
 
 
 class _Params:
-    """Keyword arguments recorded as they were passed."""
+    """Keyword arguments recorded as they were passed; ``allowed`` (set per class by
+    :func:`stand_in_vllm`) lists the keywords the pinned vLLM's class takes."""
+
+    allowed: frozenset[str] = frozenset()
+    version = ""
 
     def __init__(self, **kwargs):
+        _refuse_unknown(f"{type(self).__name__}()", kwargs, self.allowed, self.version)
         self.kwargs = kwargs
 
 
-def stand_in_vllm(api: str, reply: str = "No anomaly") -> types.ModuleType:
-    """A module with vLLM's names that records calls; ``api``: 'new', 'old' or 'none'."""
+def _refuse_unknown(where: str, kwargs: dict, allowed: frozenset[str], version: str) -> None:
+    """A TypeError, as Python raises it, for keywords the pinned vLLM does not have."""
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(
+            f"{where} got unexpected keyword argument(s) {unknown}: vLLM {version} has no such "
+            f"keyword (hxpe/environment/vllm_api.json, the pinned wheel's API)"
+        )
+
+
+def _params_class(name: str, api: dict, version: str) -> type:
+    return type(name, (_Params,), {"allowed": frozenset(api["fields"]), "version": version})
+
+
+def _check_structured_config(value: dict, snap: dict) -> None:
+    """What vLLM's StructuredOutputsConfig accepts (its fields, backends and validator); vLLM itself
+    drops unknown keys of the dict silently, the stand-in refuses them."""
+    version = snap["vllm"]
+    fields = frozenset(snap["api"]["StructuredOutputsConfig"]["fields"])
+    _refuse_unknown("StructuredOutputsConfig()", value, fields, version)
+    backend = value.get("backend", "auto")
+    if backend not in snap["structured_outputs_backends"]:
+        raise ValueError(f"structured_outputs_config.backend {backend!r} is not a vLLM backend")
+    if value.get("disable_any_whitespace") and backend not in ("xgrammar", "guidance"):
+        raise ValueError(
+            "disable_any_whitespace is only supported for xgrammar and guidance backends."
+        )
+
+
+def stand_in_vllm(
+    reply: str = "No anomaly",
+    *,
+    structured: bool = True,
+    die_after: int | None = None,
+    snapshot: dict | None = None,
+) -> types.ModuleType:
+    """A module with vLLM's names that records calls (``vllm.calls``) and holds to the pinned
+    vLLM's keyword API (:mod:`hxpe.environment.vllm_api`): ``LLM``, ``LLM.generate``,
+    ``SamplingParams`` and ``StructuredOutputsParams`` refuse keywords the pinned version lacks, and
+    ``structured_outputs_config`` is checked as vLLM's config checks it.
+
+    ``structured=False`` leaves out ``StructuredOutputsParams`` (an API without it).
+    ``die_after=n``: the engine answers ``n`` prompts, then raises on the prompt after (mid-batch,
+    like an out-of-memory error) and on every call after that (a dead engine).
+    """
+    from hxpe.environment.vllm_api import llm_keywords, load_snapshot
+
+    snap = snapshot or load_snapshot()
+    version = snap["vllm"]
     vllm = types.ModuleType("vllm")
-    vllm.__version__ = f"stand-in-{api}"
+    vllm.__version__ = f"stand-in-{version}"
     sp = types.ModuleType("vllm.sampling_params")
-    if api == "new":
-        sp.StructuredOutputsParams = type("StructuredOutputsParams", (_Params,), {})
-    if api == "old":
-        sp.GuidedDecodingParams = type("GuidedDecodingParams", (_Params,), {})
+    if structured:
+        sp.StructuredOutputsParams = _params_class(
+            "StructuredOutputsParams", snap["api"]["StructuredOutputsParams"], version
+        )
     vllm.sampling_params = sp
-    vllm.SamplingParams = type("SamplingParams", (_Params,), {})
+    vllm.SamplingParams = _params_class("SamplingParams", snap["api"]["SamplingParams"], version)
+    sp.SamplingParams = vllm.SamplingParams
+    init_keywords = frozenset(llm_keywords(snap))
+    generate_keywords = frozenset(snap["api"]["LLM.generate"]["parameters"])
     calls: list = []
+    answered = [0]
 
     class LLM:
         def __init__(self, **kwargs):
+            _refuse_unknown("LLM.__init__()", kwargs, init_keywords, version)
+            if isinstance(kwargs.get("structured_outputs_config"), dict):
+                _check_structured_config(kwargs["structured_outputs_config"], snap)
             self.kwargs = kwargs
             calls.append(("init", kwargs))
 
-        def generate(self, prompts, params, use_tqdm=True):
-            calls.append(("generate", prompts, params))
+        def generate(self, prompts, sampling_params=None, **kwargs):
+            _refuse_unknown("LLM.generate()", kwargs, generate_keywords, version)
+            calls.append(("generate", prompts, sampling_params))
+            if die_after is not None and answered[0] + len(prompts) > die_after:
+                answered[0] = die_after
+                raise RuntimeError("CUDA out of memory (stand-in engine; it is dead from now on)")
+            answered[0] += len(prompts)
             out = types.SimpleNamespace(text=reply, finish_reason="stop")
             return [types.SimpleNamespace(outputs=[out]) for _ in prompts]
 
