@@ -1,15 +1,21 @@
 """``make doctor``: is this machine ready for a profile? Lists each missing piece and how to get it.
 
-Checks the GPU, the vLLM extra (in its own venv), the pinned weights the profile needs in the local
-Hugging Face cache, and the dataset roots. Exit status 1 when anything required is missing.
+Checks the GPU, the vLLM extra (in its own venv), what Triton needs to compile vLLM's and
+``torch.compile``'s kernels on first use (a C compiler and ``Python.h`` of each venv's interpreter),
+the pinned weights the profile needs in the local Hugging Face cache, and the dataset roots. Exit
+status 1 when anything required is missing.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from hxpe.config import Config
 from hxpe.paths import repo_root, resolve
@@ -140,6 +146,73 @@ def check_vllm(need: bool) -> Check:
     )
 
 
+def c_compiler() -> str | None:
+    """The C compiler Triton builds its kernel launchers with: ``$CC``, else ``gcc``, else
+    ``clang`` on the PATH (triton/runtime/build.py); None when there is none."""
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    return shutil.which("gcc") or shutil.which("clang")
+
+
+# Where Triton looks for Python.h: the include path of the interpreter's install scheme.
+_INCLUDE_PROBE = (
+    "import json, sys, sysconfig; s = sysconfig.get_default_scheme(); "
+    "s = 'posix_prefix' if s == 'posix_local' else s; "
+    "print(json.dumps({'include': sysconfig.get_paths(scheme=s)['include'], "
+    "'version': '%d.%d' % sys.version_info[:2]}))"
+)
+
+
+def python_include(python: str | Path) -> tuple[Path, str]:
+    """``(include dir, 'X.Y')`` of the interpreter ``python``: where Triton looks for Python.h."""
+    done = subprocess.run(
+        [str(python), "-c", _INCLUDE_PROBE], capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{python} could not report its include path: {done.stderr.strip()}")
+    info = json.loads(done.stdout)
+    return Path(info["include"]), info["version"]
+
+
+def check_build_tools(need: bool, venvs: dict[str, Path] | None = None) -> list[Check]:
+    """A C compiler and ``Python.h`` for each venv's interpreter (default: this one, and
+    ``.venv-vllm`` once built): without them Triton fails when vLLM starts its engine."""
+    if venvs is None:
+        venvs = {"this venv": Path(sys.executable)}
+        gpu_py = repo_root() / ".venv-vllm" / "bin" / "python"
+        if gpu_py.exists():
+            venvs[".venv-vllm"] = gpu_py
+    cc = c_compiler()
+    out = [
+        Check(
+            "C compiler (Triton)",
+            cc is not None,
+            cc
+            or f"none ({'$CC=' + os.environ['CC'] if os.environ.get('CC') else 'no gcc or clang on PATH'})",
+            ""
+            if cc
+            else "sudo apt-get install gcc   # or conda install -c conda-forge gcc; or set CC",
+            required=need,
+        )
+    ]
+    for name, python in venvs.items():
+        include, version = python_include(python)
+        ok = (include / "Python.h").is_file()
+        out.append(
+            Check(
+                f"Python.h ({name})",
+                ok,
+                f"{include / 'Python.h'}" + ("" if ok else " (missing)") + f", Python {version}",
+                ""
+                if ok
+                else f"sudo apt-get install python{version}-dev   # the headers of {python}",
+                required=need,
+            )
+        )
+    return out
+
+
 def check_weights(keys: list[str]) -> list[Check]:
     """Each hub snapshot among ``keys`` is in the local cache (released checkpoints:
     :func:`check_released`)."""
@@ -224,6 +297,7 @@ def run_checks(cfg: Config) -> list[Check]:
     return [
         check_gpu(need=agent_gpu),
         check_vllm(need=agent_gpu),
+        *check_build_tools(need=agent_gpu),
         *check_weights(required_weight_keys(cfg)),
         *check_released(cfg),
         *check_datasets(cfg),

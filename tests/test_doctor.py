@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hxpe.config import load_config
@@ -146,3 +148,52 @@ def test_doctor_prints_the_driver_and_the_cuda_13_requirement(monkeypatch, drive
     assert fix in check.fix
     text, _ = report([check])
     assert "driver >= 580" in text
+
+
+def _fake_python(tmp_path, include) -> str:
+    """An 'interpreter' that answers the include probe the way Python 3.11 would."""
+    exe = tmp_path / "python"
+    exe.write_text(f'#!/bin/sh\necho \'{{"include": "{include}", "version": "3.11"}}\'\n')
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_doctor_checks_a_c_compiler_and_python_h_for_triton(tmp_path, monkeypatch):
+    from hxpe.doctor import check_build_tools
+
+    include = tmp_path / "include" / "python3.11"
+    include.mkdir(parents=True)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    monkeypatch.delenv("CC", raising=False)
+    venvs = {".venv-vllm": _fake_python(tmp_path, include)}
+    text, ready = report(check_build_tools(True, venvs))
+    assert not ready
+    assert "[MISSING] C compiler (Triton): none (no gcc or clang on PATH)" in text
+    assert "-> sudo apt-get install gcc" in text
+    assert f"[MISSING] Python.h (.venv-vllm): {include}/Python.h (missing), Python 3.11" in text
+    assert "-> sudo apt-get install python3.11-dev" in text
+    text, ready = report(check_build_tools(False, venvs))  # a CPU profile: warnings only
+    assert ready and "[   warn] C compiler (Triton)" in text
+
+    cc = tmp_path / "bin" / "my-cc"
+    cc.parent.mkdir()
+    cc.write_text("#!/bin/sh\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    (include / "Python.h").write_text("/* headers */\n")
+    text, ready = report(check_build_tools(True, venvs))
+    assert ready, text
+    assert f"[    ok ] C compiler (Triton): {cc}" in text
+    monkeypatch.setenv("CC", "no-such-cc")
+    assert "none ($CC=no-such-cc)" in report(check_build_tools(True, venvs))[0]
+
+
+def test_the_include_probe_runs_in_the_real_interpreter():
+    import sys
+    import sysconfig
+
+    from hxpe.doctor import python_include
+
+    include, version = python_include(sys.executable)
+    assert version == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert include == Path(sysconfig.get_paths()["include"])
