@@ -45,7 +45,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    import json
 
     from hxpe.config import load_config
     from hxpe.doctor import required_weight_keys
@@ -62,11 +61,11 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     print(describe_plan(fetch_plan(keys)))
     if args.dry_run:
         return 0
-    resolved = fetch(keys)
     lock = models_lock()
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text(json.dumps(resolved, indent=1, sort_keys=True) + "\n")
-    print(f"Fetched {sorted(resolved)}; resolved revisions in {lock}")
+    result = fetch(keys, lock=lock)
+    print(f"Fetched {sorted(result.resolved)}; resolved revisions in {lock}")
+    for warning in result.skipped:
+        print(f"WARNING: {warning}")
     return 0
 
 

@@ -253,10 +253,20 @@ def check_released(cfg: Config) -> list[Check]:
                     f"released {key} ({aux})",
                     ok,
                     str(path) + ("" if ok else " (missing)"),
-                    "" if ok else f"make fetch-models MODELS={key}   # {spec.file_for(aux)['url']}",
+                    "" if ok else _released_fix(key, str(spec.file_for(aux)["url"]), path),
                 )
             )
     return out
+
+
+def _released_fix(key: str, url: str, path: Path) -> str:
+    """The command that fetches a released checkpoint's file: by hand for a Google Drive file while
+    ``gdown`` is missing (``make fetch-models`` skips it then)."""
+    from hxpe.weights import gdown_available, is_drive, manual_drive_command
+
+    if is_drive(url) and not gdown_available():
+        return manual_drive_command(url, path)
+    return f"make fetch-models MODELS={key}   # {url}"
 
 
 def check_datasets(cfg: Config) -> list[Check]:

@@ -97,29 +97,52 @@ def released_checkpoints() -> dict[str, ReleasedCheckpoint]:
     }
 
 
-def fetch_released(key: str) -> dict[str, str]:
+def is_drive(url: str) -> bool:
+    return "drive.google.com" in url
+
+
+def gdown_available() -> bool:
+    """Whether ``gdown`` (Google Drive downloads; in no extra of this project) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("gdown") is not None
+
+
+def manual_drive_command(url: str, target: Path) -> str:
+    """How to fetch a Google Drive file by hand into ``target``."""
+    return (
+        f"pip install gdown && gdown --fuzzy '{url}' -O '{target}'   "
+        f"(or open the link in a browser and save the file as {target})"
+    )
+
+
+def fetch_released(key: str) -> tuple[dict[str, str], list[str]]:
     """Download every file of a released checkpoint (GitHub raw by HTTP, Google Drive through
-    ``gdown``); returns aux dataset -> SHA-256 of the file fetched."""
+    ``gdown`` when it is installed); returns aux dataset -> SHA-256 of each file present, and one
+    warning per Drive file skipped because ``gdown`` is missing (with the manual command). A file
+    already at its path (e.g. downloaded by hand) is hashed, not fetched again."""
     import urllib.request
 
     from hxpe.hashing import file_sha256
 
     spec = released_checkpoints()[key]
-    out = {}
+    out: dict[str, str] = {}
+    skipped: list[str] = []
     for aux, entry in spec.files.items():
         target = spec.path(aux)
-        target.parent.mkdir(parents=True, exist_ok=True)
         url = str(entry["url"])
         if not target.is_file():
+            if is_drive(url) and not gdown_available():
+                skipped.append(
+                    f"{key} ({aux}) is a Google Drive file and gdown is not installed: skipped. "
+                    f"Fetch it by hand: {manual_drive_command(url, target)}"
+                )
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
             log.info("Fetching %s (%s) from %s", key, aux, url)
-            if "drive.google.com" in url:
-                try:
-                    import gdown
-                except ImportError as err:
-                    raise RuntimeError(
-                        f"{key} ({aux}) is a Google Drive link: pip install gdown, or download "
-                        f"{url} by hand to {target}."
-                    ) from err
+            if is_drive(url):
+                import gdown
+
                 gdown.download(url, str(target), fuzzy=True, quiet=False)
             else:
                 urllib.request.urlretrieve(url, target)  # noqa: S310 (pinned https URL)
@@ -129,7 +152,7 @@ def fetch_released(key: str) -> dict[str, str]:
                 f"{target}: SHA-256 {digest} differs from the pinned {entry['sha256']}."
             )
         out[aux] = digest
-    return out
+    return out, skipped
 
 
 # open_clip (model name, pretrained tag) pairs whose weights are one of our pinned snapshots.
@@ -226,13 +249,22 @@ def fetch_plan(keys: list[str]) -> list[WeightSpec | ReleasedCheckpoint]:
 
 
 def describe_plan(plan: list[WeightSpec | ReleasedCheckpoint]) -> str:
-    """One line per model (repo, revision, size, files; or a released checkpoint's URLs) and the
-    total size of the hub snapshots."""
+    """One line per model (repo, revision, size, files; or a released checkpoint's URLs, saying
+    which Google Drive files will be skipped for want of ``gdown``) and the total size of the hub
+    snapshots."""
     lines = []
     for s in plan:
         if isinstance(s, ReleasedCheckpoint):
             urls = " ".join(str(f.get("url")) for f in s.files.values())
             lines.append(f"  {s.key:8s} the authors' checkpoint ({', '.join(s.files)}): {urls}")
+            drive = [
+                a for a, f in s.files.items() if is_drive(str(f["url"])) and not s.path(a).is_file()
+            ]
+            if drive and not gdown_available():
+                lines.append(
+                    f"           Google Drive files {drive}: gdown is not installed, they will be "
+                    f"skipped (the manual command is printed at the end)"
+                )
         else:
             lines.append(
                 f"  {s.key:8s} {s.repo_id} @ {s.revision or 'main (unpinned)'}  ~{s.size_gb:g} GB  "
@@ -242,22 +274,54 @@ def describe_plan(plan: list[WeightSpec | ReleasedCheckpoint]) -> str:
     return "\n".join([*lines, f"  total ~{sum(s.size_gb for s in hub):g} GB (hub snapshots)"])
 
 
-def fetch(keys: list[str]) -> dict[str, str]:
+@dataclass
+class FetchResult:
+    """What :func:`fetch` got: key -> resolved commit SHA (or the released files' SHA-256), and the
+    files it skipped, each with the command that fetches it by hand."""
+
+    resolved: dict[str, str]
+    skipped: list[str]
+
+
+def write_models_lock(lock: Path, resolved: dict[str, str]) -> None:
+    """Merge ``resolved`` into the lock file (``results/models.lock.json``), written atomically:
+    entries of earlier runs stay, the ones fetched now are updated."""
+    import json
+
+    from hxpe.atomic import write_json_atomic
+
+    old = json.loads(lock.read_text()) if lock.is_file() else {}
+    write_json_atomic(lock, {**old, **resolved})
+
+
+def fetch(keys: list[str], lock: Path | None = None) -> FetchResult:
     """Download the pinned snapshots of ``keys`` (needs internet), only the files of each entry's
-    ``allow_patterns``, and the authors' released checkpoints among them; returns key -> resolved
-    commit SHA (or the released files' SHA-256)."""
+    ``allow_patterns``, and the authors' released checkpoints among them. With ``lock``, every
+    entry fetched is recorded there at once (:func:`write_models_lock`), so the lock holds what was
+    fetched even when a later download fails."""
     from huggingface_hub import snapshot_download
 
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise RuntimeError("HF_HUB_OFFLINE=1 is set; unset it to download weights.")
-    resolved = {}
+    result = FetchResult({}, [])
     for spec in fetch_plan(keys):
         if isinstance(spec, ReleasedCheckpoint):
-            resolved[spec.key] = json_safe(fetch_released(spec.key))
-            continue
-        log.info("Fetching %s @ %s (%.1f GB)", spec.repo_id, spec.revision or "main", spec.size_gb)
-        path = snapshot_download(
-            spec.repo_id, revision=spec.revision, allow_patterns=list(spec.allow_patterns) or None
-        )
-        resolved[spec.key] = Path(path).name
-    return resolved
+            digests, skipped = fetch_released(spec.key)
+            result.skipped += skipped
+            if not digests:
+                continue
+            value = json_safe(digests)
+        else:
+            log.info(
+                "Fetching %s @ %s (%.1f GB)", spec.repo_id, spec.revision or "main", spec.size_gb
+            )
+            path = snapshot_download(
+                spec.repo_id,
+                revision=spec.revision,
+                allow_patterns=list(spec.allow_patterns) or None,
+            )
+            value = Path(path).name
+        result.resolved[spec.key] = value
+        if lock is not None:
+            write_models_lock(lock, {spec.key: value})
+    return result

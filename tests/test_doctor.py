@@ -91,7 +91,8 @@ def test_fetch_models_plans_only_the_paper_profiles_weights(monkeypatch, tmp_pat
     calls = _fake_hub(monkeypatch)
     released: list[str] = []
     monkeypatch.setattr(
-        "hxpe.weights.fetch_released", lambda key: released.append(key) or {"mvtec": "0" * 64}
+        "hxpe.weights.fetch_released",
+        lambda key: (released.append(key) or {"mvtec": "0" * 64}, []),
     )
     monkeypatch.setattr("hxpe.paths.repo_root", lambda: tmp_path)
     assert main(["fetch-models", "--params", str(PAPER)]) == 0
@@ -111,6 +112,68 @@ def test_fetch_models_plans_only_the_paper_profiles_weights(monkeypatch, tmp_pat
     assert "*.safetensors" in calls[3][2] and "*.json" in calls[3][2]
     out = capsys.readouterr().out
     assert "total ~" in out and "Qwen2-VL-72B-Instruct " not in out
+
+
+def test_fetch_models_skips_drive_files_without_gdown_and_writes_the_lock(
+    monkeypatch, tmp_path, capsys
+):
+    import hashlib
+    import json
+
+    from hxpe.cli import main
+    from hxpe.weights import released_checkpoints
+
+    calls = _fake_hub(monkeypatch)
+    monkeypatch.setattr("hxpe.paths.repo_root", lambda: tmp_path)
+    monkeypatch.setenv("HXPE_RELEASED_DIR", str(tmp_path / "released"))
+    monkeypatch.setattr("hxpe.weights.gdown_available", lambda: False)
+    served: list[str] = []
+
+    def urlretrieve(url, target):  # GitHub raw files: the AnomalyCLIP checkpoints
+        served.append(url)
+        Path(target).write_bytes(url.encode())
+
+    monkeypatch.setattr("urllib.request.urlretrieve", urlretrieve)
+    assert main(["fetch-models", "--params", str(PAPER)]) == 0
+    out = capsys.readouterr().out
+    adaclip = released_checkpoints()["released_adaclip"]
+    assert (
+        "Google Drive files ['mvtec', 'visa']: gdown is not installed, they will be skipped" in out
+    )
+    for aux in ("mvtec", "visa"):
+        url, target = adaclip.files[aux]["url"], adaclip.path(aux)
+        assert (
+            f"WARNING: released_adaclip ({aux}) is a Google Drive file and gdown is not installed: "
+            f"skipped. Fetch it by hand: pip install gdown && gdown --fuzzy '{url}' -O '{target}'"
+        ) in out
+        assert not target.exists()
+    lock = json.loads((tmp_path / "results" / "models.lock.json").read_text())
+    assert "released_adaclip" not in lock and len(calls) == 5
+    anomalyclip = released_checkpoints()["released_anomalyclip"]
+    digests = {
+        a: hashlib.sha256(f["url"].encode()).hexdigest() for a, f in anomalyclip.files.items()
+    }
+    assert lock["released_anomalyclip"] == ",".join(f"{a}:{d}" for a, d in sorted(digests.items()))
+    assert lock["clip"] == registry()["clip"].revision
+
+    # the doctor gives the same manual command for the skipped files
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    text, _ = report(run_checks(load_config(PAPER)))
+    assert f"-> pip install gdown && gdown --fuzzy '{adaclip.files['mvtec']['url']}'" in text
+
+    # a download that fails half-way leaves the lock with what was fetched before it
+    (tmp_path / "results" / "models.lock.json").unlink()
+
+    def failing(repo_id, revision=None, allow_patterns=None, **kwargs):
+        if repo_id.startswith("Qwen/"):
+            raise OSError("connection reset")
+        return f"/hub/models--x/snapshots/{revision}"
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", failing)
+    with pytest.raises(OSError, match="connection reset"):
+        main(["fetch-models", "--params", str(PAPER)])
+    lock = json.loads((tmp_path / "results" / "models.lock.json").read_text())
+    assert set(lock) == {"clip", "winclip_clip", "dinov2"}  # the Qwen downloads failed
 
 
 def test_fetch_models_with_keys_and_dry_run(monkeypatch, capsys):
