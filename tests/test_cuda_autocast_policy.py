@@ -81,7 +81,10 @@ def test_gpu_smoke_model_paths_pass_under_the_policy(tmp_path):
     assert rows[0].numbers["images"] == 8
 
 
-def test_evaluation_stage_in_bf16_passes_under_the_policy(tmp_path):
+@pytest.mark.parametrize("variant", list(load_config(DEMO).variants))
+def test_evaluation_stage_in_bf16_passes_under_the_policy(variant, tmp_path):
+    """Stage 05's inference (``infer_dataset``, the fast path) for every variant of the demo, with
+    ``evaluation.precision: bf16``, phrases and the variant's reference rule."""
     from hxpe.agent.testing import planted_index
     from hxpe.data.index import select_references
     from hxpe.evaluation.maps import MapStore
@@ -89,15 +92,18 @@ def test_evaluation_stage_in_bf16_passes_under_the_policy(tmp_path):
 
     cfg = load_config(DEMO)
     ecfg = cfg.evaluation.model_copy(update={"precision": "bf16", "num_workers": 0})
-    model = build_model(cfg.model_for("hxpe")).eval()
+    model_cfg = cfg.model_for(variant)
+    model = build_model(model_cfg).eval()
     index = planted_index(tmp_path / "data")
-    refs = select_references(index)
-    assert any(refs.values())
+    refs = select_references(index, cfg.reference_rule_for(variant))
+    phrases = {i: "a dark scratch" for i in index.split("test")["image_id"]}
     with cuda_autocast_policy():
-        out = infer_dataset(model, index, {}, refs, ecfg, tmp_path / "maps", key="k")
+        out = infer_dataset(model, index, phrases, refs, ecfg, tmp_path / "maps", key="k")
     store = MapStore(out)
     scores = store.scores()
     assert len(scores) == len(index.split("test")) == 8
+    assert scores["image_score"].notna().all()
     first = scores["image_id"].iloc[0]
     assert store.read_map(first).shape == (ecfg.image_size, ecfg.image_size)
-    assert store.read_vfm_prompt(first) is not None
+    has_prompt = store.read_vfm_prompt(first) is not None
+    assert has_prompt == model_cfg.vfm.enabled
