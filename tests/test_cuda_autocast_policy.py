@@ -78,7 +78,9 @@ def test_gpu_smoke_model_paths_pass_under_the_policy(tmp_path):
     with cuda_autocast_policy():
         rows = gpu_smoke.paper_checks(tmp_path, model, image_size=64, batch=4, train_batch=2)
     assert [r.ok for r in rows] == [True, True], [r.detail for r in rows]
-    assert rows[0].numbers["images"] == 8
+    assert rows[0].numbers["images"] == 8 and rows[0].images_per_s > 0
+    table = gpu_smoke.table(rows)
+    assert "infer_fast bf16, batch 4" in table and "PASS" in table
 
 
 @pytest.mark.parametrize("variant", list(load_config(DEMO).variants))
