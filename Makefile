@@ -123,7 +123,7 @@ reproduce-dryrun: | $(STAMP)  ## The paper path on CPU: real-size random-weight 
 	$(MAKE) all PROFILE=dryrun
 	$(MAKE) verify PROFILE=dryrun
 
-doctor: | $(STAMP)  ## Say what is missing for PROFILE (GPU, vLLM, weights, datasets) and how to get it
+doctor: | $(STAMP)  ## Say what is missing for PROFILE (GPU, vLLM, C compiler and Python.h, weights, datasets) and how to get it
 	$(PY) -m hxpe.cli doctor --params $(PARAMS)
 
 # The paper profile's weights unless PROFILE=... is given on the command line, or MODELS="clip llm".
