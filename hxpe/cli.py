@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "doctor",
-        help="Check GPU, vLLM, Triton's build tools (C compiler, Python.h), cached weights and dataset roots for a profile.",
+        help="Check GPU, vLLM, Triton's build tools (C compiler, Python.h), cached weights and "
+        "dataset roots for a profile.",
     )
     p.add_argument("--params", default="notebooks/params/paper.yaml", help="Profile params file.")
     p.set_defaults(func=_cmd_doctor)
