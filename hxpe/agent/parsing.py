@@ -2,7 +2,8 @@
 
 Reasons (counted in the reports and shown in the notebooks): ``empty``, ``refusal``, ``overlong``
 (the description hit ``max_new_tokens``), ``truncated_json`` (the JSON object never closes),
-``malformed_json``, ``schema`` (valid JSON that is not an :class:`Extraction`), ``engine_error``.
+``malformed_json``, ``schema`` (valid JSON that is not an :class:`Extraction`), ``engine_error``
+(the backend raised; counted in the report but never cached, so the next run retries it).
 
 Example:
     >>> parse_extraction(Generation('```json\\n{"anomaly": false}\\n```')).anomaly
