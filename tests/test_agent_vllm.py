@@ -367,3 +367,27 @@ def test_the_cli_builds_one_engine_for_every_reference_rule(models, monkeypatch,
     _install(monkeypatch, vllm)
     assert main(["describe", "--params", str(path)]) == 0
     assert vllm.calls == []  # everything cached: no engine is started at all
+
+
+def test_the_cli_stops_with_the_message_when_the_engine_dies(models, monkeypatch, tmp_path, capsys):
+    import yaml
+
+    from hxpe.cli import main
+    from hxpe.config import load_config
+    from hxpe.data.index import save_index
+
+    index = planted_index(tmp_path / "data", n_good=1)
+    monkeypatch.setenv("HXPE_RESULTS_ROOT", str(tmp_path / "results"))
+    params = {
+        "profile": "dies",
+        "data": {"datasets": [{"name": "planted", "kind": "mvtec", "root": str(index.root)}]},
+        "agent": {"describe": {"backend": "vllm", "model_id": str(models[0]), "batch_size": 4}},
+    }
+    path = tmp_path / "dies.yaml"
+    path.write_text(yaml.safe_dump(params))
+    save_index(index, load_config(path).layout.index_dir("planted"))
+    _install(monkeypatch, stand_in_vllm(die_after=4))
+    assert main(["describe", "--params", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("hxpe describe (first_normal_train): agent describe: the vllm engine ")
+    assert "4 new record(s) of earlier batches" in err and "rerun the same command" in err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,6 +70,7 @@ def _each_rule(
     ``engine`` is built on first use and shared by the rules: one engine per process (a second 72B
     engine may not start while the first still holds the GPU's memory)."""
     from hxpe.agent.backend_base import LazyEngine, make_describer, make_extractor
+    from hxpe.agent.runner import EngineFailure
     from hxpe.config import load_config
 
     cfg = load_config(args.params)
@@ -80,7 +82,11 @@ def _each_rule(
     else:
         engine = LazyEngine(lambda: make_extractor(cfg.agent.extract))
     for rule in rules:
-        report = run(cfg, rule, (args.shard, args.num_shards), engine)
+        try:
+            report = run(cfg, rule, (args.shard, args.num_shards), engine)
+        except EngineFailure as err:  # the message says what was kept and what to do
+            print(f"hxpe {('describe', 'extract')[stage]} ({rule}): {err}", file=sys.stderr)
+            return 1
         print(json.dumps({"reference_rule": rule, **report.as_dict()}, indent=1))
     return 0
 
