@@ -10,9 +10,13 @@ plus structured outputs: ``StructuredOutputsParams(json=<the Extraction schema>)
 the engine-level ``structured_outputs_config`` (:func:`structured_config`) that holds the backend and
 the compact-JSON switch. vLLM's xgrammar and guidance backends read ``disable_any_whitespace`` only
 from that engine config (a per-request value is ignored), and the config refuses it while the backend
-is ``"auto"``; so the backend is always explicit. The default is ``guidance``: the pinned xgrammar
-0.2.8 still emits a space after commas with ``disable_any_whitespace`` (vLLM 0.33's
-``backend_xgrammar.py`` says so), and free whitespace can loop until ``max_tokens``.
+is ``"auto"``; so the backend is always explicit. The default is ``guidance`` (the pinned llguidance
+1.7.6 refuses whitespace in free-form objects and arrays too); ``xgrammar`` is the alternative. The pinned xgrammar 0.2.8 still requires a space after
+commas in free-form objects (vLLM 0.33's ``backend_xgrammar.py``, xgrammar issue 945; checked: with
+its compact separators it accepts ``{"a":1, "b":2}`` but not ``{"a":1,"b":2}`` for
+``{"type": "object"}``); for the :class:`~hxpe.agent.schema.Extraction` schema both the pinned
+llguidance 1.7.6 and xgrammar 0.2.8 refuse any whitespace between tokens (checked on the tiny Qwen
+tokenizer). Free whitespace can loop until ``max_tokens``.
 ``SamplingParams`` always sets temperature, top_p, max_tokens and seed, so the model's
 generation_config cannot change them.
 
