@@ -109,13 +109,13 @@ def _upload(page, elem_id: str, path: Path) -> None:
     expect(page.locator(f"#{elem_id}")).to_contain_text(path.stem, timeout=60_000)
 
 
-def test_upload_image_and_reference_shows_map_and_phrase(served, monkeypatch):
+def test_upload_image_and_reference_shows_map_and_phrase(served, monkeypatch, tmp_path):
     from playwright.sync_api import expect
 
     from hxpe.app import analyse
 
     monkeypatch.setenv("HXPE_RESULTS_ROOT", str(served["root"] / "results"))
-    expected = analyse(served["image"], served["reference"], agent="classical")
+    expected = analyse(served["image"], served["reference"], agent="classical", out_dir=tmp_path)
     assert expected.phrase and not expected.phrase.startswith("(none")  # the scratch is described
     started = time.perf_counter()
     with browser_page() as page:
