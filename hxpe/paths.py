@@ -42,8 +42,7 @@ def why_missing(path: Path, what: str = "file") -> str:
     nothing there; one sentence with what to do.
 
     Example:
-        >>> import os, tempfile
-        >>> loop = Path(tempfile.mkdtemp()) / "loop.png"
+        >>> loop = tmp_path / "loop.png"
         >>> os.symlink(loop, loop)
         >>> why_missing(loop, "image").endswith("is a symbolic link loop; point it at a real file.")
         True

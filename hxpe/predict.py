@@ -6,6 +6,8 @@ input, and scored by a trained HXPE checkpoint. The explainable
 phrase comes from a description you give (``description=``, run through the configured extractor and
 the anti-false-alarm verdict) or from the agent (``agent=<backend>``: the describer first compares the
 image with ``reference``, then the extractor). Without either, the model uses its generic prompts.
+Images over ``max_pixels`` (``--max-pixels``, default :data:`MAX_PIXELS`, the app's) or with a side
+under :data:`MIN_SIDE` are refused; the JSON record holds no absolute path (:func:`portable_path`).
 
 Example (a scratched part and a defect-free reference, the demo profile's classical describer and
 rule extractor, a tiny random-init checkpoint: the score itself means nothing):

@@ -74,9 +74,11 @@ def served(tmp_path_factory) -> Iterator[dict]:
     write_demo_checkpoint(root / "results")
     image, reference = demo_pair(root)
     port = free_port()
+    (root / "tmp").mkdir()
     env = os.environ | {
         "HXPE_RESULTS_ROOT": str(root / "results"),
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "TMPDIR": str(root / "tmp"),  # where the app's hxpe-app-* request folders go
     }
     log = root / "server.log"
     with log.open("w") as sink:
@@ -98,6 +100,8 @@ def served(tmp_path_factory) -> Iterator[dict]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+    left = sorted(p.name for p in (root / "tmp").glob("hxpe-app-*"))
+    assert not left, f"the stopped app left its request folders behind: {left}"
 
 
 def _upload(page, elem_id: str, path: Path) -> None:
