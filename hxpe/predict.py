@@ -346,14 +346,13 @@ class Prediction:
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write into ``out_dir``: ``<stem>_overlay.png``, ``<stem>_dinov2_prompt.png`` (when the
         model has a DINOv2 prompt), ``<stem>_words.png`` (when the word importance was computed)
-        and ``<stem>_prediction.json``; returns their paths by kind. Outputs of another image with
-        the same stem are never overwritten (:meth:`check_target`)."""
+        and ``<stem>_prediction.json``; returns their paths by kind (replacing earlier ones: ``hxpe
+        predict`` calls :meth:`check_target` first)."""
         import matplotlib.pyplot as plt
 
         from hxpe.figures.prediction import prediction_figure, prompt_figure, word_importance_figure
 
         out = Path(out_dir).expanduser()
-        self.check_target(out)
         out.mkdir(parents=True, exist_ok=True)
         stem = self.image_path.stem
         figures = {"overlay": prediction_figure}
@@ -529,6 +528,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         words=args.word_importance,
         max_pixels=args.max_pixels,
     )
+    result.check_target(Path(args.out).expanduser())
     paths = result.save(args.out)
     stats = result.map_stats
     print(
