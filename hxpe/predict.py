@@ -321,33 +321,11 @@ class Prediction:
         h, w = size if size is not None else self.image.size[::-1]
         return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear")[0, 0].numpy()
 
-    def check_target(self, out_dir: Path) -> None:
-        """Refuse to overwrite ``<stem>_prediction.json`` in ``out_dir`` unless it records this very
-        image (same SHA-256): another image with the same stem would silently replace its outputs."""
-        record = out_dir / f"{self.image_path.stem}_prediction.json"
-        if not record.exists():
-            return
-        try:
-            old = json.loads(record.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            old = None
-        if isinstance(old, dict) and old.get("image_sha256") == self.image_sha256:
-            return
-        held = (
-            f"the prediction of another image with the same stem ({old.get('image')})"
-            if isinstance(old, dict)
-            else "a file this program did not write"
-        )
-        raise ValueError(
-            f"{self.image_path}: {record} already holds {held}; pass another --out DIR, or rename "
-            f"the image."
-        )
-
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write into ``out_dir``: ``<stem>_overlay.png``, ``<stem>_dinov2_prompt.png`` (when the
         model has a DINOv2 prompt), ``<stem>_words.png`` (when the word importance was computed)
         and ``<stem>_prediction.json``; returns their paths by kind (replacing earlier ones: ``hxpe
-        predict`` calls :meth:`check_target` first)."""
+        predict`` calls :func:`check_target` first)."""
         import matplotlib.pyplot as plt
 
         from hxpe.figures.prediction import prediction_figure, prompt_figure, word_importance_figure
@@ -447,6 +425,29 @@ def predict(
     )
 
 
+def check_target(image: str | Path, out_dir: str | Path) -> None:
+    """Refuse to let ``image``'s outputs overwrite those of another image with the same stem in
+    ``out_dir``: an existing ``<stem>_prediction.json`` must record this very file (same SHA-256)."""
+    image, out_dir = Path(image).expanduser(), Path(out_dir).expanduser()
+    record = out_dir / f"{image.stem}_prediction.json"
+    if not record.exists() or not image.is_file():
+        return  # nothing to overwrite, or an image predict() itself refuses with its message
+    try:
+        old = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if isinstance(old, dict) and old.get("image_sha256") == file_sha256(image):
+        return
+    held = (
+        f"the prediction of another image with the same stem ({old.get('image')})"
+        if isinstance(old, dict)
+        else "a file this program did not write"
+    )
+    raise ValueError(
+        f"{image}: {record} already holds {held}; pass another --out DIR, or rename the image."
+    )
+
+
 class ImageTooSmallError(ImageReadError):
     """An image with a side under :data:`MIN_SIDE` pixels."""
 
@@ -516,6 +517,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         check_image_size(args.image_size)
     if args.max_pixels < 1:
         raise ValueError(f"--max-pixels {args.max_pixels}: give a positive number of pixels.")
+    check_target(args.image, args.out)
     result = predict(
         args.image,
         reference=args.reference,
@@ -528,7 +530,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         words=args.word_importance,
         max_pixels=args.max_pixels,
     )
-    result.check_target(Path(args.out).expanduser())
     paths = result.save(args.out)
     stats = result.map_stats
     print(
