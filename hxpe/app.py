@@ -6,8 +6,12 @@ overlay, the DINOv2 prompt map, the description, the explainable phrase, the ver
 and the word-importance bars, with the JSON record of ``hxpe predict`` to download. Uploads are read
 by the project's one image reader (:mod:`hxpe.data.images`), exactly as evaluation reads its images.
 
-The server binds to 127.0.0.1 unless told otherwise (``--host``). Gradio is imported only when the
-page is built, so this module's logic (:func:`analyse`) works without it.
+The server binds to 127.0.0.1 unless told otherwise (``--host``) and stays offline
+(``HF_HUB_OFFLINE=1`` unless you set it). Gradio is imported only when the page is built, so this
+module's logic (:func:`analyse`) works without it. Every error is shown as the one line the CLI prints
+(:func:`hxpe.errors.user_message`). Each request writes into its own folder under one temporary
+``hxpe-app-*`` root (:class:`OutputFolders`): only the last few are kept, and the root is removed
+when the server stops. At most :data:`hxpe.predict.MODEL_CACHE_SIZE` checkpoints stay loaded.
 
 Example (a tiny random-init checkpoint; no agent and no description, so the generic prompts):
     >>> page = analyse(part_png, checkpoint=checkpoint, out_dir=tmp_path)
@@ -17,7 +21,7 @@ Example (a tiny random-init checkpoint; no agent and no description, so the gene
     ('(none: the model uses its generic prompts)', 'no verdict (no description)')
     >>> page.overlay.name, page.prompt.name, page.record.name
     ('part_overlay.png', 'part_dinov2_prompt.png', 'part_prediction.json')
-    >>> analyse(part_png, checkpoint=tmp_path).status
+    >>> analyse(part_png, checkpoint=tmp_path, out_dir=tmp_path).status
     '**Checkpoint not usable:** ... is not a checkpoint directory (no config.json); ...'
 """
 
@@ -27,8 +31,13 @@ import argparse
 import importlib.util
 import logging
 import os
+import shutil
+import signal
 import tempfile
+import threading
 import time
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +45,13 @@ from typing import Any
 from hxpe import predict as prediction
 from hxpe.config import Config, load_config
 from hxpe.data.images import ImageReadError, ImageTooLargeError
-from hxpe.predict import DEFAULT_PARAMS
+from hxpe.errors import user_message
+from hxpe.predict import DEFAULT_PARAMS, MAX_PIXELS
 from hxpe.results_layout import ResultsLayout
 
 log = logging.getLogger(__name__)
 
-MAX_PIXELS = 40_000_000  # 40 megapixels: larger uploads are refused with this limit in the message
+KEEP_REQUESTS = 4  # request folders kept on disk (the page's files are copied by Gradio)
 MAX_FILE_SIZE = "50mb"  # Gradio refuses larger uploads before they reach us
 NO_AGENT = "none (generic prompts or your description)"
 DEFAULT_HOST = "127.0.0.1"
@@ -102,6 +112,15 @@ def available_backends(cfg: Config) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _error_page(title: str, err: Exception) -> Page:
+    """The page of a failure: the CLI's one-line message (:func:`hxpe.errors.user_message`);
+    anything without one is a bug and is raised."""
+    message = user_message(err, "hxpe app")
+    if message is None:
+        raise err
+    return Page.error(title, message)
+
+
 @dataclass
 class Page:
     """What one click shows: a status line, or the prediction's pictures, texts and record."""
@@ -122,6 +141,35 @@ class Page:
         return cls(status=f"**{title}:** {err}")
 
 
+class OutputFolders:
+    """One folder per request under a private ``hxpe-app-*`` temporary root: the ``keep`` newest
+    are kept, older ones are removed, and the root goes when :meth:`close` is called or the process
+    exits."""
+
+    def __init__(self, keep: int = KEEP_REQUESTS, parent: str | Path | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="hxpe-app-", dir=parent))
+        self.keep = keep
+        self._made: deque[Path] = deque()
+        self._count = 0
+        self._lock = threading.Lock()
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)
+
+    def new(self) -> Path:
+        """A fresh, empty folder for one request (removing the oldest beyond ``keep``)."""
+        with self._lock:
+            self._count += 1
+            folder = self.root / f"request-{self._count:06d}"
+            folder.mkdir()
+            self._made.append(folder)
+            while len(self._made) > self.keep:
+                shutil.rmtree(self._made.popleft(), ignore_errors=True)
+        return folder
+
+    def close(self) -> None:
+        """Remove the root and every request folder in it."""
+        self._cleanup()
+
+
 def _verdict_text(verdict: bool | None) -> str:
     return {True: "anomalous", False: "normal", None: "no verdict (no description)"}[verdict]
 
@@ -136,18 +184,19 @@ def analyse(
     class_name: str = "object",
     params: str | Path = DEFAULT_PARAMS,
     max_pixels: int = MAX_PIXELS,
-    out_dir: str | Path | None = None,
+    out_dir: str | Path,
 ) -> Page:
-    """Score and explain ``image`` with :func:`hxpe.predict.predict`; errors become a status line."""
+    """Score and explain ``image`` with :func:`hxpe.predict.predict`, writing the pictures and the
+    record into ``out_dir``; errors become a status line (the CLI's message)."""
     if not image:
         return Page.error("No image", "upload a test image first.")
     started = time.perf_counter()
-    cfg = load_config(params)
-    ckpt = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(cfg)
     try:
+        cfg = load_config(params)
+        ckpt = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(cfg)
         model, source = prediction.load_model(cfg, ckpt)
-    except (FileNotFoundError, ValueError) as err:
-        return Page.error("Checkpoint not usable", err)
+    except Exception as err:  # noqa: BLE001 - every known failure becomes the page's status
+        return _error_page("Checkpoint not usable", err)
     agent = None if agent in (None, "", NO_AGENT) else agent
     text = (description or "").strip() or None
     if agent is not None and text is not None:
@@ -167,13 +216,15 @@ def analyse(
             words=True,
             max_pixels=max_pixels,
         )
+        files = pred.save(Path(out_dir))
     except ImageTooLargeError as err:
         return Page.error("Image too large", err)
+    except prediction.ImageTooSmallError as err:
+        return Page.error("Image too small", err)
     except ImageReadError as err:
         return Page.error("Not an image", err)
-    except (FileNotFoundError, ValueError) as err:
-        return Page.error("Cannot explain this image", err)
-    files = pred.save(Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="hxpe-app-")))
+    except Exception as err:  # noqa: BLE001 - every known failure becomes the page's status
+        return _error_page("Cannot explain this image", err)
     seconds = time.perf_counter() - started
     note = pred.provenance.get("note")
     status = f"Done in {seconds:.1f} s with `{source}`." + (f" Note: {note}." if note else "")
@@ -203,10 +254,17 @@ def image_extensions() -> list[str]:
     return sorted({ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN})
 
 
-def build_app(params: str | Path = DEFAULT_PARAMS, max_pixels: int = MAX_PIXELS) -> Any:
-    """The Gradio Blocks of the page (not launched). Gradio's usage analytics are off unless
-    ``GRADIO_ANALYTICS_ENABLED`` says otherwise: the page is local and calls no one."""
+def build_app(
+    params: str | Path = DEFAULT_PARAMS,
+    max_pixels: int = MAX_PIXELS,
+    folders: OutputFolders | None = None,
+) -> Any:
+    """The Gradio Blocks of the page (not launched), writing each request into ``folders.new()``
+    (default: fresh :class:`OutputFolders`). Gradio's usage analytics are off unless
+    ``GRADIO_ANALYTICS_ENABLED`` says otherwise, and the model hub is not contacted unless
+    ``HF_HUB_OFFLINE`` says otherwise: the page is local and calls no one."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gradio as gr
 
     cfg = load_config(params)
@@ -214,6 +272,7 @@ def build_app(params: str | Path = DEFAULT_PARAMS, max_pixels: int = MAX_PIXELS)
     choices = sorted({default, *found_checkpoints(cfg.layout.results_root)})
     backends = [NO_AGENT, *available_backends(cfg)]
     extensions = image_extensions()
+    folders = folders or OutputFolders()
 
     with gr.Blocks(title="HXPE: score and explain your image") as app:
         gr.Markdown(
@@ -265,6 +324,7 @@ def build_app(params: str | Path = DEFAULT_PARAMS, max_pixels: int = MAX_PIXELS)
                 class_name=name,
                 params=params,
                 max_pixels=max_pixels,
+                out_dir=folders.new(),
             )
             return (
                 page.status,
@@ -292,19 +352,36 @@ def serve(
     port: int = DEFAULT_PORT,
     max_pixels: int = MAX_PIXELS,
 ) -> None:
-    """Build the page and serve it until interrupted."""
+    """Build the page and serve it until interrupted (Ctrl-C or SIGTERM); its request folders are
+    removed when it stops."""
     started = time.perf_counter()
-    app = build_app(params, max_pixels)
-    log.info(
-        "app built in %.1f s; serving on http://%s:%d", time.perf_counter() - started, host, port
-    )
-    app.queue().launch(
-        server_name=host,
-        server_port=port,
-        max_file_size=MAX_FILE_SIZE,
-        show_error=True,
-        inbrowser=False,
-    )
+    folders = OutputFolders()
+    try:
+        app = build_app(params, max_pixels, folders)
+        log.info(
+            "app built in %.1f s; serving on http://%s:%d",
+            time.perf_counter() - started,
+            host,
+            port,
+        )
+        previous = signal.signal(signal.SIGTERM, _stop)
+        try:
+            app.queue().launch(
+                server_name=host,
+                server_port=port,
+                max_file_size=MAX_FILE_SIZE,
+                show_error=True,
+                inbrowser=False,
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    finally:
+        folders.close()
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM ends the server like Ctrl-C, so that its ``finally`` clauses run."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _cmd_app(args: argparse.Namespace) -> int:

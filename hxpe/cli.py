@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from hxpe.pipeline import STAGES, configure_logging
@@ -120,13 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ONLINE_COMMANDS = ("fetch-models",)
+
+
+def stay_offline(argv: list[str]) -> None:
+    """Set ``HF_HUB_OFFLINE=1`` (unless already set) for every command but ``fetch-models``, before
+    anything imports the Hugging Face libraries: a checkpoint or params file can then never make
+    the program contact the model hub."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in ONLINE_COMMANDS:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from hxpe.errors import user_message
+
     configure_logging()
+    argv = sys.argv[1:] if argv is None else argv
+    stay_offline(argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        log.error("%s", err)
+    except (OSError, KeyError, ValueError, MemoryError, RuntimeError) as err:
+        message = user_message(err, f"hxpe {args.command}")
+        if message is None:
+            raise
+        log.error("%s", message)
         return 2
 
 

@@ -158,6 +158,34 @@ def expand_env(value: Any) -> Any:
     return value
 
 
+def read_params_yaml(file: Path) -> dict[str, Any]:
+    """The mapping of a params YAML (``safe_load``: tags are refused); a file that is not valid YAML,
+    holds a tag, or is not a mapping raises ValueError naming the file, the line and the fix."""
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = str(getattr(err, "problem", None) or type(err).__name__)
+        if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
+            raise ValueError(
+                f"Params file {file} uses a YAML tag at{where} ({problem}); params files hold "
+                f"plain values only. Remove the tag."
+            ) from None
+        raise ValueError(
+            f"Params file {file} is not valid YAML at{where}: {problem}. Fix that line; "
+            f"notebooks/params/demo.yaml shows the format."
+        ) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"Params file {file} holds a {type(raw).__name__}, not a mapping of settings "
+            f"(profile: ..., model: ..., ...); notebooks/params/demo.yaml shows the format."
+        )
+    return raw
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read, expand and validate a profile YAML; ``overrides`` are deep-merged on top."""
     file = resolve(path)
@@ -166,10 +194,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
             f"Params file {file} not found. Profiles live in notebooks/params/<name>.yaml; "
             f"pick one with PROFILE=<name>."
         )
-    raw = yaml.safe_load(file.read_text()) or {}
+    raw = read_params_yaml(file)
     if overrides:
         raw = deep_merge(raw, overrides)
     return Config.model_validate(expand_env(raw))
 
 
-__all__ = ["Config", "deep_merge", "expand_env", "load_config"]
+__all__ = ["Config", "deep_merge", "expand_env", "load_config", "read_params_yaml"]

@@ -35,3 +35,28 @@ def results_root() -> Path:
     """The folder holding every profile's results: ``$HXPE_RESULTS_ROOT``, else ``<repo>/results``."""
     root = os.environ.get(RESULTS_ROOT_ENV)
     return Path(root).expanduser() if root else repo_root() / "results"
+
+
+def why_missing(path: Path, what: str = "file") -> str:
+    """Why ``path`` cannot be used as an existing ``what``: a symbolic link loop, a broken link, or
+    nothing there; one sentence with what to do.
+
+    Example:
+        >>> loop = tmp_path / "loop.png"
+        >>> os.symlink(loop, loop)
+        >>> why_missing(loop, "image").endswith("is a symbolic link loop; point it at a real file.")
+        True
+    """
+    import errno
+
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"{what.capitalize()} {path} is a symbolic link loop; point it at a real file."
+        if path.is_symlink():
+            return (
+                f"{what.capitalize()} {path} is a broken symbolic link (to {os.readlink(path)}); "
+                f"point it at a real file."
+            )
+    return f"{what.capitalize()} {path} does not exist; check the path."

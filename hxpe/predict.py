@@ -6,6 +6,8 @@ input, and scored by a trained HXPE checkpoint. The explainable
 phrase comes from a description you give (``description=``, run through the configured extractor and
 the anti-false-alarm verdict) or from the agent (``agent=<backend>``: the describer first compares the
 image with ``reference``, then the extractor). Without either, the model uses its generic prompts.
+Images over ``max_pixels`` (``--max-pixels``, default :data:`MAX_PIXELS`, the app's) or with a side
+under :data:`MIN_SIDE` are refused; the JSON record holds no absolute path (:func:`portable_path`).
 
 Example (a scratched part and a defect-free reference, the demo profile's classical describer and
 rule extractor, a tiny random-init checkpoint: the score itself means nothing):
@@ -27,6 +29,7 @@ import argparse
 import hashlib
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,11 +42,14 @@ from torch import nn
 
 from hxpe.config import Config, load_config
 from hxpe.data.images import ImageReadError, ImageTooLargeError, read_image, to_rgb, to_tensor
+from hxpe.hashing import file_sha256
+from hxpe.paths import results_root, why_missing
 from hxpe.versions import software_versions
 
 __all__ = [
     "ImageReadError",
     "ImageTooLargeError",
+    "ImageTooSmallError",
     "Prediction",
     "load_model",
     "model_inputs",
@@ -57,6 +63,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PARAMS = "notebooks/params/demo.yaml"
 AREA_THRESHOLD = 0.5
+MAX_PIXELS = 40_000_000  # 40 megapixels (the app's limit too): larger images are refused
+MIN_SIDE = 8  # pixels: a smaller image has no detail to score (the model upsamples it)
+IMAGE_SIZES = (16, 2048)  # sane model input sides for --image-size
+MODEL_CACHE_SIZE = 2  # loaded checkpoints kept per process (least recently used evicted)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,7 +142,32 @@ def extract_phrase(cfg: Config, description: str) -> Explained:
 # The model
 # --------------------------------------------------------------------------------------------------
 
-_MODELS: dict[tuple[str, float], nn.Module] = {}
+
+class ModelCache:
+    """Loaded models by checkpoint (directory, weights' mtime), at most ``size``: the least
+    recently used is dropped first, so a long-running app holds a bounded number of models."""
+
+    def __init__(self, size: int = MODEL_CACHE_SIZE) -> None:
+        self.size = size
+        self._models: OrderedDict[tuple[str, float], nn.Module] = OrderedDict()
+
+    def get(self, key: tuple[str, float], load: Any) -> nn.Module:
+        """The model under ``key``, calling ``load()`` when it is not held."""
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        model = load()
+        self._models[key] = model
+        while len(self._models) > self.size:
+            self._models.popitem(last=False)
+        return model
+
+    def keys(self) -> list[tuple[str, float]]:
+        """The held keys, least recently used first."""
+        return list(self._models)
+
+
+MODELS = ModelCache()
 
 
 def _checkpoint_key(directory: Path) -> tuple[str, float]:
@@ -140,42 +175,65 @@ def _checkpoint_key(directory: Path) -> tuple[str, float]:
     return str(directory.resolve()), weights.stat().st_mtime if weights.is_file() else 0.0
 
 
-def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
-    """The model of ``checkpoint`` (or of the profile's main variant); cached per process."""
+def _load_checkpoint_dir(directory: Path) -> nn.Module:
     from pydantic import ValidationError
 
-    from hxpe.model.checkpoint import load_checkpoint, model_for_evaluation
+    from hxpe.model.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(directory).eval()
+    except ValidationError as err:
+        raise ValueError(
+            f"Checkpoint {directory} does not match this code's model config: "
+            f"{directory / 'config.json'} fails validation ({err.error_count()} errors; "
+            f"first: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}). It was written by "
+            f"other code; retrain it or pick another checkpoint."
+        ) from err
+
+
+def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
+    """The model of ``checkpoint`` (or of the profile's main variant); cached per process
+    (:data:`MODELS`, the :data:`MODEL_CACHE_SIZE` most recently used)."""
+    from hxpe.model.checkpoint import model_for_evaluation
 
     if checkpoint is not None:
         directory = Path(checkpoint).expanduser()
+        if directory.is_symlink() and not directory.exists():
+            raise FileNotFoundError(why_missing(directory, "checkpoint directory"))
         if not (directory / "config.json").is_file():
             raise FileNotFoundError(
                 f"{directory} is not a checkpoint directory (no config.json); pass a directory "
                 f"like results/<profile>/checkpoints/<direction>/<variant>."
             )
-        key = _checkpoint_key(directory)
-        if key not in _MODELS:
-            try:
-                _MODELS[key] = load_checkpoint(directory).eval()
-            except ValidationError as err:
-                raise ValueError(
-                    f"Checkpoint {directory} does not match this code's model config: "
-                    f"{directory / 'config.json'} fails validation ({err.error_count()} errors; "
-                    f"first: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}). It was written by "
-                    f"other code; retrain it or pick another checkpoint."
-                ) from err
-        return _MODELS[key], str(directory)
+        model = MODELS.get(_checkpoint_key(directory), lambda: _load_checkpoint_dir(directory))
+        return model, str(directory)
     direction = cfg.evaluation.directions[0].name
     directory = cfg.layout.checkpoint_dir(direction, cfg.main_variant)
-    key = _checkpoint_key(directory)
-    if key not in _MODELS:
-        _MODELS[key] = model_for_evaluation(cfg, direction, cfg.main_variant, cfg.results_dir)
-    return _MODELS[key], str(directory)
+    model = MODELS.get(
+        _checkpoint_key(directory),
+        lambda: model_for_evaluation(cfg, direction, cfg.main_variant, cfg.results_dir),
+    )
+    return model, str(directory)
+
+
+def portable_path(path: str | Path, *, results: bool = False) -> str:
+    """``path`` for a record that may leave this machine: as given when relative; relative to the
+    working directory (or, with ``results``, to the results root's parent: ``results/<profile>/...``)
+    when under it; else its name only."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    for base in (Path.cwd(), *([results_root().parent] if results else [])):
+        try:
+            return str(p.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return p.name
 
 
 def _model_provenance(model: nn.Module, source: str) -> dict[str, Any]:
     model_cfg = getattr(model, "cfg", None)
-    out: dict[str, Any] = {"checkpoint": source}
+    out: dict[str, Any] = {"checkpoint": portable_path(source, results=True)}
     if model_cfg is not None:
         dumped = json.dumps(model_cfg.model_dump(mode="json"), sort_keys=True)
         out |= {
@@ -210,6 +268,7 @@ class Prediction:
     provenance: dict[str, Any]
     # (word, score(full phrase) - score(without the word)); None when not asked or no phrase
     word_importance: list[tuple[str, float]] | None = None
+    image_sha256: str | None = None  # of the image file: tells two images with one stem apart
 
     @property
     def description(self) -> str | None:
@@ -235,8 +294,9 @@ class Prediction:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "image": str(self.image_path),
-            "reference": str(self.reference_path) if self.reference_path else None,
+            "image": portable_path(self.image_path),
+            "image_sha256": self.image_sha256,
+            "reference": portable_path(self.reference_path) if self.reference_path else None,
             "image_size": list(self.image.size),
             "model_input_size": list(self.anomaly_map.shape),
             "image_score": self.image_score,
@@ -254,16 +314,18 @@ class Prediction:
             "provenance": self.provenance,
         }
 
-    def overlay_map(self) -> np.ndarray:
-        """The anomaly map resized (bilinear) to the input image's own size."""
+    def overlay_map(self, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The anomaly map resized (bilinear) to ``size`` = (height, width), default the input
+        image's own size."""
         t = torch.from_numpy(self.anomaly_map)[None, None]
-        w, h = self.image.size
+        h, w = size if size is not None else self.image.size[::-1]
         return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear")[0, 0].numpy()
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write into ``out_dir``: ``<stem>_overlay.png``, ``<stem>_dinov2_prompt.png`` (when the
         model has a DINOv2 prompt), ``<stem>_words.png`` (when the word importance was computed)
-        and ``<stem>_prediction.json``; returns their paths by kind."""
+        and ``<stem>_prediction.json``; returns their paths by kind (replacing earlier ones: ``hxpe
+        predict`` calls :func:`check_target` first)."""
         import matplotlib.pyplot as plt
 
         from hxpe.figures.prediction import prediction_figure, prompt_figure, word_importance_figure
@@ -320,9 +382,11 @@ def predict(
     """
     if description is not None and agent is not None:
         raise ValueError("give either description or agent, not both")
+    if image_size is not None:
+        check_image_size(image_size, "image_size")
     cfg = load_config(params)
-    img = read_image(image, max_pixels=max_pixels)
-    ref = read_image(reference, max_pixels=max_pixels) if reference is not None else None
+    img = read_input(image, max_pixels)
+    ref = read_input(reference, max_pixels) if reference is not None else None
     if model is None:
         model, source = load_model(cfg, checkpoint)
     else:
@@ -334,7 +398,7 @@ def predict(
         explained.backends["describe"] = f"{agent}:{cfg.agent.describe.model_id}"
     elif description is not None:
         explained = extract_phrase(cfg, description)
-    x, x_ref = model_inputs(img, ref, image_size or _input_size(model))
+    x, x_ref = model_inputs(img, ref, image_size if image_size is not None else _input_size(model))
     out = _forward(model, x, x_ref, explained.phrase)
     importance = None
     if words and explained.phrase:
@@ -342,7 +406,7 @@ def predict(
 
         importance = word_importance(model, x, explained.phrase, x_ref)
     provenance = _model_provenance(model, source) | {
-        "params": str(params),
+        "params": portable_path(params),
         "profile": cfg.profile,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": software_versions(),
@@ -357,7 +421,59 @@ def predict(
         reference_path=Path(reference) if reference is not None else None,
         provenance=provenance,
         word_importance=importance,
+        image_sha256=file_sha256(Path(image).expanduser()),
     )
+
+
+def check_target(image: str | Path, out_dir: str | Path) -> None:
+    """Refuse to let ``image``'s outputs overwrite those of another image with the same stem in
+    ``out_dir``: an existing ``<stem>_prediction.json`` must record this very file (same SHA-256)."""
+    image, out_dir = Path(image).expanduser(), Path(out_dir).expanduser()
+    record = out_dir / f"{image.stem}_prediction.json"
+    if not record.exists() or not image.is_file():
+        return  # nothing to overwrite, or an image predict() itself refuses with its message
+    try:
+        old = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if isinstance(old, dict) and old.get("image_sha256") == file_sha256(image):
+        return
+    held = (
+        f"the prediction of another image with the same stem ({old.get('image')})"
+        if isinstance(old, dict)
+        else "a file this program did not write"
+    )
+    raise ValueError(
+        f"{image}: {record} already holds {held}; pass another --out DIR, or rename the image."
+    )
+
+
+class ImageTooSmallError(ImageReadError):
+    """An image with a side under :data:`MIN_SIDE` pixels."""
+
+
+def read_input(path: str | Path, max_pixels: int | None) -> Image.Image:
+    """An image to score (:func:`read_image`), refused when a side is under :data:`MIN_SIDE`."""
+    img = read_image(path, max_pixels=max_pixels)
+    if min(img.size) < MIN_SIDE:
+        w, h = img.size
+        raise ImageTooSmallError(
+            f"{Path(path).name} is {w}×{h} pixels; a prediction needs at least {MIN_SIDE} pixels on "
+            f"each side (a smaller image has no detail to score). Use a larger image."
+        )
+    return img
+
+
+def check_image_size(size: int, name: str = "--image-size") -> int:
+    """``size`` when it is a sane model input side (:data:`IMAGE_SIZES`), else ValueError naming
+    the option ``name``."""
+    lo, hi = IMAGE_SIZES
+    if not lo <= size <= hi:
+        raise ValueError(
+            f"{name} {size}: the model input side must be between {lo} and {hi} pixels; leave it "
+            f"out to use the checkpoint's own input size."
+        )
+    return size
 
 
 def _input_size(model: nn.Module) -> int:
@@ -397,6 +513,11 @@ def _forward(
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.image_size is not None:
+        check_image_size(args.image_size)
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels {args.max_pixels}: give a positive number of pixels.")
+    check_target(args.image, args.out)
     result = predict(
         args.image,
         reference=args.reference,
@@ -407,6 +528,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         class_name=args.class_name,
         image_size=args.image_size,
         words=args.word_importance,
+        max_pixels=args.max_pixels,
     )
     paths = result.save(args.out)
     stats = result.map_stats
@@ -474,7 +596,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--image-size",
         type=int,
         metavar="PX",
-        help="Model input side in pixels (default: the checkpoint's CLIP input size).",
+        help=f"Model input side in pixels, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} (default: the "
+        "checkpoint's CLIP input size).",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help=f"Refuse larger images (default {MAX_PIXELS:,} pixels, as the app).",
     )
     p.add_argument(
         "--word-importance",
@@ -486,6 +616,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         default="predictions",
         metavar="DIR",
-        help="Output directory (default predictions/).",
+        help="Output directory (default predictions/). The outputs of another image with the "
+        "same stem there are never overwritten: that is refused with a message.",
     )
     p.set_defaults(func=_cmd_predict)

@@ -303,15 +303,15 @@ def test_one_input_that_raises_fails_alone_and_is_retried_next_run(models, tmp_p
 
 
 def test_a_dead_engine_is_not_called_for_every_item(models, monkeypatch, tmp_path):
-    from hxpe.agent.runner import DEAD_AFTER, EngineFailure
+    from hxpe.agent.runner import DEAD_AFTER, FIRST_CALL, EngineFailure
 
-    index = planted_index(tmp_path / "data", n_good=3)  # 10 test images, one batch
+    index = planted_index(tmp_path / "data", n_good=3)  # 10 test images, first call of FIRST_CALL
     vllm = stand_in_vllm(die_after=0)
     _install(monkeypatch, vllm)
-    with pytest.raises(EngineFailure, match="failed on all 10 request"):
+    with pytest.raises(EngineFailure, match=f"failed on all {FIRST_CALL} request"):
         run_describe([index], _describe_cfg(models, batch_size=16), tmp_path / "d.jsonl")
     sizes = [len(c[1]) for c in vllm.calls if c[0] == "generate"]
-    assert sizes == [10] + [1] * DEAD_AFTER  # the batch, then DEAD_AFTER items one by one
+    assert sizes == [FIRST_CALL] + [1] * DEAD_AFTER  # the call, then DEAD_AFTER items one by one
     assert not (tmp_path / "d.jsonl").exists() or not (tmp_path / "d.jsonl").read_text()
 
 

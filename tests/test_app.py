@@ -103,7 +103,7 @@ def test_the_page_shows_the_prediction_and_its_record(checkpoint, tmp_path):
 def test_refusals_say_what_is_wrong(checkpoint, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not a picture")
-    page = analyse(text, checkpoint=checkpoint)
+    page = analyse(text, checkpoint=checkpoint, out_dir=tmp_path)
     assert (
         page.status.startswith("**Not an image:**") and "notes.png is not an image" in page.status
     )
@@ -111,12 +111,14 @@ def test_refusals_say_what_is_wrong(checkpoint, tmp_path):
 
     big = tmp_path / "big.png"
     Image.new("RGB", (400, 300)).save(big)
-    page = analyse(big, checkpoint=checkpoint, max_pixels=100_000)
+    page = analyse(big, checkpoint=checkpoint, max_pixels=100_000, out_dir=tmp_path)
     assert page.status.startswith("**Image too large:**")
     assert "400×300 = 120,000 pixels; the limit is 100,000 pixels" in page.status
 
-    assert analyse(None).status.startswith("**No image:**")
-    both = analyse(big, checkpoint=checkpoint, agent="classical", description="a scratch")
+    assert analyse(None, out_dir=tmp_path).status.startswith("**No image:**")
+    both = analyse(
+        big, checkpoint=checkpoint, agent="classical", description="a scratch", out_dir=tmp_path
+    )
     assert both.status.startswith("**Two explanations:**")
 
 
@@ -131,16 +133,16 @@ def test_a_checkpoint_that_does_not_match_its_model_config_is_named(checkpoint, 
     config = json.loads((checkpoint / "config.json").read_text())
     config["model"]["adaclip"]["prompt_depth"] = 3  # weights were trained for depth 2
     (wrong / "config.json").write_text(json.dumps(config))
-    page = analyse(image, checkpoint=wrong)
+    page = analyse(image, checkpoint=wrong, out_dir=tmp_path)
     assert page.status.startswith("**Checkpoint not usable:**")
     assert "does not match" in page.status or "expects" in page.status
 
     config["model"]["clip"]["no_such_field"] = 1  # config.json from other code
     (wrong / "config.json").write_text(json.dumps(config))
-    page = analyse(image, checkpoint=wrong)
+    page = analyse(image, checkpoint=wrong, out_dir=tmp_path)
     assert "does not match this code's model config" in page.status
 
-    page = analyse(image, checkpoint=tmp_path / "nowhere")
+    page = analyse(image, checkpoint=tmp_path / "nowhere", out_dir=tmp_path)
     assert page.status.startswith("**Checkpoint not usable:**") and "config.json" in page.status
 
 

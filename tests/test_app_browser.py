@@ -74,9 +74,11 @@ def served(tmp_path_factory) -> Iterator[dict]:
     write_demo_checkpoint(root / "results")
     image, reference = demo_pair(root)
     port = free_port()
+    (root / "tmp").mkdir()
     env = os.environ | {
         "HXPE_RESULTS_ROOT": str(root / "results"),
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "TMPDIR": str(root / "tmp"),  # where the app's hxpe-app-* request folders go
     }
     log = root / "server.log"
     with log.open("w") as sink:
@@ -98,6 +100,8 @@ def served(tmp_path_factory) -> Iterator[dict]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+    left = sorted(p.name for p in (root / "tmp").glob("hxpe-app-*"))
+    assert not left, f"the stopped app left its request folders behind: {left}"
 
 
 def _upload(page, elem_id: str, path: Path) -> None:
@@ -109,13 +113,13 @@ def _upload(page, elem_id: str, path: Path) -> None:
     expect(page.locator(f"#{elem_id}")).to_contain_text(path.stem, timeout=60_000)
 
 
-def test_upload_image_and_reference_shows_map_and_phrase(served, monkeypatch):
+def test_upload_image_and_reference_shows_map_and_phrase(served, monkeypatch, tmp_path):
     from playwright.sync_api import expect
 
     from hxpe.app import analyse
 
     monkeypatch.setenv("HXPE_RESULTS_ROOT", str(served["root"] / "results"))
-    expected = analyse(served["image"], served["reference"], agent="classical")
+    expected = analyse(served["image"], served["reference"], agent="classical", out_dir=tmp_path)
     assert expected.phrase and not expected.phrase.startswith("(none")  # the scratch is described
     started = time.perf_counter()
     with browser_page() as page:

@@ -13,6 +13,7 @@ from PIL import Image
 from hxpe.cli import main
 from hxpe.data.fixtures import write_part_pair
 from hxpe.data.torch_dataset import load_image
+from hxpe.hashing import file_sha256
 from hxpe.model.checkpoint import load_checkpoint, save_checkpoint
 from hxpe.model.hxpe import build_model
 from hxpe.model.tiny import tiny_model_config
@@ -63,7 +64,9 @@ def test_predict_writes_overlay_and_json_that_agree_with_the_model(checkpoint, i
     assert record["map"]["mean"] == pytest.approx(float(amap.mean()), abs=1e-5)
     assert record["map"]["area_above_0.5"] == pytest.approx(float((amap > 0.5).mean()), abs=1e-6)
     assert record["phrase"] is None and record["verdict"] is None
-    assert record["provenance"]["checkpoint"] == str(checkpoint)
+    shown = record["provenance"]["checkpoint"]  # no server-side absolute path in the record
+    assert not Path(shown).is_absolute() and str(checkpoint).endswith("/" + shown)
+    assert record["image"] == "part.png" and record["image_sha256"] == file_sha256(images["part"])
     assert "random-init" in record["provenance"]["note"]
 
 

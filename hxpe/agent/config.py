@@ -38,6 +38,12 @@ class DescribeConfig(BaseModel):
         description="Images per engine call; the cache is appended after each batch. vLLM runs "
         "max_num_seqs of them at a time, so >= 256 keeps its batch full to the end of each call.",
     )
+    commit_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Calls are sized to finish in about this time (at most batch_size items), "
+        "and their records committed: a kill loses at most this much work.",
+    )
 
 
 class ExtractConfig(BaseModel):
@@ -54,6 +60,9 @@ class ExtractConfig(BaseModel):
     seed: int = Field(0, description="Sampling seed (attempt k uses seed + k).")
     retry_temperature: float = Field(0.7, ge=0.0, description="Temperature of retries.")
     batch_size: int = Field(256, ge=1, description="Descriptions per engine call (>= 256 on vLLM).")
+    commit_seconds: float = Field(
+        120.0, gt=0, description="Calls are sized to finish in about this time (see describe)."
+    )
     max_phrase_tokens: int = Field(
         20, ge=1, description="Longest phrase in CLIP tokens; longer ones are truncated."
     )

@@ -147,6 +147,22 @@ def run_with_retries(
 
 
 Item = TypeVar("Item")
+FIRST_CALL = 8  # items in the first engine call of a run, before its speed is known
+
+
+def next_call_size(size: int, seconds: float, batch_size: int, commit_seconds: float) -> int:
+    """Items in the next engine call: the last call's ``size`` scaled so that a call takes about
+    ``commit_seconds`` (results are committed after each call), at most ``batch_size``, at least 1.
+
+    Example (a call of 8 items took 2 s; commit every 30 s, batches of 256):
+        >>> next_call_size(8, 2.0, 256, 30.0), next_call_size(256, 600.0, 256, 30.0)
+        (120, 12)
+        >>> next_call_size(8, 0.0, 256, 30.0)  # too fast to measure: full batches
+        256
+    """
+    if seconds <= 0:
+        return batch_size
+    return max(1, min(batch_size, int(size * commit_seconds / seconds)))
 
 
 def run_stage(
@@ -164,10 +180,16 @@ def run_stage(
     """The skeleton both agent stages share: cache -> pending -> batches -> retries -> records.
 
     ``keyed`` pairs each item with its cache key; items already in ``cache`` are counted as cached
-    (with their failures), the others are sent to the backend in batches of ``cfg.batch_size``
-    (``backend()`` is called once, and only when something is pending), and one record per item is
-    appended after each batch: ``key``, ``settings_hash``, the stage's ``fields(item, outcome)``,
-    then ``provenance`` and ``timing``. ``report`` counts done, cached and failed items.
+    (with their failures), the others are sent to the backend in calls of at most
+    ``cfg.batch_size`` (``backend()`` is called once, and only when something is pending), and one
+    record per item is appended after each call: ``key``, ``settings_hash``, the stage's
+    ``fields(item, outcome)``, then ``provenance`` and ``timing``. ``report`` counts done, cached
+    and failed items.
+
+    Results are committed by time as well as by count: the first call sends :data:`FIRST_CALL`
+    items, and each next call as many as the last one's speed finishes in about
+    ``cfg.commit_seconds`` (:func:`next_call_size`), so a kill loses at most that much work even when
+    a full batch would take much longer.
     """
     # records of engine errors (left by older versions) are not results: retried like missing ones
     known = {r["key"]: r for r in cache.records() if reason_of(r.get("error")) != ENGINE_ERROR}
@@ -181,9 +203,12 @@ def run_stage(
     call = backend()
     prov = provenance(settings)
     bar = tqdm(total=len(pending), desc=report.stage, unit="img")
-    for start in range(0, len(pending), cfg.batch_size):
-        batch = pending[start : start + cfg.batch_size]
+    start, size = 0, min(cfg.batch_size, FIRST_CALL)
+    while start < len(pending):
+        batch = pending[start : start + size]
+        started = time.perf_counter()
         outcomes = run_with_retries(requests([it for _, it in batch]), call, check, cfg)
+        elapsed = time.perf_counter() - started
         records = []
         for (key, it), out in zip(batch, outcomes, strict=True):
             if reason_of(out.error) == ENGINE_ERROR:  # never cached: the next run retries it
@@ -205,6 +230,8 @@ def run_stage(
         if not records:
             bar.close()
             raise EngineFailure(engine_failure_message(report, cfg, len(batch), outcomes[-1].error))
+        start += len(batch)
+        size = next_call_size(len(batch), elapsed, cfg.batch_size, cfg.commit_seconds)
     bar.close()
 
 

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from hxpe.paths import why_missing
+
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _TIFF_BITS_PER_SAMPLE = 258
@@ -103,7 +105,7 @@ def _open(path: str | Path, what: str, max_pixels: int | None) -> Image.Image:
     """Decode ``path`` fully (EXIF orientation applied); errors say what to do."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{what.capitalize()} {p} does not exist; check the path.")
+        raise FileNotFoundError(why_missing(p, what))
     if not p.is_file():
         raise ImageReadError(f"{p} is not a file; pass the path of one {what}.")
     try:

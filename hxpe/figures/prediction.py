@@ -1,5 +1,18 @@
 """The figures of one prediction (``hxpe predict``, :meth:`hxpe.predict.Prediction.save`, the app):
-the overlay, the DINOv2 prompt map and the word-importance bars."""
+the overlay, the DINOv2 prompt map and the word-importance bars.
+
+Whatever the image's size and shape, the figures stay small: they draw a copy of the image downscaled
+to at most :data:`DISPLAY_SIDE` pixels on its long side (the anomaly map is resized to that copy, not
+to the full image), and the figure's height follows the image's aspect ratio clamped to
+:data:`MAX_ASPECT` (a 20×10000 strip is drawn as a narrow strip in a figure of ordinary size).
+
+Example:
+    >>> from PIL import Image
+    >>> display_size(Image.new("RGB", (20, 10000)))
+    (4, 2048)
+    >>> figure_aspect(10000, 20), figure_aspect(100, 150)
+    (3.0, 0.6666666666666666)
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,7 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 from hxpe.figures.style import MAP_CMAP, VFM_CMAP, blank, show_image, show_map, text_panel, wrap
 from hxpe.figures.words import word_bars
@@ -15,17 +29,40 @@ from hxpe.figures.words import word_bars
 if TYPE_CHECKING:
     from hxpe.predict import Prediction
 
+DISPLAY_SIDE = 2048  # longest side, in pixels, of the image copy a figure draws
+MAX_ASPECT = 3.0  # height/width of the figure's image area is clamped to [1/3, 3]
+
+
+def display_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of the copy of ``image`` the figures draw: at most :data:`DISPLAY_SIDE`
+    on the long side (never upscaled), at least 1 pixel on each."""
+    w, h = image.size
+    scale = min(1.0, DISPLAY_SIDE / max(w, h))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def figure_aspect(h: int, w: int) -> float:
+    """The image's height/width, clamped to ``[1 / MAX_ASPECT, MAX_ASPECT]`` for the figure size."""
+    return min(max(h / max(w, 1), 1.0 / MAX_ASPECT), MAX_ASPECT)
+
+
+def display_image(pred: Prediction) -> np.ndarray:
+    """The prediction's image as float ``[h, w, 3]`` in [0, 1], downscaled to :func:`display_size`."""
+    size = display_size(pred.image)
+    small = pred.image if size == pred.image.size else pred.image.resize(size, Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
 
 def prediction_figure(pred: Prediction) -> Figure:
     """The overlay of ``hxpe predict``: the image and its anomaly map (fixed scale 0 to 1)."""
-    image = np.asarray(pred.image, dtype=np.float32) / 255.0
-    amap = pred.overlay_map()
-    h, w = amap.shape
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.4 * h / max(w, 1) + 0.9))
+    image = display_image(pred)
+    h, w = image.shape[:2]
+    amap = pred.overlay_map(size=(h, w))
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.4 * figure_aspect(h, w) + 0.9))
     show_image(axes[0], image, "input")
     axes[1].imshow(image)
     shown = axes[1].imshow(amap, cmap=MAP_CMAP, alpha=0.5, vmin=0.0, vmax=1.0)
-    if (amap > 0.5).any():
+    if min(h, w) >= 2 and (amap > 0.5).any():  # contour needs a 2×2 grid at least
         axes[1].contour(amap, levels=[0.5], colors="white", linewidths=0.8)
     blank(axes[1])
     axes[1].set_title(f"anomaly map (score {pred.image_score:.3f})", fontsize=9)
@@ -42,9 +79,9 @@ def prediction_figure(pred: Prediction) -> Figure:
 
 def prompt_figure(pred: Prediction) -> Figure:
     """The DINOv2 prompt map of a prediction over its image (fixed scale 0 to 1)."""
-    image = np.asarray(pred.image, dtype=np.float32) / 255.0
+    image = display_image(pred)
     h, w = image.shape[:2]
-    fig, ax = plt.subplots(figsize=(4.6, 4.4 * h / max(w, 1) + 0.6))
+    fig, ax = plt.subplots(figsize=(4.6, 4.4 * figure_aspect(h, w) + 0.6))
     if pred.vfm_prompt is None:
         text_panel(ax, "this checkpoint has no DINOv2 prompt (vfm disabled)")
     else:

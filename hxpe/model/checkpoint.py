@@ -54,25 +54,58 @@ def save_checkpoint(model: HXPEModel, out_dir: Path, train_settings: dict[str, A
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (the message names the file and what to do)."""
+
+
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    """``config.json`` of a checkpoint: a JSON object with a ``model`` object, else CheckpointError."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"No checkpoint in {directory}: {CONFIG_FILE} is missing. Train it first "
             f"(stage 04: make train PROFILE=<profile>)."
         )
-    return json.loads(path.read_text())
+    fix = "retrain or re-import the checkpoint, or pick another one"
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); {fix}.") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path} holds a JSON {type(config).__name__}, not an object with a 'model' section; "
+            f"{fix}."
+        )
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(
+            f"{path} has no 'model' object (its keys: {sorted(config)[:8]}); it was not written "
+            f"by this code's trainer or importer: {fix}."
+        )
+    return config
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """The tensors of ``trainable.safetensors``; a truncated or corrupt file is a CheckpointError."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{path} cannot be read ({err}); the file is truncated or corrupt ({path.stat().st_size:,} "
+            f"bytes). Copy it again, or retrain or re-import the checkpoint."
+        ) from None
 
 
 def load_checkpoint(directory: str | Path, device: str | None = None) -> HXPEModel:
     """Rebuild the model from ``config.json`` and load ``trainable.safetensors`` (strict)."""
     directory = Path(directory)
     cfg = ModelConfig.model_validate(read_checkpoint_config(directory)["model"])
-    model = build_model(cfg)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"Checkpoint {directory} has no {WEIGHTS_FILE}; retrain it.")
-    state = load_file(str(weights))
+    state = read_weights(weights)
+    model = build_model(cfg)
     params = model.trainable_state()
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:

@@ -5,7 +5,10 @@
 * AdaCLIP (trainer.py:89-98): ``torch.save({'clip_model.<name>': tensor, ...})`` of its learnable tensors.
 
 Files are read with ``torch.load(weights_only=True)`` only; anything else (pickled objects, other
-layouts) is refused with :class:`CheckpointRefused`, a one-line message. Key maps are explicit in
+layouts) is refused with :class:`CheckpointRefused`, a one-line message. Before loading, the sizes
+that a ``.pth`` (a zip archive) holds uncompressed are summed and refused beyond
+:data:`MAX_UNPACKED_BYTES`, so a small file that deflates to gigabytes is never unpacked; after
+loading, prompt shapes are checked against :data:`PROMPT_LIMITS`. Key maps are explicit in
 both directions (:func:`our_name`, :func:`authors_name`), so gradients and parameters can be compared
 with the authors' by name (``hxpe check-equivalence``).
 
@@ -22,6 +25,7 @@ import json
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -66,8 +70,51 @@ _IGNORED = {
 }
 
 
+# The authors' files are a few MB (AnomalyCLIP's prompt learner) to ~100 MB (AdaCLIP's heads).
+MAX_UNPACKED_BYTES = 1 << 30  # 1 GiB unpacked at most
+# Sane prompt shapes: CLIP's text context is 77 tokens, the largest towers have 48 blocks and
+# widths of 1664 (ViT-bigG); anything beyond is not a checkpoint of these methods.
+PROMPT_LIMITS = {"tokens": 77, "depth": 48, "width": 4096}
+
+
 class CheckpointRefused(ValueError):
     """The file is not an authors' checkpoint that can be read safely."""
+
+
+def unpacked_bytes(path: Path) -> int:
+    """The bytes ``path`` holds once unpacked: the sum of a zip archive's uncompressed member sizes
+    (``torch.save``'s format), or the file's own size (the legacy format is not compressed)."""
+    if not zipfile.is_zipfile(path):
+        return path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as err:
+        raise CheckpointRefused(f"{path}: refused, not a readable archive ({err}).") from None
+
+
+def check_prompt_shapes(kind: Kind, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse prompt tensors beyond :data:`PROMPT_LIMITS` (tokens per prompt, width) and more
+    prompted blocks than a CLIP tower has."""
+    limits = PROMPT_LIMITS
+    for name, t in state.items():
+        is_prompt = re.search(r"(ctx_normal|ctx_abnormal|deep\.\d+|_static\.\d+)$", name)
+        if is_prompt is None:
+            continue
+        tokens, width = (t.shape[-2], t.shape[-1]) if t.dim() >= 2 else (t.numel(), 1)
+        if tokens > limits["tokens"] or width > limits["width"] or t.dim() > 2:
+            raise CheckpointRefused(
+                f"{path}: {kind} prompt {authors_name(kind, name) or name} has shape "
+                f"{tuple(t.shape)}; a prompt holds at most {limits['tokens']} tokens of width at "
+                f"most {limits['width']} ([tokens, width]). This is not a {kind} checkpoint."
+            )
+    for prefix in ("prompter.deep.", "prompter.visual_static.", "prompter.text_static."):
+        depth = sum(k.startswith(prefix) for k in state)
+        if depth > limits["depth"]:
+            raise CheckpointRefused(
+                f"{path}: {depth} prompted blocks ({prefix}*); a CLIP tower has at most "
+                f"{limits['depth']}. This is not a {kind} checkpoint."
+            )
 
 
 def _pattern(template: str) -> re.Pattern[str]:
@@ -105,11 +152,21 @@ def to_authors_layout(kind: Kind, name: str, tensor: torch.Tensor) -> torch.Tens
     return tensor
 
 
-def read_tensors(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` or :class:`CheckpointRefused` (one line)."""
+def read_tensors(path: str | Path, max_bytes: int | None = None) -> Any:
+    """``torch.load(path, weights_only=True)`` or :class:`CheckpointRefused` (one line); a file
+    that unpacks to more than ``max_bytes`` (default :data:`MAX_UNPACKED_BYTES`) is refused before
+    anything is unpacked."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointRefused(f"{path}: no such checkpoint file.")
+    max_bytes = MAX_UNPACKED_BYTES if max_bytes is None else max_bytes
+    size = unpacked_bytes(path)
+    if size > max_bytes:
+        raise CheckpointRefused(
+            f"{path}: refused, it unpacks to {size:,} bytes ({path.stat().st_size:,} on disk); the "
+            f"authors' checkpoints unpack to at most {max_bytes:,} bytes. Check that this is the "
+            f"released file."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
@@ -240,6 +297,7 @@ def import_checkpoint(
     if kind not in KINDS:
         raise CheckpointRefused(f"unknown checkpoint kind {kind!r}; one of {KINDS}.")
     conv = convert(kind, authors_state(kind, read_tensors(path), path))
+    check_prompt_shapes(kind, conv.state, path)
     base = model_cfg or ModelConfig(base=kind)
     data = base.model_dump(mode="json")
     data["base"] = kind

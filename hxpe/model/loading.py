@@ -83,6 +83,20 @@ def _pinned_file(spec: WeightSpec) -> Path:
     raise MissingWeightsError(missing_weights_message(spec))
 
 
+def unpinned_message(model_name: str, pretrained: str) -> str:
+    """Why an open_clip (model, pretrained tag) outside ``hxpe/weights.yaml`` is refused, and how to
+    pin it: open_clip would fetch whatever the hub serves today, and a checkpoint's config.json could
+    make any command go online."""
+    return (
+        f"model.clip.pretrained {pretrained!r} for {model_name!r} is not pinned in "
+        f"hxpe/weights.yaml, so it is refused (open_clip would download unpinned weights). To pin "
+        f"it, add an entry with repo_id, revision, weight_patterns and allow_patterns to "
+        f"hxpe/weights.yaml and the pair ({model_name!r}, {pretrained!r}) to CLIP_TAGS in "
+        f"hxpe/weights.py, then run make fetch-models; or give the path of a local weights file, "
+        f"or set model.clip.pretrained: null for random weights."
+    )
+
+
 def require_quickgelu(model_name: str, pretrained: str | None) -> None:
     """Refuse OpenAI weights on a GELU model: ``("ViT-L-14-336", "openai")`` raises ValueError naming
     ``ViT-L-14-336-quickgelu``; ``-quickgelu`` names, configs with ``quick_gelu: true`` and random
@@ -131,6 +145,8 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
     key = clip_weight_key(cfg.model_name, cfg.pretrained)
     if key is not None:
         pretrained = str(_pinned_file(weight_spec(key)))
+    elif pretrained is not None and not Path(pretrained).expanduser().is_file():
+        raise ValueError(unpinned_message(cfg.model_name, pretrained))  # a tag: not pinned
     with seeded(seed):
         try:
             model = open_clip.create_model(cfg.model_name, pretrained=pretrained)
