@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,23 +68,14 @@ def read_pins(text: str) -> dict[str, str]:
     return pins
 
 
-@dataclass(frozen=True)
 class LockFiles:
-    """The two locks of a checkout and the project file they are resolved for."""
+    """The two locks of a checkout (``root``) and the project file they are resolved for."""
 
-    root: Path
-
-    @property
-    def cpu(self) -> Path:
-        return self.root / "constraints.txt"
-
-    @property
-    def gpu(self) -> Path:
-        return self.root / "constraints-gpu.txt"
-
-    @property
-    def pyproject(self) -> Path:
-        return self.root / "pyproject.toml"
+    def __init__(self, root: Path):
+        self.root = root
+        self.cpu = root / "constraints.txt"
+        self.gpu = root / "constraints-gpu.txt"
+        self.pyproject = root / "pyproject.toml"
 
     def header(self) -> str:
         """The hand-written part of constraints.txt (inputs of the resolution), marker line included."""
