@@ -1,5 +1,6 @@
 """The two version locks: consistent with each other offline, resolvable and compatible with vLLM's
-pins against the registry (``network``: CI reaches PyPI; skipped offline with the reason)."""
+published requirements, by uv against the registry (``network``: CI reaches PyPI; skipped offline
+with the reason)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,8 @@ from hxpe.environment.lock import (
     divergence_problems,
     divergences,
     gpu_inputs,
-    incompatible_with,
+    published_requirement_problems,
     read_pins,
-    registry_requires_dist,
     shared_versions,
     unneeded_divergences,
 )
@@ -142,14 +142,6 @@ def test_every_shared_package_has_one_version_in_both_locks():
     assert TORCH_FAMILY.match("nvidia-cublas") and not TORCH_FAMILY.match("torchmetrics")
 
 
-def test_incompatible_with_applies_markers_and_specifiers():
-    reqs = ["lark==1.2.2", "transformers<5.21,>=5.16.1", "numpy; sys_platform == 'win32'"]
-    locks = {"cpu": {"lark": "1.2.2", "transformers": "5.21.0", "numpy": "0"}}
-    assert incompatible_with(reqs, locks) == [
-        "cpu: transformers==5.21.0 violates transformers<5.21,>=5.16.1"
-    ]
-
-
 @pytest.mark.network
 def test_both_locks_resolve_exactly_without_backtracking():
     """uv resolves each environment with every package pinned to its lock (one candidate each, so no
@@ -162,19 +154,20 @@ def test_both_locks_resolve_exactly_without_backtracking():
 
 
 @pytest.mark.network
-def test_shared_versions_satisfy_vllms_requires_dist_but_the_declared_divergences():
+def test_shared_versions_satisfy_vllms_published_requirements_but_the_declared_divergences():
+    """uv resolves vllm==0.33.0 (and the other GPU-only inputs) from its published metadata with
+    constraints.txt's shared versions pinned: they fit, and without the declared pillow divergence uv
+    names vLLM's own requirement that constraints.txt's pillow violates."""
     _registry_or_skip()
-    gpu = read_pins(FILES.gpu.read_text())
-    requires = registry_requires_dist("vllm", gpu["vllm"])
-    assert any(r.startswith("lark") for r in requires)  # the metadata was really read
-    cpu_shared = {n: v for n, (v, _) in shared_versions(cpu_lock(FILES), gpu).items()}
-    declared = FILES.may_diverge()
-    one_version = {n: v for n, v in cpu_shared.items() if n not in declared}
-    assert incompatible_with(requires, {"constraints.txt": one_version, "gpu": gpu}) == []
-    # the declared pillow divergence is real: constraints.txt's pillow violates vLLM's pin
-    assert incompatible_with(requires, {"constraints.txt": cpu_shared}) == [
-        f"constraints.txt: pillow=={cpu_shared['pillow']} violates pillow>=13.0.0"
-    ]
+    assert published_requirement_problems(FILES) == []
+    pillow = cpu_lock(FILES)["pillow"]
+    [problem] = published_requirement_problems(FILES, may_diverge=set())
+    assert problem.startswith(
+        "uv could not resolve vllm==0.33.0, qwen-vl-utils==0.0.14 with constraints.txt's shared "
+        "versions for x86_64-manylinux_2_31, Python 3.11:\n"
+    )
+    assert f"vllm==0.33.0 depends on pillow>=13.0.0 and pillow=={pillow}" in problem
+    assert problem.endswith("Rerun `make lock`, or declare the package.")
 
 
 @pytest.mark.network

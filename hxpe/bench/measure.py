@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,16 @@ from hxpe.model.maps import gaussian_blur
 from hxpe.train import make_optimizer, step_losses
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How the fast path runs in every section of a benchmark (the report's settings): DataLoader
+    workers, precision (``auto``, ``fp32``, ``bf16``) and ``torch.compile``."""
+
+    num_workers: int
+    precision: str
+    compile: bool
+
+
 def _drain(results: Iterable[BatchResult]) -> int:
     return sum(len(r) for r in results)
 
@@ -44,20 +55,19 @@ def _drain(results: Iterable[BatchResult]) -> int:
 def measure_eval(
     model: HXPEModel,
     dataset: IndexDataset,
+    execution: Execution,
     *,
     batch_size: int,
-    num_workers: int,
     n_naive: int,
-    precision: str,
-    compile: bool,
     warmup: bool,
 ) -> dict[str, Any]:
     """Images/s and peak memory of both paths on the same images, their largest difference and the
     fast path's per-stage times."""
     device = model_device(model)
+    precision = execution.precision
     naive_set = torch.utils.data.Subset(dataset, range(min(n_naive, len(dataset))))
-    fast_loader = index_batches(make_loader(dataset, batch_size, num_workers, device))
-    if compile:
+    fast_loader = index_batches(make_loader(dataset, batch_size, execution.num_workers, device))
+    if execution.compile:
         maybe_compile(model, device)
     if warmup:
         one = torch.utils.data.Subset(dataset, [0])
@@ -82,7 +92,9 @@ def measure_eval(
         sync(device)
         t0 = time.perf_counter()
         parts = list(
-            infer_fast(model, fast_loader, precision=precision, compile=compile, caches=caches)
+            infer_fast(
+                model, fast_loader, precision=precision, compile=execution.compile, caches=caches
+            )
         )
         sync(device)
         t_fast = time.perf_counter() - t0
@@ -115,7 +127,7 @@ def measure_eval(
         "fast": {
             "images": n_fast,
             "batch_size": batch_size,
-            "num_workers": num_workers,
+            "num_workers": execution.num_workers,
             "precision": "bf16" if use_bf16(precision, device) else "fp32",
             "seconds": t_fast,
             "images_per_s": n_fast / t_fast,

@@ -16,6 +16,7 @@ import socket
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 
 from hxpe.bench.inputs import dataset_for, demo_index
 from hxpe.bench.measure import (
+    Execution,
     measure_aupro,
     measure_eval,
     measure_phrases,
@@ -94,6 +96,7 @@ def run_model_section(
     eval_set: IndexDataset,
     train_set: IndexDataset,
     train_cfg: TrainConfig,
+    execution: Execution,
     *,
     batch_size: int,
     n_naive: int,
@@ -101,12 +104,10 @@ def run_model_section(
     train_steps: int,
     n_phrases: int,
     profile_images: int,
-    num_workers: int,
-    precision: str,
-    compile: bool,
     warmup: bool,
     label: str,
 ) -> dict[str, Any]:
+    precision = execution.precision
     n_params = sum(p.numel() for p in model.parameters())
     section: dict[str, Any] = {
         "label": label,
@@ -119,14 +120,7 @@ def run_model_section(
         "vfm": model.cfg.vfm.enabled,
     }
     section["eval"] = measure_eval(
-        model,
-        eval_set,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        n_naive=n_naive,
-        precision=precision,
-        compile=compile,
-        warmup=warmup,
+        model, eval_set, execution, batch_size=batch_size, n_naive=n_naive, warmup=warmup
     )
     section["phrases"] = measure_phrases(model, n_phrases, precision)
     section["train"] = (
@@ -159,19 +153,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     batch = args.batch_size or (32 if gpu else 8)
     workers = args.num_workers if args.num_workers is not None else (4 if gpu else 0)
+    execution = Execution(num_workers=workers, precision=args.precision, compile=args.compile)
     timings: dict[str, float] = {}
     report: dict[str, Any] = {
         "schema": 1,
         "command": "python -m hxpe.bench " + " ".join(args.argv),
         "quick": quick,
         "host": host_info(device),
-        "settings": {
-            "device": str(device),
-            "batch_size": batch,
-            "num_workers": workers,
-            "precision": args.precision,
-            "compile": args.compile,
-        },
+        "settings": {"device": str(device), "batch_size": batch, **asdict(execution)},
         "sections": {},
         "notes": [
             "naive = the anchors' loop: batch 1, fp32, text encoded per image over the full "
@@ -198,15 +187,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     demo_eval,
                     demo_eval,
                     demo_cfg.train,
+                    execution,
                     batch_size=min(batch, n_demo),
                     n_naive=n_demo,
                     train_batch=4,
                     train_steps=2 if quick else 5,
                     n_phrases=8 if quick else 32,
                     profile_images=min(batch, n_demo),
-                    num_workers=workers,
-                    precision=args.precision,
-                    compile=args.compile,
                     warmup=True,
                     label=f"demo profile variant {variant} (tiny random-init CLIP + DINOv2)",
                 )
@@ -238,15 +225,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         paper_eval,
                         paper_eval,
                         TrainConfig(),
+                        execution,
                         batch_size=min(batch, n_paper) if gpu else min(args.paper_batch, n_paper),
                         n_naive=args.paper_naive_images or (8 if gpu else 2),
                         train_batch=8 if gpu else 1,
                         train_steps=(3 if gpu else 1) if args.paper_train else 0,
                         n_phrases=64 if gpu else 2,
                         profile_images=batch if gpu else (1 if args.paper_profile else 0),
-                        num_workers=workers,
-                        precision=args.precision,
-                        compile=args.compile,
                         warmup=gpu,
                         label=PAPER_LABEL + f", base {base}",
                     )

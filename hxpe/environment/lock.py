@@ -18,8 +18,9 @@ The inputs are the lines above ``RESOLVED_MARKER`` in ``constraints.txt``: GPU-o
 should respect (``sphinx>=7``); plus pyproject.toml's extras and ``[tool.hxpe.lock]``. A new extra needs
 no edit here: it is resolved jointly with vLLM unless pyproject declares it CPU-only. Existing pins are
 kept where they still fit (uv prefers the versions already in the output file); ``--upgrade`` lifts
-them. ``--check`` re-resolves both locks pinned to themselves and checks that the divergences are
-exactly the declared ones, each still needed.
+them. ``--check`` re-resolves both locks pinned to themselves, checks that the divergences are
+exactly the declared ones, each still needed, and has uv resolve vLLM's pin (the GPU-only inputs) with
+constraints.txt's shared versions, so that they satisfy vLLM's published requirements.
 Only metadata is downloaded (``--no-build``: no source builds); a warm uv cache makes it take seconds.
 
 Example:
@@ -30,15 +31,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import io
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hxpe.paths import repo_root
 
@@ -67,23 +68,14 @@ def read_pins(text: str) -> dict[str, str]:
     return pins
 
 
-@dataclass(frozen=True)
 class LockFiles:
-    """The two locks of a checkout and the project file they are resolved for."""
+    """The two locks of a checkout (``root``) and the project file they are resolved for."""
 
-    root: Path
-
-    @property
-    def cpu(self) -> Path:
-        return self.root / "constraints.txt"
-
-    @property
-    def gpu(self) -> Path:
-        return self.root / "constraints-gpu.txt"
-
-    @property
-    def pyproject(self) -> Path:
-        return self.root / "pyproject.toml"
+    def __init__(self, root: Path):
+        self.root = root
+        self.cpu = root / "constraints.txt"
+        self.gpu = root / "constraints-gpu.txt"
+        self.pyproject = root / "pyproject.toml"
 
     def header(self) -> str:
         """The hand-written part of constraints.txt (inputs of the resolution), marker line included."""
@@ -113,14 +105,15 @@ class LockFiles:
         """Every optional-dependency group but the GPU one (the CPU lock's resolution)."""
         return [e for e in self.all_extras() if e != "gpu"]
 
-    def lock_settings(self) -> dict:
+    def lock_settings(self) -> dict[str, Any]:
         """``[tool.hxpe.lock]`` of pyproject.toml (empty when absent)."""
-        return (
+        settings: dict[str, Any] = (
             tomllib.loads(self.pyproject.read_text())
             .get("tool", {})
             .get("hxpe", {})
             .get("lock", {})
         )
+        return settings
 
     def cpu_only_extras(self) -> list[str]:
         """The declared extras that stay out of the vLLM environment (``cpu-only-extras``)."""
@@ -189,7 +182,7 @@ INPUTS_HINT = (
 
 
 def compile_lock(
-    pyproject: Path,
+    source: Path,
     extras: list[str] | tuple[str, ...],
     constraints: list[str],
     platform: str,
@@ -198,11 +191,14 @@ def compile_lock(
     preferences: dict[str, str] | None = None,
     upgrade: bool = False,
     hint: str = INPUTS_HINT,
+    what: str | None = None,
 ) -> dict[str, str]:
-    """Resolve ``pyproject``'s extras with ``uv pip compile`` into ``output``; return its pins.
+    """Resolve ``source`` (pyproject.toml with ``extras``, or a requirements file) with
+    ``uv pip compile`` into ``output``; return its pins.
 
     ``preferences`` are written to ``output`` first: uv keeps those versions where they still fit.
-    Raises ``RuntimeError`` with uv's explanation when there is no solution.
+    Raises ``RuntimeError`` naming ``what`` (default: the extras) with uv's explanation when there is
+    no solution.
     """
     with tempfile.TemporaryDirectory() as tmp:
         cfile = Path(tmp) / "constraints.in"
@@ -212,7 +208,7 @@ def compile_lock(
             *uv_command(),
             "pip",
             "compile",
-            str(pyproject),
+            str(source),
             *[a for e in extras for a in ("--extra", e)],
             "--constraint",
             str(cfile),
@@ -233,7 +229,7 @@ def compile_lock(
         done = subprocess.run(cmd, capture_output=True, text=True, env=_uv_env())
     if done.returncode != 0:
         raise RuntimeError(
-            f"uv could not resolve {', '.join(extras)} for {platform}, Python {PYTHON_VERSION}:\n"
+            f"uv could not resolve {what or ', '.join(extras)} for {platform}, Python {PYTHON_VERSION}:\n"
             f"{done.stderr.strip()}\n{hint}"
         )
     return read_pins(output.read_text())
@@ -241,8 +237,6 @@ def compile_lock(
 
 def _uv_env() -> dict[str, str]:
     """The environment for uv: system certificates (as pip here), no project config surprises."""
-    import os
-
     return {**os.environ, "UV_SYSTEM_CERTS": "1", "UV_NO_CONFIG": "1"}
 
 
@@ -336,109 +330,52 @@ def check_locks(files: LockFiles) -> list[str]:
     return problems
 
 
-SIMPLE_INDEX = "https://pypi.org/simple/{name}/"
-TARGET_ENVIRONMENT = {
-    "python_version": "3.11",
-    "python_full_version": "3.11.0",
-    "platform_machine": "x86_64",
-    "sys_platform": "linux",
-    "platform_system": "Linux",
-    "os_name": "posix",
-    "implementation_name": "cpython",
-    "platform_python_implementation": "CPython",
-    "extra": "",
-}
-
-
-class _RangeReader(io.RawIOBase):
-    """A read-only, seekable view of a remote file through HTTP range requests (for ``zipfile``)."""
-
-    def __init__(self, url: str, size: int, timeout: float):
-        self.url, self.size, self.timeout, self.pos = url, size, timeout, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = {0: 0, 1: self.pos, 2: self.size}[whence] + offset
-        return self.pos
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        import urllib.request
-
-        n = min(len(buffer), self.size - self.pos)
-        if n <= 0:
-            return 0
-        req = urllib.request.Request(
-            self.url, headers={"Range": f"bytes={self.pos}-{self.pos + n - 1}"}
-        )
-        with urllib.request.urlopen(req, timeout=self.timeout) as r:
-            data = r.read()
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
-def registry_requires_dist(name: str, version: str, timeout: float = 60) -> list[str]:
-    """``Requires-Dist`` of a release from PyPI: the ``METADATA`` file of its Linux x86_64 wheel, read
-    with HTTP range requests (a few hundred KB of a 336 MB vLLM wheel; the wheel is not downloaded)."""
-    import email.parser
-    import json
-    import urllib.request
-    import zipfile
-
-    req = urllib.request.Request(
-        SIMPLE_INDEX.format(name=normalize(name)),
-        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        files = json.load(r)["files"]
-    wheels = [
-        f
-        for f in files
-        if f["filename"].startswith(f"{normalize(name).replace('-', '_')}-{version}-")
-        and f["filename"].endswith(".whl")
-    ]
-    wheels.sort(key=lambda f: "x86_64" not in f["filename"])
-    if not wheels:
-        raise LookupError(f"PyPI has no wheel of {name}=={version}")
-    reader = io.BufferedReader(_RangeReader(wheels[0]["url"], wheels[0]["size"], timeout), 1 << 16)
-    with zipfile.ZipFile(reader) as wheel:
-        meta = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
-        text = wheel.read(meta).decode()
-    return email.parser.Parser().parsestr(text, headersonly=True).get_all("Requires-Dist") or []
-
-
-def incompatible_with(requires_dist: list[str], locks: dict[str, dict[str, str]]) -> list[str]:
-    """Pins of ``locks`` (lock name -> pins) that violate a requirement applying to Linux x86_64, 3.11.
-
-    >>> incompatible_with(["lark==1.2.2", "numpy; sys_platform == 'win32'"],
-    ...                   {"cpu": {"lark": "1.3.1", "numpy": "9"}})
-    ['cpu: lark==1.3.1 violates lark==1.2.2']
-    """
-    from packaging.requirements import Requirement
-
-    out = []
-    for line in requires_dist:
-        req = Requirement(line)
-        if req.marker is not None and not req.marker.evaluate(TARGET_ENVIRONMENT):
-            continue
-        for lock_name, pins in locks.items():
-            version = pins.get(normalize(req.name))
-            if version is not None and not req.specifier.contains(version, prereleases=True):
-                out.append(f"{lock_name}: {normalize(req.name)}=={version} violates {line}")
-    return out
-
-
 def shared_versions(cpu: dict[str, str], gpu: dict[str, str]) -> dict[str, tuple[str, str]]:
     """Packages in both locks (the torch family aside): name -> (cpu version, gpu version)."""
     return {n: (cpu[n], gpu[n]) for n in sorted(set(cpu) & set(gpu)) if not TORCH_FAMILY.match(n)}
+
+
+PUBLISHED_HINT = (
+    "Every package constraints.txt shares with constraints-gpu.txt must satisfy vLLM's (and the other "
+    "GPU-only inputs') published requirements, unless declared under [tool.hxpe.lock.may-diverge] "
+    "with the reason. Rerun `make lock`, or declare the package."
+)
+
+
+def published_requirement_problems(
+    files: LockFiles, may_diverge: set[str] | None = None
+) -> list[str]:
+    """The GPU-only inputs (``vllm==0.33.0``, ...) against constraints.txt's versions of the packages
+    both locks share, but the torch family and ``may_diverge`` (default: the declared divergences).
+
+    uv resolves the inputs with those versions pinned, from the inputs' published metadata (network);
+    a conflict is reported with uv's explanation (``vllm==0.33.0 depends on pillow>=13.0.0 ...``).
+    """
+    free = set(files.may_diverge()) if may_diverge is None else may_diverge
+    gpu = read_pins(files.gpu.read_text())
+    shared = sorted(
+        f"{n}=={cpu}"
+        for n, (cpu, _) in shared_versions(cpu_lock(files), gpu).items()
+        if n not in free
+    )
+    inputs = [f"{n}=={v}" for n, v in gpu_input_pins(files).items()]
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements = Path(tmp) / "gpu-only-inputs.in"
+        requirements.write_text("".join(f"{line}\n" for line in inputs))
+        try:
+            compile_lock(
+                requirements,
+                [],
+                shared,
+                GPU_PLATFORM,
+                Path(tmp) / "probe.txt",
+                preferences=gpu,
+                what=f"{', '.join(inputs)} with constraints.txt's shared versions",
+                hint=PUBLISHED_HINT,
+            )
+        except RuntimeError as err:
+            return [str(err)]
+    return []
 
 
 def divergences(cpu: dict[str, str], gpu: dict[str, str]) -> dict[str, tuple[str, str]]:
@@ -508,15 +445,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="Only check that both locks resolve as they are, and that their divergences are exactly "
-        "the declared, still needed ones.",
+        help="Only check that both locks resolve as they are, that their divergences are exactly "
+        "the declared, still needed ones, and that the shared versions satisfy vLLM's published "
+        "requirements.",
     )
     args = parser.parse_args(argv)
     files = LockFiles(repo_root())
     start = time.perf_counter()
     try:
         if args.check:
-            problems = check_locks(files) + divergence_problems(files) + unneeded_divergences(files)
+            problems = (
+                check_locks(files)
+                + divergence_problems(files)
+                + unneeded_divergences(files)
+                + published_requirement_problems(files)
+            )
             print(
                 "\n".join(problems)
                 or "both locks resolve exactly as written; divergences as declared"
