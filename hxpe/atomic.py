@@ -40,14 +40,15 @@ class OutputRefused(ValueError):
 @dataclass(frozen=True)
 class OutputKind:
     """What a command writes into an output folder: a previous output of this kind holds every one
-    of ``files``, which tells it from a user's folder that must never be replaced."""
+    of ``files`` (files or folders), which tells it from a user's folder that must never be
+    replaced."""
 
     name: str
     files: tuple[str, ...]
 
     def missing(self, folder: Path) -> list[str]:
         """The files of this kind that ``folder`` lacks (empty: a previous output)."""
-        return [name for name in self.files if not (folder / name).is_file()]
+        return [name for name in self.files if not (folder / name).exists()]
 
 
 def check_output_dir(
