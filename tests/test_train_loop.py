@@ -262,7 +262,9 @@ def test_max_steps_stops_training_early(
     monkeypatch.setattr(
         train_module,
         "replace_dir",
-        lambda tmp, target: staged.append(tmp.parent) or hxpe.atomic.replace_dir(tmp, target),
+        lambda tmp, target, kind: (
+            staged.append(tmp.parent) or hxpe.atomic.replace_dir(tmp, target, kind)
+        ),
     )
     with caplog.at_level("INFO", logger="hxpe.train"):
         out = train(
@@ -414,7 +416,7 @@ def test_share_checkpoint_cleans_up_and_keeps_the_original_error(
     (source / "config.json").write_text(json.dumps({"train": train, "model": {}}))
     (source / "loss.csv").write_text("epoch,loss\n0,1.0\n")
 
-    def rename_then_fail(staging: Path, target: Path) -> None:
+    def rename_then_fail(staging: Path, target: Path, kind: object) -> None:
         staging.rename(target)
         raise OSError("cannot remove the old copy")
 
