@@ -202,6 +202,11 @@ class MapStore:
         )
 
     # writing ----------------------------------------------------------------------------------
+    def make_folders(self) -> None:
+        """Create the store's ``maps/`` and ``vfm/`` folders."""
+        for sub in (self.root / "maps", self.root / "vfm"):
+            sub.mkdir(parents=True, exist_ok=True)
+
     @contextmanager
     def writer(self, key: str, **meta: Any) -> Iterator[MapWriter]:
         """Start a fresh run in :attr:`staging_root` (a previous run's leftovers there removed);
@@ -209,8 +214,7 @@ class MapStore:
         this one. Until then this store is untouched. Extra ``meta`` goes into the manifest."""
         staged = MapStore(self.staging_root, self.dtype.name)
         staged.clear()
-        (staged.root / "maps").mkdir(parents=True, exist_ok=True)
-        (staged.root / "vfm").mkdir(parents=True, exist_ok=True)
+        staged.make_folders()
         w = MapWriter(staged)
         try:
             try:
