@@ -94,10 +94,17 @@ def replace_dir(staging: Path, target: Path, kind: OutputKind, *, force: bool = 
     """
     check_output_dir(target, kind, force=force)
     old = target.parent / f".{target.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
+    _remove_moved_aside(old)
+    if target.exists() or target.is_symlink():
         target.rename(old)
     staging.rename(target)
-    if old.exists():
+    _remove_moved_aside(old)
+
+
+def _remove_moved_aside(old: Path) -> None:
+    """Remove what :func:`replace_dir` moved aside: a folder, or only the link when ``--out`` was a
+    link to one (the folder it points to is not ours to remove)."""
+    if old.is_symlink():
+        old.unlink()
+    elif old.exists():
         shutil.rmtree(old)

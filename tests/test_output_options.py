@@ -175,3 +175,21 @@ def test_book_refuses_a_user_folder_and_a_file_before_building(
     (previous / ".buildinfo").write_text("# Sphinx")
     with pytest.raises(pytest.fail.Exception, match="built"):
         book.main(["--results", str(tmp_path), "--out", str(previous)])
+
+
+def test_a_link_to_a_previous_output_is_replaced_without_touching_the_folder_it_points_to(
+    tmp_path: Path,
+) -> None:
+    pointed = tmp_path / "elsewhere"
+    pointed.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (pointed / name).write_text("old")
+    link = tmp_path / "out"
+    link.symlink_to(pointed)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "a.txt").write_text("new")
+    replace_dir(staging, link, KIND)
+    assert not link.is_symlink() and (link / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in pointed.iterdir()) == ["a.txt", "b.txt"]
+    assert _siblings(link) == ["elsewhere", "out"]
