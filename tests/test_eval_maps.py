@@ -146,3 +146,13 @@ def test_a_killed_run_keeps_the_previous_complete_store_and_a_rerun_completes(tm
     after = _complete_store(store.root, "k2", n=2)  # the rerun clears the leftovers and finishes
     _assert_store_holds(store, "k2", after)
     assert not staged.root.exists()
+
+
+def test_reusing_a_store_discards_what_a_killed_run_staged(tmp_path) -> None:
+    store = MapStore(tmp_path / "s")
+    before = _complete_store(store.root, "k1")
+    (store.staging_root / "maps").mkdir(parents=True)
+    (store.staging_root / "maps" / "x.npy").write_bytes(b"half a run")
+    store.discard_staging()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    _assert_store_holds(store, "k1", before)

@@ -16,8 +16,8 @@ them (by up to 1 AUPRO point on flat maps).
 Writes stream: each map goes to its own file as it arrives and score rows are appended to a partial
 CSV, so peak memory does not grow with the dataset. A run writes into a staging folder beside the store
 (``.<dataset>.partial``) and replaces the store with it only when it finished: a failed or killed run
-(``kill -9`` included) leaves the previous complete store as it was, and the next run starts that store
-afresh (every other store of the profile that is complete for its inputs is reused).
+(``kill -9`` included) leaves the previous complete store as it was; the next run reuses it when its
+inputs did not change (removing the killed run's staging folder), else starts it afresh.
 
 Example:
     >>> store = MapStore(tmp_path / "maps")
@@ -202,6 +202,10 @@ class MapStore:
         )
 
     # writing ----------------------------------------------------------------------------------
+    def discard_staging(self) -> None:
+        """Remove what a killed run left in :attr:`staging_root` (when this store is reused)."""
+        shutil.rmtree(self.staging_root, ignore_errors=True)
+
     def make_folders(self) -> None:
         """Create the store's ``maps/`` and ``vfm/`` folders."""
         for sub in (self.root / "maps", self.root / "vfm"):
