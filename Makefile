@@ -12,6 +12,21 @@ SHELL := /bin/bash
 .DELETE_ON_ERROR:
 
 PROFILE ?= demo
+# PROFILE names one folder (results/PROFILE, build/book/PROFILE, which clean and book replace): one
+# word of letters, digits, '.', '_' and '-', not '.' or '..'. Checked before any target runs.
+PROFILE_CHARS := a b c d e f g h i j k l m n o p q r s t u v w x y z A B C D E F G H I J K L M N O P \
+                 Q R S T U V W X Y Z 0 1 2 3 4 5 6 7 8 9 . _ -
+without_chars = $(if $(2),$(call without_chars,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,99,$(2))),$(1))
+comma := ,
+PROFILE_PROBLEM := $(or \
+  $(if $(strip $(PROFILE)),,is empty: name a profile (notebooks/params/<name>.yaml)$(comma) e.g. PROFILE=demo), \
+  $(if $(word 2,$(PROFILE)),holds several words: name one profile), \
+  $(if $(or $(findstring /,$(PROFILE)),$(findstring \,$(PROFILE))),holds a path separator: name a profile$(comma) not a path), \
+  $(if $(or $(findstring ..,$(PROFILE)),$(filter .,$(PROFILE))),is '.' or holds '..': name a profile$(comma) not a path), \
+  $(if $(call without_chars,$(PROFILE),$(PROFILE_CHARS)),holds other characters than letters$(comma) digits$(comma) '.'$(comma) '_' and '-'))
+ifneq ($(PROFILE_PROBLEM),)
+$(error PROFILE='$(PROFILE)' $(PROFILE_PROBLEM); nothing was run)
+endif
 PARAMS  := notebooks/params/$(PROFILE).yaml
 # HXPE_RESULTS_ROOT moves every profile's results (make nbtest runs the demo into build/nbval).
 OUT     := $(or $(HXPE_RESULTS_ROOT),results)/$(PROFILE)

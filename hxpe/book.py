@@ -22,9 +22,11 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
+from hxpe.atomic import OutputKind, OutputRefused, check_output_dir, replace_dir
 from hxpe.paths import repo_root
 from hxpe.pipeline import STAGES
 from hxpe.results_layout import ResultsLayout
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 BOOK_SOURCES = ("conf.py", "index.md", "method.md", "favicon.svg")
 # (source relative to the repository root, page name in the book)
 PAGES = (("README.md", "readme.md"), ("hxpe/LEDGER.md", "ledger.md"))
+# A previous book (Sphinx's HTML output) and a previous source tree: the folders this module replaces.
+BOOK_OUTPUT = OutputKind("book", ("index.html", ".buildinfo"))
+SOURCE_TREE = OutputKind("book source tree", ("conf.py", "index.md"))
 
 
 def executed_notebooks(results_dir: Path) -> list[Path]:
@@ -61,9 +66,11 @@ def linked_images(markdown: str, root: Path) -> list[str]:
 
 
 def stage_sources(results_dir: Path, src: Path) -> Path:
-    """Lay out the book's source tree in ``src`` (emptied first) and return it."""
+    """Lay out the book's source tree in ``src`` (emptied first: it must be new, empty or a previous
+    source tree) and return it."""
     notebooks = executed_notebooks(results_dir)
     root = repo_root()
+    check_output_dir(src, SOURCE_TREE, option="book source folder")
     if src.exists():
         shutil.rmtree(src)
     (src / "notebooks").mkdir(parents=True)
@@ -79,18 +86,24 @@ def stage_sources(results_dir: Path, src: Path) -> Path:
     return src
 
 
-def build_book(results_dir: Path, out: Path, *, profile: str, src: Path | None = None) -> Path:
+def build_book(
+    results_dir: Path, out: Path, *, profile: str, src: Path | None = None, force: bool = False
+) -> Path:
     """Build the HTML book of ``results_dir`` into ``out``; returns ``out/index.html``.
 
     Sphinx warnings are errors (a missing page, a broken cross-reference or image fails the build).
+    The book is built beside ``out`` and renamed into place on success; an existing ``out`` must be
+    empty or a previous book, unless ``force`` (:func:`hxpe.atomic.check_output_dir`).
     """
     from sphinx.cmd.build import build_main
 
     started = time.perf_counter()
+    out = Path(out)
+    check_output_dir(out, BOOK_OUTPUT, force=force)
     src = stage_sources(results_dir, src or out.parent / f".src-{out.name}")
     os.environ["HXPE_BOOK_PROFILE"] = profile
-    if out.exists():
-        shutil.rmtree(out)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
     args = [
         "-b",
         "html",
@@ -100,11 +113,17 @@ def build_book(results_dir: Path, out: Path, *, profile: str, src: Path | None =
         "-d",
         str(src / ".doctrees"),
         str(src),
-        str(out),
+        str(staging),
     ]
-    status = build_main(args)
-    if status != 0:
-        raise RuntimeError(f"sphinx-build failed (exit {status}) on {src}; see the warnings above")
+    try:
+        status = build_main(args)
+        if status != 0:
+            raise RuntimeError(
+                f"sphinx-build failed (exit {status}) on {src}; see the warnings above"
+            )
+        replace_dir(staging, out, BOOK_OUTPUT, force=force)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     index = out / "index.html"
     log.info("book of %s built in %.1f s: %s", results_dir, time.perf_counter() - started, index)
     return index
@@ -115,11 +134,25 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m hxpe.book", description="Build the HTML book of an executed profile."
     )
     parser.add_argument("--results", type=Path, required=True, help="results/<profile>/")
-    parser.add_argument("--out", type=Path, required=True, help="build/book/<profile>/")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="build/book/<profile>/: new, empty, or a previous book (replaced)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace --out even when it is not a previous book"
+    )
     parser.add_argument("--profile", default=None, help="profile name (default: results' name)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    index = build_book(args.results, args.out, profile=args.profile or args.results.name)
+    try:
+        index = build_book(
+            args.results, args.out, profile=args.profile or args.results.name, force=args.force
+        )
+    except (OutputRefused, FileNotFoundError) as err:
+        print(f"python -m hxpe.book: error: {err}", file=sys.stderr)
+        return 2
     print(f"Book: {index}")
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hxpe.agent.config import AgentConfig
 from hxpe.data.config import DataConfig
@@ -57,6 +57,21 @@ class Config(BaseModel):
         description="Ablation rows: variant name -> overrides of the `model` section.",
     )
     main_variant: str = Field("hxpe", description="The variant reported as 'HXPE'.")
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> Config:
+        """Every variant's model section validates at load (bounds included), not at its stage."""
+        for name in self.variants:
+            try:
+                self.model_for(name)
+            except ValidationError as err:
+                faults = "; ".join(
+                    f"variants.{name}.{'.'.join(map(str, e['loc']))}: {e['msg']} "
+                    f"(got {e.get('input')!r})"
+                    for e in err.errors()
+                )
+                raise ValueError(faults) from None
+        return self
 
     @property
     def layout(self) -> ResultsLayout:

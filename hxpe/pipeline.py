@@ -21,7 +21,7 @@ from pathlib import Path
 from hxpe.config import Config, load_config
 from hxpe.paths import repo_root, resolve
 from hxpe.provenance import record_stage, utc_now
-from hxpe.results_layout import ResultsLayout
+from hxpe.results_layout import RULE_SUFFIX, ResultsLayout
 from hxpe.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,17 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage("data", "01_data_prep.ipynb", lambda r: (r.index_root, r.data_root)),
-        Stage("describe", "02_vlm_descriptions.ipynb", lambda r: (r.descriptions(),)),
-        Stage("extract", "03_llm_extraction.ipynb", lambda r: (r.extractions(),)),
+        # every reference rule's cache (``_noref`` too); record_stage keeps the ones that exist
+        Stage(
+            "describe",
+            "02_vlm_descriptions.ipynb",
+            lambda r: tuple(r.descriptions(rule) for rule in RULE_SUFFIX),
+        ),
+        Stage(
+            "extract",
+            "03_llm_extraction.ipynb",
+            lambda r: tuple(r.extractions(rule) for rule in RULE_SUFFIX),
+        ),
         Stage("train", "04_training.ipynb", lambda r: (r.checkpoints_root,)),
         Stage(
             "evaluate",

@@ -225,8 +225,3 @@ class ResultsLayout:
     def manifest(self) -> Path:
         """``provenance.json``: the run manifest."""
         return self.root / MANIFEST
-
-    @property
-    def traceable_dirs(self) -> tuple[Path, ...]:
-        """Folders whose every file must be in the manifest (``hxpe verify``)."""
-        return (self.tables_dir, self.figures_dir, self.metrics_dir)

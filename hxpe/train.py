@@ -41,12 +41,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hxpe.atomic import replace_dir
+from hxpe.atomic import check_output_dir, replace_dir
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, select_references
 from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
 from hxpe.model.checkpoint import (
     CHECKPOINT_FILES,
+    CHECKPOINT_OUTPUT,
     CONFIG_FILE,
     PROVENANCE_FILE,
     read_checkpoint_config,
@@ -230,6 +231,7 @@ def train(
     model_cfg = cfg.model_for(variant)
     if not model_cfg.trains:
         raise ValueError(f"Variant {variant!r} (base {model_cfg.base}) has nothing to train.")
+    check_output_dir(out_dir, CHECKPOINT_OUTPUT, option="checkpoint folder")
     seed_everything(cfg.seed, cfg.deterministic)
     model = build_model(model_cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -261,6 +263,12 @@ def train(
                 break
         if cfg.train.max_steps and step >= cfg.train.max_steps:
             break
+    if step == 0:
+        raise RuntimeError(
+            f"Training {variant} on {index.name} took no step (train.epochs: "
+            f"{cfg.train.epochs}, {len(loader)} batches per epoch), so no checkpoint was written "
+            f"and {out_dir} was left as it was; set train.epochs >= 1."
+        )
     model.eval()
     settings = cfg.train.model_dump(mode="json") | {
         "batch_size_resolved": batch_size_for(cfg.train, model_cfg),
@@ -289,7 +297,7 @@ def train(
             "n_images": len(loader.dataset),
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1))
-        replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir, CHECKPOINT_OUTPUT)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -323,7 +331,7 @@ def share_checkpoint(source: Path, target: Path, cfg: Config, variant: str) -> P
             if name != CONFIG_FILE and (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
-        replace_dir(tmp, target)
+        replace_dir(tmp, target, CHECKPOINT_OUTPUT)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

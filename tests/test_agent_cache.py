@@ -90,3 +90,35 @@ def test_content_hash_and_stable_view():
     assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
     rec = {"key": "k", "text": "x", "provenance": {"host": "h"}, "timing": {"seconds": 1}}
     assert stable_view(rec) == {"key": "k", "text": "x"}
+
+
+def _append_one_by_one(path, shard: tuple[int, int], n: int) -> None:
+    cache = JsonlCache(path, shard)
+    for k in range(n):
+        cache.append([{"key": f"s{shard[0]}-{k}", "image_id": f"img/{shard[0]}/{k:04d}"}])
+
+
+def test_a_merge_racing_writers_loses_no_record(tmp_path):
+    """Two writers append one record at a time, one to the main file and one to a shard, while
+    merges (removing the shard) run in a tight loop: every record ends up in the main file once."""
+    import multiprocessing
+
+    path = tmp_path / "descriptions.jsonl"
+    n = 200
+    fork = multiprocessing.get_context("fork")  # separate processes, each with its own descriptors
+    writers = [
+        fork.Process(target=_append_one_by_one, args=(path, shard, n)) for shard in ((0, 1), (1, 2))
+    ]
+    for w in writers:
+        w.start()
+    merges = 0
+    while any(w.is_alive() for w in writers):
+        merge_shards(path, remove=True)
+        merges += 1
+    for w in writers:
+        w.join()
+    assert [w.exitcode for w in writers] == [0, 0]
+    merge_shards(path, remove=True)
+    keys = [r["key"] for r in read_records(path)]
+    assert sorted(keys) == sorted(f"s{i}-{k}" for i in (0, 1) for k in range(n))
+    assert shard_files(path) == [] and merges > 10

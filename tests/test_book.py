@@ -10,7 +10,7 @@ import matplotlib
 import nbformat
 import pytest
 
-from hxpe.book import build_book, executed_notebooks, stage_sources
+from hxpe.book import BOOK_OUTPUT, build_book, executed_notebooks, stage_sources
 from hxpe.pipeline import STAGES
 
 matplotlib.use("Agg")
@@ -82,3 +82,6 @@ def test_build_renders_the_executed_outputs(tmp_path):
     for name in ("readme", "method", "ledger"):
         assert (book / f"{name}.html").is_file()
     assert "HXPE compendium: demo profile" in (book / "index.html").read_text()
+    # a real book is what the next build recognises as a previous book (and replaces)
+    assert BOOK_OUTPUT.missing(book) == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".src-book"]

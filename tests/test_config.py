@@ -57,3 +57,62 @@ def test_variant_overrides_merge_deeply():
     with pytest.raises(KeyError, match="big"):
         cfg.model_for("small")
     assert deep_merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "message"),
+    [
+        ({"train": {"epochs": -3}}, "train.epochs", "greater than or equal to 1"),
+        ({"train": {"epochs": 0}}, "train.epochs", "greater than or equal to 1"),
+        ({"train": {"batch_size": 0}}, "train.batch_size", "greater than or equal to 1"),
+        ({"train": {"batch_size": 5000}}, "train.batch_size", "less than or equal to 1024"),
+        ({"train": {"lr": 0}}, "train.lr", "greater than 0"),
+        (
+            {"evaluation": {"image_size": 1e9}},
+            "evaluation.image_size",
+            "less than or equal to 2048",
+        ),
+        ({"evaluation": {"image_size": 0}}, "evaluation.image_size", "greater than or equal to 8"),
+        ({"evaluation": {"batch_size": 0}}, "evaluation.batch_size", "greater than or equal to 1"),
+        (
+            {"evaluation": {"num_workers": -1}},
+            "evaluation.num_workers",
+            "greater than or equal to 0",
+        ),
+        (
+            {"model": {"clip": {"image_size": 4096}}},
+            "model.clip.image_size",
+            "less than or equal to 2048",
+        ),
+        ({"model": {"sigma": -1}}, "model.sigma", "greater than or equal to 0"),
+        (
+            {"data": {"demo": {"image_size": 3}}},
+            "data.demo.image_size",
+            "greater than or equal to 8",
+        ),
+        (
+            {"agent": {"extract": {"max_new_tokens": 0}}},
+            "agent.extract.max_new_tokens",
+            "greater than or equal to 1",
+        ),
+        ({"figures": {"dpi": 0}}, "figures.dpi", "greater than or equal to 10"),
+    ],
+)
+def test_numeric_settings_out_of_bounds_are_refused_at_load_naming_the_key(override, key, message):
+    """Issue 24: ``train.epochs: -3`` or ``evaluation.image_size: 1e9`` never reach a stage."""
+    with pytest.raises(ValidationError) as err:
+        load_config(repo_root() / "notebooks" / "params" / "demo.yaml", override)
+    [error] = err.value.errors()
+    assert ".".join(map(str, error["loc"])) == key
+    assert message in error["msg"]
+
+
+def test_a_variant_out_of_bounds_is_refused_at_load_naming_the_variant_and_key():
+    override = {"variants": {"big": {"clip": {"image_size": 100_000}}}}
+    with pytest.raises(ValidationError) as err:
+        load_config(repo_root() / "notebooks" / "params" / "demo.yaml", override)
+    [error] = err.value.errors()
+    assert error["msg"] == (
+        "Value error, variants.big.clip.image_size: Input should be less than or equal to 2048 "
+        "(got 100000)"
+    )

@@ -180,13 +180,16 @@ def test_run_protocol_values_cache_and_merge(results: Path) -> None:
     assert row["n_classes"].item() == 2
     assert not per_dataset["value"].isna().any()
 
-    # Unchanged inputs: maps are reused, no model is loaded.
+    # Unchanged inputs: maps are reused, no model is loaded; a killed run's staging folder goes.
+    plain = MapStore(ResultsLayout.at(results).maps_dir("aux_to_tgt", "plain", "tgt"))
+    (plain.staging_root / "maps").mkdir(parents=True)
     loads.clear()
     again = run_protocol(
         cfg, results_dir=results, load_model=load_model, load_phrases=lambda p: dict(phrase_table)
     )
     assert loads == []
     pd.testing.assert_frame_equal(again, per_class)
+    assert not plain.staging_root.exists()
 
     # A changed phrase invalidates only the variant that uses phrases; a shard does not merge.
     phrase_table["tgt/b/test/scratch/001"] = "a dent"

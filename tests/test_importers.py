@@ -276,7 +276,9 @@ def test_import_command_help_names_the_safe_loader(capsys: pytest.CaptureFixture
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "The authors' .pth file (read with torch.load(weights_only=True))." in text
-    assert "Whose checkpoint format." in text and "Checkpoint directory to write." in text
+    assert "Whose checkpoint format." in text
+    assert "Checkpoint directory to write: new, empty, or a previous checkpoint (replaced)." in text
+    assert "--force Replace --out even when it holds files that are not a checkpoint." in text
     assert "Profile params file whose model settings to use." in text
 
 

@@ -151,3 +151,82 @@ def test_manifest_records_dataset_index_hashes():
     manifest = json.loads((results / "provenance.json").read_text())
     assert manifest["datasets"]["d"]["index_sha256"] == frame_sha256(frame)
     assert manifest["datasets"]["d"]["n_images"] == 1
+
+
+def _record(results: Path, stage: str) -> None:
+    """Record ``stage`` with the outputs the pipeline declares for it (as run_stage does)."""
+    from hxpe.results_layout import ResultsLayout
+
+    now = utc_now()
+    outputs = list(STAGES[stage].outputs(ResultsLayout.at(results)))
+    record_stage(results, stage, params_file=DEMO, started=now, finished=now, outputs=outputs)
+
+
+def test_verify_covers_every_reference_rule_and_every_file_under_the_profile():
+    """Issue 24: an edited no-reference cache, a file added to a checkpoint and a fake variant's
+    maps are reported; hidden staging leftovers are not artifacts."""
+    results = load_config(DEMO).results_dir
+    agent = results / "agent"
+    agent.mkdir(parents=True)
+    for name in ("descriptions.jsonl", "descriptions_noref.jsonl"):
+        (agent / name).write_text('{"key": "k1"}\n')
+    _record(results, "describe")
+    ckpt = results / "checkpoints" / "aux_to_target" / "hxpe"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainable.safetensors").write_bytes(b"weights")
+    (ckpt / "config.json").write_text("{}")
+    _record(results, "train")
+    (results / "maps" / ".aux_to_target.partial").mkdir(parents=True)
+    (results / "maps" / ".aux_to_target.partial" / "x.npy").write_bytes(b"left by a kill")
+    assert verify_results(results, DEMO).ok, verify_results(results, DEMO)
+
+    (agent / "descriptions_noref.jsonl").write_text('{"key": "k2"}\n')
+    (ckpt / "extra.bin").write_bytes(b"smuggled")
+    fake = results / "maps" / "aux_to_target" / "fake" / "target" / "scores.csv"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("image_id\n")
+    report = verify_results(results, DEMO)
+    assert report.problems == [
+        "changed since stage describe wrote it: agent/descriptions_noref.jsonl",
+        "no provenance: checkpoints/aux_to_target/hxpe/extra.bin is not in provenance.json",
+        "no provenance: maps/aux_to_target/fake/target/scores.csv is not in provenance.json",
+    ]
+    assert report.checked == 4
+
+
+def test_verify_refuses_manifest_paths_outside_the_results_folder(tmp_path):
+    results = tmp_path / "demo"
+    results.mkdir()
+    (tmp_path / "secret.txt").write_text("x")
+    (results / "link.txt").symlink_to(tmp_path / "secret.txt")
+    artifacts = {"../secret.txt": file_sha256(tmp_path / "secret.txt"), "link.txt": "0" * 64}
+    manifest = {"stages": {"figures": {"artifacts": artifacts}}}
+    (results / "provenance.json").write_text(json.dumps(manifest))
+    report = verify_results(results)
+    assert report.problems == [
+        "outside the results folder: ../secret.txt (recorded by stage figures); provenance.json "
+        f"may only name files under {results}",
+        "outside the results folder: link.txt (recorded by stage figures); provenance.json "
+        f"may only name files under {results}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "fault"),
+    [
+        ('{"stages": ', "not JSON: Expecting value: line 1 column 12 (char 11)"),
+        ("[1, 2]", "expected an object with a 'stages' object"),
+        ('{"stages": []}', "expected an object with a 'stages' object"),
+        (
+            '{"stages": {"train": {"artifacts": ["a"]}}}',
+            "stage 'train': 'artifacts' must map paths to SHA-256 strings",
+        ),
+    ],
+)
+def test_a_malformed_manifest_is_one_message_naming_the_file(tmp_path, text, fault):
+    (tmp_path / "provenance.json").write_text(text)
+    report = verify_results(tmp_path)
+    assert report.problems == [
+        f"{tmp_path / 'provenance.json'} is malformed ({fault}); it is written by the stages, so "
+        "restore it or rerun the pipeline (make all PROFILE=...)."
+    ]

@@ -84,8 +84,8 @@ def test_stage_notebooks_and_outputs():
     outputs = {name: [layout.relative(p) for p in s.outputs(layout)] for name, s in STAGES.items()}
     assert outputs == {
         "data": ["index", "data"],
-        "describe": ["agent/descriptions.jsonl"],
-        "extract": ["agent/extractions.jsonl"],
+        "describe": ["agent/descriptions.jsonl", "agent/descriptions_noref.jsonl"],
+        "extract": ["agent/extractions.jsonl", "agent/extractions_noref.jsonl"],
         "train": ["checkpoints"],
         "evaluate": ["metrics", "tables", "maps"],
         "figures": ["figures"],

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hxpe.atomic import OutputRefused
 from hxpe.config import Config
 from hxpe.data.fixtures import IndexWriter
 from hxpe.data.index import DatasetIndex, load_index, save_index
@@ -262,7 +263,9 @@ def test_max_steps_stops_training_early(
     monkeypatch.setattr(
         train_module,
         "replace_dir",
-        lambda tmp, target: staged.append(tmp.parent) or hxpe.atomic.replace_dir(tmp, target),
+        lambda tmp, target, kind: (
+            staged.append(tmp.parent) or hxpe.atomic.replace_dir(tmp, target, kind)
+        ),
     )
     with caplog.at_level("INFO", logger="hxpe.train"):
         out = train(
@@ -414,7 +417,7 @@ def test_share_checkpoint_cleans_up_and_keeps_the_original_error(
     (source / "config.json").write_text(json.dumps({"train": train, "model": {}}))
     (source / "loss.csv").write_text("epoch,loss\n0,1.0\n")
 
-    def rename_then_fail(staging: Path, target: Path) -> None:
+    def rename_then_fail(staging: Path, target: Path, kind: object) -> None:
         staging.rename(target)
         raise OSError("cannot remove the old copy")
 
@@ -681,3 +684,37 @@ def test_checkpoint_metadata_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
         load_checkpoint(ckpt)
     assert str(err.value) == f"Checkpoint {ckpt} has no trainable.safetensors; retrain it."
+
+
+def test_training_that_takes_no_step_saves_nothing_and_keeps_the_old_checkpoint(
+    toy: DatasetIndex, tmp_path: Path
+) -> None:
+    """Issue 24: epochs 0 (refused at load, here forced past it) must not replace a trained
+    checkpoint with an untrained one."""
+    cfg = profile()
+    object.__setattr__(cfg.train, "epochs", 0)  # what load_config refuses (tests/test_config.py)
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "trainable.safetensors").write_bytes(b"trained")
+    (out / "config.json").write_text("{}")
+    batches = -(-len(toy.split("test")) // 2)  # batch_size 2
+    with pytest.raises(RuntimeError) as err:
+        train(cfg, toy, phrases_for(toy), out, "adaclip")
+    assert str(err.value) == (
+        f"Training adaclip on {toy.name} took no step (train.epochs: 0, {batches} batches per "
+        f"epoch), so "
+        f"no checkpoint was written and {out} was left as it was; set train.epochs >= 1."
+    )
+    assert (out / "trainable.safetensors").read_bytes() == b"trained"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_training_refuses_a_checkpoint_folder_that_is_not_a_checkpoint(
+    toy: DatasetIndex, tmp_path: Path
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputRefused, match=r"checkpoint folder .*mine holds files that are not"):
+        train(profile(), toy, phrases_for(toy), out, "adaclip")
+    assert (out / "notes.txt").read_text() == "mine"

@@ -7,6 +7,11 @@
 * ``shard=(i, n)`` selects a deterministic subset of images (by a hash of ``image_id``) and writes
   ``<name>.shard-i-of-n.jsonl`` next to the main file; :func:`merge_shards` folds those files into the
   main one, de-duplicated by key, in a deterministic order.
+* The merge holds the writers' lock on the main file and on every shard file while it reads them,
+  replaces the main file and removes the shards. A writer that waited for the lock checks, once it
+  holds it, that its descriptor is still the file at the path (same device and inode); if the merge
+  replaced or removed it meanwhile, it opens the file now at the path, so no record goes to a file
+  that no longer has a name.
 
 Example:
     >>> import tempfile, pathlib
@@ -119,20 +124,56 @@ def stable_view(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in VOLATILE_FIELDS}
 
 
-@contextlib.contextmanager
-def _locked_append_fd(path: Path) -> Iterator[int]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file now at ``path`` (same device and inode)."""
     try:
-        try:
-            import fcntl
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)
 
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - Windows: single writer per file assumed
-            pass
+
+@contextlib.contextmanager
+def _locked_fd(path: Path, *, create: bool = True) -> Iterator[int | None]:
+    """An append descriptor on ``path`` under the writers' exclusive lock, on the file that is at
+    ``path`` once the lock is held (reopened when a merge replaced or removed it while we waited).
+    ``create=False``: None when there is no file at ``path``."""
+    flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            if create:
+                raise
+            yield None
+            return
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except ImportError:  # pragma: no cover - Windows: single writer per file assumed
+                break
+            if _is_file_at(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the file was replaced or removed while we waited: take the one at path
+    try:
         yield fd
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def _locked_append_fd(path: Path) -> Iterator[int]:
+    with _locked_fd(path) as fd:
+        assert fd is not None
+        yield fd
 
 
 def _repair_tail(fd: int, path: Path) -> None:
@@ -224,18 +265,21 @@ def merge_shards(path: Path, *, remove: bool = False) -> int:
     With ``remove=True`` the merged shard files are deleted afterwards.
     """
     path = Path(path)
-    shards = shard_files(path)
-    main = list(iter_unique(read_records(path)))
-    known = {r["key"] for r in main}
-    new = {}
-    for f in shards:
-        for rec in read_records(f):
-            if rec["key"] not in known:
-                new.setdefault(rec["key"], rec)
-    added = sorted(new.values(), key=lambda r: (str(r.get("image_id", "")), r["key"]))
-    write_records_atomic(path, [*main, *added])
-    log.info("merged %d shard file(s) into %s: %d new record(s)", len(shards), path, len(added))
-    if remove:
+    with _locked_append_fd(path), contextlib.ExitStack() as held:
+        # the writers' lock on the main file, then on each shard (writers hold one lock at a time)
+        locked = [(f, held.enter_context(_locked_fd(f, create=False))) for f in shard_files(path)]
+        shards = [f for f, fd in locked if fd is not None]
+        main = list(iter_unique(read_records(path)))
+        known = {r["key"] for r in main}
+        new = {}
         for f in shards:
-            f.unlink()
+            for rec in read_records(f):
+                if rec["key"] not in known:
+                    new.setdefault(rec["key"], rec)
+        added = sorted(new.values(), key=lambda r: (str(r.get("image_id", "")), r["key"]))
+        write_records_atomic(path, [*main, *added])
+        if remove:
+            for f in shards:
+                f.unlink()
+    log.info("merged %d shard file(s) into %s: %d new record(s)", len(shards), path, len(added))
     return len(added)

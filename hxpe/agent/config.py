@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hxpe.limits import MAX_TOKENS
+
 
 class DescribeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -22,8 +24,8 @@ class DescribeConfig(BaseModel):
         "describe_noref_v1",
         description="Template of the no-reference rule (the VLM sees the test image alone).",
     )
-    temperature: float = 0.0
-    max_new_tokens: int = 256
+    temperature: float = Field(0.0, ge=0.0)
+    max_new_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
     options: dict[str, Any] = Field(default_factory=dict, description="Backend engine options.")
     seed: int = Field(0, description="Sampling seed (attempt k uses seed + k).")
     max_retries: int = Field(
@@ -35,6 +37,7 @@ class DescribeConfig(BaseModel):
     batch_size: int = Field(
         256,
         ge=1,
+        le=1_000_000,
         description="Images per engine call; the cache is appended after each batch. vLLM runs "
         "max_num_seqs of them at a time, so >= 256 keeps its batch full to the end of each call.",
     )
@@ -53,9 +56,9 @@ class ExtractConfig(BaseModel):
     model_id: str = "Qwen/Qwen2.5-7B-Instruct"
     revision: str | None = None
     template: str = "extract_v1"
-    temperature: float = 0.0
-    max_new_tokens: int = 256
-    max_retries: int = 2
+    temperature: float = Field(0.0, ge=0.0)
+    max_new_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
+    max_retries: int = Field(2, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
     seed: int = Field(0, description="Sampling seed (attempt k uses seed + k).")
     retry_temperature: float = Field(0.7, ge=0.0, description="Temperature of retries.")

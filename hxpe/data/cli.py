@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from hxpe.atomic import OutputRefused
 from hxpe.data.config import DatasetSource
 from hxpe.data.errors import DatasetError
 from hxpe.data.prepare import prepare_dataset
@@ -75,7 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help=f"index directory to write (default: results/{DEFAULT_OUT_PROFILE}/index/<name>); "
-        "replaced atomically only when every check passes",
+        "replaced atomically only when every check passes; an existing folder must be empty or "
+        "a previous index",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it holds files that are not a dataset index",
     )
     parser.add_argument("--name", default=None, help="dataset name in the index (default: DATASET)")
     parser.add_argument(
@@ -122,8 +129,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     source = source_from_args(args)
     out = args.out or ResultsLayout(DEFAULT_OUT_PROFILE).index_dir(source.name)
     try:
-        index = prepare_dataset(source, out, allow_count_mismatch=args.allow_count_mismatch)
-    except DatasetError as err:
+        index = prepare_dataset(
+            source, out, allow_count_mismatch=args.allow_count_mismatch, force=args.force
+        )
+    except (DatasetError, OutputRefused) as err:
         print(f"hxpe prepare: error: {err}", file=sys.stderr)
         return 2
     print(summary_table({source.name: index}).to_string())

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hxpe.limits import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
 DatasetKind = Literal["mvtec", "visa", "mpdd", "btad", "ksdd", "dagm", "dtd", "folder", "demo"]
 
 
@@ -36,10 +38,10 @@ class DemoDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
-    image_size: int = 128
-    n_train_good: int = 4
-    n_test_good: int = 3
-    n_test_per_defect: int = 2
+    image_size: int = Field(128, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
+    n_train_good: int = Field(4, ge=1, le=10_000)
+    n_test_good: int = Field(3, ge=1, le=10_000)
+    n_test_per_defect: int = Field(2, ge=1, le=10_000)
     aux_classes: list[str] = Field(default_factory=lambda: ["brick", "washer", "coin"])
     target_classes: list[str] = Field(default_factory=lambda: ["gravel", "grass", "bracket"])
 

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hxpe.atomic import replace_dir
+from hxpe.atomic import OutputKind, check_output_dir, replace_dir
 from hxpe.data.authors import split_info
 from hxpe.data.checks import require_root
 from hxpe.data.config import DatasetSource
@@ -78,6 +78,10 @@ def source_root(source: DatasetSource, default_root: Path | None = None) -> Path
     return Path(default_root)
 
 
+# What every index folder holds (save_index): a folder ``hxpe prepare --out`` may replace.
+INDEX_OUTPUT = OutputKind("dataset index", ("index.csv", "dataset.json"))
+
+
 def require_layout(spec: DatasetSpec, root: Path) -> Path:
     """The resolved root, or a DatasetError naming a known unpacking mistake and the fixing command
     (:mod:`hxpe.data.diagnose`), or saying where to download and how to unpack the dataset."""
@@ -94,12 +98,16 @@ def prepare_dataset(
     *,
     allow_count_mismatch: bool = False,
     default_root: Path | None = None,
+    force: bool = False,
 ) -> DatasetIndex:
     """Build, check and save the index of one dataset source into ``out_dir`` (atomically).
 
     Writes ``index.csv``, ``meta.json`` and ``dataset.json`` (and, for KolektorSDD and DAGM, the
-    prepared tree under ``prepared/``) and returns the index, whose ``root`` is final.
+    prepared tree under ``prepared/``) and returns the index, whose ``root`` is final. An existing
+    ``out_dir`` must be empty or a previous index, unless ``force``
+    (:func:`hxpe.atomic.check_output_dir`).
     """
+    check_output_dir(Path(out_dir), INDEX_OUTPUT, force=force)
     _check_options(source)
     spec = get_spec(source.kind)
     root = require_layout(spec, source_root(source, default_root))
@@ -118,7 +126,7 @@ def prepare_dataset(
         if tree_root.is_relative_to(staging):
             index.root = out / tree_root.relative_to(staging)
         save_index(index, staging)
-        replace_dir(staging, out)
+        replace_dir(staging, out, INDEX_OUTPUT, force=force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

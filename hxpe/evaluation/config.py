@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hxpe.limits import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_WORKERS, MIN_IMAGE_SIZE
+
 
 class Direction(BaseModel):
     """One cross-dataset direction: train on ``train``, test zero-shot on each of ``test``."""
@@ -30,7 +32,12 @@ class EvaluationConfig(BaseModel):
             Direction(name="visa_to_mvtec", train="visa", test=["mvtec"]),
         ]
     )
-    image_size: int = Field(518, description="Protocol resolution for maps and masks.")
+    image_size: int = Field(
+        518,
+        ge=MIN_IMAGE_SIZE,
+        le=MAX_IMAGE_SIZE,
+        description="Protocol resolution for maps and masks.",
+    )
     aupro: Literal["anomalyclip", "exact"] = Field(
         "anomalyclip", description="AUPRO convention reported in the main table."
     )
@@ -38,15 +45,17 @@ class EvaluationConfig(BaseModel):
         default_factory=lambda: ["anomalyclip", "exact"],
         description="AUPRO conventions computed (metrics pixel_aupro_<convention>).",
     )
-    aupro_steps: int = Field(200, description="Thresholds of the 'anomalyclip' AUPRO convention.")
-    fpr_limit: float = 0.3
+    aupro_steps: int = Field(
+        200, ge=2, le=100_000, description="Thresholds of the 'anomalyclip' AUPRO convention."
+    )
+    fpr_limit: float = Field(0.3, gt=0.0, le=1.0)
     split: str = Field("test", description="Index split evaluated on the target datasets.")
-    batch_size: int = 8
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Inference precision: auto = bf16 autocast on CUDA, fp32 on CPU."
     )
     compile: bool = Field(False, description="torch.compile the backbones (CUDA only).")
-    num_workers: int = 2
+    num_workers: int = Field(2, ge=0, le=MAX_WORKERS)
     map_dtype: Literal["float16", "float32"] = Field(
         "float32",
         description="dtype of the stored maps. Metrics always come from float32 maps: a float16 "

@@ -14,8 +14,10 @@ first, scored, then cast in place; its metrics are kept beside it, since the flo
 them (by up to 1 AUPRO point on flat maps).
 
 Writes stream: each map goes to its own file as it arrives and score rows are appended to a partial
-CSV, so peak memory does not grow with the dataset. ``manifest.json`` appears only when
-:meth:`MapStore.finalize` ran, so a crashed run is never mistaken for a complete cache.
+CSV, so peak memory does not grow with the dataset. A run writes into a staging folder beside the store
+(``.<dataset>.partial``) and replaces the store with it only when it finished: a failed or killed run
+(``kill -9`` included) leaves the previous complete store as it was; the next run reuses it when its
+inputs did not change (removing the killed run's staging folder), else starts it afresh.
 
 Example:
     >>> store = MapStore(tmp_path / "maps")
@@ -50,13 +52,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hxpe.atomic import write_text_atomic
+from hxpe.atomic import OutputKind, replace_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ["image_id", "cls", "label", "image_score", "file"]
 FULL_PRECISION_DIR = "full_precision"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Every store, complete or left by an older interrupted run, holds maps/: the folder a run replaces.
+MAP_STORE = OutputKind("map store", ("maps",))
 
 
 def safe_name(image_id: str) -> str:
@@ -169,6 +173,11 @@ class MapStore:
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"
 
+    @property
+    def staging_root(self) -> Path:
+        """Where a run writes until it finished (:meth:`writer`), beside the store."""
+        return self.root.parent / f".{self.root.name}.partial"
+
     def map_path(self, image_id: str) -> Path:
         return self.root / "maps" / f"{safe_name(image_id)}.npy"
 
@@ -193,21 +202,36 @@ class MapStore:
         )
 
     # writing ----------------------------------------------------------------------------------
+    def discard_staging(self) -> None:
+        """Remove what a killed run left in :attr:`staging_root` (when this store is reused)."""
+        shutil.rmtree(self.staging_root, ignore_errors=True)
+
+    def make_folders(self) -> None:
+        """Create the store's ``maps/`` and ``vfm/`` folders."""
+        for sub in (self.root / "maps", self.root / "vfm"):
+            sub.mkdir(parents=True, exist_ok=True)
+
     @contextmanager
     def writer(self, key: str, **meta: Any) -> Iterator[MapWriter]:
-        """Start a fresh run (old content removed); the manifest is written when the block exits
-        without error. Extra ``meta`` goes into the manifest."""
-        self.clear()
-        (self.root / "maps").mkdir(parents=True, exist_ok=True)
-        (self.root / "vfm").mkdir(parents=True, exist_ok=True)
-        w = MapWriter(self)
+        """Start a fresh run in :attr:`staging_root` (a previous run's leftovers there removed);
+        when the block exits without error the manifest is written and the staged store replaces
+        this one. Until then this store is untouched. Extra ``meta`` goes into the manifest."""
+        staged = MapStore(self.staging_root, self.dtype.name)
+        staged.clear()
+        staged.make_folders()
+        w = MapWriter(staged)
         try:
-            yield w
-        finally:
-            w.close()
-        os.replace(self.partial_scores_path, self.scores_path)
-        manifest = {"key": key, "n_images": w.n, "dtype": self.dtype.name, **meta}
-        write_text_atomic(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+            try:
+                yield w
+            finally:
+                w.close()
+            os.replace(staged.partial_scores_path, staged.scores_path)
+            manifest = {"key": key, "n_images": w.n, "dtype": self.dtype.name, **meta}
+            write_text_atomic(staged.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+            replace_dir(staged.root, self.root, MAP_STORE)
+        except BaseException:
+            shutil.rmtree(staged.root, ignore_errors=True)
+            raise
 
     def compact(
         self, dtype: str, per_class: pd.DataFrame, skipped: pd.DataFrame, metrics_key: str
@@ -246,7 +270,7 @@ class MapStore:
         return per_class, skipped
 
     def clear(self) -> None:
-        """Remove a previous run's files."""
+        """Remove a run's files (the store's own ones only: maps, scores, manifest)."""
         self.manifest_path.unlink(missing_ok=True)
         for sub in ("maps", "vfm", FULL_PRECISION_DIR):
             shutil.rmtree(self.root / sub, ignore_errors=True)

@@ -289,6 +289,7 @@ def run_protocol(
                     cached = store.full_precision_metrics(metrics_key(index, ev)) is not None
                 if cached:
                     logger.info("%s/%s/%s: cached maps reused", direction, variant, target)
+                    store.discard_staging()  # what a killed run was writing instead
                 else:
                     if model is None:
                         model = loader(cfg, direction, variant, rd)

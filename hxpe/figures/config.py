@@ -9,13 +9,18 @@ class FiguresConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     formats: list[str] = Field(default_factory=lambda: ["png", "pdf"])
-    dpi: int = 150
-    images_per_dataset: int = Field(6, description="Rows of the qualitative grid per dataset.")
+    dpi: int = Field(150, ge=10, le=1200)
+    images_per_dataset: int = Field(
+        6, ge=1, le=100, description="Rows of the qualitative grid per dataset."
+    )
     cards_per_kind: int = Field(
-        2, description="Explanation cards per kind (hit, miss, false alarm)."
+        2, ge=1, le=100, description="Explanation cards per kind (hit, miss, false alarm)."
     )
     comparison_rows: int = Field(
-        4, description="Anomalous images in the HXPE vs learnable-only vs WinCLIP figure."
+        4,
+        ge=1,
+        le=100,
+        description="Anomalous images in the HXPE vs learnable-only vs WinCLIP figure.",
     )
     learnable_variant: str | None = Field(
         None,
@@ -31,5 +36,8 @@ class FiguresConfig(BaseModel):
         "pixel AUPRO in the evaluation.aupro convention.",
     )
     word_examples: int = Field(
-        3, description="Images of the leave-one-word-out figure (the only inference of stage 06)."
+        3,
+        ge=1,
+        le=100,
+        description="Images of the leave-one-word-out figure (the only inference of stage 06).",
     )

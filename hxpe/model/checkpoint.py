@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save_file
 
+from hxpe.atomic import OutputKind
 from hxpe.model.config import ModelConfig
 from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.results_layout import ResultsLayout
@@ -44,6 +45,8 @@ WEIGHTS_FILE = "trainable.safetensors"
 CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
 CHECKPOINT_FILES = (WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE, "loss.csv", "loss.png")
+# What every checkpoint folder holds (trained, shared or imported): a folder an output option may replace.
+CHECKPOINT_OUTPUT = OutputKind("checkpoint", (WEIGHTS_FILE, CONFIG_FILE))
 
 
 def save_checkpoint(model: HXPEModel, out_dir: Path, train_settings: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hxpe.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_WORKERS, MIN_IMAGE_SIZE
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -31,7 +33,10 @@ class ClipConfig(_Section):
         description="Extra open_clip JSON model config (tiny test models), registered before build.",
     )
     image_size: int = Field(
-        518, description="Input resolution; positional embeddings interpolated."
+        518,
+        ge=MIN_IMAGE_SIZE,
+        le=MAX_IMAGE_SIZE,
+        description="Input resolution; positional embeddings interpolated.",
     )
     layers: list[int] = Field(
         default_factory=lambda: [6, 12, 18, 24],
@@ -54,7 +59,9 @@ class BaseArithmetic(_Section):
     Subclasses override the defaults; :mod:`hxpe.model.registry` reads them.
     """
 
-    temperature: float = Field(0.07, description="Similarity temperature τ (logits = cos/τ).")
+    temperature: float = Field(
+        0.07, gt=0.0, description="Similarity temperature τ (logits = cos/τ)."
+    )
     layer_fusion: Fusion = Field(
         "mean_probs",
         description="sum_probs: Σ_l (up(p1)+1−up(p0))/2; mean_probs: the same averaged; "
@@ -78,7 +85,12 @@ class BaseArithmetic(_Section):
     loss_weights: dict[Literal["focal", "dice", "image"], float] = Field(
         default_factory=lambda: {"focal": 1.0, "dice": 1.0, "image": 1.0}
     )
-    batch_size: int = Field(8, description="Training batch size (train.batch_size overrides).")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description="Training batch size (train.batch_size overrides).",
+    )
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="train.optimizer: base.")
 
 
@@ -110,8 +122,10 @@ class AdaClipConfig(BaseArithmetic):
         "after ln_post + proj.",
     )
 
-    prompt_depth: int = Field(4, description="Blocks (from the first) that receive prompts.")
-    prompt_length: int = Field(5, description="Prompt tokens per prompted block.")
+    prompt_depth: int = Field(
+        4, ge=1, le=64, description="Blocks (from the first) that receive prompts."
+    )
+    prompt_length: int = Field(5, ge=1, le=64, description="Prompt tokens per prompted block.")
     prompt_types: list[Literal["static", "dynamic"]] = Field(
         default_factory=lambda: ["static", "dynamic"]
     )
@@ -120,16 +134,22 @@ class AdaClipConfig(BaseArithmetic):
     )
     template_set: str = Field("adaclip", description="Template list in prompts.yaml.")
     hsf: bool = Field(True, description="Hybrid semantic fusion for the image score.")
-    k_clusters: int = Field(20, description="k-means clusters of HSF.")
-    hsf_topk_factor: int = Field(5, description="HSF clusters the k·factor most abnormal patches.")
-    hsf_alpha: float = Field(0.2, description="Weight of the cluster feature against the CLS.")
+    k_clusters: int = Field(20, ge=1, le=4096, description="k-means clusters of HSF.")
+    hsf_topk_factor: int = Field(
+        5, ge=1, description="HSF clusters the k·factor most abnormal patches."
+    )
+    hsf_alpha: float = Field(
+        0.2, ge=0.0, le=1.0, description="Weight of the cluster feature against the CLS."
+    )
     hsf_kmeans: Literal["sklearn", "torch"] = Field(
         "sklearn",
         description="sklearn: KMeans(k, n_init='auto') on the concatenated layer tokens, drawing "
         "from one seeded NumPy RandomState (AdaCLIP); torch: batched deterministic k-means.",
     )
     hsf_seed: int = Field(111, description="Seed of the k-means RNG (AdaCLIP setup_seed(111)).")
-    kmeans_iters: int = Field(10, description="Lloyd iterations of the torch k-means.")
+    kmeans_iters: int = Field(
+        10, ge=1, le=10000, description="Lloyd iterations of the torch k-means."
+    )
 
 
 class AnomalyClipConfig(BaseArithmetic):
@@ -155,13 +175,21 @@ class AnomalyClipConfig(BaseArithmetic):
         "from text block 2 (AnomalyCLIP); slots: `depth` prompts in dedicated slots from block 1.",
     )
 
-    n_ctx: int = Field(12, description="Learnable context tokens per normal/abnormal prompt.")
-    text_prompt_length: int = Field(4, description="Deep text prompt tokens (t_n_ctx).")
-    text_prompt_depth: int = Field(9, description="Text blocks receiving deep prompts.")
+    n_ctx: int = Field(
+        12, ge=1, le=64, description="Learnable context tokens per normal/abnormal prompt."
+    )
+    text_prompt_length: int = Field(
+        4, ge=0, le=64, description="Deep text prompt tokens (t_n_ctx)."
+    )
+    text_prompt_depth: int = Field(
+        9, ge=0, le=64, description="Text blocks receiving deep prompts."
+    )
     normal_template: str = Field("{obj}.", description="After the contexts.")
     abnormal_template: str = Field("damaged {obj}.", description="After the contexts.")
     vv_attention: bool = Field(True, description="v-v attention (DPAM) switch.")
-    vv_last_n: int = Field(19, description="v-v attention on the last N blocks (DPAM_layer=20).")
+    vv_last_n: int = Field(
+        19, ge=0, le=64, description="v-v attention on the last N blocks (DPAM_layer=20)."
+    )
 
 
 class WinClipConfig(BaseArithmetic):
@@ -185,7 +213,7 @@ class ExplainConfig(_Section):
         "{obj} with {phrase}", description="Replaces {obj} of the abnormal prompts."
     )
     fuse_template: str = Field("{phrase}", description="Text encoded alone in mode 'fuse'.")
-    fuse_lambda: float = Field(1.0, description="g_a' = normalize(g_a + λ g_e).")
+    fuse_lambda: float = Field(1.0, ge=0.0, description="g_a' = normalize(g_a + λ g_e).")
     learn_lambda: bool = Field(False, description="Train λ (mode 'fuse').")
 
 
@@ -212,13 +240,17 @@ class VfmConfig(_Section):
         description="Normal scale s = this quantile of the reference's own NN distances.",
     )
     salience_weight: float = Field(
-        0.5, description="γ in M = d̂·((1−γ) + γ·ŝ), ŝ = DINOv2 CLS self-attention."
+        0.5, ge=0.0, le=1.0, description="γ in M = d̂·((1−γ) + γ·ŝ), ŝ = DINOv2 CLS self-attention."
     )
-    rarity_k: int = Field(5, description="No reference: mean distance to k nearest own patches.")
-    alpha: float = Field(0.5, description="reweight: A = A_clip·(1 + α·M)/(1 + α).")
-    bias_beta: float = Field(1.0, description="attn_bias: logits += β·M on patch keys.")
+    rarity_k: int = Field(
+        5, ge=1, le=4096, description="No reference: mean distance to k nearest own patches."
+    )
+    alpha: float = Field(0.5, ge=0.0, description="reweight: A = A_clip·(1 + α·M)/(1 + α).")
+    bias_beta: float = Field(1.0, ge=0.0, description="attn_bias: logits += β·M on patch keys.")
     learn_beta: bool = Field(False, description="attn_bias: train β (a scalar parameter).")
-    bias_last_n: int = Field(7, description="attn_bias: the last N CLIP blocks (18–24).")
+    bias_last_n: int = Field(
+        7, ge=0, le=64, description="attn_bias: the last N CLIP blocks (18–24)."
+    )
 
     @property
     def trains_through(self) -> bool:
@@ -250,7 +282,9 @@ class ModelConfig(_Section):
     score_mode: Literal["base", "text", "text_max"] = Field(
         "base", description="Image score: the base's own, text only, or (text + max map)/2."
     )
-    sigma: float = Field(4.0, description="Gaussian σ (pixels) on the output map; 0 = none.")
+    sigma: float = Field(
+        4.0, ge=0.0, le=256.0, description="Gaussian σ (pixels) on the output map; 0 = none."
+    )
     random_init_seed: int = Field(
         0, description="Seed of randomly initialised frozen weights (tiny models, dry runs)."
     )
@@ -277,20 +311,29 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(5, description="Epochs over the auxiliary test split [B].")
-    lr: float = Field(0.01, description="Learning rate [B].")
+    epochs: int = Field(
+        5, ge=1, le=MAX_EPOCHS, description="Epochs over the auxiliary test split [B]."
+    )
+    lr: float = Field(0.01, gt=0.0, le=10.0, description="Learning rate [B].")
     batch_size: int | None = Field(
-        None, description="None = the base's own (adaclip 1, anomalyclip 8)."
+        None,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description="None = the base's own (adaclip 1, anomalyclip 8).",
     )
     optimizer: Literal["base", "adam", "adamw", "sgd"] = Field(
         "base", description="'base' = the base's own (adaclip AdamW, anomalyclip Adam)."
     )
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas.")
     split: str = Field("test", description="Training split of the auxiliary index (protocol).")
-    focal_gamma: float = 2.0
-    focal_smooth: float = Field(1e-5, description="Focal label smoothing (both authors' loss.py).")
+    focal_gamma: float = Field(2.0, ge=0.0)
+    focal_smooth: float = Field(
+        1e-5, ge=0.0, lt=1.0, description="Focal label smoothing (both authors' loss.py)."
+    )
     loss_weights: dict[Literal["focal", "dice", "image"], float] | None = Field(
         None, description="None = the base's own (anomalyclip λ = 4 on the maps, adaclip 1)."
     )
-    num_workers: int = 0
-    max_steps: int | None = Field(None, description="Stop after this many steps (smoke runs).")
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many steps (smoke runs)."
+    )

@@ -33,9 +33,9 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import save_file
 
-from hxpe.atomic import replace_dir
+from hxpe.atomic import OutputRefused, check_output_dir, replace_dir
 from hxpe.hashing import file_sha256
-from hxpe.model.checkpoint import CONFIG_FILE, PROVENANCE_FILE, WEIGHTS_FILE
+from hxpe.model.checkpoint import CHECKPOINT_OUTPUT, CONFIG_FILE, PROVENANCE_FILE, WEIGHTS_FILE
 from hxpe.model.config import ModelConfig
 
 Kind = Literal["anomalyclip", "adaclip"]
@@ -284,18 +284,25 @@ def convert(kind: Kind, state: dict[str, torch.Tensor]) -> Converted:
 
 
 def import_checkpoint(
-    kind: Kind, path: str | Path, out_dir: str | Path, model_cfg: ModelConfig | None = None
+    kind: Kind,
+    path: str | Path,
+    out_dir: str | Path,
+    model_cfg: ModelConfig | None = None,
+    *,
+    force: bool = False,
 ) -> Path:
     """Convert the authors' checkpoint ``path`` into our checkpoint directory ``out_dir``.
 
     ``model_cfg`` gives the rest of the model (CLIP, layers, ...); default: the base's defaults
     with the explainable phrase and the DINOv2 prompts off. Prompt shapes come from the file, except
     the depth of dynamic-only AdaCLIP prompts, which no file records (``model_cfg``'s is kept).
-    Written atomically; ``provenance.json`` records the source's SHA-256.
+    Written atomically; ``provenance.json`` records the source's SHA-256. An existing ``out_dir``
+    must be empty or a previous checkpoint, unless ``force`` (:func:`hxpe.atomic.check_output_dir`).
     """
     path, out_dir = Path(path), Path(out_dir)
     if kind not in KINDS:
         raise CheckpointRefused(f"unknown checkpoint kind {kind!r}; one of {KINDS}.")
+    check_output_dir(out_dir, CHECKPOINT_OUTPUT, force=force)
     conv = convert(kind, authors_state(kind, read_tensors(path), path))
     check_prompt_shapes(kind, conv.state, path)
     base = model_cfg or ModelConfig(base=kind)
@@ -328,7 +335,7 @@ def import_checkpoint(
             "ignored_keys": conv.ignored,
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1, sort_keys=True))
-        replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir, CHECKPOINT_OUTPUT, force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -345,8 +352,8 @@ def _cmd_import(args: Any) -> int:
         cfg = load_config(args.params)
         model_cfg = cfg.model_for(args.variant) if args.variant else cfg.model
     try:
-        out = import_checkpoint(args.kind, args.path, args.out, model_cfg)
-    except CheckpointRefused as err:
+        out = import_checkpoint(args.kind, args.path, args.out, model_cfg, force=args.force)
+    except (CheckpointRefused, OutputRefused) as err:
         logging.getLogger(__name__).error("%s", err)
         return 2
     print(f"Imported {args.kind} checkpoint {args.path} -> {out}")
@@ -360,7 +367,16 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("kind", choices=KINDS, help="Whose checkpoint format.")
     p.add_argument("path", help="The authors' .pth file (read with torch.load(weights_only=True)).")
-    p.add_argument("--out", required=True, help="Checkpoint directory to write.")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="Checkpoint directory to write: new, empty, or a previous checkpoint (replaced).",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="Replace --out even when it holds files that are not a checkpoint.",
+    )
     p.add_argument(
         "--params", default=None, help="Profile params file whose model settings to use."
     )
