@@ -212,7 +212,55 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     raw = read_params_yaml(file)
     if overrides:
         raw = deep_merge(raw, overrides)
-    return Config.model_validate(expand_env(raw))
+    try:
+        return Config.model_validate(expand_env(raw))
+    except ValidationError as err:
+        raise InvalidSettings(file, err) from None
 
 
-__all__ = ["Config", "deep_merge", "expand_env", "load_config", "read_params_yaml"]
+class InvalidSettings(ValueError):
+    """A params file whose settings fail validation: one line for the user, pydantic's details kept.
+
+    ``errors()`` returns pydantic's list (``loc``, ``msg``, ``input``, ...) for programs and tests.
+    """
+
+    def __init__(self, file: Path, err: ValidationError) -> None:
+        super().__init__(invalid_settings_message(file, err))
+        self.file = file
+        self._errors = err.errors()
+
+    def errors(self) -> list[Any]:
+        """Pydantic's error records, one per invalid setting."""
+        return list(self._errors)
+
+
+def invalid_settings_message(file: Path, err: ValidationError) -> str:
+    """One line naming the params file and, per invalid setting, its key, the rule and the value.
+
+    Example:
+        >>> class Train(BaseModel):
+        ...     epochs: int = Field(ge=1)
+        >>> try:
+        ...     Train.model_validate({"epochs": -3})
+        ... except ValidationError as err:
+        ...     print(invalid_settings_message(Path("p.yaml"), err))
+        p.yaml: invalid setting: epochs: Input should be greater than or equal to 1 (got -3). Fix the value in the params file and rerun.
+    """
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(part) for part in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        got = f" (got {e['input']!r})" if e["type"] != "value_error" and key else ""
+        problems.append(f"{key}: {msg}{got}" if key else msg)
+    return f"{file}: invalid setting: {'; '.join(problems)}. Fix the value in the params file and rerun."
+
+
+__all__ = [
+    "Config",
+    "InvalidSettings",
+    "deep_merge",
+    "expand_env",
+    "invalid_settings_message",
+    "load_config",
+    "read_params_yaml",
+]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
-from hxpe.config import Config, deep_merge, expand_env, load_config
+from hxpe.config import Config, InvalidSettings, deep_merge, expand_env, load_config
 from hxpe.paths import repo_root
 
 PARAMS = repo_root() / "notebooks" / "params"
@@ -41,7 +40,7 @@ def test_env_expansion(monkeypatch):
 def test_unknown_key_is_an_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("profile: x\ntrain: {epochs: 1}\nevalaution: {}\n")
-    with pytest.raises(ValidationError, match="evalaution"):
+    with pytest.raises(InvalidSettings, match="evalaution"):
         load_config(bad)
 
 
@@ -100,7 +99,7 @@ def test_variant_overrides_merge_deeply():
 )
 def test_numeric_settings_out_of_bounds_are_refused_at_load_naming_the_key(override, key, message):
     """Issue 24: ``train.epochs: -3`` or ``evaluation.image_size: 1e9`` never reach a stage."""
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InvalidSettings) as err:
         load_config(repo_root() / "notebooks" / "params" / "demo.yaml", override)
     [error] = err.value.errors()
     assert ".".join(map(str, error["loc"])) == key
@@ -109,10 +108,22 @@ def test_numeric_settings_out_of_bounds_are_refused_at_load_naming_the_key(overr
 
 def test_a_variant_out_of_bounds_is_refused_at_load_naming_the_variant_and_key():
     override = {"variants": {"big": {"clip": {"image_size": 100_000}}}}
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InvalidSettings) as err:
         load_config(repo_root() / "notebooks" / "params" / "demo.yaml", override)
     [error] = err.value.errors()
     assert error["msg"] == (
         "Value error, variants.big.clip.image_size: Input should be less than or equal to 2048 "
         "(got 100000)"
     )
+
+
+def test_an_invalid_setting_is_one_line_naming_the_file_key_rule_and_value(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: x\ntrain: {epochs: -3}\n")
+    with pytest.raises(InvalidSettings) as err:
+        load_config(bad)
+    assert str(err.value) == (
+        f"{bad}: invalid setting: train.epochs: Input should be greater than or equal to 1 "
+        "(got -3). Fix the value in the params file and rerun."
+    )
+    assert err.value.file == bad
