@@ -227,7 +227,7 @@ def merge_shards(path: Path, *, remove: bool = False) -> int:
     shards = shard_files(path)
     main = list(iter_unique(read_records(path)))
     known = {r["key"] for r in main}
-    new = {}
+    new: dict[str, dict[str, Any]] = {}
     for f in shards:
         for rec in read_records(f):
             if rec["key"] not in known:
