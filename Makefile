@@ -1,6 +1,6 @@
 # HXPE compendium: the only entry point. `make demo` and `make test` set up .venv on first use.
 #   make demo                 the whole pipeline on the embedded demo profile (CPU, minutes)
-#   make test                 lint + unit tests + the six notebooks as tests + the book in Chromium
+#   make test                 lint (ruff, mypy) + unit tests + the six notebooks as tests + the book in Chromium
 #   make book                 static HTML book of results/PROFILE -> build/book/PROFILE/
 #   make reproduce            the paper profile (runs `make doctor` first; A100-class GPU)
 #   make <stage> PROFILE=p    one stage: data describe extract train evaluate figures
@@ -169,9 +169,12 @@ bench: | $(STAMP)  ## Speed and memory: fast vs naive inference, train step, phr
 	$(PY) -m hxpe.bench $(BENCH_ARGS)
 
 # ---------------------------------------------------------------- tests
-lint: | $(STAMP)
+# mypy checks the modules listed in pyproject.toml's [tool.mypy] `files`, strict; its cache is
+# build/mypy (a fresh clone's first run also analyses torch and transformers: ~50 s of CPU; then ~2 s).
+lint: | $(STAMP)  ## ruff (lint and format check) and mypy --strict on the modules [tool.mypy] lists
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # TEST_JOBS: pytest-xdist workers for the unit tests (test files stay whole on one worker, so module
 # fixtures are built once); TEST_JOBS=0 runs them in this process. One torch/OpenMP thread per worker:
@@ -196,7 +199,7 @@ booktest: | $(BOOK_STAMP)
 	rm -rf build/book-shots
 	HXPE_BOOK_DIR=build/book/demo $(PY) -m pytest -q -m browser -p no:cacheprovider tests/test_book_browser.py
 
-test: lint unit nbtest booktest  ## ruff, pytest (unit tests), the six notebooks (demo), the book in headless Chromium
+test: lint unit nbtest booktest  ## ruff and mypy, pytest (unit tests), the six notebooks (demo), the book in headless Chromium
 
 # Mutation testing: MUTATE (files or globs), MUTATION_TESTS (test files), MUTATION_JOBS (parallel runs),
 # MUTANTS (mutant-name globs: a sample such as 'hxpe.*__mutmut_*0', one mutant in ten). Empty MUTATE /

@@ -16,10 +16,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hxpe.config import Config
 from hxpe.paths import repo_root, resolve
 from hxpe.weights import clip_weight_key, local_snapshot, registry, spec_for_repo
+
+if TYPE_CHECKING:
+    from hxpe.model.config import ModelConfig
 
 
 @dataclass
@@ -54,7 +58,7 @@ def required_weight_keys(cfg: Config) -> list[str]:
     return keys
 
 
-def _uses_pretrained_vfm(model_cfg) -> bool:
+def _uses_pretrained_vfm(model_cfg: ModelConfig) -> bool:
     """DINOv2 weights are needed when the prompts are on and not built from a config (random)."""
     vfm = model_cfg.vfm
     return bool(vfm.enabled and vfm.model_id and not vfm.config_file)

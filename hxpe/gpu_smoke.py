@@ -253,9 +253,8 @@ def paper_checks(
     import numpy as np
     import torch
 
-    from hxpe.bench.inputs import dataset_for, demo_index
+    from hxpe.bench.inputs import dataset_for, demo_index, model_batches
     from hxpe.bench.timers import PeakMemory, sync
-    from hxpe.data.torch_dataset import index_batches
     from hxpe.model.config import TrainConfig
     from hxpe.model.inference import infer_fast, inference_caches, make_loader
     from hxpe.model.loading import model_device
@@ -271,13 +270,13 @@ def paper_checks(
     def inference() -> tuple[bool, str, dict[str, Any]]:
         warm = torch.utils.data.Subset(data, range(batch))
         caches = inference_caches(model)  # the warm-up's entries serve the timed run
-        warm_batches = index_batches(make_loader(warm, batch, workers, device))
+        warm_batches = model_batches(make_loader(warm, batch, workers, device))
         for _ in infer_fast(model, warm_batches, precision="bf16", caches=caches):
             pass
         with PeakMemory(device) as mem:
             sync(device)
             t0 = time.perf_counter()
-            loader = index_batches(make_loader(data, batch, workers, device))
+            loader = model_batches(make_loader(data, batch, workers, device))
             results = list(infer_fast(model, loader, precision="bf16", caches=caches))
             sync(device)
             seconds = time.perf_counter() - t0

@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,8 +38,9 @@ class WeightSpec:
         return f"make fetch-models MODELS={self.key}   # or: hf download {self.repo_id}{rev}"
 
 
-def _raw() -> dict:
-    return yaml.safe_load(_REGISTRY_FILE.read_text())
+def _raw() -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(_REGISTRY_FILE.read_text())
+    return raw
 
 
 def registry() -> dict[str, WeightSpec]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from PIL import Image
 
@@ -67,8 +67,6 @@ class ExtractRequest:
 
 
 class Describer(Protocol):
-    backend: str
-
     def settings(self) -> dict[str, Any]: ...
 
     def describe(
@@ -77,8 +75,6 @@ class Describer(Protocol):
 
 
 class Extractor(Protocol):
-    backend: str
-
     def settings(self) -> dict[str, Any]: ...
 
     def extract(
@@ -144,26 +140,28 @@ def _able(role: str) -> str:
     return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
-def _build(cfg: DescribeConfig | ExtractConfig, role: str, stage: str) -> Any:
-    """Call the ``role`` factory (``describer``/``extractor``) of the backend ``cfg`` names."""
-    backend = find_backend(cfg.backend)
-    factory = getattr(backend, role) if backend is not None else None
-    if factory is None:
-        raise ValueError(
-            f"agent.{stage}.backend {cfg.backend!r} has no {role} "
-            f"('replay' reads the cache; use {_able(role)})"
-        )
-    return factory(cfg)
+def _no_factory(cfg: DescribeConfig | ExtractConfig, role: str, stage: str) -> ValueError:
+    """The error for a backend ``cfg`` names that builds no ``role`` (``describer``/``extractor``)."""
+    return ValueError(
+        f"agent.{stage}.backend {cfg.backend!r} has no {role} "
+        f"('replay' reads the cache; use {_able(role)})"
+    )
 
 
 def make_describer(cfg: DescribeConfig) -> Describer:
     """The describer named by ``cfg.backend`` (engines are imported and loaded only here)."""
-    return _build(cfg, "describer", "describe")
+    backend = find_backend(cfg.backend)
+    if backend is None or backend.describer is None:
+        raise _no_factory(cfg, "describer", "describe")
+    return backend.describer(cfg)
 
 
 def make_extractor(cfg: ExtractConfig) -> Extractor:
     """The extractor named by ``cfg.backend``."""
-    return _build(cfg, "extractor", "extract")
+    backend = find_backend(cfg.backend)
+    if backend is None or backend.extractor is None:
+        raise _no_factory(cfg, "extractor", "extract")
+    return backend.extractor(cfg)
 
 
 def engine_settings(cfg: DescribeConfig | ExtractConfig) -> dict[str, Any]:
@@ -187,12 +185,12 @@ class LazyEngine:
     (True, [1])
     """
 
-    def __init__(self, factory: Callable[[], Any]):
+    def __init__(self, factory: Callable[[], Describer | Extractor]):
         self._factory = factory
-        self._engine: Any = None
+        self._engine: Describer | Extractor | None = None
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> Describer | Extractor:
         if self._engine is None:
             self._engine = self._factory()
         return self._engine
@@ -201,7 +199,7 @@ class LazyEngine:
         return self.engine.settings()
 
     def describe(self, requests: Sequence[DescribeRequest], sampling: Sampling) -> list[Generation]:
-        return self.engine.describe(requests, sampling)
+        return cast(Describer, self.engine).describe(requests, sampling)
 
     def extract(self, requests: Sequence[ExtractRequest], sampling: Sampling) -> list[Generation]:
-        return self.engine.extract(requests, sampling)
+        return cast(Extractor, self.engine).extract(requests, sampling)

@@ -85,14 +85,19 @@ def settings_for(options: dict[str, Any], structured: bool = False) -> dict[str,
 
 
 def _to_lab(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    rgb = np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
-    return color.rgb2lab(rgb).astype(np.float32)
+    rgb = (
+        np.asarray(img.convert("RGB").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+        / 255.0
+    )
+    lab: np.ndarray = color.rgb2lab(rgb).astype(np.float32)
+    return lab
 
 
 def _local_std(channel: np.ndarray, sigma: float) -> np.ndarray:
     mean = ndimage.gaussian_filter(channel, sigma)
     sq = ndimage.gaussian_filter(channel * channel, sigma)
-    return np.sqrt(np.clip(sq - mean * mean, 0, None))
+    std: np.ndarray = np.sqrt(np.clip(sq - mean * mean, 0, None))
+    return std
 
 
 def _tolerant_difference(test: np.ndarray, ref: np.ndarray, position_weight: float) -> np.ndarray:
@@ -107,7 +112,8 @@ def _tolerant_difference(test: np.ndarray, ref: np.ndarray, position_weight: flo
     pos = np.stack([yy.ravel(), xx.ravel()], 1)
     tree = cKDTree(np.concatenate([ref.reshape(-1, c), pos], 1))
     dist, _ = tree.query(np.concatenate([test.reshape(-1, c), pos], 1), k=1)
-    return dist.reshape(h, w).astype(np.float32)
+    nearest: np.ndarray = dist.reshape(h, w).astype(np.float32)
+    return nearest
 
 
 class ClassicalDescriber:
@@ -140,7 +146,7 @@ class ClassicalDescriber:
         p = self.params
         scale = p.work_size / max(test.size)
         size = (max(8, round(test.size[0] * scale)), max(8, round(test.size[1] * scale)))
-        small = test.convert("RGB").resize(size, Image.BILINEAR)
+        small = test.convert("RGB").resize(size, Image.Resampling.BILINEAR)
         width = max(3, (max(size) // 6) | 1)
         return small.filter(ImageFilter.MedianFilter(width))
 

@@ -294,9 +294,10 @@ class VllmExtractor:
         return settings_for(self.options, structured=True)
 
     def prompt(self, req: ExtractRequest) -> str:
-        return self.tokenizer.apply_chat_template(
+        prompt: str = self.tokenizer.apply_chat_template(
             chat_messages(req), tokenize=False, add_generation_prompt=True
         )
+        return prompt
 
     def extract(self, requests: Sequence[ExtractRequest], sampling: Sampling) -> list[Generation]:
         params = sampling_params(self.vllm, sampling, **self.structured)

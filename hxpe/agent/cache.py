@@ -271,7 +271,7 @@ def merge_shards(path: Path, *, remove: bool = False) -> int:
         shards = [f for f, fd in locked if fd is not None]
         main = list(iter_unique(read_records(path)))
         known = {r["key"] for r in main}
-        new = {}
+        new: dict[str, dict[str, Any]] = {}
         for f in shards:
             for rec in read_records(f):
                 if rec["key"] not in known:

@@ -37,7 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``describe`` and ``extract`` subcommands to the ``hxpe`` command."""
     p = subparsers.add_parser(
         "describe", help="Stage 02: VLM descriptions of every image (cached, resumable, shardable)."

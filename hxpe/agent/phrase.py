@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from hxpe.model.config import ClipConfig
@@ -22,15 +22,23 @@ log = logging.getLogger(__name__)
 CLIP_TOKENIZER_MODEL = "ViT-L-14-336-quickgelu"
 
 
+class BPETokenizer(Protocol):
+    """What the phrase budget needs of a CLIP tokenizer (OpenAI CLIP's ``SimpleTokenizer``)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
 @functools.lru_cache(maxsize=8)
-def _tokenizer(model_name: str, config_file: str | None) -> object:
+def _tokenizer(model_name: str, config_file: str | None) -> BPETokenizer:
     import open_clip
 
     from hxpe.paths import resolve
 
     if config_file:
         open_clip.add_model_config(resolve(config_file))
-    tok = open_clip.get_tokenizer(model_name)
+    tok: BPETokenizer = open_clip.get_tokenizer(model_name)
     if not (hasattr(tok, "encode") and hasattr(tok, "decode")):
         raise TypeError(
             f"The tokenizer of CLIP {model_name!r} ({type(tok).__name__}) has no encode/decode; "
@@ -39,7 +47,7 @@ def _tokenizer(model_name: str, config_file: str | None) -> object:
     return tok
 
 
-def clip_tokenizer(clip: ClipConfig | None = None) -> object:
+def clip_tokenizer(clip: ClipConfig | None = None) -> BPETokenizer:
     """The tokenizer of ``clip`` (``model.clip``; None = the paper's CLIP), loaded once per model."""
     if clip is None:
         return _tokenizer(CLIP_TOKENIZER_MODEL, None)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Val = TypeVar("Val")
+Report = TypeVar("Report", bound="StageReport")
 
 
 @dataclass
@@ -269,7 +270,7 @@ def replay_stage(
         report.count_failure(rec.get("error"))
 
 
-def finish(report: StageReport, started: float) -> StageReport:
+def finish(report: Report, started: float) -> Report:
     """Set the report's elapsed time since ``started`` (``time.perf_counter()``) and log it."""
     report.elapsed_s = time.perf_counter() - started
     log.info("%s", report)

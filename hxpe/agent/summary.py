@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import textwrap
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -18,6 +19,10 @@ import pandas as pd
 from hxpe.agent.runner import reason_of
 from hxpe.data.images import read_image
 from hxpe.data.index import DatasetIndex
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def failure_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -55,7 +60,7 @@ def verdict_table(extractions: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def verdict_plot(extractions: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Axes:
+def verdict_plot(extractions: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Bar chart of verdicts per class (seaborn)."""
     import seaborn as sns
 
@@ -77,7 +82,7 @@ def description_figure(
     n: int = 4,
     seed: int = 0,
     width: int = 60,
-) -> plt.Figure:
+) -> Figure:
     """``n`` sampled rows: reference image, test image and the description text."""
     sample = descriptions.sample(min(n, len(descriptions)), random_state=seed).sort_values(
         "image_id"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ from PIL import Image, ImageDraw
 
 from hxpe.data.index import DatasetIndex, make_image_id, validate_frame
 from hxpe.hashing import file_sha256
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 
 def texture_crop(y: int, x: int, size: int = 128) -> Image.Image:
@@ -94,7 +98,7 @@ QWEN_SPECIAL_TOKENS = (
 CHAT_TEMPLATE_FILE = Path(__file__).resolve().parent / "templates" / "qwen_chat_template.jinja"
 
 
-def tiny_qwen_tokenizer(vocab_size: int = 400):
+def tiny_qwen_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained in-process, with Qwen's special tokens and chat format."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -119,6 +123,17 @@ def tiny_qwen_tokenizer(vocab_size: int = 400):
         chat_template=CHAT_TEMPLATE_FILE.read_text(),
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
     )
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    """The id of each of Qwen's special tokens in ``tokenizer`` (one id per token)."""
+    ids: dict[str, int] = {}
+    for token in QWEN_SPECIAL_TOKENS:
+        i = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(i, int):
+            raise ValueError(f"the tokenizer maps {token!r} to the ids {i}; it must be one token")
+        ids[token] = i
+    return ids
 
 
 def _stop_ids(eos: int, vocab_size: int, stop_every: int) -> int | list[int]:
@@ -157,7 +172,7 @@ def save_tiny_qwen2_vl(
 
     out = Path(out_dir)
     tokenizer = tiny_qwen_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    ids = special_token_ids(tokenizer)
     config = Qwen2VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -218,6 +233,7 @@ def save_tiny_qwen2(
 
     out = Path(out_dir)
     tokenizer = tiny_qwen_tokenizer()
+    ids = special_token_ids(tokenizer)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -226,15 +242,13 @@ def save_tiny_qwen2(
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=2048,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).eval()
-    model.generation_config.eos_token_id = _stop_ids(
-        config.eos_token_id, len(tokenizer), stop_every
-    )
+    model.generation_config.eos_token_id = _stop_ids(ids["<|im_end|>"], len(tokenizer), stop_every)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -247,12 +261,14 @@ class _Params:
     allowed: frozenset[str] = frozenset()
     version = ""
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         _refuse_unknown(f"{type(self).__name__}()", kwargs, self.allowed, self.version)
         self.kwargs = kwargs
 
 
-def _refuse_unknown(where: str, kwargs: dict, allowed: frozenset[str], version: str) -> None:
+def _refuse_unknown(
+    where: str, kwargs: dict[str, Any], allowed: frozenset[str], version: str
+) -> None:
     """A TypeError, as Python raises it, for keywords the pinned vLLM does not have."""
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
@@ -262,11 +278,11 @@ def _refuse_unknown(where: str, kwargs: dict, allowed: frozenset[str], version: 
         )
 
 
-def _params_class(name: str, api: dict, version: str) -> type:
+def _params_class(name: str, api: dict[str, Any], version: str) -> type[_Params]:
     return type(name, (_Params,), {"allowed": frozenset(api["fields"]), "version": version})
 
 
-def _check_structured_config(value: dict, snap: dict) -> None:
+def _check_structured_config(value: dict[str, Any], snap: dict[str, Any]) -> None:
     """What vLLM's StructuredOutputsConfig accepts (its fields, backends and validator); vLLM itself
     drops unknown keys of the dict silently, the stand-in refuses them."""
     version = snap["vllm"]
@@ -286,7 +302,7 @@ def stand_in_vllm(
     *,
     structured: bool = True,
     die_after: int | None = None,
-    snapshot: dict | None = None,
+    snapshot: dict[str, Any] | None = None,
 ) -> types.ModuleType:
     """A module with vLLM's names that records calls (``vllm.calls``) and holds to the pinned
     vLLM's keyword API (:mod:`hxpe.environment.vllm_api`): ``LLM``, ``LLM.generate``,
@@ -301,30 +317,29 @@ def stand_in_vllm(
 
     snap = snapshot or load_snapshot()
     version = snap["vllm"]
-    vllm = types.ModuleType("vllm")
-    vllm.__version__ = f"stand-in-{version}"
+    sampling_params = _params_class("SamplingParams", snap["api"]["SamplingParams"], version)
     sp = types.ModuleType("vllm.sampling_params")
+    vars(sp)["SamplingParams"] = sampling_params
     if structured:
-        sp.StructuredOutputsParams = _params_class(
+        vars(sp)["StructuredOutputsParams"] = _params_class(
             "StructuredOutputsParams", snap["api"]["StructuredOutputsParams"], version
         )
-    vllm.sampling_params = sp
-    vllm.SamplingParams = _params_class("SamplingParams", snap["api"]["SamplingParams"], version)
-    sp.SamplingParams = vllm.SamplingParams
     init_keywords = frozenset(llm_keywords(snap))
     generate_keywords = frozenset(snap["api"]["LLM.generate"]["parameters"])
-    calls: list = []
+    calls: list[tuple[Any, ...]] = []
     answered = [0]
 
     class LLM:
-        def __init__(self, **kwargs):
+        def __init__(self, **kwargs: Any) -> None:
             _refuse_unknown("LLM.__init__()", kwargs, init_keywords, version)
             if isinstance(kwargs.get("structured_outputs_config"), dict):
                 _check_structured_config(kwargs["structured_outputs_config"], snap)
             self.kwargs = kwargs
             calls.append(("init", kwargs))
 
-        def generate(self, prompts, sampling_params=None, **kwargs):
+        def generate(
+            self, prompts: list[Any], sampling_params: _Params | None = None, **kwargs: Any
+        ) -> list[types.SimpleNamespace]:
             _refuse_unknown("LLM.generate()", kwargs, generate_keywords, version)
             calls.append(("generate", prompts, sampling_params))
             if die_after is not None and answered[0] + len(prompts) > die_after:
@@ -334,6 +349,12 @@ def stand_in_vllm(
             out = types.SimpleNamespace(text=reply, finish_reason="stop")
             return [types.SimpleNamespace(outputs=[out]) for _ in prompts]
 
-    vllm.LLM = LLM
-    vllm.calls = calls
+    vllm = types.ModuleType("vllm")
+    vars(vllm).update(
+        __version__=f"stand-in-{version}",
+        sampling_params=sp,
+        SamplingParams=sampling_params,
+        LLM=LLM,
+        calls=calls,
+    )
     return vllm

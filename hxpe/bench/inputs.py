@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from hxpe.data.config import DemoDataConfig
 from hxpe.data.index import NORMAL_TYPE, DatasetIndex, make_image_id, select_references
-from hxpe.data.torch_dataset import IndexDataset
+from hxpe.data.torch_dataset import IndexDataset, index_batches
+
+if TYPE_CHECKING:
+    from hxpe.model.inference import InferenceInputs
 
 
 def demo_index(
@@ -17,7 +22,9 @@ def demo_index(
     """Generate demo images (:mod:`hxpe.data.demo`) and index them (no hashing: not needed here)."""
     from hxpe.data.demo import DEFECTS_CSV, generate_demo_dataset
 
-    cfg = DemoDataConfig(image_size=image_size, target_classes=classes, **counts)
+    cfg = DemoDataConfig.model_validate(
+        {"image_size": image_size, "target_classes": classes, **counts}
+    )
     data = generate_demo_dataset(root / name, "target", cfg)
     table = pd.read_csv(data / DEFECTS_CSV, keep_default_na=False)
     rows = [
@@ -69,3 +76,14 @@ def dataset_for(
     phrases = {r.image_id: phrases.get(r.image_id.split("#")[0]) for r in idx.frame.itertuples()}
     refs = select_references(idx) if references else None
     return IndexDataset(idx, size, "test", phrases, refs)
+
+
+def model_batches(batches: Iterable[dict[str, Any]]) -> Iterator[InferenceInputs]:
+    """A loader's collated batches as the inference paths read them (:func:`index_batches`).
+
+    :class:`~hxpe.data.torch_dataset.IndexBatch` fulfils
+    :class:`~hxpe.model.inference.InferenceInputs` at run time, but the protocol declares its fields
+    as mutable attributes, which mypy holds invariant (``list[str]`` is not ``Sequence[str]``); the
+    ignore below goes (mypy reports it unused) once the protocol declares them read-only.
+    """
+    yield from index_batches(batches)  # type: ignore[misc]

@@ -7,7 +7,7 @@ import gc
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hxpe.bench.inputs import dataset_for
+from hxpe.bench.inputs import dataset_for, model_batches
 from hxpe.bench.timers import PeakMemory, StageTimer, stage_modules, sync, to_mb
 from hxpe.data.index import DatasetIndex
-from hxpe.data.torch_dataset import IndexDataset, index_batches
+from hxpe.data.torch_dataset import IndexDataset
 from hxpe.model.config import TrainConfig
 from hxpe.model.hxpe import HXPEModel
 from hxpe.model.inference import (
@@ -66,22 +66,22 @@ def measure_eval(
     device = model_device(model)
     precision = execution.precision
     naive_set = torch.utils.data.Subset(dataset, range(min(n_naive, len(dataset))))
-    fast_loader = index_batches(make_loader(dataset, batch_size, execution.num_workers, device))
+    fast_loader = model_batches(make_loader(dataset, batch_size, execution.num_workers, device))
     if execution.compile:
         maybe_compile(model, device)
     if warmup:
         one = torch.utils.data.Subset(dataset, [0])
-        _drain(infer_naive(model, index_batches(make_loader(one, 1))))
+        _drain(infer_naive(model, model_batches(make_loader(one, 1))))
         first = torch.utils.data.Subset(dataset, range(min(batch_size, len(dataset))))
         # the warm-up fills caches of its own; the timed run starts cold
         _drain(
-            infer_fast(model, index_batches(make_loader(first, batch_size)), precision=precision)
+            infer_fast(model, model_batches(make_loader(first, batch_size)), precision=precision)
         )
 
     with PeakMemory(device) as mem_naive:
         sync(device)
         t0 = time.perf_counter()
-        naive = collect(infer_naive(model, index_batches(make_loader(naive_set, 1, 0, device))))
+        naive = collect(infer_naive(model, model_batches(make_loader(naive_set, 1, 0, device))))
         sync(device)
         t_naive = time.perf_counter() - t0
 
@@ -144,7 +144,7 @@ def measure_eval(
     }
 
 
-def _train_batch(dataset: IndexDataset, n: int, device: torch.device) -> dict:
+def _train_batch(dataset: IndexDataset, n: int, device: torch.device) -> dict[str, Any]:
     items = [dataset[i % len(dataset)] for i in range(n)]
     batch = torch.utils.data.default_collate(items)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -152,7 +152,7 @@ def _train_batch(dataset: IndexDataset, n: int, device: torch.device) -> dict:
 
 def _train_steps(
     model: HXPEModel,
-    batch: dict,
+    batch: dict[str, Any],
     train_cfg: TrainConfig,
     steps: int,
     bf16: bool,
@@ -244,7 +244,10 @@ def measure_phrases(model: HXPEModel, n: int, precision: str) -> dict[str, Any]:
     phrases = [f"a {words[i % 10]} number {i} near the {words[(i * 3) % 10]}" for i in range(n)]
     cond = None
     if model.prompter.text_conditioned:
-        dim = model.visual.visual.proj.shape[1]
+        proj = model.visual.visual.proj
+        if not isinstance(proj, torch.Tensor):
+            raise TypeError(f"the CLIP vision tower has no projection matrix (proj is {proj!r})")
+        dim = proj.shape[1]
         cond = F.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(0)), dim=-1)
         cond = cond.to(device)
     model.eval()
@@ -295,7 +298,7 @@ def profile_batch(
 
     device = model_device(model)
     subset = torch.utils.data.Subset(dataset, range(min(batch_size, len(dataset))))
-    batches = list(index_batches(make_loader(subset, batch_size)))
+    batches = list(model_batches(make_loader(subset, batch_size)))
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -339,7 +342,7 @@ def measure_streaming(
             gc.collect()
             with PeakMemory(torch.device("cpu")) as mem:
                 t0 = time.perf_counter()
-                loader = index_batches(make_loader(dataset, batch_size, 0, device))
+                loader = model_batches(make_loader(dataset, batch_size, 0, device))
                 for res in infer_fast(model, loader):
                     for image_id, amap in zip(res.image_ids, res.anomaly_maps, strict=True):
                         if mode == "stream_to_disk":
@@ -375,8 +378,10 @@ def measure_aupro(cases: list[tuple[int, int]]) -> dict[str, Any]:
         return {"skipped": f"hxpe.evaluation AUPRO not importable: {err}"}
     try:
         from hxpe.evaluation.aupro_loop import aupro_anomalyclip_loop
+
+        loop: Callable[[np.ndarray, np.ndarray], float] | None = aupro_anomalyclip_loop
     except ImportError:
-        aupro_anomalyclip_loop = None
+        loop = None
     device = default_device()
     out: dict[str, Any] = {"device": str(device), "cases": []}
     for n, size in cases:
@@ -386,10 +391,15 @@ def measure_aupro(cases: list[tuple[int, int]]) -> dict[str, Any]:
         fast = aupro(masks, maps, "anomalyclip", device=device)
         sync(torch.device(device))
         t_fast = time.perf_counter() - t0
-        row = {"n_maps": n, "size": size, "vectorised_s": t_fast, "vectorised_value": fast}
-        if aupro_anomalyclip_loop is not None:
+        row: dict[str, Any] = {
+            "n_maps": n,
+            "size": size,
+            "vectorised_s": t_fast,
+            "vectorised_value": fast,
+        }
+        if loop is not None:
             t0 = time.perf_counter()
-            slow = aupro_anomalyclip_loop(masks, maps)
+            slow = loop(masks, maps)
             row |= {
                 "loop_s": time.perf_counter() - t0,
                 "loop_value": slow,

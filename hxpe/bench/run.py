@@ -56,7 +56,7 @@ def host_info(device: torch.device) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info = {
+    info: dict[str, Any] = {
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpu": cpu,

@@ -97,14 +97,14 @@ class StageTimer:
             self._handles.append(mod.register_forward_pre_hook(self._pre(name)))
             self._handles.append(mod.register_forward_hook(self._post(name)))
 
-    def _pre(self, name: str) -> Callable:
+    def _pre(self, name: str) -> Callable[..., None]:
         def hook(*_: object) -> None:
             sync(self.device)
             self._start[name] = time.perf_counter()
 
         return hook
 
-    def _post(self, name: str) -> Callable:
+    def _post(self, name: str) -> Callable[..., None]:
         def hook(*_: object) -> None:
             sync(self.device)
             self.totals[name] += time.perf_counter() - self._start.pop(name)

@@ -111,7 +111,9 @@ def literal_values(tree: ast.Module, name: str) -> list[str]:
         ):
             elts = node.value.slice
             items = elts.elts if isinstance(elts, ast.Tuple) else [elts]
-            return [e.value for e in items if isinstance(e, ast.Constant)]
+            return [
+                e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)
+            ]
     raise LookupError(f"no module-level Literal {name}")
 
 
@@ -146,7 +148,8 @@ def snapshot(wheel: Path) -> dict[str, Any]:
 
 def load_snapshot(path: Path = SNAPSHOT) -> dict[str, Any]:
     """The committed snapshot (``hxpe/environment/vllm_api.json``)."""
-    return json.loads(Path(path).read_text())
+    snapshot: dict[str, Any] = json.loads(Path(path).read_text())
+    return snapshot
 
 
 def llm_keywords(snap: dict[str, Any]) -> set[str]:
