@@ -115,7 +115,7 @@ def test_fetch_models_plans_only_the_paper_profiles_weights(monkeypatch, tmp_pat
 
 
 def test_fetch_models_skips_drive_files_without_gdown_and_writes_the_lock(
-    monkeypatch, tmp_path, capsys
+    monkeypatch, tmp_path, capsys, caplog
 ):
     import hashlib
     import json
@@ -170,8 +170,9 @@ def test_fetch_models_skips_drive_files_without_gdown_and_writes_the_lock(
         return f"/hub/models--x/snapshots/{revision}"
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", failing)
-    with pytest.raises(OSError, match="connection reset"):
-        main(["fetch-models", "--params", str(PAPER)])
+    caplog.clear()
+    assert main(["fetch-models", "--params", str(PAPER)]) == 2  # one line, no traceback
+    assert "connection reset" in caplog.text
     lock = json.loads((tmp_path / "results" / "models.lock.json").read_text())
     assert set(lock) == {"clip", "winclip_clip", "dinov2"}  # the Qwen downloads failed
 
