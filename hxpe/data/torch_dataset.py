@@ -4,7 +4,9 @@ Images are read by the project's one reader (:mod:`hxpe.data.images`: EXIF orien
 over black, high bit depths rescaled) and come out as float32 RGB in [0, 1] (no normalisation: each
 backbone normalises its own input, so CLIP and DINOv2 are fed from one preprocessed batch). Masks are
 binarised by the stated rule: a raw mask pixel is a defect when it is non-zero (VisA's masks use small
-integers), then the mask is resized bilinearly and thresholded at 0.5, as AnomalyCLIP's transform does.
+integers), then resized as both authors resize masks (:func:`hxpe.data.images.mask_tensor`: the 0/255
+PIL mask through torchvision's ``Resize``, i.e. Pillow's antialiased bilinear, then ``> 0.5``). The
+image transform is theirs too (bicubic to ``size`` × ``size``, no crop at a square size).
 """
 
 from __future__ import annotations
