@@ -111,6 +111,17 @@ def training_groups(cfg: Config, variants: list[str] | None = None) -> dict[str,
     return groups
 
 
+def evaluation_settings(cfg: Config, variant: str) -> dict[str, Any]:
+    """The protocol settings ``variant`` is evaluated with, stored in its checkpoint's
+    ``config.json`` (``evaluation``) so that ``hxpe predict`` and the app default to them."""
+    return {
+        "image_size": cfg.evaluation.image_size,
+        "reference_rule": cfg.reference_rule_for(variant),
+        "hsf_rng": cfg.evaluation.hsf_rng,
+        "profile": cfg.profile,
+    }
+
+
 def batch_size_for(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     """``train.batch_size``, or the base's own (AdaCLIP 1, AnomalyCLIP 8)."""
     return train_cfg.batch_size or model_cfg.arithmetic.batch_size
@@ -273,7 +284,7 @@ def train(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_checkpoint(model, tmp, settings)
+        save_checkpoint(model, tmp, settings, evaluation_settings(cfg, variant))
         _write_loss(rows, tmp, f"{variant} on {index.name}")
         provenance = {
             "git": git_state(),
@@ -312,6 +323,7 @@ def share_checkpoint(source: Path, target: Path, cfg: Config, variant: str) -> P
             f"{config['train'].get('training_signature')!r}, the variant needs {signature!r}."
         )
     config["model"] = cfg.model_for(variant).model_dump(mode="json")
+    config["evaluation"] = evaluation_settings(cfg, variant)
     config["train"] = config["train"] | {
         "variant": variant,
         "trained_as": config["train"]["variant"],
