@@ -255,10 +255,15 @@ def _naive_options(batch: InferenceInputs, i: int) -> dict:
     return {"class_names": [str(batch.cls[i])], "trim_text": False, "sigma": 0.0}
 
 
-def infer_naive(model: HXPEModel, batches: Iterable[InferenceInputs]) -> Iterator[BatchResult]:
+def infer_naive(
+    model: HXPEModel,
+    batches: Iterable[InferenceInputs],
+    hsf_rng: Literal["per_image", "stream"] = "per_image",
+) -> Iterator[BatchResult]:
     """The anchors' per-image loop (see the module docstring); yields one result per image.
 
     Scores with ``score_mode: text_max`` take the CPU-smoothed map's maximum (scaled to [0, 1]).
+    ``hsf_rng`` as :func:`infer_fast`'s.
     """
     device = model_device(model)
     model.eval()
@@ -269,7 +274,8 @@ def infer_naive(model: HXPEModel, batches: Iterable[InferenceInputs]) -> Iterato
     if hxpe_model:
         model.reset_rng()
     sigma = _naive_sigma(model)
-    with torch.no_grad():
+    per_image = hxpe_model and hsf_rng == "per_image"
+    with torch.no_grad(), model.same_rng_per_image() if per_image else contextlib.nullcontext():
         for batch in batches:
             refs, has_ref = batch.references, batch.has_reference
             labels = _labels(batch)
