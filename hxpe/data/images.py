@@ -170,7 +170,7 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
 def mask_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
     """A bool mask as float32 ``[1, size, size]``, resized as both authors resize masks.
 
-    AnomalyCLIP (``dataset.py:61-67``, ``utils.py:16-20``) and AdaCLIP (``dataset/base_dataset.py``,
+    AnomalyCLIP (``dataset.py:71-72``, ``utils.py:16-20``) and AdaCLIP (``dataset/base_dataset.py:120-121``,
     ``method/trainer.py:56-60``) build a 0/255 PIL ``L`` mask, apply torchvision's
     ``Resize((size, size))`` (on a PIL image that is Pillow's ``resize`` with ``BILINEAR``, which
     widens its filter when it shrinks: antialiased) and ``ToTensor`` (``v / 255`` in float32), and
