@@ -43,7 +43,7 @@ def protocol_run(tmp_path_factory):
         cfg = Config.model_validate(raw)
         indexes = prepare_all(cfg)
         descriptions, extractions = cfg.layout.agent_caches(cfg.data.reference_rule)
-        run_describe(list(indexes.values()), cfg.agent, descriptions)
+        run_describe([indexes["demo_target"]], cfg.agent, descriptions)  # aux: trains phrase-less
         run_extract(descriptions, cfg.agent, extractions, clip=cfg.model.clip)
         train_all(cfg, phrases_for_rule(cfg.results_dir, "first_normal_train"))
         run_protocol(cfg)
