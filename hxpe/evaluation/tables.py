@@ -15,13 +15,15 @@ Example (the shrunk demo profile after stage 05):
     >
     > Values ×100 (fractions in metrics/*.csv); dataset value = unweighted mean over classes.
     ...
+    > Recipe hxpe: 1 epochs, lr 0.01, batch 4, adamw β=(0.5, 0.999) (profile overrides: ...
+    >
     > Main variant: hxpe.
     >
     <BLANKLINE>
-    | direction | variant | base | explain | dinov2 | reference | image_auroc | image_ap | ... |
-    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
-    | aux_to_target | adaclip | adaclip | off | off | first_normal_train | ... |
-    | aux_to_target | hxpe | adaclip | in_prompt | attn_bias | first_normal_train | ... |
+    | direction | variant | base | recipe | explain | dinov2 | reference | image_auroc | image_ap | ... |
+    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+    | aux_to_target | adaclip | adaclip | hxpe | off | off | first_normal_train | ... |
+    | aux_to_target | hxpe | adaclip | hxpe | in_prompt | attn_bias | first_normal_train | ... |
     <BLANKLINE>
 """
 
