@@ -1,8 +1,10 @@
 """Score and explain one image of your own: ``hxpe predict`` and :func:`predict`.
 
 The image (any size, any mode Pillow reads: RGB, RGBA, grayscale, 16-bit, palette, ...) is read by the
-project's one reader (:mod:`hxpe.data.images`, the same as evaluation's), resized to the model's
-input, and scored by a trained HXPE checkpoint. The explainable
+project's one reader (:mod:`hxpe.data.images`, the same as evaluation's), resized to the checkpoint's
+evaluation size and scored by a trained HXPE checkpoint with its protocol's settings
+(:mod:`hxpe.predict_protocol`: a test image with the class's reference gives the protocol's stored
+score and map; the JSON record's ``protocol`` says where a call differs). The explainable
 phrase comes from a description you give (``description=``, run through the configured extractor and
 the anti-false-alarm verdict) or from the agent (``agent=<backend>``: the describer first compares the
 image with ``reference``, then the extractor). Without either, the model uses its generic prompts.
@@ -30,6 +32,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +46,9 @@ from torch import nn
 from hxpe.config import Config, load_config
 from hxpe.data.images import ImageReadError, ImageTooLargeError, read_image, to_rgb, to_tensor
 from hxpe.hashing import file_sha256
+from hxpe.model.config import ModelConfig
 from hxpe.paths import results_root, why_missing
+from hxpe.predict_protocol import ProtocolCheck, protocol_settings
 from hxpe.versions import software_versions
 
 __all__ = [
@@ -269,6 +274,8 @@ class Prediction:
     # (word, score(full phrase) - score(without the word)); None when not asked or no phrase
     word_importance: list[tuple[str, float]] | None = None
     image_sha256: str | None = None  # of the image file: tells two images with one stem apart
+    # the checkpoint's evaluation settings, the ones used, and how they differ (ProtocolCheck)
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     @property
     def description(self) -> str | None:
@@ -311,6 +318,7 @@ class Prediction:
                 if self.word_importance is None
                 else [{"word": w, "delta_score": d} for w, d in self.word_importance]
             ),
+            "protocol": self.protocol,
             "provenance": self.provenance,
         }
 
@@ -360,6 +368,7 @@ def predict(
     params: str | Path = DEFAULT_PARAMS,
     class_name: str = "object",
     image_size: int | None = None,
+    reference_rule: str | None = None,
     model: nn.Module | None = None,
     words: bool = False,
     max_pixels: int | None = None,
@@ -373,8 +382,13 @@ def predict(
         agent: describer backend (``classical``, ``transformers``, ``vllm``); mutually exclusive
             with ``description``.
         params: the profile YAML whose agent settings (and default checkpoint) are used.
-        class_name: the part's name in the describer's prompt.
-        image_size: model input side; default the checkpoint's CLIP input size.
+        class_name: the part's name in the describer's prompt and, for bases whose prompts
+            carry the class name (AdaCLIP), in the model's prompts, as the protocol passes the
+            index's class.
+        image_size: model input side; default the checkpoint's evaluation size (the protocol's
+            ``evaluation.image_size``, stored in its ``config.json``), else its CLIP input size.
+        reference_rule: ``first_normal_train`` (use ``reference``) or ``none`` (no reference, as
+            the no-reference variants are evaluated); default the checkpoint's own.
         model: an already loaded model (then ``checkpoint`` only labels the provenance).
         words: also compute the word importance of the phrase (leave one word out,
             :func:`hxpe.figures.words.word_importance`; one extra forward per word).
@@ -386,11 +400,21 @@ def predict(
         check_image_size(image_size, "image_size")
     cfg = load_config(params)
     img = read_input(image, max_pixels)
-    ref = read_input(reference, max_pixels) if reference is not None else None
     if model is None:
         model, source = load_model(cfg, checkpoint)
     else:
         source = str(checkpoint) if checkpoint is not None else "model passed by the caller"
+    check = ProtocolCheck.of(
+        protocol_settings(source),
+        model,
+        image_size=image_size,
+        reference_rule=reference_rule,
+        reference=reference,
+        class_name=class_name,
+    )
+    if check.used["reference_rule"] == "none":
+        reference = None
+    ref = read_input(reference, max_pixels) if reference is not None else None
     explained = Explained()
     if agent is not None:
         text = describe_image(cfg, agent, img, ref, class_name)
@@ -398,8 +422,8 @@ def predict(
         explained.backends["describe"] = f"{agent}:{cfg.agent.describe.model_id}"
     elif description is not None:
         explained = extract_phrase(cfg, description)
-    x, x_ref = model_inputs(img, ref, image_size if image_size is not None else _input_size(model))
-    out = _forward(model, x, x_ref, explained.phrase)
+    x, x_ref = model_inputs(img, ref, check.used["image_size"])
+    out = _forward(model, x, x_ref, explained.phrase, class_name, check.used["hsf_rng"])
     importance = None
     if words and explained.phrase:
         from hxpe.figures.words import word_importance
@@ -422,6 +446,7 @@ def predict(
         provenance=provenance,
         word_importance=importance,
         image_sha256=file_sha256(Path(image).expanduser()),
+        protocol=check.as_dict(),
     )
 
 
@@ -476,13 +501,6 @@ def check_image_size(size: int, name: str = "--image-size") -> int:
     return size
 
 
-def _input_size(model: nn.Module) -> int:
-    model_cfg = getattr(model, "cfg", None)
-    if model_cfg is None:
-        raise ValueError("the model has no .cfg to take its input size from; pass image_size")
-    return int(model_cfg.clip.image_size)
-
-
 def model_inputs(
     image: Image.Image, reference: Image.Image | None, size: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -496,13 +514,20 @@ def _forward(
     image: torch.Tensor,
     reference: torch.Tensor | None,
     phrase: str | None,
+    class_name: str = "object",
+    hsf_rng: str = "per_image",
 ) -> tuple[float, np.ndarray, np.ndarray | None]:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = image[None].to(device)
     ref = reference[None].to(device) if reference is not None else None
     has_ref = torch.ones(1, dtype=torch.bool, device=device) if ref is not None else None
     model.eval()
-    out = model(x, [phrase], ref, has_ref)
+    same_rng = getattr(model, "same_rng_per_image", None)
+    with same_rng() if same_rng is not None and hsf_rng == "per_image" else nullcontext():
+        if isinstance(getattr(model, "cfg", None), ModelConfig):
+            out = model(x, [phrase], ref, has_ref, class_names=[class_name])
+        else:
+            out = model(x, [phrase], ref, has_ref)
     vfm = out.vfm_prompt[0].float().cpu().numpy() if out.vfm_prompt is not None else None
     return float(out.image_score[0]), out.anomaly_map[0].float().cpu().numpy(), vfm
 
@@ -527,6 +552,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         params=args.params,
         class_name=args.class_name,
         image_size=args.image_size,
+        reference_rule=args.reference_rule,
         words=args.word_importance,
         max_pixels=args.max_pixels,
     )
@@ -590,14 +616,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--class-name",
         default="object",
-        help="The part's name in the describer's prompt (default: object).",
+        help="The part's name in the describer's prompt and, for bases whose prompts carry the "
+        "class name (AdaCLIP), in the model's prompts (default: object).",
     )
     p.add_argument(
         "--image-size",
         type=int,
         metavar="PX",
         help=f"Model input side in pixels, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} (default: the "
-        "checkpoint's CLIP input size).",
+        "checkpoint's evaluation size, as its protocol scored the test images; the JSON record "
+        "says when you differ from it).",
     )
     p.add_argument(
         "--max-pixels",
@@ -605,6 +633,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=MAX_PIXELS,
         metavar="N",
         help=f"Refuse larger images (default {MAX_PIXELS:,} pixels, as the app).",
+    )
+    p.add_argument(
+        "--reference-rule",
+        choices=["first_normal_train", "none"],
+        help="Use --reference (first_normal_train) or no reference (none). Default: the "
+        "checkpoint's own rule, as its protocol evaluated it.",
     )
     p.add_argument(
         "--word-importance",

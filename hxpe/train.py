@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from hxpe.atomic import check_output_dir, replace_dir
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, select_references
+from hxpe.data.mosaic import Mosaic
 from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
 from hxpe.model.checkpoint import (
     CHECKPOINT_FILES,
@@ -57,6 +58,7 @@ from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.loading import model_device
 from hxpe.model.losses import LossSpec, hxpe_loss
+from hxpe.model.recipes import recipe, training_recipe
 from hxpe.provenance import git_state, utc_now
 from hxpe.results_layout import ResultsLayout
 from hxpe.seeding import generator, seed_everything, worker_init_fn
@@ -94,6 +96,7 @@ def training_signature(cfg: Config, variant: str) -> str:
     payload = {
         "model": model,
         "train": cfg.train.model_dump(mode="json"),
+        "training": training_recipe(cfg.train, m).as_dict(),
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
         "phrases_rule": rule if m.explain.enabled else None,
@@ -112,22 +115,33 @@ def training_groups(cfg: Config, variants: list[str] | None = None) -> dict[str,
     return groups
 
 
+def evaluation_settings(cfg: Config, variant: str) -> dict[str, Any]:
+    """The protocol settings ``variant`` is evaluated with, stored in its checkpoint's
+    ``config.json`` (``evaluation``) so that ``hxpe predict`` and the app default to them."""
+    return {
+        "image_size": cfg.evaluation.image_size,
+        "reference_rule": cfg.reference_rule_for(variant),
+        "hsf_rng": cfg.evaluation.hsf_rng,
+        "profile": cfg.profile,
+    }
+
+
 def batch_size_for(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
-    """``train.batch_size``, or the base's own (AdaCLIP 1, AnomalyCLIP 8)."""
-    return train_cfg.batch_size or model_cfg.arithmetic.batch_size
+    """The training batch size: ``train.batch_size``, else the recipe's (else the base's own)."""
+    return training_recipe(train_cfg, model_cfg).batch_size
 
 
 def make_optimizer(
     params: list[torch.nn.Parameter], train_cfg: TrainConfig, model_cfg: ModelConfig
 ) -> torch.optim.Optimizer:
-    """The base's optimiser by default: AdaCLIP AdamW, AnomalyCLIP Adam, both β = (0.5, 0.999)."""
-    name = train_cfg.optimizer
-    if name == "base":
-        name = model_cfg.arithmetic.optimizer
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=train_cfg.lr, momentum=0.9)
-    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return cls(params, lr=train_cfg.lr, betas=tuple(train_cfg.betas))
+    """The recipe's optimiser (AdaCLIP AdamW, AnomalyCLIP Adam, both β = (0.5, 0.999)) unless
+    ``train`` names another."""
+    t = training_recipe(train_cfg, model_cfg)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, betas=t.betas)
 
 
 def check_frozen(model: HXPEModel) -> None:
@@ -148,7 +162,16 @@ def _loader(
     phrases: dict[str, str | None],
     references: dict[str, str | None] | None,
 ) -> DataLoader:
-    dataset = IndexDataset(index, model_cfg.clip.image_size, cfg.train.split, phrases, references)
+    training = training_recipe(cfg.train, model_cfg)
+    rate = recipe(training.recipe).mosaic_rate(index.kind, training.mosaic_rates)
+    dataset = IndexDataset(
+        index,
+        model_cfg.clip.image_size,
+        cfg.train.split,
+        phrases,
+        references,
+        mosaic=Mosaic(rate, cfg.seed) if rate > 0 else None,
+    )
     if len(dataset) == 0:
         raise ValueError(
             f"Index {index.name} has no {cfg.train.split!r} images to train on; check the index "
@@ -156,7 +179,7 @@ def _loader(
         )
     return DataLoader(
         dataset,
-        batch_size=batch_size_for(cfg.train, model_cfg),
+        batch_size=training.batch_size,
         shuffle=True,
         generator=generator(cfg.seed),
         num_workers=cfg.train.num_workers,
@@ -241,14 +264,15 @@ def train(
         references = select_references(index, cfg.reference_rule_for(variant))
     loader = _loader(cfg, model_cfg, index, phrases, references)
     params = list(model.trainable_state().values())
+    training = training_recipe(cfg.train, model_cfg)
     optimizer = make_optimizer(params, cfg.train, model_cfg)
     loss_spec = LossSpec.resolve(model_cfg, cfg.train)
     rows: list[dict[str, Any]] = []
     started = utc_now()
     t0 = time.perf_counter()
     step = 0
-    for epoch in range(1, cfg.train.epochs + 1):
-        bar = tqdm(loader, desc=f"{variant} epoch {epoch}/{cfg.train.epochs}", leave=False)
+    for epoch in range(1, training.epochs + 1):
+        bar = tqdm(loader, desc=f"{variant} epoch {epoch}/{training.epochs}", leave=False)
         for batch in bar:
             losses = step_losses(model, batch, loss_spec)
             optimizer.zero_grad(set_to_none=True)
@@ -271,7 +295,9 @@ def train(
         )
     model.eval()
     settings = cfg.train.model_dump(mode="json") | {
-        "batch_size_resolved": batch_size_for(cfg.train, model_cfg),
+        "recipe": training.as_dict(),
+        "batch_size_resolved": training.batch_size,
+        "mosaic_rate": loader.dataset.mosaic.rate if loader.dataset.mosaic else 0.0,
         "variant": variant,
         "train_index": index.name,
         "seed": cfg.seed,
@@ -281,7 +307,7 @@ def train(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_checkpoint(model, tmp, settings)
+        save_checkpoint(model, tmp, settings, evaluation_settings(cfg, variant))
         _write_loss(rows, tmp, f"{variant} on {index.name}")
         provenance = {
             "git": git_state(),
@@ -320,6 +346,7 @@ def share_checkpoint(source: Path, target: Path, cfg: Config, variant: str) -> P
             f"{config['train'].get('training_signature')!r}, the variant needs {signature!r}."
         )
     config["model"] = cfg.model_for(variant).model_dump(mode="json")
+    config["evaluation"] = evaluation_settings(cfg, variant)
     config["train"] = config["train"] | {
         "variant": variant,
         "trained_as": config["train"]["variant"],

@@ -39,9 +39,9 @@ class Recorder(nn.Module):
         super().__init__()
         self.model, self.cfg, self.seen = model, model.cfg, []
 
-    def forward(self, x, phrases, reference=None, has_reference=None):  # type: ignore[no-untyped-def]
+    def forward(self, x, phrases, reference=None, has_reference=None, **options):  # type: ignore[no-untyped-def]
         self.seen.append(x.detach().clone())
-        return self.model(x, phrases, reference, has_reference)
+        return self.model(x, phrases, reference, has_reference, **options)
 
 
 def _awkward_image(path: Path) -> Path:

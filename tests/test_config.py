@@ -20,8 +20,11 @@ def test_profiles_load(profile):
 
 
 def test_paper_profile_states_the_paper_settings():
+    from hxpe.train import training_recipe
+
     cfg = load_config(PARAMS / "paper.yaml")
-    assert (cfg.train.epochs, cfg.train.lr) == (5, 0.01)
+    hxpe = training_recipe(cfg.train, cfg.model_for("hxpe"))
+    assert (hxpe.recipe, hxpe.epochs, hxpe.lr, hxpe.overrides) == ("hxpe", 5, 0.01, {})
     assert cfg.model.clip.layers == [6, 12, 18, 24]
     assert cfg.model.clip.model_name == "ViT-L-14-336-quickgelu"
     assert cfg.evaluation.image_size == 518

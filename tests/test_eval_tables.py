@@ -184,6 +184,7 @@ def test_ablation_rows_say_what_they_switch_including_the_no_reference_row(tmp_p
     settings = variant_columns(load_config("notebooks/params/paper.yaml"))
     assert settings["hxpe_noref"] == {
         "base": "adaclip",
+        "recipe": "hxpe",
         "explain": "in_prompt",
         "dinov2": "attn_bias",
         "reference": "none",
@@ -192,6 +193,7 @@ def test_ablation_rows_say_what_they_switch_including_the_no_reference_row(tmp_p
     assert settings["hxpe_reweight"]["dinov2"] == "reweight"
     assert settings["adaclip"] | {"base": "x"} == {
         "base": "x",
+        "recipe": "adaclip",
         "explain": "off",
         "dinov2": "off",
         "reference": "first_normal_train",
@@ -200,10 +202,11 @@ def test_ablation_rows_say_what_they_switch_including_the_no_reference_row(tmp_p
     labels = {"hxpe": settings["hxpe"], "no_vfm": settings["hxpe_noref"]}
     write_tables(tmp_path, profile="demo", main_variant="hxpe", variants=labels)
     ablation = pd.read_csv(tmp_path / "tables" / "ablation.csv")
-    assert list(ablation.columns[:6]) == [
+    assert list(ablation.columns[:7]) == [
         "direction",
         "variant",
         "base",
+        "recipe",
         "explain",
         "dinov2",
         "reference",

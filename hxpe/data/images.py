@@ -21,7 +21,8 @@ Masks (:func:`read_mask`) follow the stated protocol rule: a pixel is a defect w
 non-zero in any colour channel (alpha ignored; palettes expanded), after the same EXIF orientation.
 
 Model inputs (:func:`to_tensor`) are the RGB image resized bicubically to ``size``×``size`` (no crop),
-as float32 ``[3, size, size]`` in [0, 1].
+as float32 ``[3, size, size]`` in [0, 1]. Masks at a resolution (:func:`mask_tensor`) go through the
+authors' steps: a 0/255 PIL mask, torchvision's ``Resize`` (Pillow's antialiased bilinear), ``> 0.5``.
 
 Example:
     >>> from hxpe.data.images import read_image, to_tensor
@@ -169,7 +170,17 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
 
 
 def mask_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
-    """A bool mask as float32 ``[1, size, size]``: resized bilinearly, then thresholded at 0.5."""
-    binary = torch.from_numpy(mask.astype(np.float32))[None, None]
-    resized = torch.nn.functional.interpolate(binary, size=(size, size), mode="bilinear")
-    return (resized[0] > 0.5).float()
+    """A bool mask as float32 ``[1, size, size]``, resized as both authors resize masks.
+
+    AnomalyCLIP (``dataset.py:71-72``, ``utils.py:16-20``) and AdaCLIP (``dataset/base_dataset.py:120-121``,
+    ``method/trainer.py:56-60``) build a 0/255 PIL ``L`` mask, apply torchvision's
+    ``Resize((size, size))`` (on a PIL image that is Pillow's ``resize`` with ``BILINEAR``, which
+    widens its filter when it shrinks: antialiased) and ``ToTensor`` (``v / 255`` in float32), and
+    threshold at ``> 0.5`` (AnomalyCLIP ``test.py:85``, ``train.py:65``; AdaCLIP
+    ``method/trainer.py:117``). This does the same steps, so thin scratches
+    in large masks keep the pixels the authors keep.
+    """
+    pil = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    resized = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+    fraction = torch.from_numpy(resized.copy()).to(torch.float32).div(255)
+    return (fraction > 0.5).to(torch.float32)[None]

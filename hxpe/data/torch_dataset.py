@@ -4,7 +4,9 @@ Images are read by the project's one reader (:mod:`hxpe.data.images`: EXIF orien
 over black, high bit depths rescaled) and come out as float32 RGB in [0, 1] (no normalisation: each
 backbone normalises its own input, so CLIP and DINOv2 are fed from one preprocessed batch). Masks are
 binarised by the stated rule: a raw mask pixel is a defect when it is non-zero (VisA's masks use small
-integers), then the mask is resized bilinearly and thresholded at 0.5, as AnomalyCLIP's transform does.
+integers), then resized as both authors resize masks (:func:`hxpe.data.images.mask_tensor`: the 0/255
+PIL mask through torchvision's ``Resize``, i.e. Pillow's antialiased bilinear, then ``> 0.5``). The
+image transform is theirs too (bicubic to ``size`` × ``size``, no crop at a square size).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from hxpe.data.images import load_image, mask_tensor, read_mask
+from hxpe.data.images import load_image, mask_tensor, read_image, read_mask, to_tensor
 from hxpe.data.index import DatasetIndex
+from hxpe.data.mosaic import Mosaic, combine
 
 __all__ = [
     "IndexBatch",
@@ -43,6 +47,10 @@ class IndexDataset(torch.utils.data.Dataset):
 
     ``phrases`` maps image_id to the gated explainable phrase; a missing or ``None`` phrase becomes
     ``""`` (collation needs strings), which the model reads as "no phrase".
+
+    ``mosaic`` (training only): AdaCLIP's augmentation (:mod:`hxpe.data.mosaic`); each item is
+    drawn as a 2x2 mosaic of four images of its class (this split) with the mosaic's rate, keeping
+    its own label, with no phrase; ``item["mosaic"]`` says which.
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class IndexDataset(torch.utils.data.Dataset):
         split: str | None = "test",
         phrases: dict[str, str | None] | None = None,
         references: dict[str, str | None] | None = None,
+        mosaic: Mosaic | None = None,
     ) -> None:
         frame = index.frame if split is None else index.split(split)
         self.index = index
@@ -60,6 +69,8 @@ class IndexDataset(torch.utils.data.Dataset):
         self.phrases = phrases or {}
         self.references = references
         self._reference = lru_cache(maxsize=64)(self._load_reference)
+        self.mosaic = mosaic
+        self._by_class = {c: list(g.index) for c, g in self.rows.groupby("cls", sort=False)}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -67,18 +78,36 @@ class IndexDataset(torch.utils.data.Dataset):
     def _load_reference(self, image_id: str) -> torch.Tensor:
         return load_image(self.index.abs_path(self.index.row(image_id)["image"]), self.image_size)
 
+    def _row_mask(self, row) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+        return read_mask(self.index.abs_path(row["mask"])) if row["mask"] else None
+
+    def mosaic_of(self, tiles: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image and mask tensors of the 2x2 mosaic of rows ``tiles`` (:func:`combine`)."""
+        rows = [self.rows.iloc[t] for t in tiles]
+        images = [read_image(self.index.abs_path(r["image"])) for r in rows]
+        image, mask = combine(images, [self._row_mask(r) for r in rows])
+        return to_tensor(image, self.image_size), mask_tensor(mask, self.image_size)
+
     def __getitem__(self, i: int) -> dict:
         row = self.rows.iloc[i]
-        item = {
-            "image": load_image(self.index.abs_path(row["image"]), self.image_size),
-            "mask": load_mask(
+        mosaic = self.mosaic is not None and self.mosaic.draw()
+        if mosaic:
+            image, mask = self.mosaic_of(self.mosaic.pick(self._by_class[row["cls"]]))
+        else:
+            image = load_image(self.index.abs_path(row["image"]), self.image_size)
+            mask = load_mask(
                 self.index.abs_path(row["mask"]) if row["mask"] else None, self.image_size
-            ),
+            )
+        item = {
+            "image": image,
+            "mask": mask,
             "label": int(row["label"]),
             "image_id": row["image_id"],
             "cls": row["cls"],
-            "phrase": self.phrases.get(row["image_id"]) or "",
+            "phrase": "" if mosaic else self.phrases.get(row["image_id"]) or "",
         }
+        if self.mosaic is not None:
+            item["mosaic"] = mosaic
         if self.references is not None:
             ref_id = self.references.get(row["cls"])
             item["has_reference"] = ref_id is not None

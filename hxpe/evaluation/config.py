@@ -65,6 +65,13 @@ class EvaluationConfig(BaseModel):
     metrics_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where pixel metrics run; auto = CUDA when available."
     )
+    hsf_rng: Literal["per_image", "stream"] = Field(
+        "per_image",
+        description="HSF k-means draws (sklearn): per_image = every image from a fresh "
+        "RandomState(adaclip.hsf_seed), so an image's score does not depend on the images before "
+        "it (hxpe predict gives the protocol's score); stream = the authors' one stream seeded "
+        "once per pass (scores depend on the test order and batch).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvaluationConfig:

@@ -108,7 +108,12 @@ def infer_dataset(
     with store.writer(key, dataset=index.name, image_size=cfg.image_size) as writer:
         # The fast path (hxpe.model.inference): batched, cached phrases/references, bf16 on GPU.
         results = infer_fast(
-            model, batches, precision=cfg.precision, compile=cfg.compile, caches=caches
+            model,
+            batches,
+            precision=cfg.precision,
+            compile=cfg.compile,
+            caches=caches,
+            hsf_rng=cfg.hsf_rng,
         )
         for res in results:
             maps = _to_size(torch.from_numpy(res.anomaly_maps), cfg.image_size)
@@ -157,7 +162,9 @@ def inputs_key(
             "index": frame_sha256(index.frame),
             "phrases": [phrases.get(i) for i in split_ids],
             "references": references,
-            "settings": ev.model_dump(mode="json", include={"image_size", "split", "map_dtype"}),
+            "settings": ev.model_dump(
+                mode="json", include={"image_size", "split", "map_dtype", "hsf_rng"}
+            ),
         }
     )
 

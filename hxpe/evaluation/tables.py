@@ -15,13 +15,15 @@ Example (the shrunk demo profile after stage 05):
     >
     > Values ×100 (fractions in metrics/*.csv); dataset value = unweighted mean over classes.
     ...
+    > Recipe hxpe: 1 epochs, lr 0.01, batch 4, adamw β=(0.5, 0.999) (profile overrides: ...
+    >
     > Main variant: hxpe.
     >
     <BLANKLINE>
-    | direction | variant | base | explain | dinov2 | reference | image_auroc | image_ap | ... |
-    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
-    | aux_to_target | adaclip | adaclip | off | off | first_normal_train | ... |
-    | aux_to_target | hxpe | adaclip | in_prompt | attn_bias | first_normal_train | ... |
+    | direction | variant | base | recipe | explain | dinov2 | reference | image_auroc | image_ap | ... |
+    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+    | aux_to_target | adaclip | adaclip | hxpe | off | off | first_normal_train | ... |
+    | aux_to_target | hxpe | adaclip | hxpe | in_prompt | attn_bias | first_normal_train | ... |
     <BLANKLINE>
 """
 
@@ -174,11 +176,30 @@ def variant_columns(cfg: Config) -> dict[str, dict[str, str]]:
         m = cfg.model_for(variant)
         out[variant] = {
             "base": m.base,
+            "recipe": m.recipe if m.trains else "none (zero-shot or imported)",
             "explain": m.explain.mode if m.explain.enabled else "off",
             "dinov2": m.vfm.mode if m.vfm.enabled else "off",
             "reference": cfg.reference_rule_for(variant),
         }
     return out
+
+
+def recipe_notes(cfg: Config) -> list[str]:
+    """One note per recipe the profile's trained rows use: its values and the rows that use it
+    (testing too: the recipe's feature layers)."""
+    from hxpe.model.recipes import recipe_label, training_recipe
+
+    rows: dict[str, list[str]] = {}
+    for variant in cfg.variants:
+        m = cfg.model_for(variant)
+        if m.trains:
+            label = recipe_label(training_recipe(cfg.train, m))
+            rows.setdefault(f"{label}, layers {m.clip.layers}", []).append(variant)
+        elif m.checkpoint is not None:
+            rows.setdefault(f"imported checkpoint, tested with layers {m.clip.layers}", []).append(
+                variant
+            )
+    return [f"Recipe {label}: {', '.join(vs)}." for label, vs in rows.items()]
 
 
 def ablation_table(
@@ -247,6 +268,7 @@ def table_options(cfg: Config) -> dict[str, object]:
         "map_dtype": cfg.evaluation.map_dtype,
         "baselines": baselines,
         "variants": variant_columns(cfg),
+        "recipes": recipe_notes(cfg),
     }
 
 
@@ -269,12 +291,14 @@ def write_tables(
     map_dtype: str = "float32",
     baselines: dict[str, str] | None = None,
     variants: dict[str, dict[str, str]] | None = None,
+    recipes: list[str] | None = None,
 ) -> list[Path]:
     """Write per-class, summary (one per published table) and ablation tables to ``tables/``.
 
     ``baselines`` maps a baseline variant to its published column (``{"winclip": "WinCLIP"}``): each
     gets a summary beside that column in every published table that has it. ``variants``
-    (:func:`variant_columns`) labels the ablation rows. Every table says which split each dataset
+    (:func:`variant_columns`) labels the ablation rows; ``recipes`` (:func:`recipe_notes`) names the
+    training recipe of every row in every table. Every table says which split each dataset
     used and the maps' precision; the demo profile's tables, and any table from random-weight models
     (``random_weights``), carry a banner that says so.
     """
@@ -295,6 +319,7 @@ def write_tables(
         aupro_note,
         PRECISION_NOTES[map_dtype],
         *split_notes(rd, sorted(per_dataset["dataset"].unique())),
+        *(recipes or []),
     ]
     paths = _write(
         per_class_table(per_class, aupro),

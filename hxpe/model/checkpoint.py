@@ -49,11 +49,23 @@ CHECKPOINT_FILES = (WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE, "loss.csv", "los
 CHECKPOINT_OUTPUT = OutputKind("checkpoint", (WEIGHTS_FILE, CONFIG_FILE))
 
 
-def save_checkpoint(model: HXPEModel, out_dir: Path, train_settings: dict[str, Any]) -> None:
-    """Write the trainable parameters and ``config.json`` into ``out_dir`` (which must exist)."""
+def save_checkpoint(
+    model: HXPEModel,
+    out_dir: Path,
+    train_settings: dict[str, Any],
+    evaluation: dict[str, Any] | None = None,
+) -> None:
+    """Write the trainable parameters and ``config.json`` into ``out_dir`` (which must exist).
+
+    ``evaluation``: the protocol settings the checkpoint is evaluated with (``image_size``,
+    ``reference_rule``, ``hsf_rng``; :func:`hxpe.train.evaluation_settings`), which ``hxpe
+    predict`` and the app take as their defaults.
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state().items()}
     save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": "hxpe-trainable-v1"})
     config = {"model": model.cfg.model_dump(mode="json"), "train": train_settings}
+    if evaluation is not None:
+        config["evaluation"] = evaluation
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
 
 

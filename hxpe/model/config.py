@@ -274,6 +274,13 @@ class ModelConfig(_Section):
     object_name: str = Field(
         "object", description="Generic object word ({obj}) of bases with object_word: generic."
     )
+    recipe: str = Field(
+        "hxpe",
+        description="Training and testing recipe (hxpe.model.recipes): 'hxpe' (the paper's, HXPE "
+        "rows), 'adaclip' / 'anomalyclip' (the authors' released scripts, baseline rows), "
+        "'anomalyclip_paper' (AnomalyCLIP with the paper's four layers). Sets the feature layers "
+        "(model.clip.layers, or only the deepest) and train.* values not set explicitly.",
+    )
     checkpoint: str | None = Field(
         None,
         description="An imported authors' checkpoint (hxpe/weights.yaml key, e.g. "
@@ -291,10 +298,18 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        from hxpe.model.recipes import recipe, recipe_layers
+
         if not self.clip.layers or min(self.clip.layers) < 1:
             raise ValueError(
                 f"model.clip.layers must be 1-based block numbers; got {self.clip.layers}"
             )
+        try:
+            chosen = recipe(self.recipe)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        # the recipe's layers (idempotent: a checkpoint's stored layers resolve to themselves)
+        self.clip.layers = recipe_layers(chosen, self.clip.layers)
         return self
 
     @property
@@ -311,20 +326,41 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(
-        5, ge=1, le=MAX_EPOCHS, description="Epochs over the auxiliary test split [B]."
+    """Training settings. Every value left ``null`` is the variant's recipe's
+    (``model.recipe``, :mod:`hxpe.model.recipes`); a value set here overrides every recipe of
+    the profile (the demo scales epochs and batch size down this way) and the checkpoint records
+    it (``config.json`` ``train.overrides``)."""
+
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs over the auxiliary test split; null = recipe's.",
     )
-    lr: float = Field(0.01, gt=0.0, le=10.0, description="Learning rate [B].")
+    lr: float | None = Field(
+        None, gt=0.0, le=10.0, description="Learning rate; null = the recipe's."
+    )
     batch_size: int | None = Field(
         None,
         ge=1,
         le=MAX_BATCH_SIZE,
-        description="None = the base's own (adaclip 1, anomalyclip 8).",
+        description="null = the recipe's (adaclip 1, anomalyclip 8; hxpe: the base's own).",
     )
-    optimizer: Literal["base", "adam", "adamw", "sgd"] = Field(
-        "base", description="'base' = the base's own (adaclip AdamW, anomalyclip Adam)."
+    optimizer: Literal["base", "adam", "adamw", "sgd"] | None = Field(
+        None,
+        description="null = the recipe's (adaclip AdamW, anomalyclip Adam; hxpe: the base's "
+        "own); 'base' = the base's own (model.<base>.optimizer).",
     )
-    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas.")
+    betas: tuple[float, float] | None = Field(None, description="Adam betas; null = recipe's.")
+    weight_decay: float | None = Field(
+        None, description="AdamW weight decay; null = the recipe's (torch's default 0.01)."
+    )
+    mosaic_rates: dict[str, float] | None = Field(
+        None,
+        description="AdaCLIP's 2x2 mosaic rate per training dataset kind, replacing the "
+        "recipe's table for recipes that have a mosaic (adaclip: mvtec 0.2, others 0); null = "
+        "the recipe's.",
+    )
     split: str = Field("test", description="Training split of the auxiliary index (protocol).")
     focal_gamma: float = Field(2.0, ge=0.0)
     focal_smooth: float = Field(

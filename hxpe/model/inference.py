@@ -37,10 +37,11 @@ pass ``device="cuda"`` and ``num_workers`` to :func:`make_loader`):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -186,6 +187,7 @@ def infer_fast(
     precision: Precision = "auto",
     compile: bool = False,
     caches: InferenceCaches | None = None,
+    hsf_rng: Literal["per_image", "stream"] = "per_image",
 ) -> Iterator[BatchResult]:
     """The fast path: one model call per batch (see the module docstring).
 
@@ -195,6 +197,8 @@ def infer_fast(
         caches: the phrase and reference caches, kept across batches; None = fresh ones for this
             call (:func:`inference_caches`); pass one object to several calls to keep its entries
             across them, ``InferenceCaches()`` for none.
+        hsf_rng: ``per_image`` (every image's HSF k-means from a fresh seeded RNG: one image, one
+            score, whatever the batch) or ``stream`` (the authors' one RNG stream per pass).
     """
     device = model_device(model)
     model.eval()
@@ -206,9 +210,11 @@ def infer_fast(
     if hxpe_model:
         model.reset_rng()
     bf16 = use_bf16(precision, device)
+    per_image = hxpe_model and hsf_rng == "per_image"
     with (
         torch.inference_mode(),
         torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16),
+        model.same_rng_per_image() if per_image else contextlib.nullcontext(),
     ):
         for batch in batches:
             images = batch.images.to(device, non_blocking=True)
@@ -249,10 +255,15 @@ def _naive_options(batch: InferenceInputs, i: int) -> dict:
     return {"class_names": [str(batch.cls[i])], "trim_text": False, "sigma": 0.0}
 
 
-def infer_naive(model: HXPEModel, batches: Iterable[InferenceInputs]) -> Iterator[BatchResult]:
+def infer_naive(
+    model: HXPEModel,
+    batches: Iterable[InferenceInputs],
+    hsf_rng: Literal["per_image", "stream"] = "per_image",
+) -> Iterator[BatchResult]:
     """The anchors' per-image loop (see the module docstring); yields one result per image.
 
     Scores with ``score_mode: text_max`` take the CPU-smoothed map's maximum (scaled to [0, 1]).
+    ``hsf_rng`` as :func:`infer_fast`'s.
     """
     device = model_device(model)
     model.eval()
@@ -263,7 +274,8 @@ def infer_naive(model: HXPEModel, batches: Iterable[InferenceInputs]) -> Iterato
     if hxpe_model:
         model.reset_rng()
     sigma = _naive_sigma(model)
-    with torch.no_grad():
+    per_image = hxpe_model and hsf_rng == "per_image"
+    with torch.no_grad(), model.same_rng_per_image() if per_image else contextlib.nullcontext():
         for batch in batches:
             refs, has_ref = batch.references, batch.has_reference
             labels = _labels(batch)

@@ -47,6 +47,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from hxpe.golden_clip import CLIP_SPEC, _fp16, random_clip, state_sha256
+
 ANOMALYCLIP_COMMIT = "45ed4dd"
 ADACLIP_COMMIT = "e27ee32"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -55,26 +57,6 @@ HSF_SEEDS = (111, 112, 113, 114, 115)
 FEATURES = [6, 12, 18, 24]
 CLASS_NAME = "object"
 
-# The random CLIP (clip.json): ViT 24 x 128 (2 heads of 64), patch 14, native 224 px (16 x 16 grid);
-# text 12 x 64 (1 head), context 77; embed_dim 64 (AdaCLIP needs text width == embed_dim).
-CLIP_SPEC: dict[str, Any] = {
-    "embed_dim": 64,
-    "vision_cfg": {
-        "image_size": 224,
-        "layers": 24,
-        "width": 128,
-        "patch_size": 14,
-        "head_width": 64,
-    },
-    "text_cfg": {
-        "context_length": 77,
-        "vocab_size": 49408,
-        "width": 64,
-        "heads": 1,
-        "layers": 12,
-    },
-    "quick_gelu": True,
-}
 ANOMALYCLIP_DESIGN = {
     "Prompt_length": 12,
     "learnabel_text_embedding_depth": 9,
@@ -83,67 +65,6 @@ ANOMALYCLIP_DESIGN = {
 
 
 # ----------------------------------------------------------------------------- random CLIP
-
-
-def _fp16(t: torch.Tensor) -> torch.Tensor:
-    return t.half()
-
-
-def random_clip(seed: int, spec: dict[str, Any] = CLIP_SPEC) -> dict[str, torch.Tensor]:
-    """The CLIP state dict in the OpenAI key layout, float16 (every value exact in fp16 and fp32).
-
-    torch.Generator(seed); OpenAI-style scales: in_proj std w^-0.5, out_proj / c_proj std
-    w^-0.5 (2 L)^-0.5, c_fc (2 w)^-0.5, conv1 fan_in^-0.5, token embedding 0.02, text positions
-    0.01, class / positional embedding and projections w^-0.5, biases N(0, 0.02^2), LayerNorm
-    weights 1 + N(0, 0.1^2), biases N(0, 0.05^2), logit_scale ln(1 / 0.07)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def normal(shape: tuple[int, ...], std: float, mean: float = 0.0) -> torch.Tensor:
-        return _fp16(mean + std * torch.randn(shape, generator=g))
-
-    def layer_norm(prefix: str, width: int) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}.weight": normal((width,), 0.1, 1.0),
-            f"{prefix}.bias": normal((width,), 0.05),
-        }
-
-    def blocks(prefix: str, width: int, layers: int) -> dict[str, torch.Tensor]:
-        sd: dict[str, torch.Tensor] = {}
-        proj_std = width**-0.5 * (2 * layers) ** -0.5
-        for n in range(layers):
-            p = f"{prefix}.resblocks.{n}"
-            sd |= layer_norm(f"{p}.ln_1", width)
-            sd[f"{p}.attn.in_proj_weight"] = normal((3 * width, width), width**-0.5)
-            sd[f"{p}.attn.in_proj_bias"] = normal((3 * width,), 0.02)
-            sd[f"{p}.attn.out_proj.weight"] = normal((width, width), proj_std)
-            sd[f"{p}.attn.out_proj.bias"] = normal((width,), 0.02)
-            sd |= layer_norm(f"{p}.ln_2", width)
-            sd[f"{p}.mlp.c_fc.weight"] = normal((4 * width, width), (2 * width) ** -0.5)
-            sd[f"{p}.mlp.c_fc.bias"] = normal((4 * width,), 0.02)
-            sd[f"{p}.mlp.c_proj.weight"] = normal((width, 4 * width), proj_std)
-            sd[f"{p}.mlp.c_proj.bias"] = normal((width,), 0.02)
-        return sd
-
-    v, t, d = spec["vision_cfg"], spec["text_cfg"], spec["embed_dim"]
-    vw, patch = v["width"], v["patch_size"]
-    grid = v["image_size"] // patch
-    sd: dict[str, torch.Tensor] = {
-        "visual.conv1.weight": normal((vw, 3, patch, patch), (3 * patch * patch) ** -0.5),
-        "visual.class_embedding": normal((vw,), vw**-0.5),
-        "visual.positional_embedding": normal((grid * grid + 1, vw), vw**-0.5),
-    }
-    sd |= layer_norm("visual.ln_pre", vw)
-    sd |= blocks("visual.transformer", vw, v["layers"])
-    sd |= layer_norm("visual.ln_post", vw)
-    sd["visual.proj"] = normal((vw, d), vw**-0.5)
-    tw = t["width"]
-    sd["token_embedding.weight"] = normal((t["vocab_size"], tw), 0.02)
-    sd["positional_embedding"] = normal((t["context_length"], tw), 0.01)
-    sd |= blocks("transformer", tw, t["layers"])
-    sd |= layer_norm("ln_final", tw)
-    sd["text_projection"] = normal((tw, d), tw**-0.5)
-    sd["logit_scale"] = _fp16(torch.tensor(math.log(1 / 0.07)))
-    return sd
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -289,8 +210,13 @@ def run_anomalyclip(
     out: Path,
     seed: int,
     new_params: bool,
+    steps: int = 0,
+    step_params: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """AnomalyCLIP's expected tensors; writes ``prompt_learner.{pth,safetensors}`` if ``new_params``."""
+    """AnomalyCLIP's expected tensors; writes ``prompt_learner.{pth,safetensors}`` if ``new_params``.
+    With ``steps``, ``step_params`` receives the learner's parameters after each of ``steps``
+    optimiser steps (train.py's Adam, lr 0.001, β (0.5, 0.999)) on the whole batch."""
+    step_params = {} if step_params is None else step_params
     size = inputs["images"].shape[-1]
     with authors_code(authors / "AnomalyCLIP"):
         import AnomalyCLIP_lib
@@ -379,41 +305,47 @@ def run_anomalyclip(
         gt = inputs["masks"].float()[:, None].squeeze()
         gt[gt > 0.5] = 1
         gt[gt <= 0.5] = 0
-        with torch.no_grad():
-            image_features, patch_features = model.encode_image(image, FEATURES, DPAM_layer=20)
-            image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-        prompts, tokenized, compound = learner(cls_id=None)
-        text_features = model.encode_text_learn(prompts, tokenized, compound).float()
-        text_features = torch.stack(torch.chunk(text_features, dim=0, chunks=2), dim=1)
-        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-        text_probs = image_features.unsqueeze(1) @ text_features.permute(0, 2, 1)
-        text_probs = text_probs[:, 0, ...] / 0.07
-        image_loss = torch.nn.functional.cross_entropy(text_probs.squeeze(), label.long())
-        similarity_map_list = []
-        for patch_feature in patch_features:
-            patch_feature = patch_feature / patch_feature.norm(dim=-1, keepdim=True)
-            similarity, _ = AnomalyCLIP_lib.compute_similarity(patch_feature, text_features[0])
-            similarity_map = AnomalyCLIP_lib.get_similarity_map(similarity[:, 1:, :], size).permute(
-                0, 3, 1, 2
-            )
-            similarity_map_list.append(similarity_map)
-        loss: Any = 0
-        focal: Any = 0
-        dice: Any = 0
-        for sm in similarity_map_list:
-            f, d1, d0 = (
-                loss_focal(sm, gt),
-                loss_dice(sm[:, 1, :, :], gt),
-                loss_dice(sm[:, 0, :, :], 1 - gt),
-            )
-            loss += f
-            loss += d1
-            loss += d0
-            focal = focal + f
-            dice = dice + (d1 + d0)
-        loss = lam * loss
-        optimizer.zero_grad()
-        (loss + image_loss).backward()
+
+        def train_step() -> tuple[Any, Any, Any, Any]:
+            """train.py:48-104 on the whole batch: losses after backward."""
+            with torch.no_grad():
+                image_features, patch_features = model.encode_image(image, FEATURES, DPAM_layer=20)
+                image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+            prompts, tokenized, compound = learner(cls_id=None)
+            text_features = model.encode_text_learn(prompts, tokenized, compound).float()
+            text_features = torch.stack(torch.chunk(text_features, dim=0, chunks=2), dim=1)
+            text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+            text_probs = image_features.unsqueeze(1) @ text_features.permute(0, 2, 1)
+            text_probs = text_probs[:, 0, ...] / 0.07
+            image_loss = torch.nn.functional.cross_entropy(text_probs.squeeze(), label.long())
+            similarity_map_list = []
+            for patch_feature in patch_features:
+                patch_feature = patch_feature / patch_feature.norm(dim=-1, keepdim=True)
+                similarity, _ = AnomalyCLIP_lib.compute_similarity(patch_feature, text_features[0])
+                similarity_map = AnomalyCLIP_lib.get_similarity_map(
+                    similarity[:, 1:, :], size
+                ).permute(0, 3, 1, 2)
+                similarity_map_list.append(similarity_map)
+            loss: Any = 0
+            focal: Any = 0
+            dice: Any = 0
+            for sm in similarity_map_list:
+                f, d1, d0 = (
+                    loss_focal(sm, gt),
+                    loss_dice(sm[:, 1, :, :], gt),
+                    loss_dice(sm[:, 0, :, :], 1 - gt),
+                )
+                loss += f
+                loss += d1
+                loss += d0
+                focal = focal + f
+                dice = dice + (d1 + d0)
+            loss = lam * loss
+            optimizer.zero_grad()
+            (loss + image_loss).backward()
+            return focal, dice, image_loss, loss
+
+        focal, dice, image_loss, loss = train_step()
         expected |= {
             "loss_focal": focal.detach(),
             "loss_dice": dice.detach(),
@@ -424,6 +356,14 @@ def run_anomalyclip(
             if p.grad is not None:
                 expected[f"grad.{name}"] = p.grad.detach().clone()
         optimizer.step()
+        # train.py:100-105 repeated: the parameters after each of `steps` Adam steps on the batch
+        for k in range(1, steps + 1):
+            if k > 1:
+                train_step()
+                optimizer.step()
+            for name, p in learner.named_parameters():
+                if p.grad is not None:
+                    step_params[f"step{k}.{name}"] = p.detach().clone()
     return expected
 
 
@@ -608,6 +548,31 @@ def _training_keys(
     return {k: torch.stack(v) for k, v in per.items()}
 
 
+def _step_keys(
+    run: AdaClipRun, inputs: dict[str, torch.Tensor], params: Path, steps: int
+) -> dict[str, torch.Tensor]:
+    """From ``params``: ``train_one_batch`` on items 0, 1, 0, ... (batch 1, HSF off) with a fresh
+    AdamW state (trainer.py:87; ``optimizer.state`` cleared, as a new trainer starts); the learnable
+    parameters after each step."""
+    run.trainer.load(str(params))
+    run.trainer.optimizer.state.clear()
+    run.trainer.clip_model.train()
+    run.trainer.clip_model.use_hsf = False
+    items = run.items(inputs)
+    out: dict[str, torch.Tensor] = {}
+    for k in range(1, steps + 1):
+        item = {
+            key: v.clone() if isinstance(v, torch.Tensor) else v
+            for key, v in items[(k - 1) % len(items)].items()
+        }
+        with norm_on_copy():
+            run.trainer.train_one_batch(item)
+        for n, p in run.trainer.named_parameters():
+            if any(u in n for u in run.trainer.learnable_paramter_list):
+                out[f"step{k}.{n}"] = p.detach().clone()
+    return out
+
+
 def run_adaclip(
     authors: Path,
     clip_sd: dict[str, torch.Tensor],
@@ -615,8 +580,12 @@ def run_adaclip(
     out: Path,
     seed: int,
     new_params: bool,
+    steps: int = 0,
+    files: Path | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """AdaCLIP's ``expected.safetensors`` (QuickGELU) and ``expected_gelu.safetensors`` (as released)."""
+    """AdaCLIP's ``expected.safetensors`` (QuickGELU) and ``expected_gelu.safetensors`` (as released);
+    with ``steps`` also ``steps.safetensors`` (:func:`_step_keys`), with ``files`` the tensors of
+    AdaCLIP's dataset classes on those files (``files.safetensors``, :func:`adaclip_files`)."""
     size = inputs["images"].shape[-1]
     params = (out / "adaclip" / "params.pth").resolve()
     results: dict[str, dict[str, torch.Tensor]] = {}
@@ -654,12 +623,155 @@ def run_adaclip(
                     result = _forward_keys(run, inputs)
                     if quick:
                         result |= _training_keys(run, inputs, params)
+                        if steps:
+                            results["steps.safetensors"] = _step_keys(run, inputs, params, steps)
+                        if files is not None:
+                            results["files.safetensors"] = adaclip_files(run, files)
                     results[file] = result
             finally:
                 os.chdir(cwd)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+# ----------------------------------------------------------------------------- files on disk
+
+FILES_CLASS, TILES_CLASS = "bottle", "carpet"  # names AnomalyCLIP's mvtec class table knows
+MOSAIC_SEED = 7
+
+
+def _scratches(rng: np.random.Generator, height: int, width: int, n: int = 14) -> np.ndarray:
+    """Thin scratches (1 to 12 px wide; horizontal, vertical, diagonal) in an empty mask."""
+    mask = np.zeros((height, width), bool)
+    longest = min(400, height // 2, width // 2)
+    for k in range(n):
+        r, c = int(rng.integers(0, height - longest)), int(rng.integers(0, width - longest))
+        length, thick = int(rng.integers(longest // 3, longest)), 1 + (k * 5) % 12
+        if k % 3 == 0:
+            mask[r : r + thick, c : c + length] = True
+        elif k % 3 == 1:
+            mask[r : r + length, c : c + thick] = True
+        else:
+            for t in range(length):
+                mask[r + t, c + t : c + t + thick] = True
+    return mask
+
+
+def _smooth(rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:
+    """A smooth uint8 image (gradients and a low-frequency wave): small as PNG."""
+    yy, xx = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+    planes = [
+        0.5
+        + 0.3 * np.sin(2 * np.pi * (rng.uniform(1, 3) * xx + rng.uniform(1, 3) * yy))
+        + 0.15 * (xx - yy)
+        for _ in range(channels)
+    ]
+    arr = np.clip(np.rint(np.stack(planes, -1) * 255), 0, 255).astype(np.uint8)
+    return arr[..., 0] if channels == 1 else arr
+
+
+def write_files(root: Path, seed: int) -> dict[str, Any]:
+    """Image and mask files (sizes not multiples of 14, thin scratches, mask values 255 and 1) and
+    mosaic tiles, with a ``meta.json`` in both authors' format; returns the cases."""
+    rng = np.random.default_rng(seed + 4000)
+    (root / FILES_CLASS).mkdir(parents=True, exist_ok=True)
+    (root / TILES_CLASS).mkdir(parents=True, exist_ok=True)
+    records: dict[str, list[dict[str, Any]]] = {FILES_CLASS: [], TILES_CLASS: []}
+
+    def add(cls: str, stem: str, image: np.ndarray, mask: np.ndarray | None, value: int) -> None:
+        img_path = f"{cls}/{stem}.png"
+        Image.fromarray(image).save(root / img_path)
+        mask_path = ""
+        if mask is not None:
+            mask_path = f"{cls}/{stem}_mask.png"
+            Image.fromarray(mask.astype(np.uint8) * value, mode="L").save(root / mask_path)
+        records[cls].append(
+            {
+                "img_path": img_path,
+                "mask_path": mask_path,
+                "cls_name": cls,
+                "specie_name": "scratch" if mask is not None else "good",
+                "anomaly": int(mask is not None),
+            }
+        )
+
+    add(FILES_CLASS, "rgb_333x250", _smooth(rng, 250, 333, 3), None, 255)
+    add(FILES_CLASS, "grey_150x97", _smooth(rng, 97, 150, 1), None, 255)
+    for stem, (h, w), value in (
+        ("scratch_1024", (1024, 1024), 255),
+        ("scratch_1500x1000_value1", (1000, 1500), 1),
+        ("scratch_1562", (1562, 1562), 255),
+    ):
+        add(FILES_CLASS, stem, _smooth(rng, h, w, 1), _scratches(rng, h, w), value)
+    for i in range(5):
+        tile = _smooth(rng, 90, 90, 3)
+        mask = _scratches(rng, 90, 90, n=3) if i % 2 else None
+        add(TILES_CLASS, f"tile{i}", tile, mask, 255)
+    meta = {"train": records, "test": records}
+    _write_json(root / "meta.json", meta)
+    return {
+        "images": ["rgb_333x250", "grey_150x97"],
+        "masks": ["scratch_1024", "scratch_1500x1000_value1", "scratch_1562"],
+        "tiles": [r["img_path"] for r in records[TILES_CLASS]],
+    }
+
+
+def _binary(gt: torch.Tensor) -> torch.Tensor:
+    """test.py:85 / trainer.py:117-118: gt > 0.5 -> 1, else 0 (stored as uint8 [S, S])."""
+    gt = gt.clone()
+    gt[gt > 0.5], gt[gt <= 0.5] = 1, 0
+    return gt.squeeze().to(torch.uint8)
+
+
+def _file_keys(items: list[dict[str, Any]], cases: dict[str, Any]) -> dict[str, torch.Tensor]:
+    out = {}
+    for item in items:
+        stem = Path(item["img_path"]).stem
+        if stem in cases["images"]:
+            out[f"image.{stem}"] = item["img"]
+        if stem in cases["masks"]:
+            out[f"mask.{stem}"] = _binary(item["img_mask"])
+    return out
+
+
+def anomalyclip_files(authors: Path, root: Path, size: int, cases: dict[str, Any]) -> dict:
+    """AnomalyCLIP's ``Dataset`` (dataset.py:38-79) with ``utils.get_transform``: the test tensors of
+    the files (images normalised, masks thresholded as test.py:85)."""
+    with authors_code(authors / "AnomalyCLIP"):
+        import dataset  # AnomalyCLIP/dataset.py
+        import utils
+
+        preprocess, target = utils.get_transform(argparse.Namespace(image_size=size))
+        ds = dataset.Dataset(str(root), preprocess, target, "mvtec", mode="test")
+        return _file_keys([ds[i] for i in range(len(ds))], cases)
+
+
+def adaclip_files(run: AdaClipRun, root: Path, cases: dict[str, Any] | None = None) -> dict:
+    """AdaCLIP's ``BaseDataset`` (dataset/base_dataset.py) with the trainer's transforms: the files'
+    tensors (aug_rate 0), and one training item with aug_rate 1 after ``random.seed(MOSAIC_SEED)``:
+    the 2x2 mosaic (:54-98), its tiles replayed from the same seed."""
+    import random
+
+    from dataset.base_dataset import BaseDataset  # AdaCLIP's, on sys.path inside run_adaclip
+
+    cases = cases or json.loads((root / "cases.json").read_text())
+    tr = run.trainer
+    plain = BaseDataset([FILES_CLASS], tr.preprocess, tr.transform, str(root), 0.0, False)
+    out = _file_keys([plain[i] for i in range(len(plain))], cases)
+    mosaic = BaseDataset([TILES_CLASS], tr.preprocess, tr.transform, str(root), 1.0, True)
+    random.seed(MOSAIC_SEED)
+    item = mosaic[0]
+    random.seed(MOSAIC_SEED)
+    random.random()
+    tiles = random.sample(range(len(mosaic.meta_info[TILES_CLASS])), 4)
+    out |= {
+        "mosaic.image": item["img"],
+        "mosaic.mask": _binary(item["img_mask"]),
+        "mosaic.tiles": torch.tensor(tiles),
+        "mosaic.label": torch.tensor(item["anomaly"]),
+    }
+    return out
 
 
 # ----------------------------------------------------------------------------- settings
@@ -870,6 +982,51 @@ def adaclip_settings(seed: int, size: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- folder
 
 
+STEPS_SETTINGS: dict[str, dict[str, Any]] = {
+    "anomalyclip": {
+        "optimizer": {"value": "Adam", "source": "train.py:44"},
+        "lr": {"value": 0.001, "source": "train.py:131"},
+        "betas": {"value": [0.5, 0.999], "source": "train.py:44"},
+        "weight_decay": {"value": 0.0, "source": "torch.optim.Adam default"},
+        "batches": {
+            "value": "the whole batch (all B images) at every step",
+            "source": "train.py:48-105",
+        },
+        "features_list": {
+            "value": FEATURES,
+            "source": "train.py:128 default (recipe anomalyclip_paper)",
+        },
+        "keys": "step<k>.<prompt_learner key>: the parameter after step k (1-based)",
+    },
+    "adaclip": {
+        "optimizer": {"value": "AdamW", "source": "method/trainer.py:87"},
+        "lr": {"value": 0.01, "source": "train.py:156"},
+        "betas": {"value": [0.5, 0.999], "source": "method/trainer.py:87"},
+        "weight_decay": {"value": 0.01, "source": "torch.optim.AdamW default"},
+        "batches": {
+            "value": "batch 1: images 0, 1, 0, ... (HSF off)",
+            "source": "train.py:157, 177-179",
+        },
+        "keys": "step<k>.<params.pth key>: the parameter after step k (1-based)",
+    },
+}
+
+
+def files_settings(size: int) -> dict[str, Any]:
+    return {
+        "image_size": {"value": size, "source": "utils.py:14-23 / method/trainer.py:56-66"},
+        "images": "image.<stem>: AnomalyCLIP Dataset (dataset.py:59-79) + get_transform, "
+        "identical to AdaCLIP BaseDataset (dataset/base_dataset.py:100-139) + trainer transforms",
+        "masks": "mask.<stem>: the same, then > 0.5 (test.py:85; trainer.py:117-118), uint8",
+        "mosaic": {
+            "value": "BaseDataset([carpet], aug_rate=1.0, training=True)[0] after "
+            f"random.seed({MOSAIC_SEED}); mosaic.tiles = indices of the four meta.json records "
+            "(random.sample replayed from the same seed); mosaic.label = the item's own anomaly",
+            "source": "dataset/base_dataset.py:54-98, 104-108",
+        },
+    }
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -927,11 +1084,23 @@ def generate(args: argparse.Namespace) -> None:
     else:
         _write_json(out / "clip.json", CLIP_SPEC)
         clip_sd = random_clip(args.seed)
-        save_file(
-            clip_sd,
-            str(out / "clip.safetensors"),
-            metadata={"dtype_note": "float16 storage; every value is exact in float16 and float32"},
-        )
+        if args.clip_from_seed:  # hxpe.equivalence regenerates it (hxpe.golden_clip)
+            _write_json(
+                out / "clip_source.json",
+                {
+                    "generator": "hxpe.golden_clip.random_clip(seed, CLIP_SPEC)",
+                    "seed": args.seed,
+                    "sha256": state_sha256(clip_sd),
+                },
+            )
+        else:
+            save_file(
+                clip_sd,
+                str(out / "clip.safetensors"),
+                metadata={
+                    "dtype_note": "float16 storage; every value exact in float16 and float32"
+                },
+            )
         inputs = make_inputs(args.seed, args.image_size, args.batch)
         inputs["images_normalized"] = authors_preprocess(
             authors, uint8_images(inputs["images"]), args.image_size
@@ -941,14 +1110,47 @@ def generate(args: argparse.Namespace) -> None:
     _write_json(out / "anomalyclip" / "settings.json", anomalyclip_settings(args.seed, size))
     _write_json(out / "adaclip" / "settings.json", adaclip_settings(args.seed, size))
     new = source is None
+    files = out / "files" if args.files else None
+    if files is not None:
+        cases = write_files(files, args.seed)
+        _write_json(files / "cases.json", cases)
+        theirs = anomalyclip_files(authors, files.resolve(), size, cases)
     if "anomalyclip" in args.bases:
-        expected = run_anomalyclip(authors, clip_sd, inputs, out, args.seed, new)
+        steps: dict[str, torch.Tensor] = {}
+        expected = run_anomalyclip(authors, clip_sd, inputs, out, args.seed, new, args.steps, steps)
         save_file(_contiguous(expected), str(out / "anomalyclip" / "expected.safetensors"))
         print(f"anomalyclip: {len(expected)} keys")
+        if steps:
+            save_file(_contiguous(steps), str(out / "anomalyclip" / "steps.safetensors"))
+            _write_json(out / "anomalyclip" / "steps.json", STEPS_SETTINGS["anomalyclip"])
     if "adaclip" in args.bases:
-        for file, expected in run_adaclip(authors, clip_sd, inputs, out, args.seed, new).items():
+        runs = run_adaclip(
+            authors,
+            clip_sd,
+            inputs,
+            out,
+            args.seed,
+            new,
+            args.steps,
+            files.resolve() if files is not None else None,
+        )
+        ada_files = runs.pop("files.safetensors", None)
+        for file, expected in runs.items():
             save_file(_contiguous(expected), str(out / "adaclip" / file))
             print(f"adaclip {file}: {len(expected)} keys")
+        if args.steps:
+            _write_json(out / "adaclip" / "steps.json", STEPS_SETTINGS["adaclip"])
+        if files is not None and ada_files is not None:
+            for key, value in theirs.items():  # both authors read the files alike
+                if not torch.equal(value, ada_files[key]):
+                    raise RuntimeError(f"{key}: AdaCLIP's dataset differs from AnomalyCLIP's")
+            record = theirs | {k: v for k, v in ada_files.items() if k.startswith("mosaic.")}
+            save_file(
+                {k: v.detach().contiguous() for k, v in record.items()},
+                str(files / "expected.safetensors"),
+            )
+            _write_json(files / "settings.json", files_settings(size))
+            print(f"files: {len(record)} keys")
     (out / "README.md").write_text(_readme(out, args.seed, size, batch, args.from_dir))
 
 
@@ -992,6 +1194,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["anomalyclip", "adaclip"],
         choices=["anomalyclip", "adaclip"],
         help="Compute these bases' expected tensors (default both).",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="Record the parameters after this many optimiser steps per base (default 3; 0: none).",
+    )
+    p.add_argument(
+        "--files",
+        action="store_true",
+        help="Also write image and mask files (files/) and the authors' dataset tensors of them.",
+    )
+    p.add_argument(
+        "--clip-from-seed",
+        action="store_true",
+        help="Write clip_source.json (seed, sha256) instead of the 17 MB clip.safetensors; "
+        "hxpe check-equivalence regenerates the CLIP (the committed tests/golden/records).",
     )
     p.add_argument(
         "--compare-to",
