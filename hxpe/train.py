@@ -188,12 +188,12 @@ def _write_loss(rows: list[dict[str, Any]], directory: Path, title: str) -> None
         writer = csv.DictWriter(fh, fieldnames=LOSS_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    import matplotlib
+    # A Figure object of its own (no pyplot, no backend switch): a notebook's inline figures stay
+    # inline, and nothing is shown or kept open.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
     steps = list(range(1, len(rows) + 1))
     for key in ("total", "focal", "dice", "image"):
         ax.plot(steps, [r[key] for r in rows], label=key, lw=1)
@@ -203,7 +203,6 @@ def _write_loss(rows: list[dict[str, Any]], directory: Path, title: str) -> None
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(directory / "loss.png", dpi=120)
-    plt.close(fig)
 
 
 def train(

@@ -681,3 +681,27 @@ def test_checkpoint_metadata_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
         load_checkpoint(ckpt)
     assert str(err.value) == f"Checkpoint {ckpt} has no trainable.safetensors; retrain it."
+
+
+def test_the_loss_figure_leaves_the_matplotlib_backend_alone(tmp_path, monkeypatch):
+    import matplotlib
+
+    from hxpe.train import LOSS_COLUMNS, _write_loss
+
+    switched = []
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: switched.append(a))
+    rows = [dict.fromkeys(LOSS_COLUMNS, 1.0) | {"step": i} for i in range(3)]
+    _write_loss(rows, tmp_path, "demo")
+    assert switched == []
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_no_library_module_switches_the_matplotlib_backend():
+    from hxpe.paths import repo_root
+
+    offenders = [
+        str(p.relative_to(repo_root()))
+        for p in (repo_root() / "hxpe").rglob("*.py")
+        if "matplotlib.use(" in p.read_text() or "switch_backend(" in p.read_text()
+    ]
+    assert offenders == [], f"{offenders} switch the backend: use a Figure object instead"
