@@ -318,3 +318,73 @@ def check_loss(out: Any, masks: torch.Tensor, labels: torch.Tensor, terms: dict,
             terms["total"],
         ),
     ]
+
+
+# ------------------------------------------------------------------------------ the choices
+
+# The equation of every option of the settings the notebooks' equations depend on, keyed by the
+# setting's config key and the option; `choice_markdown` renders the active one and names the others.
+CHOICES: dict[str, dict[str, str]] = {
+    "text_layout": {
+        "overwrite": r"\text{block 1: } [\mathrm{SOT}]\,[C]\,w_1 \dots w_n\,[\mathrm{EOT}];"
+        r"\quad \text{blocks } 2..D\text{: } [\mathrm{SOT}]\,[D^{b}_1..D^{b}_p]\,"
+        r"(\text{the first } p \text{ tokens after SOT overwritten})\dots[\mathrm{EOT}]",
+        "slots": r"[\mathrm{SOT}]\,[D^{b}_1..D^{b}_p]\,[C]\,w_1 \dots w_n\,[\mathrm{EOT}]"
+        r"\quad (\text{dedicated slots, replaced at the input of blocks } 1..D)",
+    },
+    "layer_fusion": {
+        "mean_logits": r"A = \tfrac12\big(q_a + 1 - q_n\big), \quad "
+        r"q = \mathrm{softmax}_c\Big(\tfrac1L \textstyle\sum_l \mathrm{up}(z^l)\Big)",
+        "mean_probs": r"A = \tfrac1L \textstyle\sum_l \tfrac12\big(\mathrm{up}(p^l_a) + 1 - "
+        r"\mathrm{up}(p^l_n)\big), \quad p^l = \mathrm{softmax}_c(z^l)",
+        "sum_probs": r"A = \textstyle\sum_l \tfrac12\big(\mathrm{up}(p^l_a) + 1 - "
+        r"\mathrm{up}(p^l_n)\big) \in [0, L], \quad p^l = \mathrm{softmax}_c(z^l)",
+    },
+    "image_loss": {
+        "focal": r"\mathcal L_{\text{img}} = \mathrm{Focal}\big(\mathrm{softmax}(z), y\big)",
+        "ce": r"\mathcal L_{\text{img}} = \mathrm{CE}(z, y) = -\log \mathrm{softmax}(z)_y",
+    },
+    "vfm.mode": {
+        "attn_bias": r"\mathrm{Attn}(X) = \mathrm{softmax}\big(QK^\top/\sqrt{d} + \beta\,M\big)\,V"
+        r"\quad \text{(patch keys, last } n \text{ vision blocks; training sees it)}",
+        "reweight": r"A' = A \cdot \big(1 + \alpha\,\mathrm{up}(M)\big) / (1 + \alpha)"
+        r"\quad \text{(output map only, test time)}",
+    },
+    "image_score": {
+        "hsf": r"s = \mathrm{softmax}_c\big(\langle f, t_c\rangle/\tau\big)_a, \quad "
+        r"f = \mathrm{norm}\big(\alpha\,c + (1-\alpha)\,f_{\text{cls}}\big)",
+        "cls": r"s = \mathrm{softmax}_c\big(\langle f_{\text{cls}}, t_c\rangle/\tau\big)_a",
+    },
+    "evaluation.aupro": {
+        "anomalyclip": r"\mathrm{AUPRO} = \int_0^1 \mathrm{PRO}\; d\widetilde{\mathrm{FPR}}, \quad "
+        r"\widetilde{\mathrm{FPR}} = \frac{\mathrm{FPR} - \min \mathrm{FPR}}{\max \mathrm{FPR} - "
+        r"\min \mathrm{FPR}} \text{ over the 200 evenly spaced thresholds with FPR} < 0.3",
+        "exact": r"\mathrm{AUPRO}_{0.3} = \frac{1}{0.3}\int_0^{0.3} \mathrm{PRO}\; d\,\mathrm{FPR}"
+        r"\ \text{(every map value a threshold, interpolated at 0.3)}",
+    },
+}
+
+
+def choice_markdown(setting: str, active: str) -> str:
+    """Markdown naming the active option of ``setting`` with its equation, then the alternatives.
+
+    Example:
+        >>> print(choice_markdown("image_loss", "ce").splitlines()[0])
+        **`image_loss: ce`** (active, from the config):
+    """
+    options = CHOICES.get(setting)
+    if options is None or active not in options:
+        raise KeyError(
+            f"no equation for {setting}: {active!r}; hxpe.equations.CHOICES knows "
+            f"{ {k: sorted(v) for k, v in CHOICES.items()} }. Add it with its equation."
+        )
+    others = [f"`{o}`: ${eq}$" for o, eq in options.items() if o != active]
+    return "\n".join(
+        [
+            f"**`{setting}: {active}`** (active, from the config):",
+            "",
+            f"$$\n{options[active]}\n$$",
+            "",
+            "Alternatives: " + "; ".join(others) + ".",
+        ]
+    )

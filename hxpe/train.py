@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from hxpe.atomic import replace_dir
 from hxpe.config import Config
@@ -56,6 +55,7 @@ from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.loading import model_device
 from hxpe.model.losses import LossSpec, hxpe_loss
+from hxpe.progress import progress
 from hxpe.provenance import git_state, utc_now
 from hxpe.results_layout import ResultsLayout
 from hxpe.seeding import generator, seed_everything, worker_init_fn
@@ -245,7 +245,7 @@ def train(
     t0 = time.perf_counter()
     step = 0
     for epoch in range(1, cfg.train.epochs + 1):
-        bar = tqdm(loader, desc=f"{variant} epoch {epoch}/{cfg.train.epochs}", leave=False)
+        bar = progress(loader, desc=f"{variant} epoch {epoch}/{cfg.train.epochs}", leave=False)
         for batch in bar:
             losses = step_losses(model, batch, loss_spec)
             optimizer.zero_grad(set_to_none=True)

@@ -151,3 +151,38 @@ def test_manifest_records_dataset_index_hashes():
     manifest = json.loads((results / "provenance.json").read_text())
     assert manifest["datasets"]["d"]["index_sha256"] == frame_sha256(frame)
     assert manifest["datasets"]["d"]["n_images"] == 1
+
+
+def test_notebook_logging_keeps_log_lines_out_of_the_cells_and_shows_each_warning_once(
+    monkeypatch, capsys
+):
+    import io
+    import logging
+    import warnings
+
+    import hxpe.progress
+    from hxpe.pipeline import configure_logging
+
+    term = io.StringIO()
+    monkeypatch.setattr(hxpe.progress, "terminal", lambda: term)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    try:
+        configure_logging(notebook=True)
+        configure_logging(notebook=True)  # idempotent
+        log = logging.getLogger("hxpe.demo")
+        log.info("step 1 of 9")
+        log.warning("random weights")
+        log.warning("random weights")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("deprecated thing", UserWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+    cell = capsys.readouterr().out
+    assert cell.count("WARNING hxpe.demo: random weights") == 1
+    assert "step 1 of 9" not in cell
+    assert "deprecated thing" in cell
+    assert "INFO hxpe.demo: step 1 of 9" in term.getvalue()
+    assert term.getvalue().count("random weights") == 2

@@ -501,9 +501,9 @@ def test_train_feeds_the_references_and_shows_the_loss(
     seen: list[dict] = []
     bars: list[dict] = []
     real = train_module.step_losses
-    real_tqdm = train_module.tqdm
+    real_tqdm = train_module.progress
     monkeypatch.setattr(
-        train_module, "tqdm", lambda it, **kw: bars.append(kw) or real_tqdm(it, **kw)
+        train_module, "progress", lambda it, **kw: bars.append(kw) or real_tqdm(it, **kw)
     )
     monkeypatch.setattr(
         train_module,

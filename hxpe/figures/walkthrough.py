@@ -247,6 +247,99 @@ def outcome_counts(extractions: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ stage 04
 
 
+def knob_overrides(
+    base: str,
+    *,
+    beta: float | None = None,
+    gamma: float | None = None,
+    tau: float | None = None,
+    sigma: float | None = None,
+    layout: str | None = None,
+) -> dict[str, Any]:
+    """The ``model:`` overrides of notebook 04's knobs (None = the profile's value), in the shape
+    a params file takes them: β ``vfm.bias_beta``, γ ``vfm.salience_weight``, τ the base's
+    ``temperature``, σ ``sigma``, the base's ``text_layout``.
+
+    Example:
+        >>> knob_overrides("adaclip", beta=2.0, layout="slots")
+        {'vfm': {'bias_beta': 2.0}, 'adaclip': {'text_layout': 'slots'}}
+    """
+    vfm = {k: v for k, v in (("bias_beta", beta), ("salience_weight", gamma)) if v is not None}
+    section = {k: v for k, v in (("temperature", tau), ("text_layout", layout)) if v is not None}
+    out: dict[str, Any] = {}
+    if vfm:
+        out["vfm"] = vfm
+    if section:
+        out[base] = section
+    if sigma is not None:
+        out["sigma"] = sigma
+    return out
+
+
+def with_knobs(model_cfg: Any, overrides: dict[str, Any]) -> Any:
+    """``model_cfg`` with :func:`knob_overrides` applied and validated (a bad layout is refused
+    as the params file would refuse it)."""
+    from hxpe.config import deep_merge
+
+    return type(model_cfg).model_validate(deep_merge(model_cfg.model_dump(), overrides))
+
+
+def active_settings(model_cfg: Any, train_cfg: Any) -> pd.DataFrame:
+    """The settings the walk-through's equations depend on: the value that runs, its config key,
+    and the alternatives."""
+    from typing import get_args
+
+    a = model_cfg.arithmetic
+    section = type(a).model_fields
+    rows = [
+        (
+            "base",
+            model_cfg.base,
+            "model.base",
+            get_args(type(model_cfg).model_fields["base"].annotation),
+        ),
+    ]
+    for key in ("text_layout", "layer_fusion", "image_loss"):
+        if key in section:
+            rows.append(
+                (
+                    key,
+                    getattr(a, key),
+                    f"model.{model_cfg.base}.{key}",
+                    get_args(section[key].annotation),
+                )
+            )
+    vfm_fields = type(model_cfg.vfm).model_fields
+    if model_cfg.vfm.enabled:
+        for key in ("mode", "distance"):
+            rows.append(
+                (f"vfm.{key}", getattr(model_cfg.vfm, key), f"model.vfm.{key}",
+                 get_args(vfm_fields[key].annotation))
+            )  # fmt: skip
+    rows += [
+        ("τ", a.temperature, f"model.{model_cfg.base}.temperature", ()),
+        ("σ", model_cfg.sigma, "model.sigma", ()),
+    ]
+    if model_cfg.vfm.enabled:
+        rows += [
+            ("β", model_cfg.vfm.bias_beta, "model.vfm.bias_beta", ()),
+            ("γ", model_cfg.vfm.salience_weight, "model.vfm.salience_weight", ()),
+        ]
+    weights = train_cfg.loss_weights or a.loss_weights
+    rows.append(("loss weights", dict(weights), "train.loss_weights / base", ()))
+    return pd.DataFrame(
+        [
+            {
+                "setting": n,
+                "active": str(v),
+                "config key": k,
+                "alternatives": ", ".join(str(o) for o in opts if o != v),
+            }
+            for n, v, k, opts in rows
+        ]  # fmt: skip
+    )
+
+
 def example_with_phrase(index: DatasetIndex, phrases: dict[str, str | None]) -> pd.Series:
     """The first anomalous test image (by ``image_id``) that carries a gated phrase, else
     :func:`example_row`."""
