@@ -560,8 +560,10 @@ def curves_figure(
     maps: np.ndarray,
     fpr_limit: float = 0.3,
     title: str = "",
+    convention: str = "exact",
 ) -> Figure:
-    """Image ROC, pixel ROC and the PRO curve of one class, the PRO area up to ``fpr_limit`` shaded."""
+    """Image ROC, pixel ROC and the PRO curve of one class, the PRO area up to ``fpr_limit`` shaded;
+    the AUPRO in the title is the ``convention`` the tables use (the other one beside it)."""
     from hxpe.evaluation.metrics import aupro, auroc, pro_curve, roc_curve
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
@@ -576,7 +578,9 @@ def curves_figure(
         ax.plot([0, 1], [0, 1], ls=":", color="gray")
         ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
     fpr, pro = pro_curve(masks, maps)
-    value = aupro(masks, maps, "exact", fpr_limit)
+    other = "anomalyclip" if convention == "exact" else "exact"
+    value = aupro(masks, maps, convention, fpr_limit)
+    other_value = aupro(masks, maps, other, fpr_limit)
     axes[2].plot(fpr, pro)
     inside = fpr <= fpr_limit
     axes[2].fill_between(fpr[inside], pro[inside], alpha=0.3)
@@ -584,7 +588,10 @@ def curves_figure(
     axes[2].text(fpr_limit, 0.03, f" FPR {fpr_limit}", color="red", fontsize=8)
     axes[2].set(xlabel="false positive rate (normal pixels)", ylabel="per-region overlap",
                 xlim=(0, 1), ylim=(0, 1))  # fmt: skip
-    axes[2].set_title(f"PRO curve, AUPRO@{fpr_limit} (exact) {value:.3f}", fontsize=9)
+    axes[2].set_title(
+        f"PRO curve, AUPRO@{fpr_limit} {value:.3f} ({convention}; {other}: {other_value:.3f})",
+        fontsize=9,
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -633,6 +640,28 @@ def pixel_f1_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
     fp = ends + 1 - tp
     f1 = 2 * tp / np.maximum(tp + fp + labels.sum(), 1)
     return float(s[ends][int(np.argmax(f1))])
+
+
+def decision_example(masks: np.ndarray, maps: np.ndarray, threshold: float) -> int:
+    """The image (index into ``masks``/``maps`` [N, H, W]) that best shows how to read a map cut at
+    ``threshold``: among images with a defect, the highest pixel F1 of ``map >= threshold``
+    against the mask (then the larger defect); without any defect, the image whose map reaches
+    highest. Chosen by what the cut finds, not by the image score.
+
+    Example:
+        >>> masks = np.zeros((3, 2, 2)); masks[1, 0, 0] = masks[2, 0, :] = 1
+        >>> maps = np.zeros((3, 2, 2)); maps[0] = 0.9; maps[2, 0, 0] = 0.8
+        >>> decision_example(masks, maps, 0.5)
+        2
+    """
+    gt = np.asarray(masks).reshape(len(masks), -1) > 0
+    pred = np.asarray(maps).reshape(len(maps), -1) >= threshold
+    if not gt.any():
+        return int(np.asarray(maps).reshape(len(maps), -1).max(1).argmax())
+    tp = (gt & pred).sum(1)
+    f1 = 2 * tp / np.maximum(gt.sum(1) + pred.sum(1), 1)
+    keys = [(f1[i], gt[i].sum(), -i) for i in range(len(gt)) if gt[i].any()]
+    return int(-max(keys)[2])
 
 
 def decision_figure(
