@@ -101,11 +101,12 @@ $(OUT)/02_vlm_descriptions.ipynb: $(NB)/02_vlm_descriptions.ipynb $(OUT)/01_data
 $(OUT)/03_llm_extraction.ipynb: $(NB)/03_llm_extraction.ipynb $(OUT)/02_vlm_descriptions.ipynb $(wildcard hxpe/agent/*.py hxpe/agent/templates/*) | $(STAMP)
 	$(call STAGE_RUN,extract,$(AGENT_KERNEL))
 
-# Training reads every model file but the evaluation-only inference path (hxpe/model/inference.py).
-$(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(filter-out hxpe/model/inference.py,$(wildcard hxpe/model/*.py hxpe/model/*/*)) hxpe/train.py | $(STAMP)
+# Training reads every model file but the evaluation-only inference path (hxpe/model/inference.py);
+# notebooks 04 and 05 check and render their equations with hxpe/equations.py.
+$(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(filter-out hxpe/model/inference.py,$(wildcard hxpe/model/*.py hxpe/model/*/*)) hxpe/train.py hxpe/equations.py | $(STAMP)
 	$(call STAGE_RUN,train,$(KERNEL))
 
-$(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) hxpe/model/inference.py | $(STAMP)
+$(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) hxpe/model/inference.py hxpe/equations.py | $(STAMP)
 	$(call STAGE_RUN,evaluate,$(KERNEL))
 
 $(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures/*.py) hxpe/explorer.py hxpe/predict.py | $(STAMP)

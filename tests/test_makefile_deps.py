@@ -69,6 +69,11 @@ def test_model_code_reruns_training(repo):
     assert stages_make_would_run(repo, "hxpe/model/hxpe.py") == ["train", "evaluate", "figures"]
 
 
+def test_equation_checks_rerun_training(repo):
+    # notebook 04 checks its equations with hxpe/equations.py (notebook 05 renders AUPRO's)
+    assert stages_make_would_run(repo, "hxpe/equations.py") == ["train", "evaluate", "figures"]
+
+
 def test_results_layout_edits_rerun_every_stage(repo):
     assert stages_make_would_run(repo, "hxpe/results_layout.py") == STAGE_ORDER
 
