@@ -168,7 +168,7 @@ lint: | $(STAMP)
 # were slower than one process (measured: 203 s, against 235 s serial and 148 s with one thread).
 TEST_JOBS ?= 2
 unit: | $(BOOK_STAMP)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -m "not slow and not browser" -q \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -m "not slow and not browser and not executed" -q \
 		-n $(TEST_JOBS) --dist loadfile tests hxpe
 
 # The six notebooks as tests: the demo profile executed stage by stage (papermill, the same runner as
@@ -195,7 +195,8 @@ nbval: | $(STAMP)
 booktest: | $(BOOK_STAMP)
 	HXPE_RESULTS_ROOT=build/nbval $(MAKE) book PROFILE=demo
 	rm -rf build/book-shots
-	HXPE_BOOK_DIR=build/book/demo $(PY) -m pytest -q -rs -m browser -p no:cacheprovider tests/test_book_browser.py
+	HXPE_BOOK_DIR=build/book/demo HXPE_NOTEBOOK_DIR=build/nbval/demo $(PY) -m pytest -q -rs \
+		-m "browser or executed" -p no:cacheprovider tests/test_executed_notebooks.py tests/test_book_browser.py
 	@$(PY) tests/browser.py
 
 test: lint unit nbtest nbval booktest  ## ruff, pytest (unit tests), the six notebooks (demo) and nbval, the book in headless Chromium
