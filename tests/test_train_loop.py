@@ -491,7 +491,7 @@ def test_loss_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_train_feeds_the_references_and_shows_the_loss(
-    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
 ) -> None:
     """A variant with DINOv2 prompts trains on batches that carry each class's normal reference
     (``select_references``: the first normal training image), and the progress bar shows the
@@ -516,7 +516,7 @@ def test_train_feeds_the_references_and_shows_the_loss(
     ds = IndexDataset(toy, SIZE, "test", {}, {"widget": toy.split("train").iloc[0]["image_id"]})
     assert torch.equal(batch["reference"][0], ds[0]["reference"])
     assert batch["has_reference"].tolist() == [True, True]
-    assert re.search(r"loss=\d+\.\d{4}\b", capsys.readouterr().err)
+    assert re.search(r"loss=\d+\.\d{4}\b", capfd.readouterr().err)
     assert bars == [{"desc": "hxpe epoch 1/1", "leave": False}]  # cleared when the epoch ends
 
 
