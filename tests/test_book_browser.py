@@ -112,7 +112,8 @@ def test_math_is_typeset_offline():
 
 # ------------------------------------------------------------------ tables, equations, index page
 
-SEPARATOR = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$")
+# a GFM delimiter row: cells of dashes with optional colons, at least one pipe
+SEPARATOR = re.compile(r"^(?=.*\|)\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
 HIDDEN = {"remove-cell", "parameters", "injected-parameters"}
 RAW_PIPES = """() => Array.from(document.querySelectorAll('article p'))
     .map(p => p.textContent.trim()).filter(t => t.startsWith('|') && t.includes('---'))"""
@@ -130,11 +131,7 @@ CLIPPED = """() => Array.from(document.querySelectorAll('mjx-container[display="
 
 
 def markdown_tables(text: str) -> int:
-    """GFM tables in markdown ``text`` (their separator rows), code fences excluded.
-
-    >>> markdown_tables("| a | b |\n|---|--:|\n| 1 | 2 |\n```\n|---|---|\n```")
-    1
-    """
+    """GFM tables in markdown ``text`` (their separator rows), code fences excluded."""
     n, fence = 0, False
     for line in text.splitlines():
         if line.lstrip().startswith(("```", "~~~")):

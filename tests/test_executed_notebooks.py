@@ -43,6 +43,13 @@ def problems_of(nb: nbformat.NotebookNode) -> tuple[int, list[str]]:
     return pictures, found
 
 
+def test_markdown_tables_are_counted_outside_code_fences():
+    from test_book_browser import markdown_tables
+
+    text = "| a | b |\n|---|--:|\n| 1 | 2 |\n\n```\n|---|---|\n```\n| c |\n| :-- |\n"
+    assert markdown_tables(text) == 2
+
+
 def test_the_check_sees_what_a_reader_would_not_want():
     bad = nbformat.v4.new_code_cell("x")
     bad.outputs = [
