@@ -352,3 +352,28 @@ def test_class_curve_inputs_read_a_map_store(index, tmp_path: Path):
     assert labels.tolist() == [int(i.split("/")[3] != "good") for i in store.class_maps("plate")[0]]
     assert maps.shape == masks.shape == (4, 8, 8)
     assert masks[labels == 0].sum() == 0 and masks[labels == 1].sum() > 0
+
+
+def test_knobs_reach_the_one_example_pass():
+    cfg = tiny_model_config("adaclip")
+    knobs = wt.knob_overrides("adaclip", beta=2.5, gamma=0.0, tau=0.05, sigma=0.0, layout="slots")
+    assert knobs == {
+        "vfm": {"bias_beta": 2.5, "salience_weight": 0.0},
+        "adaclip": {"temperature": 0.05, "text_layout": "slots"},
+        "sigma": 0.0,
+    }
+    tuned = wt.with_knobs(cfg, knobs)
+    model = build_model(tuned).eval()
+    assert float(model.key_bias.beta) == 2.5
+    assert model.text.prompter.text_deep_blocks[0] == 0  # slots: deep prompts from block 1
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(images, [None, None], references=images.flip(0), trace=True)
+    assert torch.equal(out.anomaly_map, out.trace.fused)  # σ = 0: no smoothing
+    assert torch.allclose(out.trace.key_bias, 2.5 * out.vfm_prompt.flatten(1))
+    table = wt.active_settings(tuned, TrainConfig()).set_index("setting")
+    assert table.loc["text_layout", "active"] == "slots"
+    assert table.loc["text_layout", "alternatives"] == "overwrite"
+    assert table.loc["τ", "active"] == "0.05"
+    with pytest.raises(ValueError, match="text_layout"):
+        wt.with_knobs(cfg, wt.knob_overrides("adaclip", layout="diagonal"))

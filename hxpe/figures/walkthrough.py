@@ -419,7 +419,12 @@ def token_layouts(
     blocks = [0] + ([deep[0]] if deep and deep[0] != 0 else [])
     out = {}
     for block in blocks:
-        where = f"block {block + 1}" if block == 0 else f"blocks {deep[0] + 1}-{deep[-1] + 1}"
+        last = deep[-1] + 1 if deep else 1
+        where = (
+            f"block {block + 1}"
+            if block == 0 or last == block + 1
+            else f"blocks {block + 1}-{last}"
+        )
         for label, kind, p in (
             ("normal", "normal", None),
             ("abnormal", "abnormal", None),
