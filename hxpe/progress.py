@@ -6,10 +6,13 @@ reaches file descriptor 2 into the cell. :func:`terminal` is the stream the kern
 started with (ipykernel keeps a duplicate of it): the terminal that runs ``make`` or papermill, or
 the shell of a command-line run.
 
-Example:
-    >>> bar = progress(range(3), desc="demo", disable=True)
-    >>> sum(bar), bar.fp is terminal() or bar.disable
-    (3, True)
+Example (a bar writes to the stream it is given, the terminal by default):
+    >>> import io
+    >>> out = io.StringIO()
+    >>> sum(progress(range(3), desc="demo", file=out, mininterval=0))
+    3
+    >>> "demo: 100%" in out.getvalue()
+    True
 """
 
 from __future__ import annotations

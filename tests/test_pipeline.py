@@ -186,3 +186,16 @@ def test_notebook_logging_keeps_log_lines_out_of_the_cells_and_shows_each_warnin
     assert "deprecated thing" in cell
     assert "INFO hxpe.demo: step 1 of 9" in term.getvalue()
     assert term.getvalue().count("random weights") == 2
+
+
+def test_progress_bars_write_to_the_terminal_not_to_a_cell(monkeypatch, capsys):
+    import io
+
+    import hxpe.progress
+    from hxpe.progress import progress
+
+    term = io.StringIO()
+    monkeypatch.setattr(hxpe.progress, "terminal", lambda: term)
+    assert list(progress(range(2), desc="epoch 1/1", mininterval=0)) == [0, 1]
+    assert "epoch 1/1: 100%" in term.getvalue()
+    assert capsys.readouterr() == ("", "")
