@@ -180,7 +180,7 @@ def test_tables_render_and_no_equation_is_clipped():
     assert expected["notebooks/05_evaluation.html"] >= 5, expected  # its markdown tables
     problems: dict[str, list[str]] = {}
     with serve_directory(BOOK) as base, chromium() as browser:
-        for width in (1280, 820):
+        for width in (820,):  # narrower than the other tests' 1280 px: clipping shows first
             page = browser.new_page(viewport={"width": width, "height": 900})
             for name in PAGES:
                 page.goto(f"{base}/{name}", wait_until="networkidle")
