@@ -95,3 +95,14 @@ def test_fetch_models_defaults_to_the_paper_profile(repo, args, params):
         check=True,
     )
     assert f"hxpe.cli fetch-models --params {params}" in done.stdout
+
+
+def test_lab_allows_root_only_as_root(repo):
+    done = subprocess.run(
+        ["make", "-n", "-C", str(repo), "--no-print-directory", "lab"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "jupyter lab --notebook-dir=notebooks" in done.stdout
+    assert ("--allow-root" in done.stdout) == (os.getuid() == 0)
