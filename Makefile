@@ -1,6 +1,6 @@
 # HXPE compendium: the only entry point. `make demo` and `make test` set up .venv on first use.
 #   make demo                 the whole pipeline on the embedded demo profile (CPU, minutes)
-#   make test                 lint (ruff, mypy) + unit tests + the six notebooks as tests + the book in Chromium
+#   make test                 lint (ruff, mypy) + unit tests + the six notebooks as tests + nbval + the book in Chromium
 #   make book                 static HTML book of results/PROFILE -> build/book/PROFILE/
 #   make reproduce            the paper profile (runs `make doctor` first; A100-class GPU)
 #   make <stage> PROFILE=p    one stage: data describe extract train evaluate figures
@@ -51,7 +51,7 @@ STAGE_RUN = $(PY) -m hxpe.cli stage $(1) --params $(PARAMS) --kernel $(2)
 
 .PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest booktest book data describe \
         extract train evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env gpu-smoke \
-        verify bench format mutation
+        verify bench format mutation nbval
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
@@ -116,11 +116,12 @@ $(OUT)/02_vlm_descriptions.ipynb: $(NB)/02_vlm_descriptions.ipynb $(OUT)/01_data
 $(OUT)/03_llm_extraction.ipynb: $(NB)/03_llm_extraction.ipynb $(OUT)/02_vlm_descriptions.ipynb $(wildcard hxpe/agent/*.py hxpe/agent/templates/*) | $(STAMP)
 	$(call STAGE_RUN,extract,$(AGENT_KERNEL))
 
-# Training reads every model file but the evaluation-only inference path (hxpe/model/inference.py).
-$(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(filter-out hxpe/model/inference.py,$(wildcard hxpe/model/*.py hxpe/model/*/*)) hxpe/train.py | $(STAMP)
+# Training reads every model file but the evaluation-only inference path (hxpe/model/inference.py);
+# notebooks 04 and 05 check and render their equations with hxpe/equations.py.
+$(OUT)/04_training.ipynb: $(NB)/04_training.ipynb $(OUT)/03_llm_extraction.ipynb $(filter-out hxpe/model/inference.py,$(wildcard hxpe/model/*.py hxpe/model/*/*)) hxpe/train.py hxpe/equations.py | $(STAMP)
 	$(call STAGE_RUN,train,$(KERNEL))
 
-$(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) hxpe/model/inference.py | $(STAMP)
+$(OUT)/05_evaluation.ipynb: $(NB)/05_evaluation.ipynb $(OUT)/04_training.ipynb $(wildcard hxpe/evaluation/*.py hxpe/evaluation/published/*) hxpe/model/inference.py hxpe/equations.py | $(STAMP)
 	$(call STAGE_RUN,evaluate,$(KERNEL))
 
 $(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(OUT)/05_evaluation.ipynb $(wildcard hxpe/figures/*.py) hxpe/explorer.py hxpe/predict.py | $(STAMP)
@@ -159,8 +160,11 @@ app: | $(STAMP)  ## Web page for your own images: upload, map, DINOv2 prompt, ex
 book: | $(BOOK_STAMP)  ## Static HTML book of the executed PROFILE (README, method, notebooks, ledger) -> build/book/PROFILE/
 	$(PY) -m hxpe.book --results $(OUT) --out build/book/$(PROFILE) --profile $(PROFILE)
 
-lab: | $(STAMP)  ## JupyterLab on the venv kernel
-	$(VENV)/bin/jupyter lab --notebook-dir=$(NB)
+# As root (containers commonly run so) JupyterLab needs --allow-root. Run a notebook by hand without
+# touching results/PROFILE: copy it and point the kernel at the copy,
+#   cp -r results/demo build/scratch/ && HXPE_RESULTS_ROOT=$PWD/build/scratch make lab
+lab: | $(STAMP)  ## JupyterLab on the venv kernel (HXPE_RESULTS_ROOT=dir: results elsewhere)
+	$(VENV)/bin/jupyter lab --notebook-dir=$(NB) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:  ## Remove results/PROFILE and build outputs (keeps .venv)
 	rm -rf $(OUT) build
@@ -182,7 +186,7 @@ lint: | $(STAMP)  ## ruff (lint and format check) and mypy --strict on the modul
 # were slower than one process (measured: 203 s, against 235 s serial and 148 s with one thread).
 TEST_JOBS ?= 2
 unit: | $(BOOK_STAMP)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -m "not slow and not browser" -q \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -m "not slow and not browser and not executed" -q \
 		-n $(TEST_JOBS) --dist loadfile tests hxpe
 
 # The six notebooks as tests: the demo profile executed stage by stage (papermill, the same runner as
@@ -192,14 +196,28 @@ nbtest: | $(STAMP)
 	rm -rf build/nbval
 	HXPE_RESULTS_ROOT=build/nbval $(MAKE) all PROFILE=demo
 
+# nbval: the demo notebooks' outputs are reproducible. Two notebooks of that run are executed again
+# in fresh kernels against the same results, and every text output (prints, tables, DataFrames,
+# the equation checks' lines) must equal the stored one; tests/nbval_sanitize.cfg masks what may
+# differ (durations, absolute paths, hashes). nbval compares no images. 03 redoes the agent's stage B
+# from its cache and the verdict tables; 05 recomputes every metric and table from the stored maps.
+NBVAL_NOTEBOOKS ?= 03_llm_extraction 05_evaluation
+nbval: | $(STAMP)
+	HXPE_RESULTS_ROOT=$(CURDIR)/build/nbval OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider \
+		--nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		$(foreach n,$(NBVAL_NOTEBOOKS),build/nbval/demo/$(n).ipynb)
+
 # The book of that run, every page opened in headless Chromium (apt-get install chromium);
-# screenshots in build/book-shots/.
+# screenshots in build/book-shots/. Without Chromium the browser tests are skipped and the last
+# lines of `make test` say so.
 booktest: | $(BOOK_STAMP)
 	HXPE_RESULTS_ROOT=build/nbval $(MAKE) book PROFILE=demo
 	rm -rf build/book-shots
-	HXPE_BOOK_DIR=build/book/demo $(PY) -m pytest -q -m browser -p no:cacheprovider tests/test_book_browser.py
+	HXPE_BOOK_DIR=build/book/demo HXPE_NOTEBOOK_DIR=build/nbval/demo $(PY) -m pytest -q -rs \
+		-m "browser or executed" -p no:cacheprovider tests/test_executed_notebooks.py tests/test_book_browser.py
+	@$(PY) tests/browser.py
 
-test: lint unit nbtest booktest  ## ruff and mypy, pytest (unit tests), the six notebooks (demo), the book in headless Chromium
+test: lint unit nbtest nbval booktest  ## ruff and mypy, pytest (unit tests), the six notebooks (demo) and nbval, the book in headless Chromium
 
 # Mutation testing: MUTATE (files or globs), MUTATION_TESTS (test files), MUTATION_JOBS (parallel runs),
 # MUTANTS (mutant-name globs: a sample such as 'hxpe.*__mutmut_*0', one mutant in ten). Empty MUTATE /

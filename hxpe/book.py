@@ -33,7 +33,10 @@ from hxpe.results_layout import ResultsLayout
 
 log = logging.getLogger(__name__)
 
-BOOK_SOURCES = ("conf.py", "index.md", "method.md", "favicon.svg")
+BOOK_SOURCES = ("conf.py", "index.md", "method.md", "favicon.svg", "_static/hxpe.css")
+# Cells the book hides (myst-nb's ``remove-cell``): papermill's parameters, as the notebook has them
+# and as papermill injected them.
+HIDDEN_CELL_TAGS = ("parameters", "injected-parameters")
 # (source relative to the repository root, page name in the book)
 PAGES = (("README.md", "readme.md"), ("hxpe/LEDGER.md", "ledger.md"))
 # A previous book (Sphinx's HTML output) and a previous source tree: the folders this module replaces.
@@ -75,15 +78,62 @@ def stage_sources(results_dir: Path, src: Path) -> Path:
         shutil.rmtree(src)
     (src / "notebooks").mkdir(parents=True)
     for name in BOOK_SOURCES:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / "notebooks" / "book" / name, src / name)
+    write_teaser(results_dir, src)
     for rel, page in PAGES:
         shutil.copy2(root / rel, src / page)
         for image in linked_images((root / rel).read_text(), root):
             (src / image).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / image, src / image)
     for nb in notebooks:
-        shutil.copy2(nb, src / "notebooks" / nb.name)
+        hide_parameter_cells(nb, src / "notebooks" / nb.name)
     return src
+
+
+def hide_parameter_cells(notebook: Path, target: Path) -> int:
+    """Copy ``notebook`` to ``target`` with its parameters cells tagged ``remove-cell`` (the book
+    hides them); returns how many it tagged. The executed notebook itself is left as it is."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    hidden = 0
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if any(t in HIDDEN_CELL_TAGS for t in tags) and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+            hidden += 1
+    nbformat.write(nb, target)
+    return hidden
+
+
+def teaser_figure(results_dir: Path) -> Path | None:
+    """The index page's teaser: the first qualitative figure stage 06 wrote (maps beside ground
+    truth, DINOv2 prompt and phrase), else its first figure; None when it wrote none."""
+    figures = ResultsLayout.at(results_dir).figures_dir
+    for pattern in ("qualitative_*.png", "*.png"):
+        found = sorted(figures.glob(pattern)) if figures.is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+def write_teaser(results_dir: Path, src: Path) -> Path:
+    """``src/teaser.md``, included by the index page: the teaser figure with its caption, or a line
+    saying that stage 06 wrote no figure."""
+    figure = teaser_figure(results_dir)
+    out = src / "teaser.md"
+    if figure is None:
+        out.write_text("*No teaser: stage 06 wrote no figure into this profile's results.*\n")
+        return out
+    shutil.copy2(figure, src / "teaser.png")
+    out.write_text(
+        "```{figure} teaser.png\n:alt: maps, ground truth, DINOv2 prompts and phrases\n:width: "
+        f"100%\n\nWhat the compendium produces (`figures/{figure.name}`, notebook 06): each test "
+        "image with its ground truth, the anomaly map, the DINOv2 attention prompt and the "
+        "agent's explainable phrase.\n```\n"
+    )
+    return out
 
 
 def build_book(

@@ -64,18 +64,45 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+class OnceHandler(logging.Handler):
+    """Shows each distinct warning once, as one line on ``stream`` (a notebook's cell output)."""
+
+    def __init__(self, stream: object) -> None:
+        super().__init__(logging.WARNING)
+        self.stream = stream
+        self.seen: set[tuple[str, str]] = set()
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        print(self.format(record), file=self.stream)  # type: ignore[call-overload]
+
+
+def configure_logging(level: int = logging.INFO, *, notebook: bool = False) -> None:
     """One log format for notebooks and the command line (idempotent).
 
     ``hxpe`` logs at ``level``; other libraries (open_clip logs every model build at INFO on the root
-    logger) only from WARNING, so notebooks stay readable.
+    logger) only from WARNING. On the command line the records go to stdout. In a notebook
+    (``notebook=True``) every record goes to the terminal that runs the kernel
+    (:func:`hxpe.progress.terminal`), so saved notebooks carry no log walls; warnings (Python's
+    ``warnings`` too) are shown in the notebook as well, each distinct one once.
     """
+    from hxpe.progress import terminal
+
     root = logging.getLogger()
     if not any(getattr(h, "_hxpe", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = logging.StreamHandler(terminal() if notebook else sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler._hxpe = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+        if notebook:
+            once = OnceHandler(sys.stdout)
+            once._hxpe = True  # type: ignore[attr-defined]
+            root.addHandler(once)
+            logging.captureWarnings(True)
     root.setLevel(max(level, logging.WARNING))
     logging.getLogger("hxpe").setLevel(level)
 
@@ -90,7 +117,7 @@ def notebook_setup(params_file: str | Path, stage: str) -> Config:
 
     ``deterministic`` of the profile applies to every stage but the agent's (describe, extract).
     """
-    configure_logging()
+    configure_logging(notebook=True)
     cfg = load_config(params_file)
     seed_everything(cfg.seed, cfg.deterministic and stage not in NON_DETERMINISTIC_STAGES)
     out = cfg.results_dir

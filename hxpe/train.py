@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from hxpe.atomic import check_output_dir, replace_dir
 from hxpe.config import Config
@@ -59,6 +58,7 @@ from hxpe.model.hxpe import HXPEModel, build_model
 from hxpe.model.loading import model_device
 from hxpe.model.losses import LossSpec, hxpe_loss
 from hxpe.model.recipes import recipe, training_recipe
+from hxpe.progress import progress
 from hxpe.provenance import git_state, utc_now
 from hxpe.results_layout import ResultsLayout
 from hxpe.seeding import generator, seed_everything, worker_init_fn
@@ -212,12 +212,12 @@ def _write_loss(rows: list[dict[str, Any]], directory: Path, title: str) -> None
         writer = csv.DictWriter(fh, fieldnames=LOSS_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    import matplotlib
+    # A Figure object of its own (no pyplot, no backend switch): a notebook's inline figures stay
+    # inline, and nothing is shown or kept open.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
     steps = list(range(1, len(rows) + 1))
     for key in ("total", "focal", "dice", "image"):
         ax.plot(steps, [r[key] for r in rows], label=key, lw=1)
@@ -227,7 +227,6 @@ def _write_loss(rows: list[dict[str, Any]], directory: Path, title: str) -> None
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(directory / "loss.png", dpi=120)
-    plt.close(fig)
 
 
 def train(
@@ -272,7 +271,7 @@ def train(
     t0 = time.perf_counter()
     step = 0
     for epoch in range(1, training.epochs + 1):
-        bar = tqdm(loader, desc=f"{variant} epoch {epoch}/{training.epochs}", leave=False)
+        bar = progress(loader, desc=f"{variant} epoch {epoch}/{training.epochs}", leave=False)
         for batch in bar:
             losses = step_losses(model, batch, loss_spec)
             optimizer.zero_grad(set_to_none=True)

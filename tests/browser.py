@@ -119,3 +119,31 @@ def serve_directory(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def browser_report() -> tuple[bool, str]:
+    """(found, one plain line) on whether the browser tests could run here."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False, f"the playwright package is missing: {INSTALL_HINT}"
+    path = chromium_path()
+    if path is None:
+        return False, f"Chromium is missing: {INSTALL_HINT}"
+    return True, f"Chromium: {path}"
+
+
+def main() -> int:
+    """``python tests/browser.py``: the last lines of ``make test`` say plainly whether the browser
+    tests ran; exit 1 under CI when they could not."""
+    found, line = browser_report()
+    if found:
+        print(f"browser tests ran ({line})")
+        return 0
+    bar = "!" * 78
+    print(f"{bar}\nBROWSER TESTS NOT RUN (book and app, skipped): {line}\n{bar}")
+    return 1 if os.environ.get("CI", "").lower() == "true" else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,6 +6,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
 from hxpe.agent import load_descriptions, load_extractions, run_describe, run_extract  # noqa: E402
 from hxpe.agent.config import AgentConfig  # noqa: E402
 from hxpe.agent.summary import (  # noqa: E402
@@ -32,3 +35,29 @@ def test_tables_and_figure(tmp_path):
     assert verdict_plot(ext).get_title() == "Stage 03 verdicts"
     fig = description_figure(desc, {"planted": index}, n=3)
     assert len(fig.axes) == 9
+
+
+def test_verdicts_against_the_ground_truth():
+    from pathlib import Path
+
+    from hxpe.agent.summary import verdict_truth, verdict_truth_figure
+    from hxpe.data.index import DatasetIndex
+
+    index = DatasetIndex(
+        "d", Path("."), pd.DataFrame({"image_id": list("abcde"), "label": [1, 1, 1, 0, 0]})
+    )
+    records = pd.DataFrame(
+        {
+            "dataset": ["d"] * 5,
+            "image_id": list("abcde"),
+            "status": ["ok", "ok", "failed", "ok", "ok"],
+            "verdict": [True, False, None, True, False],
+        }
+    )
+    table = verdict_truth(records, {"d": index})
+    assert table.loc["anomalous"].tolist() == [1, 1, 1]  # judged anomalous, normal, failed
+    assert table.loc["normal"].tolist() == [1, 1, 0]
+    fig = verdict_truth_figure(table)
+    assert "precision 0.50, recall 0.33" in fig.axes[0].get_title()
+    with pytest.raises(KeyError, match="no index of dataset 'x'"):
+        verdict_truth(records.assign(dataset="x"), {"d": index})

@@ -236,3 +236,56 @@ def test_card_split_at_f1_max_threshold() -> None:
     assert kinds["hit"]["image_id"].tolist() == ["e", "d", "f"]
     assert kinds["false alarm"]["image_id"].tolist() == ["c"]
     assert kinds["miss"].empty
+
+
+def test_demo_note_sits_below_the_tick_labels(use_results) -> None:
+    import matplotlib.pyplot as plt
+
+    from hxpe.figures.style import add_note
+
+    cfg, _ = use_results
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.bar(["visa", "mpdd", "btad"], [1, 2, 3])
+    ax.set_xlabel("dataset")
+    add_note(fig, cfg)
+    renderer = fig.canvas.get_renderer()
+    note = next(t for t in fig.texts if t.get_text() == DEMO_NOTE)
+    top_of_note = note.get_window_extent(renderer).y1
+    labels = [t.get_window_extent(renderer).y0 for t in ax.get_xticklabels() + [ax.xaxis.label]]
+    assert top_of_note < min(labels)
+    plt.close(fig)
+
+
+def test_cards_leave_an_absent_kind_out_and_say_so(use_results, monkeypatch) -> None:
+    from hxpe.figures import panels
+    from hxpe.figures.artifacts import Artifacts
+
+    cfg, _ = use_results
+    real = panels.card_rows
+
+    def without_misses(scores, per_kind):
+        kinds, threshold = real(scores, per_kind)
+        kinds["miss"] = kinds["miss"].head(0)
+        return kinds, threshold
+
+    monkeypatch.setattr(panels, "card_rows", without_misses)
+    fig = panels.cards_figure(Artifacts(cfg), DIRECTION, TARGET)
+    assert "no misses" in fig._suptitle.get_text()
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts and not any(t.startswith("MISS") for t in texts)
+    assert all(t.split()[0] in ("HIT", "FALSE") for t in texts if t)
+
+
+def test_a_word_panel_without_bars_says_why() -> None:
+    import matplotlib.pyplot as plt
+
+    from hxpe.figures.words import word_bars
+
+    fig, ax = plt.subplots()
+    word_bars(ax, "dark scratch", [("dark", 0.0), ("scratch", 0.0)], score=1.0)
+    assert any("saturated at 1.000000" in " ".join(t.get_text().split()) for t in ax.texts)
+    fig2, ax2 = plt.subplots()
+    word_bars(ax2, "dark scratch", [("dark", 0.2), ("scratch", -0.1)], score=0.6)
+    assert len(ax2.texts) == 0
+    plt.close(fig)
+    plt.close(fig2)

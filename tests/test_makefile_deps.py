@@ -69,6 +69,11 @@ def test_model_code_reruns_training(repo):
     assert stages_make_would_run(repo, "hxpe/model/hxpe.py") == ["train", "evaluate", "figures"]
 
 
+def test_equation_checks_rerun_training(repo):
+    # notebook 04 checks its equations with hxpe/equations.py (notebook 05 renders AUPRO's)
+    assert stages_make_would_run(repo, "hxpe/equations.py") == ["train", "evaluate", "figures"]
+
+
 def test_results_layout_edits_rerun_every_stage(repo):
     assert stages_make_would_run(repo, "hxpe/results_layout.py") == STAGE_ORDER
 
@@ -90,3 +95,14 @@ def test_fetch_models_defaults_to_the_paper_profile(repo, args, params):
         check=True,
     )
     assert f"hxpe.cli fetch-models --params {params}" in done.stdout
+
+
+def test_lab_allows_root_only_as_root(repo):
+    done = subprocess.run(
+        ["make", "-n", "-C", str(repo), "--no-print-directory", "lab"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "jupyter lab --notebook-dir=notebooks" in done.stdout
+    assert ("--allow-root" in done.stdout) == (os.getuid() == 0)

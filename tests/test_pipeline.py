@@ -230,3 +230,51 @@ def test_a_malformed_manifest_is_one_message_naming_the_file(tmp_path, text, fau
         f"{tmp_path / 'provenance.json'} is malformed ({fault}); it is written by the stages, so "
         "restore it or rerun the pipeline (make all PROFILE=...)."
     ]
+
+
+def test_notebook_logging_keeps_log_lines_out_of_the_cells_and_shows_each_warning_once(
+    monkeypatch, capsys
+):
+    import io
+    import logging
+    import warnings
+
+    import hxpe.progress
+    from hxpe.pipeline import configure_logging
+
+    term = io.StringIO()
+    monkeypatch.setattr(hxpe.progress, "terminal", lambda: term)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    try:
+        configure_logging(notebook=True)
+        configure_logging(notebook=True)  # idempotent
+        log = logging.getLogger("hxpe.demo")
+        log.info("step 1 of 9")
+        log.warning("random weights")
+        log.warning("random weights")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("deprecated thing", UserWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+    cell = capsys.readouterr().out
+    assert cell.count("WARNING hxpe.demo: random weights") == 1
+    assert "step 1 of 9" not in cell
+    assert "deprecated thing" in cell
+    assert "INFO hxpe.demo: step 1 of 9" in term.getvalue()
+    assert term.getvalue().count("random weights") == 2
+
+
+def test_progress_bars_write_to_the_terminal_not_to_a_cell(monkeypatch, capsys):
+    import io
+
+    import hxpe.progress
+    from hxpe.progress import progress
+
+    term = io.StringIO()
+    monkeypatch.setattr(hxpe.progress, "terminal", lambda: term)
+    assert list(progress(range(2), desc="epoch 1/1", mininterval=0)) == [0, 1]
+    assert "epoch 1/1: 100%" in term.getvalue()
+    assert capsys.readouterr() == ("", "")

@@ -494,7 +494,7 @@ def test_loss_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_train_feeds_the_references_and_shows_the_loss(
-    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    toy: DatasetIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
 ) -> None:
     """A variant with DINOv2 prompts trains on batches that carry each class's normal reference
     (``select_references``: the first normal training image), and the progress bar shows the
@@ -504,9 +504,9 @@ def test_train_feeds_the_references_and_shows_the_loss(
     seen: list[dict] = []
     bars: list[dict] = []
     real = train_module.step_losses
-    real_tqdm = train_module.tqdm
+    real_tqdm = train_module.progress
     monkeypatch.setattr(
-        train_module, "tqdm", lambda it, **kw: bars.append(kw) or real_tqdm(it, **kw)
+        train_module, "progress", lambda it, **kw: bars.append(kw) or real_tqdm(it, **kw)
     )
     monkeypatch.setattr(
         train_module,
@@ -519,7 +519,7 @@ def test_train_feeds_the_references_and_shows_the_loss(
     ds = IndexDataset(toy, SIZE, "test", {}, {"widget": toy.split("train").iloc[0]["image_id"]})
     assert torch.equal(batch["reference"][0], ds[0]["reference"])
     assert batch["has_reference"].tolist() == [True, True]
-    assert re.search(r"loss=\d+\.\d{4}\b", capsys.readouterr().err)
+    assert re.search(r"loss=\d+\.\d{4}\b", capfd.readouterr().err)
     assert bars == [{"desc": "hxpe epoch 1/1", "leave": False}]  # cleared when the epoch ends
 
 
@@ -718,3 +718,27 @@ def test_training_refuses_a_checkpoint_folder_that_is_not_a_checkpoint(
     with pytest.raises(OutputRefused, match=r"checkpoint folder .*mine holds files that are not"):
         train(profile(), toy, phrases_for(toy), out, "adaclip")
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_the_loss_figure_leaves_the_matplotlib_backend_alone(tmp_path, monkeypatch):
+    import matplotlib
+
+    from hxpe.train import LOSS_COLUMNS, _write_loss
+
+    switched = []
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: switched.append(a))
+    rows = [dict.fromkeys(LOSS_COLUMNS, 1.0) | {"step": i} for i in range(3)]
+    _write_loss(rows, tmp_path, "demo")
+    assert switched == []
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_no_library_module_switches_the_matplotlib_backend():
+    from hxpe.paths import repo_root
+
+    offenders = [
+        str(p.relative_to(repo_root()))
+        for p in (repo_root() / "hxpe").rglob("*.py")
+        if "matplotlib.use(" in p.read_text() or "switch_backend(" in p.read_text()
+    ]
+    assert offenders == [], f"{offenders} switch the backend: use a Figure object instead"

@@ -197,10 +197,12 @@ def test_prompt_sentences_and_token_layout(model):
     assert len(with_phrase) == len(model.text.sentences("abnormal", None))
     assert all("object with small dark hole on the left" in s for s in with_phrase["sentence"])
     assert not frame[~frame["phrase"]]["sentence"].str.contains("hole").any()
+    plate = wt.prompt_sentences(model.text, phrase, obj="plate")
+    assert plate[plate["phrase"]]["sentence"].str.contains("plate with small dark hole").all()
     layout = wt.token_layout(model.text, "abnormal", phrase)
     roles = [r for _, r in layout]
     prompter = model.text.prompter
-    assert roles.count("deep prompt slot") == prompter.text_slots
+    assert roles.count("slot") + roles.count("deep prompt (learned)") == prompter.text_slots
     assert roles.count("learnable context") == prompter.text_context
     assert roles[0] == roles[-1] == "SOT/EOT"
     assert " ".join(t for t, r in layout if r == "phrase word") == phrase
@@ -210,39 +212,69 @@ def test_prompt_sentences_and_token_layout(model):
     assert len(fig.axes[0].patches) == len(layout)
 
 
-def test_vfm_steps_match_the_model_and_vanish_against_itself(model, index):
+@pytest.mark.parametrize("base", ["adaclip", "anomalyclip"])
+@pytest.mark.parametrize("layout", ["overwrite", "slots"])
+def test_token_layout_follows_the_deep_prompts_the_text_encoder_receives(base, layout):
+    cfg = tiny_model_config(base)
+    section = getattr(cfg, base).model_copy(update={"text_layout": layout})
+    model = build_model(cfg.model_copy(update={base: section}))
+    prompter = model.text.prompter
+    deep = prompter.text_deep(torch.zeros(1, model.visual.visual.proj.shape[1]), 1)
+    blocks = tuple(i for i, d in enumerate(deep) if d is not None)
+    assert blocks == prompter.text_deep_blocks
+    assert {d.shape[1] for d in deep if d is not None} == {prompter.text_deep_length}
+    first = wt.token_layout(model.text, "abnormal", None, block=0)
+    later = wt.token_layout(model.text, "abnormal", None, block=blocks[-1])
+    n = prompter.text_deep_length
+    assert [r for _, r in later[1 : 1 + n]] == ["deep prompt (learned)"] * n
+    assert later[1 + n :] == first[1 + n :]  # the rest of the sentence is untouched
+    if layout == "overwrite":
+        assert 0 not in blocks  # block 1 reads the sentence as it is
+        assert "deep prompt (learned)" not in [r for _, r in first]
+        hidden = [r for _, r in first[1 : 1 + n]]
+        expected = "learnable context" if base == "anomalyclip" else "word"
+        assert set(hidden) == {expected}  # what the deep prompts overwrite
+    layouts = wt.token_layouts(model.text, "small hole")
+    assert len(layouts) == (6 if layout == "overwrite" else 3)
+
+
+def test_vfm_panels_show_the_models_own_steps(model, index):
     from hxpe.data.torch_dataset import load_image
 
     image = load_image(index.abs_path(wt.example_row(index)["image"]), SIZE)
     ref = load_image(index.abs_path(index.row("walk/plate/train/good/000")["image"]), SIZE)
-    steps = wt.vfm_steps(model, image, ref)
+    with torch.no_grad():
+        out = model(torch.stack([image, image]), [None, None], torch.stack([ref, image]),
+                    trace=True)  # fmt: skip
     side = model.cfg.clip.image_size
     grid = model.visual.grid((side, side))
-    assert steps["distance"].shape == steps["salience"].shape == steps["prompt"].shape == grid
+    panels = wt.vfm_panels(out.trace.vfm)
+    assert list(panels) == ["distance d to reference", "DINOv2 CLS salience", "prompt map M"]
+    assert all(v.shape == grid for v in panels.values())
+    np.testing.assert_array_equal(panels["prompt map M"], out.vfm_prompt[0].numpy())
     x = torch.nn.functional.interpolate(image[None], size=(side, side), mode="bilinear")
     r = torch.nn.functional.interpolate(ref[None], size=(side, side), mode="bilinear")
-    np.testing.assert_allclose(steps["prompt"], model.vfm(x, grid, r)[0].numpy(), atol=1e-6)
     f, _ = model.vfm.features(x, grid)
     fr, _ = model.vfm.features(r, grid)
     expected = reference_distance(f, fr, model.cfg.vfm.distance == "mutual_nn").view(grid)
-    np.testing.assert_allclose(steps["distance"], expected.numpy(), atol=1e-6)
-    same = wt.vfm_steps(model, image, image)
-    assert np.abs(same["distance"]).max() < 1e-5  # every patch matches itself
-    no_ref = wt.vfm_steps(model, image, None)
-    assert no_ref["distance"].min() > 0  # rarity: distance to the image's own other patches
+    np.testing.assert_allclose(panels["distance d to reference"], expected.numpy(), atol=1e-6)
+    same = wt.vfm_panels(out.trace.vfm, index=1)
+    assert np.abs(same["distance d to reference"]).max() < 1e-5  # every patch matches itself
+    with torch.no_grad():
+        alone = model(image[None], [None], trace=True)
+    no_ref = wt.vfm_panels(alone.trace.vfm)
+    assert no_ref["rarity d (no reference)"].min() > 0  # distance to the image's own patches
 
 
-def test_layer_panels_are_each_layers_abnormality():
+def test_layer_panels_are_each_layers_abnormal_probability():
     torch.manual_seed(0)
     maps = [torch.rand(1, 2, 3, 3).softmax(dim=1) for _ in range(2)]
     panels = wt.layer_panels(maps, [6, 12])
-    assert list(panels) == ["layer 6", "layer 12"]
-    p = maps[0][0]
-    np.testing.assert_allclose(panels["layer 6"], ((p[1] + 1 - p[0]) / 2).numpy(), atol=1e-7)
-    q = maps[1][0]
-    np.testing.assert_allclose(panels["layer 12"], ((q[1] + 1 - q[0]) / 2).numpy(), atol=1e-7)
+    assert list(panels) == ["layer 6: p_a", "layer 12: p_a"]
+    np.testing.assert_array_equal(panels["layer 6: p_a"], maps[0][0, 1].numpy())
+    np.testing.assert_array_equal(panels["layer 12: p_a"], maps[1][0, 1].numpy())
     fig = wt.maps_figure(np.zeros((3, 3, 3)), panels, np.eye(3))
-    assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "layer 6", "layer 12"]
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "layer 6: p_a", "layer 12: p_a"]
 
 
 def test_loss_table_on_a_mixed_batch(model, index):
@@ -320,3 +352,28 @@ def test_class_curve_inputs_read_a_map_store(index, tmp_path: Path):
     assert labels.tolist() == [int(i.split("/")[3] != "good") for i in store.class_maps("plate")[0]]
     assert maps.shape == masks.shape == (4, 8, 8)
     assert masks[labels == 0].sum() == 0 and masks[labels == 1].sum() > 0
+
+
+def test_knobs_reach_the_one_example_pass():
+    cfg = tiny_model_config("adaclip")
+    knobs = wt.knob_overrides("adaclip", beta=2.5, gamma=0.0, tau=0.05, sigma=0.0, layout="slots")
+    assert knobs == {
+        "vfm": {"bias_beta": 2.5, "salience_weight": 0.0},
+        "adaclip": {"temperature": 0.05, "text_layout": "slots"},
+        "sigma": 0.0,
+    }
+    tuned = wt.with_knobs(cfg, knobs)
+    model = build_model(tuned).eval()
+    assert float(model.key_bias.beta) == 2.5
+    assert model.text.prompter.text_deep_blocks[0] == 0  # slots: deep prompts from block 1
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(images, [None, None], references=images.flip(0), trace=True)
+    assert torch.equal(out.anomaly_map, out.trace.fused)  # σ = 0: no smoothing
+    assert torch.allclose(out.trace.key_bias, 2.5 * out.vfm_prompt.flatten(1))
+    table = wt.active_settings(tuned, TrainConfig()).set_index("setting")
+    assert table.loc["text_layout", "active"] == "slots"
+    assert table.loc["text_layout", "alternatives"] == "overwrite"
+    assert table.loc["τ", "active"] == "0.05"
+    with pytest.raises(ValueError, match="text_layout"):
+        wt.with_knobs(cfg, wt.knob_overrides("adaclip", layout="diagonal"))

@@ -19,14 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from tqdm.auto import tqdm
-
 from hxpe.agent.backend_base import Generation, Sampling
 from hxpe.agent.cache import JsonlCache, content_hash
 from hxpe.agent.config import DescribeConfig, ExtractConfig
 from hxpe.agent.parsing import OutputError
 from hxpe.agent.replay import replay_records
 from hxpe.agent.templates import PromptTemplate
+from hxpe.progress import progress
 from hxpe.versions import software_versions
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ def run_stage(
         return
     call = backend()
     prov = provenance(settings)
-    bar = tqdm(total=len(pending), desc=report.stage, unit="img")
+    bar = progress(total=len(pending), desc=report.stage, unit="img")
     start, size = 0, min(cfg.batch_size, FIRST_CALL)
     while start < len(pending):
         batch = pending[start : start + size]

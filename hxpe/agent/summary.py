@@ -76,6 +76,63 @@ def verdict_plot(extractions: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+VERDICTS = ("anomalous", "normal", "failed")
+
+
+def verdict_truth(extractions: pd.DataFrame, indexes: dict[str, DatasetIndex]) -> pd.DataFrame:
+    """Images per ground truth (rows ``normal``, ``anomalous``) and stage-03 outcome (columns
+    ``anomalous``, ``normal``, ``failed``); ``indexes`` maps each dataset name to its index.
+
+    Example:
+        >>> from pathlib import Path
+        >>> idx = DatasetIndex("d", Path("."), pd.DataFrame(
+        ...     {"image_id": ["a", "b", "c"], "label": [1, 0, 1]}))
+        >>> rec = pd.DataFrame({"dataset": ["d"] * 3, "image_id": ["a", "b", "c"],
+        ...     "status": ["ok", "ok", "failed"], "verdict": [True, True, None]})
+        >>> verdict_truth(rec, {"d": idx}).values.tolist()
+        [[1, 0, 0], [1, 0, 1]]
+    """
+    truth = []
+    for dataset, image_id in zip(extractions["dataset"], extractions["image_id"], strict=True):
+        if dataset not in indexes:
+            raise KeyError(f"no index of dataset {dataset!r} given for the verdicts' ground truth")
+        label = indexes[dataset].frame.set_index("image_id")["label"].get(image_id)
+        if label is None:
+            raise KeyError(f"{image_id!r} is not in the index of {dataset!r}")
+        truth.append("anomalous" if int(label) else "normal")
+    outcome = [
+        "failed" if s != "ok" else ("anomalous" if v else "normal")
+        for s, v in zip(extractions["status"], extractions["verdict"], strict=True)
+    ]
+    table = pd.crosstab(pd.Series(truth, name="truth"), pd.Series(outcome, name="verdict"))
+    return table.reindex(index=["normal", "anomalous"], columns=list(VERDICTS), fill_value=0)
+
+
+def verdict_truth_figure(table: pd.DataFrame) -> plt.Figure:
+    """The :func:`verdict_truth` counts as a heat map, titled with the verdict's precision and
+    recall on anomalous images (failed records count as not flagged)."""
+    tp = int(table.loc["anomalous", "anomalous"])
+    fp = int(table.loc["normal", "anomalous"])
+    positives = int(table.loc["anomalous"].sum())
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / positives if positives else float("nan")
+    fig, ax = plt.subplots(figsize=(4.6, 2.6))
+    shown = ax.imshow(table.to_numpy(), cmap="Blues")
+    for (r, c), n in pd.DataFrame(table.to_numpy()).stack().items():
+        ax.text(c, r, str(n), ha="center", va="center", fontsize=10,
+                color="white" if n > table.to_numpy().max() / 2 else "black")  # fmt: skip
+    ax.set_xticks(range(table.shape[1]), [f"judged {c}" for c in table.columns], fontsize=8)
+    ax.set_yticks(range(table.shape[0]), [f"truly {r}" for r in table.index], fontsize=8)
+    ax.set_title(
+        f"Stage 03 verdicts vs ground truth\nprecision {precision:.2f}, recall {recall:.2f} "
+        "(anomalous)",
+        fontsize=9,
+    )
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+    fig.tight_layout()
+    return fig
+
+
 def description_figure(
     descriptions: pd.DataFrame,
     indexes: dict[str, DatasetIndex],

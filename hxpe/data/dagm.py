@@ -20,12 +20,11 @@ import os
 import shutil
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from hxpe.data.authors import detect_prepared, entries_from_meta
 from hxpe.data.checks import check_pairs, require_dir
 from hxpe.data.layout import discover_classes, list_images, walk_layout
 from hxpe.data.spec import BuildRequest, BuildResult
+from hxpe.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def _place(src: Path, dst: Path, link: str) -> None:
 
 def prepare_dagm_tree(raw_root: Path, out_root: Path, classes: tuple[str, ...], link: str) -> Path:
     """Write the prepared tree (links or copies) of the raw DAGM classes into ``out_root``."""
-    for cls in tqdm(classes, desc="DAGM: preparing classes", unit="class"):
+    for cls in progress(classes, desc="DAGM: preparing classes", unit="class"):
         cls_dir = require_dir(raw_root / cls, raw_root, f"class {cls!r}")
         for part in PARTS:
             part_dir = require_dir(cls_dir / part, raw_root, f"the {part} part of {cls}")

@@ -35,12 +35,12 @@ import numpy as np
 import pandas as pd
 import yaml
 from PIL import Image
-from tqdm.auto import tqdm
 
 from hxpe.data.config import DemoDataConfig
 from hxpe.data.demo_defects import DEFECTS, apply_defect
 from hxpe.data.demo_scenes import render_normal
 from hxpe.data.index import NORMAL_TYPE
+from hxpe.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,9 @@ def generate_demo_dataset(out_root: Path, part: Part, cfg: DemoDataConfig) -> Pa
     shutil.rmtree(staging, ignore_errors=True)
     try:
         jobs = _plan(classes, cfg)
-        records = [_render(staging, j, cfg) for j in tqdm(jobs, desc=f"demo {part}", unit="img")]
+        records = [
+            _render(staging, j, cfg) for j in progress(jobs, desc=f"demo {part}", unit="img")
+        ]
         table = pd.DataFrame(records, columns=DEFECTS_COLUMNS)
         table.to_csv(staging / DEFECTS_CSV, index=False, lineterminator="\n")
         old = out.parent / f".{out.name}.old"

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from hxpe.data.checks import (
     check_mask_matches,
@@ -23,6 +22,7 @@ from hxpe.data.errors import DatasetError
 from hxpe.data.index import INDEX_COLUMNS, DatasetIndex, make_image_id, validate_frame
 from hxpe.data.layout import Entry
 from hxpe.hashing import file_sha256
+from hxpe.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def entries_to_index(entries: Sequence[Entry], root: Path, name: str, kind: str)
             f"{kind!r}."
         )
     rows, non_binary = [], []
-    for e in tqdm(entries, desc=f"{name}: checking images", unit="img"):
+    for e in progress(entries, desc=f"{name}: checking images", unit="img"):
         image = relative_posix(e.image, root)
         mask = relative_posix(e.mask, root) if e.mask is not None else ""
         if e.mask is not None:

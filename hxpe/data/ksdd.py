@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from hxpe.data.authors import detect_prepared, entries_from_meta
 from hxpe.data.checks import listing
 from hxpe.data.errors import DatasetError
 from hxpe.data.layout import discover_classes, subdirs, walk_layout
 from hxpe.data.spec import BuildRequest, BuildResult
+from hxpe.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def prepare_ksdd_tree(raw_root: Path, out_root: Path, cls: str) -> Path:
     pairs = _raw_pairs(raw_root)
     cls_dir = out_root / cls
     normal_bands: list[tuple[str, Path, Path, int]] = []
-    for prefix, img, label in tqdm(pairs, desc="KolektorSDD: defective bands", unit="img"):
+    for prefix, img, label in progress(pairs, desc="KolektorSDD: defective bands", unit="img"):
         images, labels = _bands(img, label)
         for k, (band, lab) in enumerate(zip(images, labels, strict=True)):
             stem = f"{prefix}_{k}"
@@ -118,7 +118,9 @@ def prepare_ksdd_tree(raw_root: Path, out_root: Path, cls: str) -> Path:
                 normal_bands.append((stem, img, label, k))
     train, test = train_test_split(normal_bands, test_size=TEST_FRACTION, random_state=SPLIT_SEED)
     for split, chosen in (("train", train), ("test", test)):
-        for stem, img, label, k in tqdm(chosen, desc=f"KolektorSDD: {split} normals", unit="band"):
+        for stem, img, label, k in progress(
+            chosen, desc=f"KolektorSDD: {split} normals", unit="band"
+        ):
             _save(_bands(img, label)[0][k], cls_dir / split / "good" / f"{stem}.png")
     logger.info(
         "KolektorSDD: %d defective, %d train and %d test normal bands written to %s",

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 from skimage import measure
-from tqdm import tqdm
 
 from hxpe.evaluation.metrics import ANOMALYCLIP_STEPS, anomalyclip_auc, anomalyclip_thresholds
+from hxpe.progress import progress as progress_bar
 
 
 def aupro_anomalyclip_loop(
@@ -31,7 +31,7 @@ def aupro_anomalyclip_loop(
     thresholds = anomalyclip_thresholds(maps.min(), maps.max(), steps)
     binary = np.zeros_like(maps, dtype=bool)
     pros, fprs = [], []
-    for th in tqdm(thresholds, desc="AUPRO loop", disable=not progress):
+    for th in progress_bar(thresholds, desc="AUPRO loop", disable=not progress):
         binary[maps <= th], binary[maps > th] = 0, 1
         overlaps = []
         for binary_map, mask in zip(binary, masks, strict=True):

@@ -40,7 +40,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from hxpe.config import Config
 from hxpe.data.index import DatasetIndex, frame_sha256, load_index, select_references
@@ -54,6 +53,7 @@ from hxpe.model.caches import InferenceCaches
 from hxpe.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hxpe.model.inference import infer_fast, inference_caches, make_loader
 from hxpe.model.loading import model_device
+from hxpe.progress import progress
 from hxpe.results_layout import ResultsLayout
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def infer_dataset(
             f"{index.name} has no images in split {cfg.split!r}; check the index or evaluation.split"
         )
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, model_device(model))
-    batches = index_batches(tqdm(loader, desc=f"infer {index.name}", leave=False))
+    batches = index_batches(progress(loader, desc=f"infer {index.name}", leave=False))
     store = MapStore(out_dir, "float32")
     with store.writer(key, dataset=index.name, image_size=cfg.image_size) as writer:
         # The fast path (hxpe.model.inference): batched, cached phrases/references, bf16 on GPU.

@@ -7,13 +7,13 @@ import logging
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from hxpe.data.index import DatasetIndex
 from hxpe.data.torch_dataset import load_mask
 from hxpe.evaluation.config import EvaluationConfig
 from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.metrics import MetricSet, default_device, image_metrics, pixel_metrics
+from hxpe.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def evaluate_store(
     device = metrics_device(ev)
     classes = sorted(store.scores()["cls"].unique())
     values, skipped = [], []
-    for cls in tqdm(classes, desc=f"metrics {index.name}", leave=False):
+    for cls in progress(classes, desc=f"metrics {index.name}", leave=False):
         result = class_metrics(store, index, cls, ev, device)
         values += [(index.name, cls, m, v) for m, v in result.values.items()]
         skipped += [(index.name, cls, m, r) for m, r in result.skipped.items()]

@@ -28,6 +28,7 @@ from hxpe.figures.style import (
 log = logging.getLogger(__name__)
 
 KIND_COLOURS = {"hit": "#1b7f3b", "miss": "#b36b00", "false alarm": "#b00020"}
+KIND_PLURALS = {"hit": "hits", "miss": "misses", "false alarm": "false alarms"}
 
 
 def explanation_text(sample: Sample, width: int = 34) -> str:
@@ -176,27 +177,23 @@ def cards_figure(art: Artifacts, direction: str, dataset: str) -> Figure:
     variant = art.cfg.main_variant
     scores = art.scores(direction, variant, dataset)
     kinds, threshold = card_rows(scores, art.cfg.figures.cards_per_kind)
-    entries: list[tuple[str, Sample | None]] = []
+    entries: list[tuple[str, Sample]] = []
     for kind, frame in kinds.items():
-        ids = frame["image_id"].tolist()
-        entries += [(kind, art.sample(direction, variant, dataset, i)) for i in ids] or [
-            (kind, None)
-        ]
-    vrange = value_range([s.anomaly_map for _, s in entries if s and s.anomaly_map is not None])
+        entries += [(kind, art.sample(direction, variant, dataset, i)) for i in frame["image_id"]]
+    absent = [KIND_PLURALS[k] for k, frame in kinds.items() if frame.empty]
+    vrange = value_range([s.anomaly_map for _, s in entries if s.anomaly_map is not None])
     fig, axes = plt.subplots(
-        len(entries),
+        max(1, len(entries)),
         3,
-        figsize=(11, 2.0 * len(entries) + 0.8),
+        figsize=(11, 2.0 * max(1, len(entries)) + 0.8),
         squeeze=False,
         gridspec_kw={"width_ratios": [1, 1, 4.2]},
     )
-    for (kind, sample), row in zip(entries, axes, strict=True):
+    if not entries:
+        for ax in axes[0]:
+            blank(ax)
+    for (kind, sample), row in zip(entries, axes, strict=False):
         colour = KIND_COLOURS[kind]
-        if sample is None:
-            blank(row[0])
-            blank(row[1])
-            text_panel(row[2], f"{kind.upper()}: none at the F1-max threshold {threshold:.3f}")
-            continue
         show_mask(row[0], sample.image, sample.mask)
         if sample.anomaly_map is not None:
             show_map(row[1], sample.image, sample.anomaly_map, *vrange)
@@ -206,6 +203,9 @@ def cards_figure(art: Artifacts, direction: str, dataset: str) -> Figure:
                 spine.set_visible(True)
                 spine.set_color(colour)
                 spine.set_linewidth(2)
-    fig.suptitle(f"Explanation cards: HXPE ({variant}) on {dataset}, {direction}")
+    title = f"Explanation cards: HXPE ({variant}) on {dataset}, {direction}"
+    if absent:
+        title += f"\nno {' and no '.join(absent)} at the F1-max threshold {threshold:.3f}"
+    fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig

@@ -29,18 +29,22 @@ def is_demo(cfg: Config) -> bool:
 
 
 def add_note(fig: Figure, cfg: Config) -> None:
-    """Stamp the demo note at the bottom of ``fig`` when the profile is a demo."""
-    if is_demo(cfg):
-        fig.text(
-            0.5,
-            0.003,
-            DEMO_NOTE,
-            ha="center",
-            va="bottom",
-            fontsize=8,
-            color="#b00020",
-            bbox={"facecolor": "#fff3f3", "edgecolor": "#b00020", "boxstyle": "round,pad=0.3"},
-        )
+    """Stamp the demo note below everything ``fig`` draws (tick labels and legends included)
+    when the profile is a demo; ``bbox_inches="tight"`` and the notebooks' inline figures keep it."""
+    if not is_demo(cfg):
+        return
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    y = box.y0 / fig.get_figheight() - 0.02
+    fig.text(
+        0.5,
+        y,
+        DEMO_NOTE,
+        ha="center",
+        va="top",
+        fontsize=8,
+        color="#b00020",
+        bbox={"facecolor": "#fff3f3", "edgecolor": "#b00020", "boxstyle": "round,pad=0.3"},
+    )
 
 
 def save_figure(fig: Figure, cfg: Config, name: str, out_dir: Path) -> list[Path]:

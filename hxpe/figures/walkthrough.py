@@ -1,9 +1,11 @@
 """One example through each stage's method: the pictures and tables of the notebooks' walk-throughs.
 
 Every notebook first follows ONE image through its stage (this module), then runs the stage at scale.
-The functions only read stored artifacts or call the package's own public functions (the template's
-``render``, ``TextBank.sentences``/``tokens``, ``VfmPrompter.features``, ``reference_distance``,
-``hxpe_loss``, ``roc_curve``/``pro_curve``), so the walk-through shows what the pipeline computes.
+The functions only read stored artifacts, call the package's own public functions (the template's
+``render``, ``TextBank.sentences``/``tokens``, ``hxpe_loss``, ``roc_curve``/``pro_curve``) or
+plot the intermediates a model pass returns (``model(..., trace=True)``), so the walk-through shows
+what the pipeline computes; no model arithmetic is repeated here (:mod:`hxpe.equations` recomputes
+the equations, to check them).
 
 Example:
     >>> fig = protocol_figure([("aux_to_target", "demo_aux", ["demo_target"])])
@@ -245,6 +247,99 @@ def outcome_counts(extractions: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ stage 04
 
 
+def knob_overrides(
+    base: str,
+    *,
+    beta: float | None = None,
+    gamma: float | None = None,
+    tau: float | None = None,
+    sigma: float | None = None,
+    layout: str | None = None,
+) -> dict[str, Any]:
+    """The ``model:`` overrides of notebook 04's knobs (None = the profile's value), in the shape
+    a params file takes them: β ``vfm.bias_beta``, γ ``vfm.salience_weight``, τ the base's
+    ``temperature``, σ ``sigma``, the base's ``text_layout``.
+
+    Example:
+        >>> knob_overrides("adaclip", beta=2.0, layout="slots")
+        {'vfm': {'bias_beta': 2.0}, 'adaclip': {'text_layout': 'slots'}}
+    """
+    vfm = {k: v for k, v in (("bias_beta", beta), ("salience_weight", gamma)) if v is not None}
+    section = {k: v for k, v in (("temperature", tau), ("text_layout", layout)) if v is not None}
+    out: dict[str, Any] = {}
+    if vfm:
+        out["vfm"] = vfm
+    if section:
+        out[base] = section
+    if sigma is not None:
+        out["sigma"] = sigma
+    return out
+
+
+def with_knobs(model_cfg: Any, overrides: dict[str, Any]) -> Any:
+    """``model_cfg`` with :func:`knob_overrides` applied and validated (a bad layout is refused
+    as the params file would refuse it)."""
+    from hxpe.config import deep_merge
+
+    return type(model_cfg).model_validate(deep_merge(model_cfg.model_dump(), overrides))
+
+
+def active_settings(model_cfg: Any, train_cfg: Any) -> pd.DataFrame:
+    """The settings the walk-through's equations depend on: the value that runs, its config key,
+    and the alternatives."""
+    from typing import get_args
+
+    a = model_cfg.arithmetic
+    section = type(a).model_fields
+    rows = [
+        (
+            "base",
+            model_cfg.base,
+            "model.base",
+            get_args(type(model_cfg).model_fields["base"].annotation),
+        ),
+    ]
+    for key in ("text_layout", "layer_fusion", "image_loss"):
+        if key in section:
+            rows.append(
+                (
+                    key,
+                    getattr(a, key),
+                    f"model.{model_cfg.base}.{key}",
+                    get_args(section[key].annotation),
+                )
+            )
+    vfm_fields = type(model_cfg.vfm).model_fields
+    if model_cfg.vfm.enabled:
+        for key in ("mode", "distance"):
+            rows.append(
+                (f"vfm.{key}", getattr(model_cfg.vfm, key), f"model.vfm.{key}",
+                 get_args(vfm_fields[key].annotation))
+            )  # fmt: skip
+    rows += [
+        ("τ", a.temperature, f"model.{model_cfg.base}.temperature", ()),
+        ("σ", model_cfg.sigma, "model.sigma", ()),
+    ]
+    if model_cfg.vfm.enabled:
+        rows += [
+            ("β", model_cfg.vfm.bias_beta, "model.vfm.bias_beta", ()),
+            ("γ", model_cfg.vfm.salience_weight, "model.vfm.salience_weight", ()),
+        ]
+    weights = train_cfg.loss_weights or a.loss_weights
+    rows.append(("loss weights", dict(weights), "train.loss_weights / base", ()))
+    return pd.DataFrame(
+        [
+            {
+                "setting": n,
+                "active": str(v),
+                "config key": k,
+                "alternatives": ", ".join(str(o) for o in opts if o != v),
+            }
+            for n, v, k, opts in rows
+        ]  # fmt: skip
+    )
+
+
 def example_with_phrase(index: DatasetIndex, phrases: dict[str, str | None]) -> pd.Series:
     """The first anomalous test image (by ``image_id``) that carries a gated phrase, else
     :func:`example_row`."""
@@ -254,16 +349,19 @@ def example_with_phrase(index: DatasetIndex, phrases: dict[str, str | None]) -> 
     return hits.iloc[0] if len(hits) else example_row(index)
 
 
-def prompt_sentences(text_bank: Any, phrase: str, per_prompt: int | None = None) -> pd.DataFrame:
+def prompt_sentences(
+    text_bank: Any, phrase: str, per_prompt: int | None = None, obj: str | None = None
+) -> pd.DataFrame:
     """The model's normal and abnormal prompt sentences, without and with ``phrase`` (the first
-    ``per_prompt`` of each ensemble, or all).
+    ``per_prompt`` of each ensemble, or all), for the object word ``obj`` (None: the bank's
+    generic word; :meth:`TextBank.objects` gives an image's).
 
     ``text_bank`` is ``model.text`` (:class:`hxpe.model.explain.TextBank`); the sentences come from
     its own ``sentences`` method, so they are exactly what the text encoder reads.
     """
     rows = []
     for kind, with_phrase in (("normal", False), ("abnormal", False), ("abnormal", True)):
-        sentences = text_bank.sentences(kind, phrase if with_phrase else None)[:per_prompt]
+        sentences = text_bank.sentences(kind, phrase if with_phrase else None, obj)[:per_prompt]
         rows += [
             {"prompt": kind, "phrase": with_phrase, "k": k, "sentence": s}
             for k, s in enumerate(sentences)
@@ -273,35 +371,66 @@ def prompt_sentences(text_bank: Any, phrase: str, per_prompt: int | None = None)
 
 TOKEN_COLOURS = {
     "SOT/EOT": "#bbbbbb",
-    "deep prompt slot": "#f4a261",
+    "deep prompt (learned)": "#f4a261",
     "learnable context": "#e76f51",
     "word": "#cfe3f7",
     "phrase word": "#8ecae6",
 }
 
 
-def token_layout(text_bank: Any, kind: str, phrase: str | None) -> list[tuple[str, str]]:
-    """(token, role) for the first sentence of a prompt, in the order the text encoder reads them.
+def token_layout(
+    text_bank: Any, kind: str, phrase: str | None, obj: str | None = None, block: int = 0
+) -> list[tuple[str, str]]:
+    """(token, role) of the first sentence of a prompt at the input of text block ``block``
+    (0-based), in the order the text encoder reads them.
 
-    Roles follow :mod:`hxpe.model.text`'s layout ``[SOT] [P..] [C..] words [EOT]``: ``P`` the base's
-    deep-prompt slots (``prompter.text_slots``), ``C`` its learnable context
-    (``prompter.text_context``); words that belong to the phrase are marked.
+    The layout is :mod:`hxpe.model.text`'s ``[SOT] [P..] [C..] words [EOT]`` (``P``: the
+    prompter's deep-prompt slots, ``text_slots``; ``C``: its learnable context, ``text_context``).
+    At a block in the prompter's ``text_deep_blocks`` its deep prompt ``D1..Dp``
+    (``text_deep_length`` tokens) replaces the tokens right after SOT: the slots (layout
+    ``slots``), or the first context or word tokens (layout ``overwrite``, both authors), which
+    that block no longer sees. Words that belong to the phrase are marked.
     """
-    ids = text_bank.tokens(kind, phrase)[0].tolist()
+    ids = text_bank.tokens(kind, phrase, obj)[0].tolist()
     tok = text_bank.tokenizer.tokenizer
     end = ids.index(tok.eot_token_id)
-    n_deep = text_bank.prompter.text_slots
-    n_ctx = text_bank.prompter.text_context
+    prompter = text_bank.prompter
+    n_slots, n_ctx = prompter.text_slots, prompter.text_context
     phrase_ids = tok.encode(phrase) if phrase else []
-    words = ids[1 + n_deep + n_ctx : end]
+    words = ids[1 + n_slots + n_ctx : end]
     start = _find(words, phrase_ids)
-    out = [("<SOT>", "SOT/EOT")]
-    out += [(f"P{i + 1}", "deep prompt slot") for i in range(n_deep)]
-    out += [(f"C{i + 1}", "learnable context") for i in range(n_ctx)]
+    body: list[tuple[str, str]] = [(f"P{i + 1}", "slot") for i in range(n_slots)]
+    body += [(f"C{i + 1}", "learnable context") for i in range(n_ctx)]
     for i, t in enumerate(words):
         inside = start is not None and start <= i < start + len(phrase_ids)
-        out.append((tok.decode([t]).strip(), "phrase word" if inside else "word"))
-    out.append(("<EOT>", "SOT/EOT"))
+        body.append((tok.decode([t]).strip(), "phrase word" if inside else "word"))
+    if block in prompter.text_deep_blocks:
+        n = prompter.text_deep_length
+        body = [(f"D{i + 1}", "deep prompt (learned)") for i in range(n)] + body[n:]
+    return [("<SOT>", "SOT/EOT"), *body, ("<EOT>", "SOT/EOT")]
+
+
+def token_layouts(
+    text_bank: Any, phrase: str | None, obj: str | None = None
+) -> dict[str, list[tuple[str, str]]]:
+    """The first sentence of the normal, abnormal and abnormal + phrase prompts, at the first text
+    block and at the first block with a deep prompt (when that is another one)."""
+    deep = text_bank.prompter.text_deep_blocks
+    blocks = [0] + ([deep[0]] if deep and deep[0] != 0 else [])
+    out = {}
+    for block in blocks:
+        last = deep[-1] + 1 if deep else 1
+        where = (
+            f"block {block + 1}"
+            if block == 0 or last == block + 1
+            else f"blocks {block + 1}-{last}"
+        )
+        for label, kind, p in (
+            ("normal", "normal", None),
+            ("abnormal", "abnormal", None),
+            ("abnormal + phrase", "abnormal", phrase),
+        ):
+            out[f"{label}, {where}"] = token_layout(text_bank, kind, p, obj, block)
     return out
 
 
@@ -312,22 +441,25 @@ def _find(seq: list[int], sub: list[int]) -> int | None:
     return None
 
 
-def token_slot_figure(layouts: dict[str, list[tuple[str, str]]], per_row: int = 10) -> Figure:
+def token_slot_figure(layouts: dict[str, list[tuple[str, str]]], per_row: int = 12) -> Figure:
     """Coloured token boxes per prompt (``{label: token_layout(...)}``), ``per_row`` to a line."""
     lines: list[tuple[str, list[tuple[str, str]]]] = []
     for label, layout in layouts.items():
         for k in range(0, len(layout), per_row):
             lines.append((label if k == 0 else "", layout[k : k + per_row]))
     width = max(len(tokens) for _, tokens in lines)
-    fig, ax = plt.subplots(figsize=(0.8 * width + 1.4, 0.5 * len(lines) + 0.8))
+    fig, ax = plt.subplots(figsize=(0.8 * width + 2.4, 0.5 * len(lines) + 0.9))
+    colours = {**TOKEN_COLOURS, "slot": "#ffe8cc"}
     for r, (label, tokens) in enumerate(lines):
-        ax.text(-0.6, r, label, ha="right", va="center", fontsize=9)
+        ax.text(-0.6, r, label, ha="right", va="center", fontsize=8)
         for c, (token, role) in enumerate(tokens):
             ax.add_patch(plt.Rectangle((c - 0.47, r - 0.32), 0.94, 0.64,
-                                       facecolor=TOKEN_COLOURS[role], edgecolor="white"))  # fmt: skip
-            ax.text(c, r, token, ha="center", va="center", fontsize=8)
-    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c) for c in TOKEN_COLOURS.values()]
-    ax.legend(handles, TOKEN_COLOURS, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5,
+                                       facecolor=colours[role], edgecolor="white"))  # fmt: skip
+            ax.text(c, r, token, ha="center", va="center", fontsize=7)
+    used = {role for _, layout in layouts.items() for _, role in layout}
+    shown = {k: v for k, v in colours.items() if k in used}
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c) for c in shown.values()]
+    ax.legend(handles, shown, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(shown),
               fontsize=8, frameon=False)  # fmt: skip
     ax.set_xlim(-0.6, width)
     ax.set_ylim(len(lines) - 0.5, -0.5)
@@ -336,42 +468,19 @@ def token_slot_figure(layouts: dict[str, list[tuple[str, str]]], per_row: int = 
     return fig
 
 
-@torch.no_grad()
-def vfm_steps(
-    model: Any, image: torch.Tensor, reference: torch.Tensor | None
-) -> dict[str, np.ndarray]:
-    """The DINOv2 prompt of one image, step by step, on CLIP's patch grid.
-
-    Returns ``distance`` (each patch's distance to the reference, or its rarity within the image
-    without one), ``salience`` (DINOv2's CLS attention), and ``prompt`` (the map the model uses,
-    from ``model.vfm`` itself). ``image``/``reference``: [3, H, W] in [0, 1].
-    """
-    from hxpe.model.loading import model_device
-    from hxpe.model.vfm import rarity, reference_distance
-
-    device = model_device(model)
-    side = model.cfg.clip.image_size
-    grid = model.visual.grid((side, side))
-
-    def resized(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(
-            t[None].to(device), size=(side, side), mode="bilinear"
-        )
-
-    x = resized(image)
-    feats, salience = model.vfm.features(x, grid)
-    refs = None
-    if reference is not None:
-        refs = resized(reference)
-        ref_feats, _ = model.vfm.features(refs, grid)
-        dist = reference_distance(feats, ref_feats, model.cfg.vfm.distance == "mutual_nn")
-    else:
-        dist = rarity(feats, model.cfg.vfm.rarity_k)
-    prompt = model.vfm(x, grid, refs)
+def vfm_panels(steps: Any, index: int = 0) -> dict[str, np.ndarray]:
+    """The DINOv2 prompt of image ``index`` of a traced pass, step by step, on CLIP's patch grid:
+    the distance ``d`` (to the reference, or the rarity without one), DINOv2's CLS salience, and
+    the prompt map ``M`` the model used. ``steps``: ``out.trace.vfm``
+    (:class:`hxpe.model.vfm.VfmSteps`); nothing is recomputed here."""
+    grid = tuple(steps.prompt.shape[-2:])
+    has = bool(steps.has_reference[index])
     return {
-        "distance": dist.view(grid).float().cpu().numpy(),
-        "salience": salience.view(grid).float().cpu().numpy(),
-        "prompt": prompt[0].float().cpu().numpy(),
+        "distance d to reference" if has else "rarity d (no reference)": (
+            steps.distance[index].view(grid).float().cpu().numpy()
+        ),
+        "DINOv2 CLS salience": steps.salience[index].view(grid).float().cpu().numpy(),
+        "prompt map M": steps.prompt[index].float().cpu().numpy(),
     }
 
 
@@ -395,9 +504,10 @@ def maps_figure(
 
 
 def layer_panels(layer_maps: list[torch.Tensor], layers: Sequence[int]) -> dict[str, np.ndarray]:
-    """Per CLIP layer of one forward pass, image 0's anomaly evidence ``(p_abn + 1 − p_norm) / 2``."""
+    """Per CLIP layer of one forward pass, image 0's abnormal probability ``p^l_a`` on the patch
+    grid (``out.layer_maps``, as the model returned it)."""
     return {
-        f"layer {layer}": ((m[0, 1] + 1.0 - m[0, 0]) / 2.0).detach().float().cpu().numpy()
+        f"layer {layer}: p_a": m[0, 1].detach().float().cpu().numpy()
         for layer, m in zip(layers, layer_maps, strict=True)
     }
 
@@ -455,8 +565,10 @@ def curves_figure(
     maps: np.ndarray,
     fpr_limit: float = 0.3,
     title: str = "",
+    convention: str = "exact",
 ) -> Figure:
-    """Image ROC, pixel ROC and the PRO curve of one class, the PRO area up to ``fpr_limit`` shaded."""
+    """Image ROC, pixel ROC and the PRO curve of one class, the PRO area up to ``fpr_limit`` shaded;
+    the AUPRO in the title is the ``convention`` the tables use (the other one beside it)."""
     from hxpe.evaluation.metrics import aupro, auroc, pro_curve, roc_curve
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
@@ -471,7 +583,9 @@ def curves_figure(
         ax.plot([0, 1], [0, 1], ls=":", color="gray")
         ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
     fpr, pro = pro_curve(masks, maps)
-    value = aupro(masks, maps, "exact", fpr_limit)
+    other = "anomalyclip" if convention == "exact" else "exact"
+    value = aupro(masks, maps, convention, fpr_limit)
+    other_value = aupro(masks, maps, other, fpr_limit)
     axes[2].plot(fpr, pro)
     inside = fpr <= fpr_limit
     axes[2].fill_between(fpr[inside], pro[inside], alpha=0.3)
@@ -479,7 +593,10 @@ def curves_figure(
     axes[2].text(fpr_limit, 0.03, f" FPR {fpr_limit}", color="red", fontsize=8)
     axes[2].set(xlabel="false positive rate (normal pixels)", ylabel="per-region overlap",
                 xlim=(0, 1), ylim=(0, 1))  # fmt: skip
-    axes[2].set_title(f"PRO curve, AUPRO@{fpr_limit} (exact) {value:.3f}", fontsize=9)
+    axes[2].set_title(
+        f"PRO curve, AUPRO@{fpr_limit} {value:.3f} ({convention}; {other}: {other_value:.3f})",
+        fontsize=9,
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -528,6 +645,28 @@ def pixel_f1_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
     fp = ends + 1 - tp
     f1 = 2 * tp / np.maximum(tp + fp + labels.sum(), 1)
     return float(s[ends][int(np.argmax(f1))])
+
+
+def decision_example(masks: np.ndarray, maps: np.ndarray, threshold: float) -> int:
+    """The image (index into ``masks``/``maps`` [N, H, W]) that best shows how to read a map cut at
+    ``threshold``: among images with a defect, the highest pixel F1 of ``map >= threshold``
+    against the mask (then the larger defect); without any defect, the image whose map reaches
+    highest. Chosen by what the cut finds, not by the image score.
+
+    Example:
+        >>> masks = np.zeros((3, 2, 2)); masks[1, 0, 0] = masks[2, 0, :] = 1
+        >>> maps = np.zeros((3, 2, 2)); maps[0] = 0.9; maps[2, 0, 0] = 0.8
+        >>> decision_example(masks, maps, 0.5)
+        2
+    """
+    gt = np.asarray(masks).reshape(len(masks), -1) > 0
+    pred = np.asarray(maps).reshape(len(maps), -1) >= threshold
+    if not gt.any():
+        return int(np.asarray(maps).reshape(len(maps), -1).max(1).argmax())
+    tp = (gt & pred).sum(1)
+    f1 = 2 * tp / np.maximum(gt.sum(1) + pred.sum(1), 1)
+    keys = [(f1[i], gt[i].sum(), -i) for i in range(len(gt)) if gt[i].any()]
+    return int(-max(keys)[2])
 
 
 def decision_figure(

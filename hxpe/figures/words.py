@@ -105,8 +105,32 @@ def _scores(
     return scores
 
 
-def word_bars(ax: Axes, phrase: str, values: list[tuple[str, float]]) -> None:
-    """One horizontal bar per word, in phrase order: red raises the score, blue lowers it."""
+SATURATION = 1e-6  # a score this close to 0 or 1 cannot move visibly when a word is left out
+
+
+def flat_reason(values: list[tuple[str, float]], score: float | None) -> str | None:
+    """Why every bar of a phrase is empty (no word moves the score), or None when some word does.
+
+    Example:
+        >>> flat_reason([("dark", 0.0), ("scratch", 0.0)], 1.0)
+        'no word moves the score: it is saturated at 1.000000 (the softmax of its logits)'
+        >>> flat_reason([("dark", 0.1)], 0.7) is None
+        True
+    """
+    if any(abs(v) > 0 for _, v in values):
+        return None
+    if score is not None and min(score, 1.0 - score) <= SATURATION:
+        return (
+            f"no word moves the score: it is saturated at {score:.6f} (the softmax of its logits)"
+        )
+    return "no word moves the score: every phrase variant scores the same"
+
+
+def word_bars(
+    ax: Axes, phrase: str, values: list[tuple[str, float]], score: float | None = None
+) -> None:
+    """One horizontal bar per word, in phrase order: red raises the score, blue lowers it; a
+    panel whose words all leave the score unchanged says why (:func:`flat_reason`)."""
     words = [w for w, _ in values]
     deltas = np.array([v for _, v in values])
     colours = ["#b00020" if d > 0 else "#1f5fa8" for d in deltas]
@@ -118,6 +142,11 @@ def word_bars(ax: Axes, phrase: str, values: list[tuple[str, float]]) -> None:
     ax.set_title(wrap(f'"{phrase}"', 70, 2), fontsize=8)
     ax.set_xlabel("score(full phrase) − score(without the word)", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
+    reason = flat_reason(values, score)
+    if reason is not None:
+        ax.set_xlim(-1, 1)
+        ax.text(0.5, 0.5, wrap(reason, 50), transform=ax.transAxes, ha="center", va="center",
+                fontsize=8, color="#b00020")  # fmt: skip
 
 
 def word_figure(rows: list[tuple[Sample, str, list[tuple[str, float]]]], title: str) -> Figure:
@@ -132,7 +161,10 @@ def word_figure(rows: list[tuple[Sample, str, list[tuple[str, float]]]], title: 
     for (sample, phrase, values), (ax_img, ax_bar) in zip(rows, axes, strict=True):
         show_mask(ax_img, sample.image, sample.mask)
         ax_img.set_title(wrap(f"{sample.cls} / {sample.defect_type}", 28), fontsize=8)
-        word_bars(ax_bar, phrase, values)
+        word_bars(ax_bar, phrase, values, sample.score)
+    flat = sum(flat_reason(values, sample.score) is not None for sample, _, values in rows)
+    if flat:
+        title += f"\n{flat} of {len(rows)} phrases move the score by no visible amount (see panel)"
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig

@@ -57,6 +57,10 @@ class Prompter(nn.Module):
     text_slots: int = 0  # dedicated deep-prompt placeholder slots in each sentence
     text_context: int = 0  # learnable context tokens in each sentence
     text_conditioned: bool = False  # text prompts depend on the image
+    # the text blocks (0-based) whose input a deep prompt of ``text_deep_length`` tokens replaces
+    # right after SOT (the slots in layout ``slots``; context or word tokens in ``overwrite``)
+    text_deep_blocks: tuple[int, ...] = ()
+    text_deep_length: int = 0
     needs_condition: bool = False  # any prompt depends on the image (frozen CLS pass)
 
     def visual_prompts(self, cond: torch.Tensor | None, batch: int) -> list[torch.Tensor] | None:
@@ -93,6 +97,10 @@ class AdaClipPrompter(Prompter):
         self.vision, self.language = "vision" in a.branches, "language" in a.branches
         self.text_slots = self.length if self.language and self.layout == "slots" else 0
         self.text_conditioned = self.language and dynamic
+        if self.language:
+            first = 0 if self.layout == "slots" else 1
+            self.text_deep_blocks = tuple(range(first, self.depth))
+            self.text_deep_length = self.length
         self.needs_condition = dynamic and (self.vision or self.language)
         e, cv, ct = dims.embed_dim, dims.visual_width, dims.text_width
         self.visual_static = (
@@ -192,6 +200,9 @@ class AnomalyClipPrompter(Prompter):
         self.ctx_normal = nn.Parameter(torch.randn(a.n_ctx, width) * PROMPT_INIT_STD)
         self.ctx_abnormal = nn.Parameter(torch.randn(a.n_ctx, width) * PROMPT_INIT_STD)
         n_deep = a.text_prompt_depth - (1 if a.text_layout == "overwrite" else 0)
+        first = 1 if a.text_layout == "overwrite" else 0
+        self.text_deep_blocks = tuple(range(first, a.text_prompt_depth))
+        self.text_deep_length = a.text_prompt_length
         self.deep = _prompt_list(n_deep, a.text_prompt_length, width)
 
     def context(self, kind: Kind) -> torch.Tensor | None:

@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -89,6 +91,26 @@ def cluster_centre(selected: list[torch.Tensor], labels: torch.Tensor, k: int) -
     return (means * present.unsqueeze(-1)).sum(1) / present.sum(1, keepdim=True)
 
 
+@dataclass
+class HsfParts:
+    """The intermediates of :func:`hybrid_semantic_fusion` (the notebooks' walk-through checks
+    the fusion from them).
+
+    Attributes:
+        top: [B, m] the indices of the m = k·factor most abnormal patches.
+        labels: [B, m] their k-means cluster (0..k-1).
+        k: the number of clusters used.
+        centre: [B, D] the unit mean of the clusters' centres.
+        feature: [B, D] the fused unit image feature.
+    """
+
+    top: torch.Tensor
+    labels: torch.Tensor
+    k: int
+    centre: torch.Tensor
+    feature: torch.Tensor
+
+
 def hybrid_semantic_fusion(
     patches: list[torch.Tensor],
     logits: list[torch.Tensor],
@@ -98,7 +120,7 @@ def hybrid_semantic_fusion(
     alpha: float,
     clusterer: SklearnKMeans | TorchKMeans,
 ) -> torch.Tensor:
-    """Fused unit image feature [B, D].
+    """Fused unit image feature [B, D] (:func:`hsf_parts` ``.feature``).
 
     Args:
         patches: per layer unit patch tokens [B, N, D].
@@ -106,6 +128,19 @@ def hybrid_semantic_fusion(
             selects the patches).
         cls: unit CLS feature [B, D].
     """
+    return hsf_parts(patches, logits, cls, k, topk_factor, alpha, clusterer).feature
+
+
+def hsf_parts(
+    patches: list[torch.Tensor],
+    logits: list[torch.Tensor],
+    cls: torch.Tensor,
+    k: int,
+    topk_factor: int,
+    alpha: float,
+    clusterer: SklearnKMeans | TorchKMeans,
+) -> HsfParts:
+    """:func:`hybrid_semantic_fusion` with its intermediates (:class:`HsfParts`)."""
     abnormal = torch.stack(logits).mean(dim=0).softmax(dim=1)[:, 1]  # [B, N]
     m = min(abnormal.shape[1], k * topk_factor)
     k = min(k, m)
@@ -114,4 +149,5 @@ def hybrid_semantic_fusion(
     selected = [p.gather(1, index) for p in patches]
     labels = clusterer(torch.cat(selected, dim=2), k)
     centre = F.normalize(cluster_centre(selected, labels, k), dim=1)
-    return F.normalize(alpha * centre + (1.0 - alpha) * cls, dim=1)
+    feature = F.normalize(alpha * centre + (1.0 - alpha) * cls, dim=1)
+    return HsfParts(top, labels, k, centre, feature)

@@ -28,12 +28,12 @@ from torch import nn
 from hxpe.model.bases import Dims
 from hxpe.model.config import ModelConfig
 from hxpe.model.explain import TextBank
-from hxpe.model.hsf import SklearnKMeans, TorchKMeans, hybrid_semantic_fusion
+from hxpe.model.hsf import HsfParts, SklearnKMeans, TorchKMeans, hsf_parts
 from hxpe.model.loading import CONFIG_DIR, load_clip, load_dinov2
 from hxpe.model.maps import fuse_layers, gaussian_blur, layer_logits, map_range, upsample
 from hxpe.model.registry import base_spec
 from hxpe.model.text import TextEncoder
-from hxpe.model.vfm import KeyBias, VfmPrompter
+from hxpe.model.vfm import KeyBias, VfmPrompter, VfmSteps
 from hxpe.model.vision import VisualEncoder, VisualFeatures
 
 if TYPE_CHECKING:
@@ -42,6 +42,36 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float16": torch.float16, "none": None}
+
+
+@dataclass
+class ForwardTrace:
+    """The intermediates of one forward pass (``forward(..., trace=True)``), from which the
+    notebooks' walk-through recomputes each equation (:mod:`hxpe.equations`).
+
+    Attributes:
+        grid: CLIP's patch grid (h, w).
+        vfm: the DINOv2 prompt step by step, or None without DINOv2 prompts.
+        key_bias: [B, N] the additive bias on CLIP's patch keys, or None (no ``attn_bias``).
+        bias_blocks: the 0-based vision blocks that add ``key_bias``.
+        patch_tokens: per selected layer the unit patch tokens in the text space [B, N, D].
+        layer_fused: [B, H, W] the fused map before the ``reweight`` mode and the smoothing.
+        fused: [B, H, W] the fused map before the smoothing.
+        sigma: the Gaussian σ applied to ``fused``.
+        hsf: the hybrid semantic fusion's intermediates, or None when the score uses the CLS.
+        score_feature: [B, D] the unit image feature the image logits are computed from.
+    """
+
+    grid: tuple[int, int]
+    vfm: VfmSteps | None
+    key_bias: torch.Tensor | None
+    bias_blocks: tuple[int, ...]
+    patch_tokens: list[torch.Tensor]
+    layer_fused: torch.Tensor
+    fused: torch.Tensor
+    sigma: float
+    hsf: HsfParts | None
+    score_feature: torch.Tensor
 
 
 @dataclass
@@ -58,6 +88,7 @@ class ModelOutput:
         layer_logits: per layer the (normal, abnormal) logits [B, 2, h, w] (for the loss).
         text_features: [B, 2, D] the unit (normal, abnormal) text embeddings used.
         image_features: [B, D] the unit CLS feature of the score (before HSF).
+        trace: the pass's intermediates when ``forward(..., trace=True)``, else None.
     """
 
     image_score: torch.Tensor
@@ -68,6 +99,7 @@ class ModelOutput:
     layer_logits: list[torch.Tensor] | None = None
     text_features: torch.Tensor | None = None
     image_features: torch.Tensor | None = None
+    trace: ForwardTrace | None = None
 
 
 class HXPEModel(nn.Module):
@@ -182,6 +214,7 @@ class HXPEModel(nn.Module):
         reference_cache: ReferenceCache | None = None,
         trim_text: bool = True,
         sigma: float | None = None,
+        trace: bool = False,
     ) -> ModelOutput:
         """Score and localise anomalies.
 
@@ -197,6 +230,7 @@ class HXPEModel(nn.Module):
                 :mod:`hxpe.model.inference`); the model itself holds none.
             trim_text: run the text tower up to the last EOT only (exact); False = 77 tokens.
             sigma: Gaussian σ of the output map; None = ``model.sigma``, 0 = unsmoothed.
+            trace: also return the pass's intermediates (:class:`ForwardTrace`).
         """
         if len(phrases) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(phrases)} phrases")
@@ -210,14 +244,15 @@ class HXPEModel(nn.Module):
         )
         grid = self.visual.grid((side, side))
         cond = self._condition(x)
-        vfm_map = None
+        steps = None
         if self.vfm is not None:
             refs = None
             if references is not None:
                 refs = F.interpolate(
                     references, size=(side, side), mode="bilinear", align_corners=False
                 )
-            vfm_map = self.vfm(x, grid, refs, has_reference, reference_cache=reference_cache)
+            steps = self.vfm.steps(x, grid, refs, has_reference, reference_cache=reference_cache)
+        vfm_map = None if steps is None else steps.prompt
         key_bias = None
         if vfm_map is not None and self.key_bias is not None:
             key_bias = self.key_bias(vfm_map)
@@ -228,16 +263,35 @@ class HXPEModel(nn.Module):
         cls = F.normalize(self.prompter.project_cls(self._score_cls(feats)), dim=-1)
         text = self.text(phrases, cond, class_names, cache=phrase_cache, trim=trim_text)
         logits = layer_logits(patches, text, arith.temperature, grid)
-        anomaly_map = fuse_layers(logits, size, arith.layer_fusion, arith.align_corners)
+        layer_fused = fuse_layers(logits, size, arith.layer_fusion, arith.align_corners)
+        fused = layer_fused
         if vfm_map is not None and self.cfg.vfm.mode == "reweight":
             alpha = self.cfg.vfm.alpha
-            anomaly_map = anomaly_map * (1.0 + alpha * upsample(vfm_map, size)) / (1.0 + alpha)
-        anomaly_map = gaussian_blur(anomaly_map, self.cfg.sigma if sigma is None else sigma)
-        image_logits = self._image_logits(cls, patches, logits, text)
+            fused = layer_fused * (1.0 + alpha * upsample(vfm_map, size)) / (1.0 + alpha)
+        sigma = self.cfg.sigma if sigma is None else sigma
+        anomaly_map = gaussian_blur(fused, sigma)
+        feature, hsf = self._score_feature(cls, patches, logits)
+        image_logits = torch.einsum("bd,bkd->bk", feature, text.to(feature.dtype)) / (
+            arith.temperature
+        )
         score = image_logits.softmax(dim=-1)[:, 1]
         if self.cfg.score_mode == "text_max":
             top = map_range(arith.layer_fusion, len(logits))
             score = (score + (anomaly_map.flatten(1).amax(dim=1) / top).clamp(0, 1)) / 2.0
+        record = None
+        if trace:
+            record = ForwardTrace(
+                grid=grid,
+                vfm=steps,
+                key_bias=key_bias,
+                bias_blocks=tuple(sorted(self.bias_blocks)) if key_bias is not None else (),
+                patch_tokens=patches,
+                layer_fused=layer_fused,
+                fused=fused,
+                sigma=float(sigma),
+                hsf=hsf,
+                score_feature=feature,
+            )
         return ModelOutput(
             score,
             anomaly_map,
@@ -247,25 +301,21 @@ class HXPEModel(nn.Module):
             layer_logits=logits,
             text_features=text,
             image_features=cls,
+            trace=record,
         )
 
-    def _image_logits(
-        self,
-        cls: torch.Tensor,
-        patches: list[torch.Tensor],
-        logits: list[torch.Tensor],
-        text: torch.Tensor,
-    ) -> torch.Tensor:
-        feature = cls
+    def _score_feature(
+        self, cls: torch.Tensor, patches: list[torch.Tensor], logits: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, HsfParts | None]:
+        """The unit image feature of the score: HSF's fusion (AdaCLIP) or the CLS itself."""
         if self.spec.image_score(self.cfg) == "hsf" and self.cfg.score_mode == "base":
             a = self.cfg.adaclip
             flat = [lg.flatten(2) for lg in logits]
-            feature = hybrid_semantic_fusion(
+            parts = hsf_parts(
                 patches, flat, cls, a.k_clusters, a.hsf_topk_factor, a.hsf_alpha, self.clusterer
             )
-        return torch.einsum("bd,bkd->bk", feature, text.to(feature.dtype)) / (
-            self.cfg.arithmetic.temperature
-        )
+            return parts.feature, parts
+        return cls, None
 
 
 def build_model(cfg: ModelConfig) -> HXPEModel:

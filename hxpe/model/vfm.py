@@ -35,6 +35,7 @@ Example (the tiny random-init DINOv2, on CLIP's 8×8 patch grid of 112 px inputs
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -133,6 +134,30 @@ def _last_attention(dinov2: nn.Module) -> nn.Module | None:
         return None
     ok = all(hasattr(attn, a) for a in ("q_proj", "k_proj", "num_attention_heads", "scaling"))
     return attn if ok else None
+
+
+@dataclass
+class VfmSteps:
+    """The DINOv2 prompt of a batch, step by step (what :meth:`VfmPrompter.steps` returns).
+
+    Attributes:
+        features: [B, N, C] unit DINOv2 patch features of the images on CLIP's grid.
+        salience: [B, N] DINOv2's last-layer CLS attention to each patch (head mean).
+        reference_features: [B, N, C] the references' unit patch features (rows without a
+            reference hold the image's own features), or None without references.
+        has_reference: [B] bool, which rows were measured against a reference.
+        distance: [B, N] the distance ``d`` (to the reference, or the rarity without one).
+        scale: [B] the normal scale ``s`` of each row.
+        prompt: [B, h, w] the map ``M`` the model uses.
+    """
+
+    features: torch.Tensor
+    salience: torch.Tensor
+    reference_features: torch.Tensor | None
+    has_reference: torch.Tensor
+    distance: torch.Tensor
+    scale: torch.Tensor
+    prompt: torch.Tensor
 
 
 class VfmPrompter(nn.Module):
@@ -251,9 +276,24 @@ class VfmPrompter(nn.Module):
     ) -> torch.Tensor:
         """The calibrated prompt map M [B, h, w] in [0, 1) (see the module docstring);
         ``reference_cache``: a caller-owned cache of the references' features, or None."""
+        return self.steps(
+            images, grid, references, has_reference, reference_cache=reference_cache
+        ).prompt
+
+    @torch.no_grad()
+    def steps(
+        self,
+        images: torch.Tensor,
+        grid: tuple[int, int],
+        references: torch.Tensor | None = None,
+        has_reference: torch.Tensor | None = None,
+        *,
+        reference_cache: ReferenceCache | None = None,
+    ) -> VfmSteps:
+        """The prompt map with every intermediate of its computation (:class:`VfmSteps`)."""
         feats, salience = self.features(images, grid)
         ref_feats = ref_scale = None
-        has = None
+        has = torch.zeros(len(images), dtype=torch.bool, device=images.device)
         if references is not None:
             has = (
                 torch.ones(len(images), dtype=torch.bool, device=images.device)
@@ -264,20 +304,23 @@ class VfmPrompter(nn.Module):
                 ref_feats, ref_scale = self.reference_calibrated(
                     references[has], grid, reference_cache
                 )
+        ref_all = None
         with full_precision(feats):  # the statistics in float32 (module docstring)
-            feats = feats.float()
+            feats, salience = feats.float(), salience.float()
             dist = rarity(feats, self.cfg.rarity_k)
             scale = dist.median(dim=1).values
-            if ref_feats is not None and has is not None:
+            if ref_feats is not None and ref_scale is not None:
                 ref_dist = reference_distance(
                     feats[has], ref_feats.float(), self.cfg.distance == "mutual_nn"
                 )
                 dist, scale = dist.clone(), scale.clone()
                 dist[has] = ref_dist
                 scale[has] = ref_scale.float()
+                ref_all = feats.clone()
+                ref_all[has] = ref_feats.float()
             gamma = self.cfg.salience_weight
-            m = calibrate(dist, scale) * ((1.0 - gamma) + gamma * minmax(salience.float()))
-        return m.view(-1, *grid)
+            m = calibrate(dist, scale) * ((1.0 - gamma) + gamma * minmax(salience))
+        return VfmSteps(feats, salience, ref_all, has, dist, scale, m.view(-1, *grid))
 
 
 class KeyBias(nn.Module):
