@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     precision=args.precision,
                     compile=args.compile,
                     warmup=True,
-                    label=f"demo profile variant {variant} (tiny random-init CLIP + DINOv2)",
+                    label=f"demo profile variant {variant} (the small demo CLIP + DINOv2)",
                 )
         with _stage("memory", timings):
             model = build_model(demo_cfg.model_for("hxpe")).to(device).eval()
