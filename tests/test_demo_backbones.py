@@ -101,10 +101,26 @@ def test_dense_loss_targets_the_defect_text_by_coverage():
     lse = math.log(math.e + 2)
     p0 = -(1 - lse)  # patch 0: all on normal, its logit 1
     p1 = -(0.25 * (0 - lse) + 0.75 * (1 - lse))  # patch 1: 1/4 normal, 3/4 defect 1
-    assert got.item() == pytest.approx((p0 + p1) / 2, abs=1e-6)
+    assert got.item() == pytest.approx(p1 + p0, abs=1e-6)  # mean of touched + of the rest
     # a normal image: every patch's target is the normal text whatever its coverage
     got = dense_loss(patches, texts, torch.tensor([0]), torch.tensor([0]), cov, torch.tensor(1.0))
     assert got.item() == pytest.approx((-(1 - lse) - (0 - lse)) / 2, abs=1e-6)
+
+
+def test_dense_loss_puts_each_images_phrase_in_its_defect_slot():
+    texts = torch.eye(4)[None, :3]  # normal, defect 1, defect 2
+    phrase = torch.eye(4)[3:]  # the image's phrase sentence, orthogonal to the three
+    patches = torch.tensor([[[0, 0, 0, 1.0], [1.0, 0, 0, 0]]])
+    cov = torch.tensor([[1.0, 0.0]])
+    args = (texts, torch.tensor([0]), torch.tensor([2]), cov, torch.tensor(1.0))
+    lse = math.log(math.e + 2)
+    # patch 0 (the defect) matches the phrase that now stands in slot 2; patch 1 the normal text
+    got = dense_loss(patches, *args, phrase_text=phrase)
+    assert got.item() == pytest.approx(2 * (lse - 1), abs=1e-6)
+    # on a normal image the phrase is a decoy in slot 1: every patch's target stays normal
+    normal = (texts, torch.tensor([0]), torch.tensor([0]), cov, torch.tensor(1.0))
+    got = dense_loss(patches, *normal, phrase_text=phrase)
+    assert got.item() == pytest.approx(((lse - 0) + (lse - 1)) / 2, abs=1e-6)
 
 
 def test_patch_coverage():
@@ -116,6 +132,7 @@ def test_patch_coverage():
 TINY = BackboneRecipe(
     seed=5,
     n_scenes=6,
+    n_validation=6,
     clip=ClipRecipe(steps=2, batch_size=4, warmup=1),
     dinov2=DinoRecipe(steps=2, batch_size=4, warmup=1),
 )
@@ -152,7 +169,7 @@ def test_build_writes_loadable_weights_reproducibly(tmp_path):
     (tmp_path / "b" / "provenance.json").write_text(json.dumps(other))
     ok, lines = compare(tmp_path / "b", tmp_path / "a")
     assert ok and lines[0] == f"not bit-identical: {CLIP_FILE}"
-    assert all(line.endswith("(ok)") for line in lines[1:]) and len(lines) == 1 + 4 + 4
+    assert all(line.endswith("(ok)") for line in lines[1:]) and len(lines) == 1 + 4 + 4 + 2
     loss = prov_a["final_loss"]["clip"]["total"]
     other["final_loss"] = dict(
         prov_a["final_loss"], clip=dict(prov_a["final_loss"]["clip"], total=loss * 1.1)

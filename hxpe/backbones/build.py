@@ -11,7 +11,8 @@ Output folder (``hxpe/model/weights/demo/`` by default), one flat folder::
 
 ``--compare DIR`` checks a retrained set against a committed one: the SHA-256 of every weights file
 first; where the files differ (CPU kernels of another machine or library build need not be
-bit-reproducible), the final losses must agree within :data:`LOSS_RTOL`.
+bit-reproducible), the final losses must agree within :data:`LOSS_RTOL` and the held-out zero-shot
+AUROCs within :data:`AUROC_ATOL`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hxpe.backbones.clip_pretrain import ClipRecipe, Curve, train_clip
 from hxpe.backbones.data import PretrainSet
 from hxpe.backbones.dino_distill import DinoRecipe, train_dinov2
 from hxpe.backbones.scenes import GENERATOR_VERSION
+from hxpe.backbones.validate import VALIDATION_OFFSET, zero_shot
 from hxpe.hashing import file_sha256
 from hxpe.model.loading import CONFIG_DIR, seeded
 from hxpe.versions import software_versions
@@ -47,6 +49,7 @@ CLIP_FILE = "open_clip_model.safetensors"
 DINO_FILES = ("config.json", "model.safetensors")
 PROVENANCE = "provenance.json"
 LOSS_RTOL = 0.05  # relative tolerance of the final losses when the weights are not bit-identical
+AUROC_ATOL = 1.0  # and of the held-out zero-shot AUROCs (x100)
 THREADS = (
     1  # one thread: CPU reductions in a fixed order, and no OpenMP spin-waits on a shared machine
 )
@@ -57,7 +60,8 @@ class BackboneRecipe:
     """Everything that determines the weights (with the code and the library versions)."""
 
     seed: int = 1000
-    n_scenes: int = 1600
+    n_scenes: int = 2000
+    n_validation: int = 160
     clip: ClipRecipe = ClipRecipe()
     dinov2: DinoRecipe = DinoRecipe()
 
@@ -120,6 +124,9 @@ def build(out: Path, recipe: BackboneRecipe) -> dict:
     dino = new_dinov2(recipe.seed + 1)
     dino_curve = train_dinov2(dino, clip, data, recipe.dinov2, recipe.seed + 1)
     t_dino = time.perf_counter() - t0 - t_data - t_clip
+    held_out = PretrainSet.generate(recipe.seed + VALIDATION_OFFSET, recipe.n_validation)
+    validation = zero_shot(clip, tokenizer, held_out)
+    log.info("zero-shot on %d held-out scenes: %s", recipe.n_validation, validation)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -145,6 +152,8 @@ def build(out: Path, recipe: BackboneRecipe) -> dict:
             },
             "sha256": {f: file_sha256(tmp / f) for f in files},
             "final_loss": {"clip": clip_curve.rows[-1], "dinov2": dino_curve.rows[-1]},
+            "validation": {"scenes": recipe.n_validation, "seed": recipe.seed + VALIDATION_OFFSET}
+            | validation,
             "seconds": {
                 "scenes": round(t_data, 1),
                 "clip": round(t_clip, 1),
@@ -181,6 +190,7 @@ def readme(prov: dict) -> str:
     r = prov["recipe"]
     hashes = "\n".join(f"| `{f}` | `{h}` |" for f, h in prov["sha256"].items())
     secs = prov["seconds"]
+    v = prov["validation"]
     return f"""# Demo backbones: {prov["what"]}
 
 Written by `make demo-backbones` (`python -m hxpe.backbones`, {prov["threads"]} CPU threads) in
@@ -199,9 +209,13 @@ Written by `make demo-backbones` (`python -m hxpe.backbones`, {prov["threads"]} 
   tower's patch and CLS tokens (`hxpe/backbones/dino_distill.py`).
 - **Final losses:** CLIP {prov["final_loss"]["clip"]}; DINOv2 {prov["final_loss"]["dinov2"]}.
   Curves: `curve.csv`, `curve.png`.
+- **Zero-shot on {v["scenes"]} held-out pretraining scenes** (seed {v["seed"]}; prompts "a photo of a
+  flawless/damaged <class>."): pixel AUROC {v["pixel_auroc"]}, image AUROC {v["image_auroc"]}
+  (`hxpe/backbones/validate.py`; the demo's aux and target sets are never used here).
 - **Check a regeneration:** `make demo-backbones CHECK=1` retrains into `build/demo-backbones/`
   and compares: SHA-256 equality of every file below, else final losses within
-  {LOSS_RTOL:.0%} (CPU kernels need not be bit-reproducible across machines and library builds).
+  {LOSS_RTOL:.0%} and zero-shot AUROCs within {AUROC_ATOL} (CPU kernels need not be
+  bit-reproducible across machines and library builds).
 
 | file | SHA-256 |
 |---|---|
@@ -226,6 +240,11 @@ def compare(new: Path, old: Path) -> tuple[bool, list[str]]:
             close = abs(got - want) <= LOSS_RTOL * abs(want) + 1e-4
             ok &= close
             lines.append(f"{model} final {key}: {got} vs {want} ({'ok' if close else 'DIFFERS'})")
+    for key in ("pixel_auroc", "image_auroc"):
+        got, want = a["validation"][key], b["validation"][key]
+        close = abs(got - want) <= AUROC_ATOL
+        ok &= close
+        lines.append(f"zero-shot {key}: {got} vs {want} ({'ok' if close else 'DIFFERS'})")
     return ok, lines
 
 

@@ -5,10 +5,13 @@ Two losses, summed:
 - **image-caption**: CLIP's symmetric InfoNCE between the image embedding (``ln_post(CLS) @ proj``)
   and the caption embedding, with every caption of the same (class, defect kind) counted as a
   positive (soft targets), since generated captions repeat;
-- **patch-region**: each final-layer patch token, in the joint space, is classified among the
+- **patch-region**: each patch token of the blocks the method reads (``dense_layers``), taken to the
+  joint space (``ln_post`` then ``proj``, as the method does), is classified among the
   texts of its class's regions (the normal surface, or one of the six defect kinds on it,
-  :func:`hxpe.backbones.scenes.region_caption`), the target being the patch's defect coverage. This
-  is the region-caption alignment that anomaly maps read off CLIP's patches.
+  :func:`hxpe.backbones.scenes.region_caption`), the target being the patch's defect coverage; the
+  image's own defect phrase in a sentence (the extractor's words: size, colour, kind, place) stands
+  for its defect kind, and on a normal scene a decoy phrase joins the texts. This is the
+  region-caption alignment that anomaly maps read off CLIP's patches, with and without a phrase.
 
 The vision tower runs through :class:`hxpe.model.vision.VisualEncoder` (the code the method uses), at
 112 px (native, an 8 x 8 grid) and 126 px (9 x 9, the demo evaluation's grid) in alternate steps.
@@ -35,13 +38,14 @@ log = logging.getLogger(__name__)
 class ClipRecipe:
     """Optimisation settings of the CLIP pretraining (recorded in the provenance)."""
 
-    steps: int = 400
+    steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 40
     sizes: tuple[int, ...] = (112, 126)
     dense_weight: float = 1.0
+    dense_layers: tuple[int, ...] = (1, 2, 3, 4)  # 1-based blocks whose patches are aligned
 
 
 @dataclass
@@ -97,19 +101,33 @@ def dense_loss(
     defects: torch.Tensor,
     coverage: torch.Tensor,
     scale: torch.Tensor,
+    phrase_text: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Soft cross-entropy of each patch [B, N, D] over its class's region texts.
+    """Soft cross-entropy of each patch [B, N, D] over its class's region texts, balanced.
 
     ``region_text`` [C, 1 + K, D] unit rows; the target of a patch is ``coverage`` on its image's
-    defect kind and ``1 - coverage`` on the normal text."""
+    defect kind and ``1 - coverage`` on the normal text. Defects cover a few patches of an image,
+    so the loss is the mean over the patches that a defect touches plus the mean over the others
+    (either mean alone when the batch has no patch of that kind).
+
+    ``phrase_text`` [B, D] (optional): each image's phrase sentence
+    (:func:`hxpe.backbones.scenes.phrase_caption`) takes the place of its defect kind's text, or,
+    on a normal image, joins as a decoy the patches must not match."""
     texts = region_text[classes]  # [B, 1 + K, D]
+    if phrase_text is not None:
+        texts = texts.clone()
+        slot = torch.where(defects > 0, defects, torch.ones_like(defects))
+        texts[torch.arange(len(defects)), slot] = phrase_text
     logits = scale * torch.einsum("bnd,bkd->bnk", F.normalize(patches, dim=-1), texts)
     target = torch.zeros_like(logits)
     target[..., 0] = 1 - coverage
     rows = torch.arange(len(defects))
     target[rows, :, defects] += coverage * (defects > 0)[:, None]
     target[..., 0] += coverage * (defects == 0)[:, None]
-    return torch.sum(-target * logits.log_softmax(dim=-1), dim=-1).mean()
+    ce = torch.sum(-target * logits.log_softmax(dim=-1), dim=-1)
+    touched = (coverage > 0) & (defects > 0)[:, None]
+    parts = [ce[m].mean() for m in (touched, ~touched) if m.any()]
+    return torch.stack(parts).sum()
 
 
 def train_clip(
@@ -117,8 +135,9 @@ def train_clip(
 ) -> Curve:
     """Train ``clip`` in place on ``data``; returns the loss curve."""
     clip.requires_grad_(True).train()
-    encoder = VisualEncoder(clip.visual, layers=[len(clip.visual.transformer.resblocks)])
+    encoder = VisualEncoder(clip.visual, layers=list(recipe.dense_layers))
     tokens = tokenizer(data.captions)
+    phrase_tokens = tokenizer(data.phrases)
     regions = region_tokens(tokenizer)
     n_cls, n_reg = len(CLASS_NAMES), 1 + len(DEFECT_KINDS)
     opt = torch.optim.AdamW(clip.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -137,10 +156,16 @@ def train_clip(
         scale = clip.logit_scale.exp().clamp(max=100)
         loss_caption = soft_infonce(image_emb, text_emb, key[:, None] == key[None, :], scale)
         region_emb = F.normalize(encode_text(clip, regions), dim=-1).view(n_cls, n_reg, -1)
+        phrase_emb = F.normalize(encode_text(clip, phrase_tokens[idx]), dim=-1)
         coverage = patch_coverage(resize(data.masks[idx][:, None], size)[:, 0], grid)
-        loss_dense = dense_loss(
-            feats.patches[0], region_emb, data.classes[idx], data.defects[idx], coverage, scale
-        )
+        loss_dense = torch.stack(
+            [
+                dense_loss(
+                    p, region_emb, data.classes[idx], data.defects[idx], coverage, scale, phrase_emb
+                )
+                for p in feats.patches
+            ]
+        ).mean()
         loss = loss_caption + recipe.dense_weight * loss_dense
         opt.zero_grad(set_to_none=True)
         loss.backward()

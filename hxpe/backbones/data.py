@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hxpe.backbones.scenes import DEFECT_WORDS, pretraining_sample
+from hxpe.backbones.scenes import DEFECT_WORDS, phrase_caption, pretraining_sample
 from hxpe.data.demo import demo_classes
 
 RENDER_SIZE = 128  # the demo data's image size: the backbones see pictures at the demo's scale
@@ -31,6 +31,7 @@ class PretrainSet:
     classes: torch.Tensor
     defects: torch.Tensor
     captions: list[str]
+    phrases: list[str]
 
     @classmethod
     def generate(cls, seed: int, n: int, size: int = RENDER_SIZE) -> PretrainSet:
@@ -46,6 +47,7 @@ class PretrainSet:
                 [0 if s.defect is None else DEFECT_KINDS.index(s.defect) + 1 for s in samples]
             ),
             captions=[s.caption for s in samples],
+            phrases=[phrase_caption(s.cls, s.phrase) for s in samples],
         )
 
     def __len__(self) -> int:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class DinoRecipe:
     """Optimisation settings of the DINOv2 distillation (recorded in the provenance)."""
 
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05

@@ -33,7 +33,7 @@ from hxpe.data.demo_defects import DEFECTS, apply_defect
 from hxpe.data.demo_scenes import render_normal
 
 # Bump when the scenes or captions change: recorded in the backbones' provenance.
-GENERATOR_VERSION = "demo-pretrain-v1"
+GENERATOR_VERSION = "demo-pretrain-v2"
 SALT = zlib.crc32(b"hxpe-demo-backbones")
 DEFECT_RATE = 0.6  # share of pretraining images that carry a defect
 
@@ -52,13 +52,15 @@ TEMPLATES = ("a photo of a {}.", "a close-up photo of the {}.", "a cropped photo
 
 @dataclass(frozen=True)
 class Sample:
-    """One pretraining scene: float32 RGB in [0, 1], its defect mask (all False when normal)."""
+    """One pretraining scene: float32 RGB in [0, 1], its defect mask (all False when normal), its
+    caption and a defect phrase in the demo extractor's words (a decoy one on a normal scene)."""
 
     image: np.ndarray
     mask: np.ndarray
     cls: str
     defect: str | None
     caption: str
+    phrase: str
 
 
 def colour_name(rgb: np.ndarray) -> str:
@@ -109,11 +111,45 @@ def pretraining_sample(seed: int, i: int, size: int = 112) -> Sample:
         defect = sorted(DEFECTS)[int(rng.integers(len(DEFECTS)))]
         image, mask, _ = apply_defect(defect, scene, rng)
     text = caption(cls, colour, defect, mask, rng)
-    return Sample(image.astype(np.float32), mask.astype(bool), cls, defect, text)
+    return Sample(
+        image.astype(np.float32),
+        mask.astype(bool),
+        cls,
+        defect,
+        text,
+        phrase(image, mask, defect, rng),
+    )
+
+
+GENERIC_WORDS = ("damaged area", "spot", "contamination", "mark")
+
+
+def phrase(
+    image: np.ndarray, mask: np.ndarray, defect: str | None, rng: np.random.Generator
+) -> str:
+    """A defect phrase as the demo's extractor writes them ("small dark scratch on the middle
+    left"): size, colour and location of the mask, the defect's word or a generic one. A normal
+    scene gets a decoy phrase (a random place and word), as a false alarm of the describer would
+    give it."""
+    vocab = load_vocabulary()
+    if defect is None or not mask.any():
+        row, col = rng.integers(3, size=2)
+        where = vocab.location_grid[int(row)][int(col)]
+        word = (*DEFECT_WORDS.values(), *GENERIC_WORDS)[int(rng.integers(len(DEFECT_WORDS) + 4))]
+        size = ("tiny", "small", "medium-sized")[int(rng.integers(3))]
+        return f"{size} {colour_name(image.reshape(-1, 3).mean(0))} {word} on the {where}"
+    word = DEFECT_WORDS[defect] if rng.random() < 0.6 else GENERIC_WORDS[int(rng.integers(4))]
+    colour = colour_name(image[mask].mean(0))
+    return f"{vocab.size_word(float(mask.mean()))} {colour} {word} on the {location_word(mask)}"
+
+
+def phrase_caption(cls: str, phrase_text: str) -> str:
+    """The abnormal sentence that carries a phrase, as the method's prompts build it."""
+    return f"a photo of a damaged {cls} with {phrase_text}."
 
 
 def region_caption(cls: str, defect: str | None) -> str:
     """The caption of one patch region: the class's normal state, or the defect kind on it."""
     if defect is None:
         return f"a photo of a flawless {cls}."
-    return f"a photo of a {cls} with a {DEFECT_WORDS[defect]}."
+    return f"a photo of a damaged {cls} with a {DEFECT_WORDS[defect]}."
