@@ -141,4 +141,5 @@ def test_the_explainable_prompt_changes_the_maps(main_model, target_batch):
     change = np.abs(base[has] - plain[has]).mean() / np.abs(base[has]).mean()
     print(f"explainable prompt: relative map change {change:.3f} on {has.sum()} images")
     assert change > 0.02
-    np.testing.assert_array_equal(base[~has], plain[~has])  # no phrase: nothing changes
+    # no phrase: the same maps (the batch's text length differs: float rounding only)
+    np.testing.assert_allclose(base[~has], plain[~has], rtol=5e-3, atol=1e-9)
