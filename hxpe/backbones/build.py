@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -267,7 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     recipe = BackboneRecipe(
         seed=args.seed,
         n_scenes=args.scenes,
