@@ -1,5 +1,6 @@
 # HXPE compendium: the only entry point. `make demo` and `make test` set up .venv on first use.
 #   make demo                 the whole pipeline on the embedded demo profile (CPU, minutes)
+#   make demo-backbones       retrain the demo's small CLIP and DINOv2 (committed; not part of make demo)
 #   make test                 lint (ruff, mypy) + unit tests + the six notebooks as tests + nbval + the book in Chromium
 #   make book                 static HTML book of results/PROFILE -> build/book/PROFILE/
 #   make reproduce            the paper profile (runs `make doctor` first; A100-class GPU)
@@ -50,7 +51,7 @@ PKG_COMMON := hxpe/config.py hxpe/pipeline.py hxpe/paths.py hxpe/results_layout.
 STAGE_RUN = $(PY) -m hxpe.cli stage $(1) --params $(PARAMS) --kernel $(2)
 
 .PHONY: help demo all reproduce reproduce-dryrun test lint unit nbtest booktest book data describe \
-        extract train evaluate protocol figures doctor fetch-models lab clean venv lock gpu-env gpu-smoke \
+        extract train evaluate protocol figures doctor fetch-models demo-backbones lab clean venv lock gpu-env gpu-smoke \
         verify bench format mutation nbval
 
 help:  ## List the targets
@@ -130,6 +131,12 @@ $(OUT)/06_explainability_figures.ipynb: $(NB)/06_explainability_figures.ipynb $(
 protocol: | $(STAMP)  ## Stage 05 as a command, sharded: DATASETS="visa mpdd" (one shard per GPU), then MERGE=1
 	$(PY) -m hxpe.cli evaluate --params $(PARAMS) $(foreach d,$(DATASETS),--dataset $(d)) $(if $(MERGE),--merge)
 
+# The demo's small CLIP and DINOv2, retrained from their seed on generated scenes (two CPU threads;
+# minutes, see hxpe/model/weights/demo/README.md). make demo and make test use the committed files.
+DEMO_WEIGHTS := hxpe/model/weights/demo
+demo-backbones: | $(STAMP)  ## Retrain the demo backbones into hxpe/model/weights/demo (CHECK=1: into build/, then compare)
+	$(if $(CHECK),$(PY) -m hxpe.backbones --out build/demo-backbones --compare $(DEMO_WEIGHTS),$(PY) -m hxpe.backbones --out $(DEMO_WEIGHTS))
+
 reproduce:  ## The paper profile: make doctor, then all stages (A100-class GPU, weights, datasets)
 	$(MAKE) doctor PROFILE=paper
 	$(MAKE) all PROFILE=paper AGENT_KERNEL=hxpe-vllm
@@ -186,15 +193,18 @@ lint: | $(STAMP)  ## ruff (lint and format check) and mypy --strict on the modul
 # were slower than one process (measured: 203 s, against 235 s serial and 148 s with one thread).
 TEST_JOBS ?= 2
 unit: | $(BOOK_STAMP)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -m "not slow and not browser and not executed" -q \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -m "not slow and not browser and not executed and not demo_results" -q \
 		-n $(TEST_JOBS) --dist loadfile tests hxpe
 
 # The six notebooks as tests: the demo profile executed stage by stage (papermill, the same runner as
 # make demo; a failing cell fails the target) into build/nbval/demo/, whose executed notebooks the
-# book test then renders.
+# book test then renders; then the demo's accuracy floors and switches on that run
+# (tests/test_demo_accuracy.py).
 nbtest: | $(STAMP)
 	rm -rf build/nbval
 	HXPE_RESULTS_ROOT=build/nbval $(MAKE) all PROFILE=demo
+	HXPE_DEMO_RESULTS=build/nbval/demo OMP_NUM_THREADS=1 $(PY) -m pytest -q -m demo_results \
+		-p no:cacheprovider tests/test_demo_accuracy.py
 
 # nbval: the demo notebooks' outputs are reproducible. Two notebooks of that run are executed again
 # in fresh kernels against the same results, and every text output (prints, tables, DataFrames,

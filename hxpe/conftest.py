@@ -14,8 +14,9 @@ use:
   layout.
 * ``cfg``: the demo profile (``notebooks/params/demo.yaml``) shrunk to seconds: 64 px data, one
   auxiliary class (brick) and two target classes (gravel, bracket) with one normal training image,
-  one normal and three defective test images each; variants ``hxpe`` and ``adaclip`` (no phrase,
-  no DINOv2); one training step. Its ``results_dir`` (``$HXPE_RESULTS_ROOT/demo``, a temporary
+  one normal and three defective test images each; the tiny random-init backbones of
+  :data:`hxpe.model.tiny.TINY_MODEL` (not the demo's trained ones); variants ``hxpe`` and
+  ``adaclip`` (no phrase, no DINOv2); one training step. Its ``results_dir`` (``$HXPE_RESULTS_ROOT/demo``, a temporary
   root) holds what stages 01-05 write: indexes, the agent's descriptions and extractions (classical
   describer, rule extractor), the two variants' checkpoints (random-init: stage 04's files without
   its training steps), maps, metrics and tables.
@@ -124,6 +125,7 @@ def tiny_demo_config():
     import yaml
 
     from hxpe.config import Config, deep_merge
+    from hxpe.model.tiny import TINY_MODEL
     from hxpe.paths import resolve
 
     raw = yaml.safe_load(resolve("notebooks/params/demo.yaml").read_text())
@@ -151,6 +153,9 @@ def tiny_demo_config():
         },
     }
     raw = deep_merge(raw, small)
+    # the tiny random-init backbones (the demo's trained ones are tested in test_demo_backbones.py)
+    raw["model"]["clip"] = TINY_MODEL["clip"]
+    raw["model"]["vfm"] = TINY_MODEL["vfm"] | {"mode": "attn_bias"}
     off = {"explain": {"enabled": False}, "vfm": {"enabled": False}}
     raw["variants"] = {"hxpe": {"base": "adaclip"}, "adaclip": {"base": "adaclip", **off}}
     return Config.model_validate(raw)

@@ -59,9 +59,10 @@ def required_weight_keys(cfg: Config) -> list[str]:
 
 
 def _uses_pretrained_vfm(model_cfg: ModelConfig) -> bool:
-    """DINOv2 weights are needed when the prompts are on and not built from a config (random)."""
+    """DINOv2 hub weights are needed when the prompts are on and not built from a config (random)
+    or read from a local folder (the demo's trained DINOv2)."""
     vfm = model_cfg.vfm
-    return bool(vfm.enabled and vfm.model_id and not vfm.config_file)
+    return bool(vfm.enabled and vfm.model_id and not vfm.config_file and not vfm.weights_dir)
 
 
 # Oldest NVIDIA driver of each CUDA major version (both venvs' torch wheels are CUDA 13 builds).

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hxpe.backbones import DEMO_BACKBONES_LABEL
 from hxpe.config import Config, load_config
 from hxpe.paths import repo_root, resolve
 from hxpe.provenance import record_stage, utc_now
@@ -123,9 +124,7 @@ def notebook_setup(params_file: str | Path, stage: str) -> Config:
     out = cfg.results_dir
     log.info("profile %r (%s), stage %r, results in %s", cfg.profile, params_file, stage, out)
     if cfg.profile == "demo":
-        log.info(
-            "DEMO profile: tiny random-init models on generated data; numbers are not the paper's."
-        )
+        log.info("DEMO profile: %s.", DEMO_BACKBONES_LABEL)
     return cfg
 
 

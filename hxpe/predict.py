@@ -43,10 +43,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from hxpe.backbones import DEMO_BACKBONES_LABEL
 from hxpe.config import Config, load_config
 from hxpe.data.images import ImageReadError, ImageTooLargeError, read_image, to_rgb, to_tensor
 from hxpe.hashing import file_sha256
 from hxpe.model.config import ModelConfig
+from hxpe.model.loading import is_weights_file
 from hxpe.paths import results_root, why_missing
 from hxpe.predict_protocol import ProtocolCheck, protocol_settings
 from hxpe.versions import software_versions
@@ -250,7 +252,9 @@ def _model_provenance(model: nn.Module, source: str) -> dict[str, Any]:
             "model_config_sha256": hashlib.sha256(dumped.encode()).hexdigest()[:16],
         }
         if model_cfg.clip.pretrained is None:
-            out["note"] = "random-init CLIP (tiny demo model): the score shows the pipeline only"
+            out["note"] = "random-init CLIP (tiny test model): the score shows the pipeline only"
+        elif is_weights_file(model_cfg.clip.pretrained):
+            out["note"] = f"demo CLIP ({DEMO_BACKBONES_LABEL})"
     return out
 
 

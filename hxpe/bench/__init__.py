@@ -5,7 +5,7 @@ writes ``<out>/<host>.json`` and ``<out>/<host>.md``. Every figure is measured i
 
 Sections, each fast vs naive (:mod:`hxpe.model.inference`):
 
-* **demo**: the demo profile's tiny random-init models (variants ``hxpe`` = AdaCLIP base and
+* **demo**: the demo profile's small trained backbones (variants ``hxpe`` = AdaCLIP base and
   ``hxpe_anomalyclip``) on generated demo images (128 px).
 * **paper**: the paper-size architecture (ViT-L/14@336 CLIP at 518 px + DINOv2 ViT-S/14) with
   RANDOM WEIGHTS (:func:`hxpe.model.hxpe.build_paper_architecture_random`) on a handful of generated

@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     n_phrases=8 if quick else 32,
                     profile_images=min(batch, n_demo),
                     warmup=True,
-                    label=f"demo profile variant {variant} (tiny random-init CLIP + DINOv2)",
+                    label=f"demo profile variant {variant} (the small demo CLIP + DINOv2)",
                 )
         with _stage("memory", timings):
             model = build_model(demo_cfg.model_for("hxpe")).to(device).eval()

@@ -1,8 +1,8 @@
 """Result tables of stage 05: per class, dataset summaries beside the published numbers, ablations.
 
 All values are ×100 with one decimal, as the papers print them. Written to ``results/<profile>/tables/``
-as CSV and markdown. Tables of the demo profile carry a banner saying that they come from tiny
-random-init models on generated data.
+as CSV and markdown. Tables of the demo profile carry a banner saying that they come from small
+backbones trained here on generated scenes, not the paper's models or numbers.
 
 Example (the shrunk demo profile after stage 05):
     >>> paths = write_tables(cfg.results_dir, **table_options(cfg))
@@ -11,7 +11,7 @@ Example (the shrunk demo profile after stage 05):
     >>> print((cfg.layout.tables_dir / "ablation.md").read_text())
     # Variants (ablation rows), mean over each direction's datasets (demo)
     <BLANKLINE>
-    > Demo profile: these numbers come from tiny random-init models on generated data. ...
+    > Demo profile: small backbones trained here on generated scenes; not the paper's models or numbers. ...
     >
     > Values ×100 (fractions in metrics/*.csv); dataset value = unweighted mean over classes.
     ...
@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from hxpe.atomic import write_text_atomic
+from hxpe.backbones import DEMO_BACKBONES_LABEL
 from hxpe.evaluation.published import (
     PUBLISHED_TABLES,
     REFERENCE_METHOD,
@@ -54,8 +55,8 @@ logger = logging.getLogger(__name__)
 
 DEMO_PROFILE = "demo"
 DEMO_NOTE = (
-    "Demo profile: these numbers come from tiny random-init models on generated data. "
-    "They exercise the pipeline and say nothing about HXPE's accuracy."
+    f"Demo profile: {DEMO_BACKBONES_LABEL}. They show the method at work on a toy problem and say "
+    "nothing about HXPE's accuracy on real data."
 )
 RANDOM_WEIGHTS_NOTE = (
     "RANDOM WEIGHTS: CLIP (and DINOv2) were built without pretrained weights (a dry run of the "

@@ -11,20 +11,19 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from hxpe.backbones import DEMO_BACKBONES_LABEL
 from hxpe.config import Config
 
 log = logging.getLogger(__name__)
 
 MAP_CMAP = "jet"
 VFM_CMAP = "magma"
-DEMO_NOTE = (
-    "DEMO PROFILE: tiny random-init models on generated data. Shows the pipeline, "
-    "not the paper's results."
-)
+DEMO_NOTE = f"DEMO PROFILE: {DEMO_BACKBONES_LABEL}."
 
 
 def is_demo(cfg: Config) -> bool:
-    """Whether figures of this profile come from random-init models (the demo profile)."""
+    """Whether figures of this profile are the demo's (its trained small backbones) or come from
+    random-init models."""
     return cfg.profile == "demo" or cfg.model.clip.pretrained is None
 
 

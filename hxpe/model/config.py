@@ -26,7 +26,9 @@ class _Section(BaseModel):
 class ClipConfig(_Section):
     model_name: str = Field("ViT-L-14-336-quickgelu", description="open_clip model name.")
     pretrained: str | None = Field(
-        "openai", description="open_clip pretrained tag; null = random init."
+        "openai",
+        description="open_clip pretrained tag, or a local weights file (.safetensors: the demo's "
+        "trained backbones); null = random init.",
     )
     config_file: str | None = Field(
         None,
@@ -224,6 +226,11 @@ class VfmConfig(_Section):
     model_id: str = Field("facebook/dinov2-small", description="Hugging Face id (weights.yaml).")
     config_file: str | None = Field(
         None, description="transformers Dinov2Config JSON: random init (tiny test models)."
+    )
+    weights_dir: str | None = Field(
+        None,
+        description="Local folder for Dinov2Model.from_pretrained (config.json + model.safetensors:"
+        " the demo's trained DINOv2); used when config_file is null.",
     )
     mode: Literal["attn_bias", "reweight"] = Field(
         "attn_bias",

@@ -3,8 +3,11 @@
 Real weights come only from the local Hugging Face cache at the revision pinned in
 ``hxpe/weights.yaml``; when they are absent the loaders raise :class:`MissingWeightsError` naming the
 model id, the revision, the cache looked in and the command that fetches them. Tiny models for tests
-and the demo are built from JSON configs in ``hxpe/model/configs/`` through the same code path, with
-random weights drawn from a fixed seed (so a checkpoint of trainable parameters reproduces a model).
+are built from JSON configs in ``hxpe/model/configs/`` through the same code path, with random
+weights drawn from a fixed seed (so a checkpoint of trainable parameters reproduces a model). The
+demo's backbones, trained by the project (:mod:`hxpe.backbones`), load as real weights do: an
+open_clip config plus a weights file (``model.clip.pretrained`` a local ``.safetensors``), and
+``Dinov2Model.from_pretrained`` on a local folder (``model.vfm.weights_dir``).
 
 Example (the tiny CLIP of the tests and the demo, random weights from seed 0):
     >>> clip, tokenizer = load_clip(ClipConfig(model_name="hxpe-tiny-clip", pretrained=None,
@@ -145,6 +148,8 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
     key = clip_weight_key(cfg.model_name, cfg.pretrained)
     if key is not None:
         pretrained = str(_pinned_file(weight_spec(key)))
+    elif is_weights_file(cfg.pretrained):
+        pretrained = str(local_weights(cfg.pretrained, "model.clip.pretrained"))
     elif pretrained is not None and not Path(pretrained).expanduser().is_file():
         raise ValueError(unpinned_message(cfg.model_name, pretrained))  # a tag: not pinned
     with seeded(seed):
@@ -168,6 +173,25 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
     if cfg.activation != "model":
         set_activation(model, cfg.activation)
     return freeze(model), open_clip.get_tokenizer(cfg.model_name)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def is_weights_file(pretrained: str | None) -> bool:
+    """Whether ``model.clip.pretrained`` names a local weights file (not an open_clip tag)."""
+    return pretrained is not None and pretrained.endswith(WEIGHT_SUFFIXES)
+
+
+def local_weights(path: str, key: str) -> Path:
+    """A weights file or folder of the repository (or an absolute path) that must exist."""
+    resolved = resolve(path)
+    if not resolved.exists():
+        raise MissingWeightsError(
+            f"{key} {path!r}: {resolved} does not exist. The demo backbones are committed in "
+            f"hxpe/model/weights/demo/ (git checkout them, or retrain with `make demo-backbones`)."
+        )
+    return resolved
 
 
 def set_activation(clip: nn.Module, kind: str) -> int:
@@ -202,6 +226,13 @@ def load_dinov2(cfg: VfmConfig, seed: int = 0) -> nn.Module:
         with seeded(seed):
             model = Dinov2Model(config)
         log.warning("DINOv2 from %s has RANDOM weights (seed %d).", path.name, seed)
+        return freeze(model)
+    if cfg.weights_dir:
+        folder = local_weights(cfg.weights_dir, "model.vfm.weights_dir")
+        model = Dinov2Model.from_pretrained(
+            folder, attn_implementation="eager", local_files_only=True
+        )
+        log.info("DINOv2 loaded from %s", folder)
         return freeze(model)
     spec = spec_for_repo(cfg.model_id)
     if spec is None:

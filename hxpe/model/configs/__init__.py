@@ -1,1 +1,2 @@
-"""JSON configs of the tiny random-init test models and the real-size DINOv2 architecture."""
+"""JSON configs of the tiny random-init test models, the demo backbones (trained weights in
+hxpe/model/weights/demo/) and the real-size DINOv2 architecture."""

@@ -1,0 +1,182 @@
+"""Contrastive pretraining of the demo CLIP (both towers) on the generated scenes.
+
+Two losses, summed:
+
+- **image-caption**: CLIP's symmetric InfoNCE between the image embedding (``ln_post(CLS) @ proj``)
+  and the caption embedding, with every caption of the same (class, defect kind) counted as a
+  positive (soft targets), since generated captions repeat;
+- **patch-region**: each patch token of the blocks the method reads (``dense_layers``), taken to the
+  joint space (``ln_post`` then ``proj``, as the method does), is classified among the
+  texts of its class's regions (the normal surface, or one of the six defect kinds on it,
+  :func:`hxpe.backbones.scenes.region_caption`), the target being the patch's defect coverage; the
+  image's own defect phrase in a sentence (the extractor's words: size, colour, kind, place) stands
+  for its defect kind, and on a normal scene a decoy phrase joins the texts. This is the
+  region-caption alignment that anomaly maps read off CLIP's patches, with and without a phrase.
+
+The vision tower runs through :class:`hxpe.model.vision.VisualEncoder` (the code the method uses), at
+112 px (native, an 8 x 8 grid) and 126 px (9 x 9, the demo evaluation's grid) in alternate steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hxpe.backbones.data import CLASS_NAMES, DEFECT_KINDS, PretrainSet, patch_coverage, resize
+from hxpe.backbones.scenes import region_caption
+from hxpe.model.vision import VisualEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipRecipe:
+    """Optimisation settings of the CLIP pretraining (recorded in the provenance)."""
+
+    steps: int = 800
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 40
+    sizes: tuple[int, ...] = (112, 126)
+    dense_weight: float = 1.0
+    dense_layers: tuple[int, ...] = (1, 2, 3, 4)  # 1-based blocks whose patches are aligned
+
+
+@dataclass
+class Curve:
+    """Loss per logged step (the training curve of the provenance)."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+    def log(self, step: int, **losses: torch.Tensor) -> None:
+        self.rows.append({"step": step, **{k: round(float(v), 5) for k, v in losses.items()}})
+
+
+def lr_at(step: int, recipe: ClipRecipe | object) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    warm, total, lr = recipe.warmup, recipe.steps, recipe.lr  # type: ignore[attr-defined]
+    if step < warm:
+        return lr * (step + 1) / warm
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def soft_infonce(a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, scale: torch.Tensor):
+    """Symmetric InfoNCE of unit rows ``a`` and ``b`` with ``same`` [B, B] marking positives."""
+    logits = scale * a @ b.T
+    target = same.float() / same.float().sum(dim=1, keepdim=True)
+    return 0.5 * (
+        torch.sum(-target * logits.log_softmax(dim=1), dim=1).mean()
+        + torch.sum(-target * logits.T.log_softmax(dim=1), dim=1).mean()
+    )
+
+
+def encode_text(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text`` on the tokens up to the longest text's end-of-text token.
+
+    The text tower's attention is causal and the feature is read at the end-of-text token, so the
+    padding after it changes nothing: the result equals ``clip.encode_text(tokens)`` (a test pins
+    it) at a fraction of the cost for short captions."""
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    x = clip.token_embedding(tokens[:, :length]) + clip.positional_embedding[:length]
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
+    return x[torch.arange(len(tokens)), tokens.argmax(dim=-1)] @ clip.text_projection
+
+
+def region_tokens(tokenizer) -> torch.Tensor:
+    """Tokens of every (class, region) text: [n_classes * (1 + n_defects), 77], class-major."""
+    texts = [region_caption(c, d) for c in CLASS_NAMES for d in [None, *DEFECT_KINDS]]
+    return tokenizer(texts)
+
+
+def dense_loss(
+    patches: torch.Tensor,
+    region_text: torch.Tensor,
+    classes: torch.Tensor,
+    defects: torch.Tensor,
+    coverage: torch.Tensor,
+    scale: torch.Tensor,
+    phrase_text: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft cross-entropy of each patch [B, N, D] over its class's region texts, balanced.
+
+    ``region_text`` [C, 1 + K, D] unit rows; the target of a patch is ``coverage`` on its image's
+    defect kind and ``1 - coverage`` on the normal text. Defects cover a few patches of an image,
+    so the loss is the mean over the patches that a defect touches plus the mean over the others
+    (either mean alone when the batch has no patch of that kind).
+
+    ``phrase_text`` [B, D] (optional): each image's phrase sentence
+    (:func:`hxpe.backbones.scenes.phrase_caption`) takes the place of its defect kind's text, or,
+    on a normal image, joins as a decoy the patches must not match."""
+    texts = region_text[classes]  # [B, 1 + K, D]
+    if phrase_text is not None:
+        texts = texts.clone()
+        slot = torch.where(defects > 0, defects, torch.ones_like(defects))
+        texts[torch.arange(len(defects)), slot] = phrase_text
+    logits = scale * torch.einsum("bnd,bkd->bnk", F.normalize(patches, dim=-1), texts)
+    target = torch.zeros_like(logits)
+    target[..., 0] = 1 - coverage
+    rows = torch.arange(len(defects))
+    target[rows, :, defects] += coverage * (defects > 0)[:, None]
+    target[..., 0] += coverage * (defects == 0)[:, None]
+    ce = torch.sum(-target * logits.log_softmax(dim=-1), dim=-1)
+    touched = (coverage > 0) & (defects > 0)[:, None]
+    parts = [ce[m].mean() for m in (touched, ~touched) if m.any()]
+    return torch.stack(parts).sum()
+
+
+def train_clip(
+    clip: nn.Module, tokenizer, data: PretrainSet, recipe: ClipRecipe, seed: int
+) -> Curve:
+    """Train ``clip`` in place on ``data``; returns the loss curve."""
+    clip.requires_grad_(True).train()
+    encoder = VisualEncoder(clip.visual, layers=list(recipe.dense_layers))
+    tokens = tokenizer(data.captions)
+    phrase_tokens = tokenizer(data.phrases)
+    regions = region_tokens(tokenizer)
+    n_cls, n_reg = len(CLASS_NAMES), 1 + len(DEFECT_KINDS)
+    opt = torch.optim.AdamW(clip.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    curve = Curve()
+    for step in range(recipe.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe)
+        idx = torch.randperm(len(data), generator=gen)[: recipe.batch_size]
+        size = recipe.sizes[step % len(recipe.sizes)]
+        feats = encoder(resize(data.images[idx], size))
+        grid = feats.grid[0]
+        image_emb = F.normalize(feats.cls, dim=-1)
+        text_emb = F.normalize(encode_text(clip, tokens[idx]), dim=-1)
+        key = data.classes[idx] * 16 + data.defects[idx]
+        scale = clip.logit_scale.exp().clamp(max=100)
+        loss_caption = soft_infonce(image_emb, text_emb, key[:, None] == key[None, :], scale)
+        region_emb = F.normalize(encode_text(clip, regions), dim=-1).view(n_cls, n_reg, -1)
+        phrase_emb = F.normalize(encode_text(clip, phrase_tokens[idx]), dim=-1)
+        coverage = patch_coverage(resize(data.masks[idx][:, None], size)[:, 0], grid)
+        loss_dense = torch.stack(
+            [
+                dense_loss(
+                    p, region_emb, data.classes[idx], data.defects[idx], coverage, scale, phrase_emb
+                )
+                for p in feats.patches
+            ]
+        ).mean()
+        loss = loss_caption + recipe.dense_weight * loss_dense
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        curve.log(
+            step + 1,
+            total=loss.detach(),
+            caption=loss_caption.detach(),
+            patch_region=loss_dense.detach(),
+        )
+        if (step + 1) % 50 == 0:
+            log.info("clip step %d/%d: %s", step + 1, recipe.steps, curve.rows[-1])
+    clip.requires_grad_(False).eval()
+    return curve

@@ -1,0 +1,227 @@
+"""The demo backbones: pretraining scenes and captions, the two training losses, the build command
+(reproducible from its seed), the committed weights and how the demo profile loads them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hxpe.backbones import DEMO_BACKBONES_LABEL
+from hxpe.backbones.build import (
+    CLIP_FILE,
+    DEFAULT_OUT,
+    BackboneRecipe,
+    build,
+    compare,
+    new_clip,
+    new_dinov2,
+)
+from hxpe.backbones.clip_pretrain import (
+    ClipRecipe,
+    dense_loss,
+    encode_text,
+    region_tokens,
+    soft_infonce,
+)
+from hxpe.backbones.data import patch_coverage
+from hxpe.backbones.dino_distill import DinoRecipe
+from hxpe.backbones.scenes import location_word, pretraining_sample
+from hxpe.config import load_config
+from hxpe.data.config import DemoDataConfig
+from hxpe.data.demo import generate_demo_dataset
+from hxpe.doctor import required_weight_keys
+from hxpe.hashing import file_sha256
+from hxpe.model.loading import MissingWeightsError, load_clip, load_dinov2
+from hxpe.paths import repo_root
+
+DEMO = repo_root() / "notebooks" / "params" / "demo.yaml"
+
+
+def test_captions_name_object_colour_state_defect_size_and_location():
+    s = pretraining_sample(0, 4, size=64)
+    assert (s.cls, s.defect) == ("gravel", "stain")
+    assert s.caption == (
+        "a cropped photo of a damaged yellow gravel with a small stain at the middle left."
+    )
+    assert s.mask.any() and s.image.dtype == np.float32
+    normal = pretraining_sample(0, 5, size=64)
+    assert normal.defect is None and not normal.mask.any()
+    assert normal.caption == "a close-up photo of the unblemished light grey pill."
+    mask = np.zeros((9, 9), bool)
+    mask[0:2, 7:9] = True
+    assert location_word(mask) == "upper right"
+
+
+def test_pretraining_scenes_are_not_demo_images():
+    cfg = DemoDataConfig(image_size=64, n_train_good=1, n_test_good=1, n_test_per_defect=1)
+    demo = []
+    for part in ("aux", "target"):
+        root = generate_demo_dataset(
+            Path(pytest.importorskip("tempfile").mkdtemp()) / part, part, cfg
+        )
+        demo += [
+            np.asarray(__import__("PIL.Image").Image.open(p)) for p in root.rglob("test/*/*.png")
+        ]
+    for i in range(14):
+        img = np.round(pretraining_sample(cfg.seed, i, size=64).image * 255).astype(np.uint8)
+        assert all(np.abs(img.astype(int) - d.astype(int)).mean() > 2 for d in demo)
+
+
+def test_truncated_text_encoder_equals_open_clip():
+    clip, tokenizer = new_clip(0)
+    tokens = region_tokens(tokenizer)
+    assert tokens.shape == (49, 77)
+    torch.testing.assert_close(
+        encode_text(clip, tokens), clip.encode_text(tokens), atol=1e-5, rtol=0
+    )
+
+
+def test_soft_infonce_hand_value():
+    eye = torch.eye(2)
+    loss = soft_infonce(eye, eye, torch.eye(2, dtype=torch.bool), torch.tensor(1.0))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    # two positives per row: the target is 1/2 on each, the loss log 2 at equal logits
+    same = torch.ones(2, 2, dtype=torch.bool)
+    loss = soft_infonce(eye, eye, same, torch.tensor(0.0))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_dense_loss_targets_the_defect_text_by_coverage():
+    # one class, regions (normal, defect 1, defect 2) along the axes; 2 patches
+    texts = torch.eye(3)[None]
+    patches = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]])
+    cov = torch.tensor([[0.0, 0.75]])
+    got = dense_loss(patches, texts, torch.tensor([0]), torch.tensor([1]), cov, torch.tensor(1.0))
+    lse = math.log(math.e + 2)
+    p0 = -(1 - lse)  # patch 0: all on normal, its logit 1
+    p1 = -(0.25 * (0 - lse) + 0.75 * (1 - lse))  # patch 1: 1/4 normal, 3/4 defect 1
+    assert got.item() == pytest.approx(p1 + p0, abs=1e-6)  # mean of touched + of the rest
+    # a normal image: every patch's target is the normal text whatever its coverage
+    got = dense_loss(patches, texts, torch.tensor([0]), torch.tensor([0]), cov, torch.tensor(1.0))
+    assert got.item() == pytest.approx((-(1 - lse) - (0 - lse)) / 2, abs=1e-6)
+
+
+def test_dense_loss_puts_each_images_phrase_in_its_defect_slot():
+    texts = torch.eye(4)[None, :3]  # normal, defect 1, defect 2
+    phrase = torch.eye(4)[3:]  # the image's phrase sentence, orthogonal to the three
+    patches = torch.tensor([[[0, 0, 0, 1.0], [1.0, 0, 0, 0]]])
+    cov = torch.tensor([[1.0, 0.0]])
+    args = (texts, torch.tensor([0]), torch.tensor([2]), cov, torch.tensor(1.0))
+    lse = math.log(math.e + 2)
+    # patch 0 (the defect) matches the phrase that now stands in slot 2; patch 1 the normal text
+    got = dense_loss(patches, *args, phrase_text=phrase)
+    assert got.item() == pytest.approx(2 * (lse - 1), abs=1e-6)
+    # on a normal image the phrase is a decoy in slot 1: every patch's target stays normal
+    normal = (texts, torch.tensor([0]), torch.tensor([0]), cov, torch.tensor(1.0))
+    got = dense_loss(patches, *normal, phrase_text=phrase)
+    assert got.item() == pytest.approx(((lse - 0) + (lse - 1)) / 2, abs=1e-6)
+
+
+def test_patch_coverage():
+    masks = torch.zeros(1, 4, 4)
+    masks[0, :2, :1] = 1
+    assert patch_coverage(masks, 2).tolist() == [[0.5, 0.0, 0.0, 0.0]]
+
+
+TINY = BackboneRecipe(
+    seed=5,
+    n_scenes=6,
+    n_validation=6,
+    clip=ClipRecipe(steps=2, batch_size=4, warmup=1),
+    dinov2=DinoRecipe(steps=2, batch_size=4, warmup=1),
+)
+
+
+def test_build_writes_loadable_weights_reproducibly(tmp_path):
+    prov = build(tmp_path / "a", TINY)
+    files = sorted(
+        p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    assert files == [
+        "README.md",
+        "config.json",
+        "curve.csv",
+        "curve.png",
+        "model.safetensors",
+        CLIP_FILE,
+        "provenance.json",
+    ]
+    assert prov["sha256"][CLIP_FILE] == file_sha256(tmp_path / "a" / CLIP_FILE)
+    assert prov["generator_version"] and prov["recipe"]["seed"] == 5
+    assert DEMO_BACKBONES_LABEL.split(";")[0] in (tmp_path / "a" / "README.md").read_text()
+    curve = (tmp_path / "a" / "curve.csv").read_text().splitlines()
+    assert curve[0] == "model,step,caption,cls,patch,patch_region,total" and len(curve) == 5
+    # the same seed gives the same files (same machine and threads)
+    build(tmp_path / "b", TINY)
+    assert compare(tmp_path / "b", tmp_path / "a") == (
+        True,
+        ["identical: SHA-256 of all 3 files equal"],
+    )
+    # files that differ (another machine's kernels): the final losses decide
+    prov_a = json.loads((tmp_path / "a" / "provenance.json").read_text())
+    other = dict(prov_a, sha256=dict(prov_a["sha256"], **{CLIP_FILE: "0" * 64}))
+    (tmp_path / "b" / "provenance.json").write_text(json.dumps(other))
+    ok, lines = compare(tmp_path / "b", tmp_path / "a")
+    assert ok and lines[0] == f"not bit-identical: {CLIP_FILE}"
+    assert all(line.endswith("(ok)") for line in lines[1:]) and len(lines) == 1 + 4 + 4 + 2
+    loss = prov_a["final_loss"]["clip"]["total"]
+    other["final_loss"] = dict(
+        prov_a["final_loss"], clip=dict(prov_a["final_loss"]["clip"], total=loss * 1.1)
+    )
+    (tmp_path / "b" / "provenance.json").write_text(json.dumps(other))
+    ok, lines = compare(tmp_path / "b", tmp_path / "a")
+    assert not ok
+    assert f"clip final total: {loss * 1.1} vs {loss} (DIFFERS)" in lines
+    # the written weights load through the profile's loaders
+    cfg = load_config(DEMO).model_for("hxpe")
+    clip_cfg = cfg.clip.model_copy(update={"pretrained": str(tmp_path / "a" / CLIP_FILE)})
+    clip, _ = load_clip(clip_cfg)
+    want = new_clip(5)[0]
+    assert not torch.equal(clip.visual.conv1.weight, want.visual.conv1.weight)  # trained
+
+
+def test_demo_profile_loads_the_committed_backbones(caplog):
+    cfg = load_config(DEMO)
+    m = cfg.model_for("hxpe")
+    assert m.clip.pretrained == "hxpe/model/weights/demo/open_clip_model.safetensors"
+    assert m.vfm.weights_dir == "hxpe/model/weights/demo" and m.vfm.config_file is None
+    assert required_weight_keys(cfg) == []  # nothing to fetch
+    assert list(cfg.random_init_backbones()) == ["clip (random init)"]  # only WinCLIP's tiny CLIP
+    with caplog.at_level("INFO"):
+        clip, _ = load_clip(m.clip)
+        dino = load_dinov2(m.vfm)
+    assert "RANDOM" not in caplog.text
+    from safetensors.torch import load_file
+
+    stored = load_file(DEFAULT_OUT / CLIP_FILE)
+    assert torch.equal(clip.visual.conv1.weight, stored["visual.conv1.weight"])
+    assert not torch.equal(clip.visual.conv1.weight, new_clip(1000)[0].visual.conv1.weight)
+    assert type(dino).__name__ == "Dinov2Model" and dino.config.hidden_size == 64
+    assert not torch.equal(dino.embeddings.cls_token, new_dinov2(1001).embeddings.cls_token)
+
+
+def test_committed_weights_match_their_provenance_and_stay_small():
+    prov = json.loads((DEFAULT_OUT / "provenance.json").read_text())
+    total = 0
+    for name, digest in prov["sha256"].items():
+        assert file_sha256(DEFAULT_OUT / name) == digest, name
+        total += (DEFAULT_OUT / name).stat().st_size
+    assert total <= 20e6
+    assert prov["recipe"] == json.loads(
+        json.dumps(BackboneRecipe().__dict__, default=lambda o: o.__dict__)
+    )
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path):
+    m = load_config(DEMO).model_for("hxpe")
+    with pytest.raises(MissingWeightsError, match="make demo-backbones"):
+        load_clip(m.clip.model_copy(update={"pretrained": str(tmp_path / "none.safetensors")}))
+    with pytest.raises(MissingWeightsError, match=r"model.vfm.weights_dir .*does not exist"):
+        load_dinov2(m.vfm.model_copy(update={"weights_dir": str(tmp_path / "none")}))
+    assert F is not None
