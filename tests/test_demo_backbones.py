@@ -225,3 +225,17 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
     with pytest.raises(MissingWeightsError, match=r"model.vfm.weights_dir .*does not exist"):
         load_dinov2(m.vfm.model_copy(update={"weights_dir": str(tmp_path / "none")}))
     assert F is not None
+
+
+def test_dinov2_loads_from_its_folder_without_a_progress_bar_and_keeps_the_setting(capfd):
+    """A notebook saves transformers' "Loading weights" bar as a widget (make booktest refuses it)."""
+    from transformers.utils import logging as hf_logging
+
+    from hxpe.model.loading import dinov2_from_folder
+    from hxpe.paths import repo_root
+
+    hf_logging.enable_progress_bar()
+    model = dinov2_from_folder(repo_root() / "hxpe" / "model" / "weights" / "demo")
+    assert type(model).__name__ == "Dinov2Model"
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting is restored

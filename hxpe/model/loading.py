@@ -213,6 +213,24 @@ def set_activation(clip: nn.Module, kind: str) -> int:
     return n
 
 
+def dinov2_from_folder(folder: Path | str) -> nn.Module:
+    """``Dinov2Model.from_pretrained`` on a local folder (eager attention, no hub access), without
+    transformers' "Loading weights" progress bar, which a notebook would save as a widget (the
+    previous setting of that bar is restored)."""
+    from transformers import Dinov2Model
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return Dinov2Model.from_pretrained(
+            folder, attn_implementation="eager", local_files_only=True
+        )
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def load_dinov2(cfg: VfmConfig, seed: int = 0) -> nn.Module:
     """DINOv2 (transformers ``Dinov2Model``, eager attention so attentions come back), frozen."""
     from transformers import Dinov2Config, Dinov2Model
@@ -229,9 +247,7 @@ def load_dinov2(cfg: VfmConfig, seed: int = 0) -> nn.Module:
         return freeze(model)
     if cfg.weights_dir:
         folder = local_weights(cfg.weights_dir, "model.vfm.weights_dir")
-        model = Dinov2Model.from_pretrained(
-            folder, attn_implementation="eager", local_files_only=True
-        )
+        model = dinov2_from_folder(folder)
         log.info("DINOv2 loaded from %s", folder)
         return freeze(model)
     spec = spec_for_repo(cfg.model_id)
@@ -243,6 +259,6 @@ def load_dinov2(cfg: VfmConfig, seed: int = 0) -> nn.Module:
     snap = local_snapshot(spec)
     if snap is None:
         raise MissingWeightsError(missing_weights_message(spec))
-    model = Dinov2Model.from_pretrained(snap, attn_implementation="eager", local_files_only=True)
+    model = dinov2_from_folder(snap)
     log.info("DINOv2 %s loaded from %s", cfg.model_id, snap)
     return freeze(model)
