@@ -108,7 +108,7 @@ def verdict_truth(extractions: pd.DataFrame, indexes: dict[str, DatasetIndex]) -
     return table.reindex(index=["normal", "anomalous"], columns=list(VERDICTS), fill_value=0)
 
 
-def verdict_truth_figure(table: pd.DataFrame) -> plt.Figure:
+def verdict_truth_figure(table: pd.DataFrame) -> Figure:
     """The :func:`verdict_truth` counts as a heat map, titled with the verdict's precision and
     recall on anomalous images (failed records count as not flagged)."""
     tp = int(table.loc["anomalous", "anomalous"])
