@@ -16,7 +16,7 @@ when the server stops. At most :data:`hxpe.predict.MODEL_CACHE_SIZE` checkpoints
 Example (a tiny random-init checkpoint; no agent and no description, so the generic prompts):
     >>> page = analyse(part_png, checkpoint=checkpoint, out_dir=tmp_path)
     >>> page.status
-    'Done in ... s with `.../checkpoints/aux_to_target/hxpe`. Note: random-init CLIP (tiny demo ...'
+    'Done in ... s with `.../checkpoints/aux_to_target/hxpe`. Note: random-init CLIP (tiny test model)...'
     >>> page.phrase, page.verdict
     ('(none: the model uses its generic prompts)', 'no verdict (no description)')
     >>> page.overlay.name, page.prompt.name, page.record.name

@@ -92,12 +92,10 @@ def _write_curves(curves: dict[str, Curve], out: Path) -> None:
         writer.writeheader()
         for name, curve in curves.items():
             writer.writerows({"model": name, **r} for r in curve.rows)
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the backend stays the caller's
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3))
+    fig = Figure(figsize=(4.2 * len(curves), 3))
+    axes = fig.subplots(1, len(curves))
     for ax, (name, curve) in zip(axes, curves.items(), strict=True):
         for key in [k for k in curve.rows[0] if k != "step"]:
             ax.plot([r["step"] for r in curve.rows], [r[key] for r in curve.rows], label=key, lw=1)
@@ -107,7 +105,6 @@ def _write_curves(curves: dict[str, Curve], out: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curve.png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
 
 
 def build(out: Path, recipe: BackboneRecipe) -> dict:
@@ -133,7 +130,9 @@ def build(out: Path, recipe: BackboneRecipe) -> dict:
         from safetensors.torch import save_file
 
         state = {k: v.contiguous() for k, v in clip.state_dict().items()}
-        save_file(state, tmp / CLIP_FILE, metadata={"format": "pt", "model": CLIP_NAME})
+        # one metadata key: safetensors writes the metadata map in a random order, so two keys
+        # would make the SHA-256 of identical weights differ from run to run
+        save_file(state, tmp / CLIP_FILE, metadata={"format": "pt"})
         dino.save_pretrained(tmp, safe_serialization=True)
         _write_curves({"clip": clip_curve, "dinov2": dino_curve}, tmp)
         files = sorted(
