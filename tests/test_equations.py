@@ -96,6 +96,13 @@ def _broken(monkeypatch, model, what: str) -> None:
         monkeypatch.setattr(
             hxpe_module, "hsf_parts", lambda p, lg, c, k, f, a, cl: parts(p, lg, c, k, f, a / 2, cl)
         )
+    elif what == "hsf_selection":  # the least abnormal patches instead of the most abnormal ones
+        parts = hxpe_module.hsf_parts
+        monkeypatch.setattr(
+            hxpe_module,
+            "hsf_parts",
+            lambda p, lg, c, k, f, a, cl: parts(p, [-z for z in lg], c, k, f, a, cl),
+        )
     elif what == "score":
         monkeypatch.setattr(model, "cfg", model.cfg.model_copy(update={"score_mode": "text_max"}))
     elif what == "dice":
@@ -120,6 +127,7 @@ def _broken(monkeypatch, model, what: str) -> None:
         ("calibration", "DINOv2 prompt map"),
         ("key_bias", "key bias"),
         ("hsf", "HSF image feature"),
+        ("hsf_selection", "HSF patch selection"),
         ("score", "image score"),
         ("dice", "dice"),
         ("image_loss", "image loss Focal"),
