@@ -23,7 +23,7 @@ Example (the shrunk demo profile after stage 05):
     | direction | variant | base | recipe | explain | dinov2 | reference | image_auroc | image_ap | ... |
     |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
     | aux_to_target | adaclip | adaclip | hxpe | off | off | first_normal_train | ... |
-    | aux_to_target | hxpe | adaclip | hxpe | in_prompt | attn_bias | first_normal_train | ... |
+    | aux_to_target | hxpe | adaclip | hxpe | fuse | attn_bias | first_normal_train | ... |
     <BLANKLINE>
 """
 
