@@ -227,7 +227,11 @@ booktest: | $(BOOK_STAMP)
 		-m "browser or executed" -p no:cacheprovider tests/test_executed_notebooks.py tests/test_book_browser.py
 	@$(PY) tests/browser.py
 
-test: lint unit nbtest nbval booktest  ## ruff and mypy, pytest (unit tests), the six notebooks (demo) and nbval, the book in headless Chromium
+# lint runs beside the unit tests: mypy (one core, ~35 s) fills the time a worker spends waiting on
+# PyPI in the lock tests; --output-sync keeps each target's output in one block.
+test: | $(BOOK_STAMP)  ## ruff and mypy, pytest (unit tests), the six notebooks (demo) and nbval, the book in headless Chromium
+	$(MAKE) -j2 --output-sync=target lint unit
+	$(MAKE) nbtest nbval booktest
 
 # Mutation testing: MUTATE (files or globs), MUTATION_TESTS (test files), MUTATION_JOBS (parallel runs),
 # MUTANTS (mutant-name globs: a sample such as 'hxpe.*__mutmut_*0', one mutant in ten). Empty MUTATE /

@@ -37,7 +37,10 @@ def _files(root: Path) -> list[str]:
 
 
 def _make(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "HXPE_RESULTS_ROOT")}
+    # a make of its own: none of a calling make's variables or jobserver (make test runs lint and unit
+    # under -j2, whose MAKEFLAGS would make this make print a jobserver warning first)
+    skip = ("PROFILE", "HXPE_RESULTS_ROOT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in skip}
     return subprocess.run(
         ["make", "-C", str(repo), "--no-print-directory", *args],
         capture_output=True,
