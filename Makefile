@@ -225,7 +225,7 @@ booktest: | $(BOOK_STAMP)
 	rm -rf build/book-shots
 	HXPE_BOOK_DIR=build/book/demo HXPE_NOTEBOOK_DIR=build/nbval/demo $(PY) -m pytest -q -rs \
 		-m "browser or executed" -p no:cacheprovider tests/test_executed_notebooks.py tests/test_book_browser.py
-	@$(PY) tests/browser.py
+	@$(PY) tests/support/browser.py
 
 # lint runs beside the unit tests: mypy (one core, ~35 s) fills the time a worker spends waiting on
 # PyPI in the lock tests; --output-sync keeps each target's output in one block.

@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from hxpe.agent.testing import save_tiny_qwen2, save_tiny_qwen2_vl
+from hxpe.agent.tiny_models import save_tiny_qwen2, save_tiny_qwen2_vl
 from hxpe.data.fixtures import write_all_fixtures
 from hxpe.paths import resolve
 

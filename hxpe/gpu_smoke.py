@@ -88,7 +88,7 @@ def write_agent_inputs(work: Path) -> Path:
     """Fixture images (MVTec layout, 2 classes), the tiny Qwen folders and the params file."""
     import yaml
 
-    from hxpe.agent.testing import save_tiny_qwen2, save_tiny_qwen2_vl
+    from hxpe.agent.tiny_models import save_tiny_qwen2, save_tiny_qwen2_vl
     from hxpe.data.config import DemoDataConfig
     from hxpe.data.demo import generate_demo_dataset
     from hxpe.data.fixtures import write_raw_fixture

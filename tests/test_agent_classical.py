@@ -12,7 +12,7 @@ from hxpe.agent.backend_base import DescribeRequest, ExtractRequest, Generation,
 from hxpe.agent.backend_classical import NO_ANOMALY, ClassicalDescriber
 from hxpe.agent.backend_rules import RuleExtractor
 from hxpe.agent.parsing import parse_extraction
-from hxpe.agent.testing import plant_scratch, plant_spot, texture_crop
+from hxpe.data.fixtures import plant_scratch, plant_spot, texture_crop
 
 
 @pytest.fixture(scope="module")

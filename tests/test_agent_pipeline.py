@@ -23,7 +23,7 @@ from hxpe.agent import (
 from hxpe.agent.cache import read_records, stable_view
 from hxpe.agent.cli import register
 from hxpe.agent.config import AgentConfig
-from hxpe.agent.testing import planted_index
+from hxpe.data.fixtures import planted_index
 
 DEMO = {
     "describe": {
@@ -147,7 +147,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys
     from hxpe.agent import run_describe
-    from hxpe.agent.testing import planted_index
+    from hxpe.data.fixtures import planted_index
     from hxpe.agent.config import AgentConfig
     from pathlib import Path
     root, cache, cfg_json = sys.argv[1:4]

@@ -17,7 +17,7 @@ from hxpe.agent.summary import (  # noqa: E402
     verdict_plot,
     verdict_table,
 )
-from hxpe.agent.testing import planted_index  # noqa: E402
+from hxpe.data.fixtures import planted_index  # noqa: E402
 
 
 def test_tables_and_figure(tmp_path):

@@ -10,7 +10,8 @@ from hxpe.agent.backend_hf import HFDescriber, HFExtractor
 from hxpe.agent.cache import read_records
 from hxpe.agent.config import AgentConfig
 from hxpe.agent.templates import load_template
-from hxpe.agent.testing import planted_index, save_tiny_qwen2, save_tiny_qwen2_vl
+from hxpe.agent.tiny_models import save_tiny_qwen2, save_tiny_qwen2_vl
+from hxpe.data.fixtures import planted_index
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,10 @@ from hxpe.agent.backend_vllm import (
 from hxpe.agent.config import AgentConfig, DescribeConfig, ExtractConfig
 from hxpe.agent.schema import Extraction
 from hxpe.agent.templates import load_template
-from hxpe.agent.testing import (
-    planted_index,
-    save_tiny_qwen2,
-    save_tiny_qwen2_vl,
-    stand_in_vllm,
-    texture_crop,
-)
+from hxpe.agent.tiny_models import save_tiny_qwen2, save_tiny_qwen2_vl
+from hxpe.data.fixtures import planted_index, texture_crop
+
+from support.vllm_double import stand_in_vllm
 
 
 @pytest.fixture(scope="module")

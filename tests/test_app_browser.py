@@ -18,13 +18,13 @@ import pytest
 
 pytest.importorskip("gradio", reason="the app extra is not installed: pip install -e '.[app]'")
 
-from browser import browser_page, free_port, require_browser  # noqa: E402
-
 from hxpe.data.config import DemoDataConfig  # noqa: E402
 from hxpe.data.demo import generate_demo_dataset  # noqa: E402
 from hxpe.model.checkpoint import save_checkpoint  # noqa: E402
 from hxpe.model.hxpe import build_model  # noqa: E402
 from hxpe.model.tiny import tiny_model_config  # noqa: E402
+
+from support.browser import browser_page, free_port, require_browser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "build" / "app-shots"

@@ -16,9 +16,10 @@ from urllib.parse import unquote, urlsplit
 
 import nbformat
 import pytest
-from browser import chromium, serve_directory
 
 from hxpe.paths import repo_root
+
+from support.browser import chromium, serve_directory
 
 pytestmark = pytest.mark.browser
 

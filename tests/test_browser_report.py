@@ -1,8 +1,8 @@
-"""The last lines of `make test` say plainly whether the browser tests could run (tests/browser.py)."""
+"""The last lines of `make test` say plainly whether the browser tests could run (tests/support/browser.py)."""
 
 from __future__ import annotations
 
-import browser
+from support import browser
 
 
 def test_a_missing_chromium_is_said_plainly_and_fails_only_under_ci(monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""The bf16 model paths under CUDA autocast's dtype policy, emulated on CPU (tests/cuda_autocast.py):
+"""The bf16 model paths under CUDA autocast's dtype policy, emulated on CPU (tests/support/cuda_autocast.py):
 the DINOv2 prompt's statistics, the evaluation stage's inference with ``precision: bf16``, and every
 model path of ``make gpu-smoke`` (issue 23, item 1)."""
 
@@ -8,7 +8,6 @@ import re
 
 import pytest
 import torch
-from cuda_autocast import QUANTILE_MESSAGE, cuda_autocast_policy
 
 from hxpe import gpu_smoke
 from hxpe.config import load_config
@@ -16,6 +15,8 @@ from hxpe.model.hxpe import build_model
 from hxpe.model.loading import load_dinov2
 from hxpe.model.vfm import VfmPrompter, own_nn_distance
 from hxpe.paths import repo_root
+
+from support.cuda_autocast import QUANTILE_MESSAGE, cuda_autocast_policy
 
 DEMO = repo_root() / "notebooks" / "params" / "demo.yaml"
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
@@ -87,7 +88,7 @@ def test_gpu_smoke_model_paths_pass_under_the_policy(tmp_path):
 def test_evaluation_stage_in_bf16_passes_under_the_policy(variant, tmp_path):
     """Stage 05's inference (``infer_dataset``, the fast path) for every variant of the demo, with
     ``evaluation.precision: bf16``, phrases and the variant's reference rule."""
-    from hxpe.agent.testing import planted_index
+    from hxpe.data.fixtures import planted_index
     from hxpe.data.index import select_references
     from hxpe.evaluation.maps import MapStore
     from hxpe.evaluation.protocol import infer_dataset

@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from hxpe import gpu_smoke
-from hxpe.agent.testing import stand_in_vllm
 from hxpe.paths import repo_root
+
+from support.vllm_double import stand_in_vllm
 
 
 def test_make_gpu_smoke_without_the_vllm_env_fails_with_one_line(tmp_path):

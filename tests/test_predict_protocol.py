@@ -1,7 +1,7 @@
 """One image, one score: ``hxpe predict`` on a test image, with the checkpoint's defaults and the
 class's protocol reference, gives the protocol's stored score and map (|Δ| ≤ 1e-4).
 
-The setup is the demo profile shrunk (hxpe.conftest.tiny_demo_config): stages 01-05 for real on
+The setup is the demo profile shrunk (tests/support/doctests.py, tiny_demo_config): stages 01-05 for real on
 generated images, a trained checkpoint (one step) whose CLIP input (112 px) differs from the
 protocol resolution (96 px), the classical describer and rule extractor, AdaCLIP's HSF score with
 its scikit-learn k-means, the class name in the prompts, DINOv2 prompts against the reference.
@@ -15,10 +15,11 @@ import json
 import numpy as np
 import pytest
 
-from hxpe.conftest import tiny_demo_config
 from hxpe.data.index import load_index, select_references
 from hxpe.evaluation.maps import MapStore
 from hxpe.predict import predict
+
+from support.doctests import tiny_demo_config
 
 DIRECTION = "aux_to_target"
 EVAL_SIZE = 96

@@ -10,10 +10,11 @@ import zipfile
 import pytest
 
 from hxpe.agent.backend_vllm import KNOWN_OPTIONS, STRUCTURED_BACKENDS, engine_kwargs
-from hxpe.agent.testing import stand_in_vllm
 from hxpe.config import load_config
 from hxpe.environment import vllm_api
 from hxpe.paths import repo_root
+
+from support.vllm_double import stand_in_vllm
 
 
 @pytest.fixture(scope="module")

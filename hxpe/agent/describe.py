@@ -3,7 +3,7 @@ normal reference of its class; results go to an append-only cache (``agent/descr
 
 Example (the demo profile's classical describer on planted defects):
     >>> import tempfile
-    >>> from hxpe.agent.testing import planted_index
+    >>> from hxpe.data.fixtures import planted_index
     >>> from hxpe.config import load_config
     >>> cfg = load_config("notebooks/params/demo.yaml")
     >>> index = planted_index(tempfile.mkdtemp(), n_good=1)

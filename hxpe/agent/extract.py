@@ -4,7 +4,7 @@ the anti-false-alarm rule gives the verdict, and the CLIP phrase is kept within 
 Example (the demo profile: classical describer, rule extractor):
     >>> import tempfile
     >>> from hxpe.agent.describe import run_describe
-    >>> from hxpe.agent.testing import planted_index
+    >>> from hxpe.data.fixtures import planted_index
     >>> from hxpe.config import load_config
     >>> cfg = load_config("notebooks/params/demo.yaml")
     >>> agent = Path(tempfile.mkdtemp())

@@ -389,6 +389,53 @@ class IndexWriter:
         return DatasetIndex(name=self.dataset, root=self.root, frame=frame, kind=self.kind)
 
 
+# -- planted defects on a real photo (the agent's examples and tests) -------------------------------
+def texture_crop(y: int, x: int, size: int = 128) -> Image.Image:
+    """A ``size`` px crop of the brick photo at half resolution, starting at pixel (y, x)."""
+    from skimage import data
+
+    img = data.brick()
+    crop = img[y : y + 2 * size : 2, x : x + 2 * size : 2]
+    return Image.fromarray(np.stack([crop] * 3, -1).astype(np.uint8))
+
+
+def plant_scratch(img: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """A dark 3 px line from (x0, y0) to (x1, y1)."""
+    out = img.copy()
+    ImageDraw.Draw(out).line(list(box), fill=(15, 15, 15), width=3)
+    return out
+
+
+def plant_spot(img: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """A red filled ellipse in ``box``."""
+    out = img.copy()
+    ImageDraw.Draw(out).ellipse(list(box), fill=(200, 40, 30))
+    return out
+
+
+def planted_index(root: str | Path, name: str = "planted", n_good: int = 2) -> DatasetIndex:
+    """A two-class dataset (``wall``, ``tile``) in MVTec layout, cut from scikit-image's ``brick``
+    photo: per class one train normal, ``n_good`` test normals, a dark scratch and a red spot (the
+    agent's examples and tests).
+
+    Example:
+        >>> import tempfile
+        >>> index = planted_index(tempfile.mkdtemp())
+        >>> index.frame.groupby(["split", "defect_type"]).size().to_dict()
+        {('test', 'good'): 4, ('test', 'scratch'): 2, ('test', 'spot'): 2, ('train', 'good'): 2}
+    """
+    writer = IndexWriter(Path(root), name)
+    for cls, (y0, x0) in {"wall": (0, 0), "tile": (40, 200)}.items():
+        writer.add(cls, "train", "good", "000", texture_crop(y0, x0))
+        for i in range(n_good):
+            writer.add(cls, "test", "good", f"{i:03d}", texture_crop(y0 + 2 * i, x0 + 3 * i))
+        writer.add(
+            cls, "test", "scratch", "000", plant_scratch(texture_crop(y0, x0), (10, 15, 45, 30))
+        )
+        writer.add(cls, "test", "spot", "000", plant_spot(texture_crop(y0, x0), (90, 90, 104, 104)))
+    return writer.index()
+
+
 def write_part_pair(folder: Path) -> dict[str, Path]:
     """``reference.png`` (a grey texture, 150×100 RGB) and ``part.png`` (the same with a dark scratch
     in its upper left) in ``folder``, for ``hxpe predict``, the app and their examples.

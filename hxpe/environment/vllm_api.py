@@ -1,5 +1,5 @@
 """The pinned vLLM's keyword API, read from its wheel without installing it: the snapshot that the
-agent's test double (:func:`hxpe.agent.testing.stand_in_vllm`) enforces on CPU.
+agent's test double (`tests/support/vllm_double.py`) enforces on CPU.
 
 vLLM is CUDA-only and lives in its own venv, so the CPU tests talk to a stand-in module. Without a
 contract, a keyword that the pinned vLLM does not have (or one it silently drops) passes every CPU

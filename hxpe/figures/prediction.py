@@ -16,7 +16,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,8 +27,27 @@ from PIL import Image
 from hxpe.figures.style import MAP_CMAP, VFM_CMAP, blank, show_image, show_map, text_panel, wrap
 from hxpe.figures.words import word_bars
 
-if TYPE_CHECKING:
-    from hxpe.predict import Prediction
+
+class Prediction(Protocol):
+    """What the figures read of a prediction (:class:`hxpe.predict.Prediction` has it): a structural
+    type, so this module needs nothing from :mod:`hxpe.predict`, which draws with it."""
+
+    image_path: Path
+    image: Image.Image
+    image_score: float
+    vfm_prompt: np.ndarray | None
+    reference_path: Path | None
+    provenance: dict[str, Any]
+    word_importance: list[tuple[str, float]] | None
+
+    @property
+    def phrase(self) -> str | None: ...
+
+    @property
+    def verdict(self) -> bool | None: ...
+
+    def overlay_map(self, size: tuple[int, int] | None = None) -> np.ndarray: ...
+
 
 DISPLAY_SIDE = 2048  # longest side, in pixels, of the image copy a figure draws
 MAX_ASPECT = 3.0  # height/width of the figure's image area is clamped to [1/3, 3]

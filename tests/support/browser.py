@@ -8,7 +8,7 @@ Without Playwright or Chromium a browser test is skipped with the install comman
 
 Example (in a test module)::
 
-    from browser import browser_page, free_port
+    from support.browser import browser_page, free_port
 
     with browser_page() as page:
         page.goto(f"http://127.0.0.1:{port}/")
@@ -134,7 +134,7 @@ def browser_report() -> tuple[bool, str]:
 
 
 def main() -> int:
-    """``python tests/browser.py``: the last lines of ``make test`` say plainly whether the browser
+    """``python tests/support/browser.py``: the last lines of ``make test`` say plainly whether the browser
     tests ran; exit 1 under CI when they could not."""
     found, line = browser_report()
     if found:

@@ -1,4 +1,4 @@
-"""Doctest setup: the package's docstring examples run for real (``pytest hxpe``, in ``make test``).
+"""Doctest setup, loaded as a pytest plugin (pyproject.toml: `-p support.doctests`): the package's docstring examples run for real (``pytest hxpe``, in ``make test``).
 
 An example may use these names without defining them; each is built the first time an example
 mentions it (once per session, except ``tmp_path``), so a module's examples pay only for what they
