@@ -11,7 +11,7 @@ reason.
 Examples::
 
     python tests/mutation.py                                    # the defaults below
-    python tests/mutation.py --paths hxpe/model/vfm.py --tests tests/test_model_core.py
+    python tests/mutation.py --paths hxpe/model/vfm.py --tests tests/model/test_model_core.py
     python tests/mutation.py --max-children 2 --out build/mutation.txt
     python tests/mutation.py --mutants 'hxpe.*__mutmut_*0'      # a 1-in-10 sample (numbers ending in 0)
 
@@ -42,18 +42,18 @@ DEFAULT_PATHS = [
     "hxpe/train.py",
 ]
 DEFAULT_TESTS = [
-    "tests/test_model_core.py",
-    "tests/test_losses_hsf.py",
-    "tests/test_inference_paths.py",
+    "tests/model/test_model_core.py",
+    "tests/model/test_losses_hsf.py",
+    "tests/model/test_inference_paths.py",
     "tests/test_train_loop.py",
-    "tests/test_winclip.py",
+    "tests/model/test_winclip.py",
     # loading (from a fake hub cache), the importers and checkpoints, against open_clip and the
     # authors' outputs (the golden comparisons need $HXPE_GOLDEN_DIR or ../shared/golden, else skip)
-    "tests/test_openclip_equivalence.py",
+    "tests/model/test_openclip_equivalence.py",
     "tests/test_golden_equivalence.py",
-    "tests/test_importers.py",
-    "tests/test_demo_pretrained.py",
-    "tests/test_clip_quickgelu_guard.py",
+    "tests/model/test_importers.py",
+    "tests/backbones/test_demo_pretrained.py",
+    "tests/model/test_clip_quickgelu_guard.py",
 ]
 COPY = ["hxpe", "tests", "notebooks/params", "pyproject.toml"]
 STATUS = re.compile(r"^\s*(?P<name>\S+): (?P<status>[\w ]+?)\s*$")

@@ -1,5 +1,5 @@
 """The bases against golden outputs of the authors' own code (``hxpe check-equivalence``), and the
-import of the authors' golden checkpoints (the importers on tiny checkpoints: tests/test_importers.py).
+import of the authors' golden checkpoints (the importers on tiny checkpoints: tests/model/test_importers.py).
 
 The golden folder is ``$HXPE_GOLDEN_DIR``, else ``../shared/golden`` beside the repository; tests that
 need it are skipped with that reason when it is absent.

@@ -94,7 +94,7 @@ def test_agent_checks_fail_on_whitespace_outside_strings(monkeypatch, tmp_path):
 
 
 # The paper-size checks (paper_checks) run on a small model on CPU, under CUDA autocast's dtype
-# policy: tests/test_cuda_autocast_policy.py::test_gpu_smoke_model_paths_pass_under_the_policy.
+# policy: tests/model/test_cuda_autocast_policy.py::test_gpu_smoke_model_paths_pass_under_the_policy.
 
 
 def test_gpu_slug():

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data_fixtures import write_mvtec_tree
 
 from hxpe import book
 from hxpe.atomic import OutputKind, OutputRefused, check_output_dir, replace_dir
@@ -19,6 +18,8 @@ from hxpe.cli import main
 from hxpe.model.hxpe import build_model
 from hxpe.model.importers import authors_name, to_authors_layout
 from hxpe.model.tiny import tiny_model_config
+
+from support.raw_trees import write_mvtec_tree
 
 KIND = OutputKind("thing", ("a.txt", "b.txt"))
 

@@ -21,7 +21,7 @@ whatever the dataset size.
   fed from the one resized batch; smoothing on the device; one device-to-host copy per batch;
   optional ``torch.compile``.
 
-In float32 both paths give the same scores and maps (within 1e-3; ``tests/test_inference_paths.py``).
+In float32 both paths give the same scores and maps (within 1e-3; ``tests/model/test_inference_paths.py``).
 
 Example (the tiny model over the demo target's 8 test images; on a GPU, move the model there and
 pass ``device="cuda"`` and ``num_workers`` to :func:`make_loader`):

@@ -11,7 +11,7 @@ is the class token's abnormal probability, as in WinCLIP's paper (eq. 1) and ano
 ``WinClipModel``; the max of the map enters the image score only in the few-shot WinCLIP+.
 
 The computation follows anomalib's ``WinClipModel`` (zero-shot branch) and is pinned against it by
-``tests/test_winclip.py`` on identical random weights. The backbone of the paper is open_clip
+``tests/model/test_winclip.py`` on identical random weights. The backbone of the paper is open_clip
 ``ViT-B-16-plus-240`` with ``laion400m_e31`` weights at 240 px (``hxpe/weights.yaml``: winclip_clip).
 
 Example (a tiny random CLIP in the backbone's shape: patch 16 at 64 px, a 4×4 grid, so 9 windows

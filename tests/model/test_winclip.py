@@ -1,7 +1,7 @@
 """WinCLIP (hxpe.model.winclip): window geometry, harmonic aggregation, and the whole zero-shot forward
 pinned against anomalib's ``WinClipModel`` on identical random weights.
 
-How ``tests/data/winclip_anomalib_tiny.safetensors`` was produced (once, outside the project venv; no
+How ``tests/golden/winclip_anomalib_tiny.safetensors`` was produced (once, outside the project venv; no
 anomalib code is in this repository): anomalib 2.7.0 was installed in a throwaway venv beside this
 project's pinned torch 2.x / open_clip 3.3.0. Its ``WinClipModel(class_name="object")`` was built with
 its module constants ``BACKBONE = "hxpe-tiny-winclip"`` (``hxpe/model/configs/hxpe-tiny-winclip.json``
@@ -28,7 +28,7 @@ from hxpe.model.config import ClipConfig, ModelConfig
 from hxpe.model.hxpe import ModelOutput, build_model
 from hxpe.model.winclip import WinClipModel, harmonic_to_patches, window_indices
 
-FIXTURE = Path(__file__).parent / "data" / "winclip_anomalib_tiny.safetensors"
+FIXTURE = Path(__file__).resolve().parents[1] / "golden" / "winclip_anomalib_tiny.safetensors"
 TOL = 1e-5  # float32 on CPU; measured max difference 9e-8
 
 

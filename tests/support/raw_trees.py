@@ -1,10 +1,12 @@
-"""Helpers that write tiny dataset trees in each raw layout (used by the tests/test_data_*.py)."""
+"""Helpers that write tiny dataset trees in raw layouts (images, masks, MVTec and VisA trees) for the
+data tests (tests/data/) and the output-option tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 SIZE = 8
@@ -50,4 +52,30 @@ def write_mvtec_tree(
                     write_image(root / cls / "test" / key / f"{i:03d}{image_ext}", seed)
                     mask = root / cls / "ground_truth" / key / f"{i:03d}{mask_suffix}{mask_ext}"
                     write_mask(mask)
+    return root
+
+
+def write_visa(root: Path) -> Path:
+    """A VisA tree (two classes, ``split_csv/1cls.csv``) under ``root``; masks hold small integers."""
+    rows = [("candle", "train", "normal", "candle/Data/Images/Normal/0000.JPG", "")]
+    rows.append(("candle", "test", "normal", "candle/Data/Images/Normal/0001.JPG", ""))
+    rows.append(
+        (
+            "candle",
+            "test",
+            "anomaly",
+            "candle/Data/Images/Anomaly/000.JPG",
+            "candle/Data/Masks/Anomaly/000.png",
+        )
+    )
+    rows.append(("pcb1", "train", "normal", "pcb1/Data/Images/Normal/0000.JPG", ""))
+    for i, (_, _, _, image, mask) in enumerate(rows):
+        write_image(root / image, seed=i)
+        if mask:
+            write_mask(root / mask, value=1)  # VisA masks hold small integers
+    csv = root / "split_csv" / "1cls.csv"
+    csv.parent.mkdir(parents=True)
+    pd.DataFrame(rows, columns=["object", "split", "label", "image", "mask"]).to_csv(
+        csv, index=False
+    )
     return root

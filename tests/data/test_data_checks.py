@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_data_builders import write_visa
-from test_data_fixtures import write_image, write_mask, write_mvtec_tree
 
 from hxpe.data import DatasetError, prepare_dataset
 from hxpe.data.config import DatasetSource
 from hxpe.data.index import load_index
+
+from support.raw_trees import write_image, write_mask, write_mvtec_tree, write_visa
 
 ONE_CLASS = {"bottle": {"train": 1, "good": 1, "crack": 1}}
 

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_data_fixtures import write_image, write_mask, write_mvtec_tree
 
 from hxpe.data import prepare_dataset
 from hxpe.data.config import DatasetSource
 from hxpe.data.index import INDEX_COLUMNS, load_index
+
+from support.raw_trees import write_image, write_mask, write_mvtec_tree, write_visa
 
 
 def sha(path: Path) -> str:
@@ -84,31 +85,6 @@ def test_btad_ok_ko_and_mixed_extensions(tmp_path: Path) -> None:
     assert frame.loc["btad/01/test/ko/000", "mask"] == "01/ground_truth/ko/000.png"
     assert frame.loc["btad/01/test/ko/002", "image"] == "01/test/ko/002.png"
     assert frame.loc["btad/01/test/good/000", "image"] == "01/test/ok/000.bmp"
-
-
-def write_visa(root: Path) -> Path:
-    rows = [("candle", "train", "normal", "candle/Data/Images/Normal/0000.JPG", "")]
-    rows.append(("candle", "test", "normal", "candle/Data/Images/Normal/0001.JPG", ""))
-    rows.append(
-        (
-            "candle",
-            "test",
-            "anomaly",
-            "candle/Data/Images/Anomaly/000.JPG",
-            "candle/Data/Masks/Anomaly/000.png",
-        )
-    )
-    rows.append(("pcb1", "train", "normal", "pcb1/Data/Images/Normal/0000.JPG", ""))
-    for i, (_, _, _, image, mask) in enumerate(rows):
-        write_image(root / image, seed=i)
-        if mask:
-            write_mask(root / mask, value=1)  # VisA masks hold small integers
-    csv = root / "split_csv" / "1cls.csv"
-    csv.parent.mkdir(parents=True)
-    pd.DataFrame(rows, columns=["object", "split", "label", "image", "mask"]).to_csv(
-        csv, index=False
-    )
-    return root
 
 
 def test_visa_from_split_csv(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 import pytest
-from test_data_fixtures import write_mvtec_tree
 
 from hxpe.data.cli import register
 from hxpe.data.index import load_index
 from hxpe.data.registry import load_specs
+
+from support.raw_trees import write_mvtec_tree
 
 
 def parser() -> argparse.ArgumentParser:
