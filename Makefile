@@ -58,11 +58,15 @@ help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
 
 # ---------------------------------------------------------------- environment
+# pip installs uv (its version pinned in constraints.txt), and uv installs the rest from the same
+# constraints: it downloads and unpacks in parallel (fresh caches, this 2-core machine: 51 s for
+# everything make test needs, against 292 s for pip).
+UV_INSTALL = $(PY) -m uv pip install --quiet --python $(PY) -c constraints.txt
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or pass PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test,app]'
+	$(PY) -m pip install --quiet -c constraints.txt uv
+	$(UV_INSTALL) -e '.[notebooks,test,app]'
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (hxpe)" >/dev/null
 	touch $@
 
@@ -70,7 +74,7 @@ venv: $(STAMP)  ## Create .venv from the pinned constraints and register the Jup
 
 # The book and its browser test (Sphinx, myst-nb, Playwright): only make book and make test need them.
 $(BOOK_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test,app,book]'
+	$(UV_INSTALL) -e '.[notebooks,test,app,book]'
 	touch $@
 
 # ---- locks and the vLLM environment (make lock, make gpu-env, make gpu-smoke) ----
