@@ -37,7 +37,6 @@ from hxpe.agent.backend_base import (
 from hxpe.agent.cache import JsonlCache, Shard, content_hash, in_shard, read_records, shard_files
 from hxpe.agent.config import AgentConfig
 from hxpe.agent.parsing import check_description
-from hxpe.agent.replay import replay_source
 from hxpe.agent.runner import (
     Outcome,
     StageReport,
@@ -203,8 +202,7 @@ def run_describe(
             )
             for it in items
         ]
-        sources = replay_source(dcfg.options, cache_path)
-        replay_stage(wanted, sources, _replay_match, cache=cache, report=report)
+        replay_stage(wanted, _replay_match, dcfg.options, cache=cache, report=report)
         return finish(report, started)
 
     def fields(it: DescribeItem, out: Outcome[str]) -> dict[str, Any]:

@@ -34,7 +34,6 @@ from hxpe.agent.describe import load_records
 from hxpe.agent.parsing import parse_extraction
 from hxpe.agent.phrase import CLIP_TOKENIZER_MODEL as DEFAULT
 from hxpe.agent.phrase import count_clip_tokens, fit_phrase
-from hxpe.agent.replay import replay_source
 from hxpe.agent.runner import (
     Outcome,
     StageReport,
@@ -172,8 +171,7 @@ def run_extract(
 
     if replay:
         wanted = [(r.image_id, (r.image_id, r.key, ecfg.model_id, template.id)) for r in rows]
-        sources = replay_source(ecfg.options, cache_path)
-        replay_stage(wanted, sources, _replay_match, cache=cache, report=report)
+        replay_stage(wanted, _replay_match, ecfg.options, cache=cache, report=report)
         return finish(report, started)
 
     def requests(batch: list[Any]) -> list[ExtractRequest]:

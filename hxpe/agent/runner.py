@@ -23,7 +23,7 @@ from hxpe.agent.backend_base import Generation, Sampling
 from hxpe.agent.cache import JsonlCache, content_hash
 from hxpe.agent.config import DescribeConfig, ExtractConfig
 from hxpe.agent.parsing import OutputError
-from hxpe.agent.replay import replay_records
+from hxpe.agent.replay import replay_records, replay_source
 from hxpe.agent.templates import PromptTemplate
 from hxpe.progress import progress
 from hxpe.versions import software_versions
@@ -251,17 +251,18 @@ def engine_failure_message(
 
 def replay_stage(
     wanted: Sequence[tuple[str, tuple[Any, ...]]],
-    sources: Sequence[Path],
     match: Callable[[dict[str, Any]], tuple[Any, ...]],
+    options: dict[str, Any],
     *,
     cache: JsonlCache,
     report: StageReport,
 ) -> None:
-    """The ``replay`` backend: copy matching records of ``sources`` into ``cache`` (no engine).
+    """The ``replay`` backend: copy matching records of its source (``options``, by default the
+    stage's own cache: :func:`replay_source`) into ``cache`` (no engine).
 
     ``wanted`` pairs each image id with the fields a record must match (:func:`replay_records`).
     """
-    found = replay_records(wanted, sources, match)
+    found = replay_records(wanted, replay_source(options, cache.path), match)
     known = cache.keys()
     cache.append(r for r in found if r["key"] not in known)
     for rec in found:
