@@ -250,8 +250,8 @@ def engine_failure_message(
 
 
 def replay_stage(
-    wanted: Sequence[tuple[str, tuple[Any, ...]]],
-    match: Callable[[dict[str, Any]], tuple[Any, ...]],
+    wanted: Sequence[dict[str, Any]],
+    on: Sequence[str],
     options: dict[str, Any],
     *,
     cache: JsonlCache,
@@ -260,9 +260,10 @@ def replay_stage(
     """The ``replay`` backend: copy matching records of its source (``options``, by default the
     stage's own cache: :func:`replay_source`) into ``cache`` (no engine).
 
-    ``wanted`` pairs each image id with the fields a record must match (:func:`replay_records`).
+    ``wanted`` holds the first fields of each record the stage would write; a source record
+    matches one when it has the same values of the fields ``on`` (:func:`replay_records`).
     """
-    found = replay_records(wanted, replay_source(options, cache.path), match)
+    found = replay_records(wanted, on, replay_source(options, cache.path))
     known = cache.keys()
     cache.append(r for r in found if r["key"] not in known)
     for rec in found:
