@@ -57,6 +57,11 @@ class DescribeRequest:
     image: Image.Image
     reference: Image.Image | None
 
+    @property
+    def images(self) -> list[Image.Image]:
+        """The images in prompt order: the reference (when there is one), then the test image."""
+        return [self.image] if self.reference is None else [self.reference, self.image]
+
 
 @dataclass(frozen=True)
 class ExtractRequest:

@@ -93,10 +93,18 @@ def generate(model: Any, inputs: dict[str, Any], tokenizer: Any, sampling: Sampl
     )
 
 
-class HFDescriber:
-    """A Qwen2-VL-family model on transformers (one request at a time)."""
+class _OnTransformers:
+    """What both stages share: the backend's name and the settings of the stage's options."""
 
     backend = "transformers"
+    options: dict[str, Any]
+
+    def settings(self) -> dict[str, Any]:
+        return settings_for(self.options)
+
+
+class HFDescriber(_OnTransformers):
+    """A Qwen2-VL-family model on transformers (one request at a time)."""
 
     def __init__(self, model: Any, processor: Any, options: dict[str, Any]):
         self.model, self.processor, self.options = model, processor, options
@@ -111,21 +119,14 @@ class HFDescriber:
         )
         return cls(model, processor, cfg.options)
 
-    def settings(self) -> dict[str, Any]:
-        return settings_for(self.options)
-
-    def messages(self, req: DescribeRequest) -> list[dict[str, Any]]:
-        """The chat: Image 1 (reference, when there is one), Image 2 (test), then the prompt."""
-        images = [{"type": "image"}] * (2 if req.reference is not None else 1)
-        return [{"role": "user", "content": [*images, {"type": "text", "text": req.prompt}]}]
-
     def inputs(self, req: DescribeRequest) -> Any:
         """The processor's tensors for one request (prompt rendered by the chat template)."""
-        images = [req.image] if req.reference is None else [req.reference, req.image]
         text = self.processor.apply_chat_template(
-            self.messages(req), tokenize=False, add_generation_prompt=True
+            describe_messages(req), tokenize=False, add_generation_prompt=True
         )
-        return self.processor(text=[text], images=images, return_tensors="pt").to(self.model.device)
+        return self.processor(text=[text], images=req.images, return_tensors="pt").to(
+            self.model.device
+        )
 
     def describe(self, requests: Sequence[DescribeRequest], sampling: Sampling) -> list[Generation]:
         return [
@@ -134,10 +135,8 @@ class HFDescriber:
         ]
 
 
-class HFExtractor:
+class HFExtractor(_OnTransformers):
     """A Qwen2.5-family causal LM on transformers (one request at a time)."""
-
-    backend = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, options: dict[str, Any]):
         self.model, self.tokenizer, self.options = model, tokenizer, options
@@ -148,9 +147,6 @@ class HFExtractor:
 
         model, tokenizer = load_pretrained(cfg, AutoModelForCausalLM, AutoTokenizer)
         return cls(model, tokenizer, cfg.options)
-
-    def settings(self) -> dict[str, Any]:
-        return settings_for(self.options)
 
     def extract(self, requests: Sequence[ExtractRequest], sampling: Sampling) -> list[Generation]:
         out = []
@@ -163,6 +159,13 @@ class HFExtractor:
             ).to(self.model.device)
             out.append(generate(self.model, inputs, self.tokenizer, sampling))
         return out
+
+
+def describe_messages(req: DescribeRequest) -> list[dict[str, Any]]:
+    """The describer's chat: Image 1 (reference, when there is one), Image 2 (test), then the
+    prompt; the images themselves go beside it, in the order of ``req.images``."""
+    images = [{"type": "image"} for _ in req.images]
+    return [{"role": "user", "content": [*images, {"type": "text", "text": req.prompt}]}]
 
 
 def chat_messages(req: ExtractRequest) -> list[dict[str, str]]:

@@ -38,18 +38,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hxpe.agent.backend_base import (
-    Backend,
-    DescribeRequest,
-    ExtractRequest,
-    Generation,
-    Sampling,
-    register_backend,
-)
-from hxpe.agent.backend_hf import chat_messages
+from hxpe.agent import backend_base as base
+from hxpe.agent.backend_hf import chat_messages, describe_messages
 from hxpe.agent.config import DescribeConfig, ExtractConfig
 from hxpe.agent.schema import Extraction
 
@@ -88,20 +81,36 @@ PERFORMANCE_ONLY = (
 )
 
 
+def over_defaults(
+    options: dict[str, Any], name: str, defaults: Mapping[str, Any], note: str = ""
+) -> dict[str, Any]:
+    """The dict option ``name`` laid over ``defaults`` (each key overridable alone); a key that
+    ``defaults`` lacks is an error (``note`` ends its message).
+
+    >>> over_defaults({"o": {"b": 3}}, "o", {"a": 1, "b": 2})
+    {'a': 1, 'b': 3}
+    >>> over_defaults({"o": {"c": 3}}, "o", {"a": 1, "b": 2})
+    Traceback (most recent call last):
+    ValueError: vllm backend: o ['c'] are not supported; give ['a', 'b']
+    """
+    given = dict(options.get(name) or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"vllm backend: {name} {unknown} are not supported; give {sorted(defaults)}{note}"
+        )
+    return {**defaults, **given}
+
+
 def pixel_limits(options: dict[str, Any]) -> dict[str, int]:
     """The describer's Qwen2-VL pixel limits: ``mm_processor_kwargs`` over the defaults.
 
     >>> pixel_limits({"mm_processor_kwargs": {"max_pixels": 1000000}})
     {'min_pixels': 200704, 'max_pixels': 1000000}
     """
-    given = dict(options.get("mm_processor_kwargs") or {})
-    unknown = sorted(set(given) - set(DEFAULT_PIXELS))
-    if unknown:
-        raise ValueError(
-            f"vllm backend: mm_processor_kwargs {unknown} are not supported; give "
-            f"{sorted(DEFAULT_PIXELS)} (the Qwen2-VL pixel limits)"
-        )
-    return {**DEFAULT_PIXELS, **given}
+    return over_defaults(
+        options, "mm_processor_kwargs", DEFAULT_PIXELS, note=" (the Qwen2-VL pixel limits)"
+    )
 
 
 def processor_size(pixels: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -123,14 +132,7 @@ def structured_config(options: dict[str, Any]) -> dict[str, Any]:
     >>> structured_config({"structured_outputs_config": {"backend": "xgrammar"}})
     {'backend': 'xgrammar', 'disable_any_whitespace': True}
     """
-    given = dict(options.get("structured_outputs_config") or {})
-    unknown = sorted(set(given) - set(STRUCTURED_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"vllm backend: structured_outputs_config {unknown} are not supported; give "
-            f"{sorted(STRUCTURED_DEFAULTS)}"
-        )
-    out = {**STRUCTURED_DEFAULTS, **given}
+    out = over_defaults(options, "structured_outputs_config", STRUCTURED_DEFAULTS)
     if out["backend"] not in STRUCTURED_BACKENDS:
         raise ValueError(
             f"vllm backend: structured_outputs_config.backend {out['backend']!r}; use one of "
@@ -216,7 +218,7 @@ def engine_kwargs(cfg: DescribeConfig | ExtractConfig, multimodal: bool) -> dict
     return kwargs
 
 
-def sampling_params(vllm: Any, sampling: Sampling, **extra: Any) -> Any:
+def sampling_params(vllm: Any, sampling: base.Sampling, **extra: Any) -> Any:
     """``SamplingParams`` with every decoding setting explicit."""
     return vllm.SamplingParams(
         temperature=sampling.temperature,
@@ -227,8 +229,8 @@ def sampling_params(vllm: Any, sampling: Sampling, **extra: Any) -> Any:
     )
 
 
-def _generations(outputs: Sequence[Any]) -> list[Generation]:
-    return [Generation(o.outputs[0].text, o.outputs[0].finish_reason) for o in outputs]
+def _generations(outputs: Sequence[Any]) -> list[base.Generation]:
+    return [base.Generation(o.outputs[0].text, o.outputs[0].finish_reason) for o in outputs]
 
 
 class VllmDescriber:
@@ -254,16 +256,16 @@ class VllmDescriber:
     def settings(self) -> dict[str, Any]:
         return settings_for(self.options, structured=False)
 
-    def request(self, req: DescribeRequest) -> dict[str, Any]:
+    def request(self, req: base.DescribeRequest) -> dict[str, Any]:
         """One ``llm.generate`` input: the chat-templated prompt and its images in order."""
-        images = [req.image] if req.reference is None else [req.reference, req.image]
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": req.prompt}]
         prompt = self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            describe_messages(req), tokenize=False, add_generation_prompt=True
         )
-        return {"prompt": prompt, "multi_modal_data": {"image": images}}
+        return {"prompt": prompt, "multi_modal_data": {"image": req.images}}
 
-    def describe(self, requests: Sequence[DescribeRequest], sampling: Sampling) -> list[Generation]:
+    def describe(
+        self, requests: Sequence[base.DescribeRequest], sampling: base.Sampling
+    ) -> list[base.Generation]:
         params = sampling_params(self.vllm, sampling)
         outputs = self.llm.generate([self.request(r) for r in requests], params, use_tqdm=False)
         return _generations(outputs)
@@ -293,20 +295,22 @@ class VllmExtractor:
     def settings(self) -> dict[str, Any]:
         return settings_for(self.options, structured=True)
 
-    def prompt(self, req: ExtractRequest) -> str:
+    def prompt(self, req: base.ExtractRequest) -> str:
         prompt: str = self.tokenizer.apply_chat_template(
             chat_messages(req), tokenize=False, add_generation_prompt=True
         )
         return prompt
 
-    def extract(self, requests: Sequence[ExtractRequest], sampling: Sampling) -> list[Generation]:
+    def extract(
+        self, requests: Sequence[base.ExtractRequest], sampling: base.Sampling
+    ) -> list[base.Generation]:
         params = sampling_params(self.vllm, sampling, **self.structured)
         outputs = self.llm.generate([self.prompt(r) for r in requests], params, use_tqdm=False)
         return _generations(outputs)
 
 
-register_backend(
-    Backend(
+base.register_backend(
+    base.Backend(
         "vllm",
         settings_for=settings_for,
         describer=VllmDescriber.from_config,

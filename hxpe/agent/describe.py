@@ -37,7 +37,6 @@ from hxpe.agent.backend_base import (
 from hxpe.agent.cache import JsonlCache, Shard, content_hash, in_shard, read_records, shard_files
 from hxpe.agent.config import AgentConfig
 from hxpe.agent.parsing import check_description
-from hxpe.agent.replay import replay_source
 from hxpe.agent.runner import (
     Outcome,
     StageReport,
@@ -121,14 +120,8 @@ def _key(item: DescribeItem, settings_digest: str, template: PromptTemplate) -> 
     )
 
 
-def _replay_match(rec: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        rec["image_id"],
-        rec["image_sha256"],
-        rec["reference_sha256"],
-        rec["model_id"],
-        rec["template_id"],
-    )
+REPLAY_ON = ("image_id", "image_sha256", "reference_sha256", "model_id", "template_id")
+"""The fields a replayed description shares with the one it stands for (:mod:`hxpe.agent.replay`)."""
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -195,19 +188,8 @@ def run_describe(
     cache = JsonlCache(cache_path, shard)
     report = DescribeReport("describe", cache.write_path, digest, total=len(items))
 
-    if replay:
-        wanted = [
-            (
-                it.image_id,
-                (it.image_id, it.image_sha256, it.reference_sha256, dcfg.model_id, template.id),
-            )
-            for it in items
-        ]
-        sources = replay_source(dcfg.options, cache_path)
-        replay_stage(wanted, sources, _replay_match, cache=cache, report=report)
-        return finish(report, started)
-
-    def fields(it: DescribeItem, out: Outcome[str]) -> dict[str, Any]:
+    def about(it: DescribeItem) -> dict[str, Any]:
+        """A record's first fields: the image, its reference, the model and the template."""
         return {
             "image_id": it.image_id,
             "dataset": it.dataset,
@@ -218,9 +200,16 @@ def run_describe(
             "reference_sha256": it.reference_sha256,
             "model_id": dcfg.model_id,
             "template_id": template.id,
-            "text": out.value if out.ok else out.raw,
-            **out.record_fields(),
         }
+
+    if replay:
+        replay_stage(
+            [about(it) for it in items], REPLAY_ON, dcfg.options, cache=cache, report=report
+        )
+        return finish(report, started)
+
+    def fields(it: DescribeItem, out: Outcome[str]) -> dict[str, Any]:
+        return {**about(it), "text": out.value if out.ok else out.raw, **out.record_fields()}
 
     run_stage(
         [(_key(it, digest, template), it) for it in items],

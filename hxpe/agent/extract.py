@@ -34,7 +34,6 @@ from hxpe.agent.describe import load_records
 from hxpe.agent.parsing import parse_extraction
 from hxpe.agent.phrase import CLIP_TOKENIZER_MODEL as DEFAULT
 from hxpe.agent.phrase import count_clip_tokens, fit_phrase
-from hxpe.agent.replay import replay_source
 from hxpe.agent.runner import (
     Outcome,
     StageReport,
@@ -59,8 +58,8 @@ class ExtractReport(StageReport):
     """Report of :func:`run_extract` (``skipped``: images whose description failed)."""
 
 
-def _replay_match(rec: dict[str, Any]) -> tuple[Any, ...]:
-    return (rec["image_id"], rec["description_key"], rec["model_id"], rec["template_id"])
+REPLAY_ON = ("image_id", "description_key", "model_id", "template_id")
+"""The fields a replayed extraction shares with the one it stands for (:mod:`hxpe.agent.replay`)."""
 
 
 def _fields(
@@ -170,10 +169,19 @@ def run_extract(
     report.skipped = len(frame) - len(ok)
     rows = list(ok.itertuples(index=False))
 
+    def about(r: Any) -> dict[str, Any]:
+        """A record's first fields: the description, its image, the model and the template."""
+        return {
+            "description_key": r.key,
+            "image_id": r.image_id,
+            "dataset": r.dataset,
+            "cls": r.cls,
+            "model_id": ecfg.model_id,
+            "template_id": template.id,
+        }
+
     if replay:
-        wanted = [(r.image_id, (r.image_id, r.key, ecfg.model_id, template.id)) for r in rows]
-        sources = replay_source(ecfg.options, cache_path)
-        replay_stage(wanted, sources, _replay_match, cache=cache, report=report)
+        replay_stage([about(r) for r in rows], REPLAY_ON, ecfg.options, cache=cache, report=report)
         return finish(report, started)
 
     def requests(batch: list[Any]) -> list[ExtractRequest]:
@@ -188,16 +196,7 @@ def run_extract(
         ]
 
     def fields(r: Any, out: Outcome[Extraction]) -> dict[str, Any]:
-        return {
-            "description_key": r.key,
-            "image_id": r.image_id,
-            "dataset": r.dataset,
-            "cls": r.cls,
-            "model_id": ecfg.model_id,
-            "template_id": template.id,
-            **out.record_fields(),
-            **_fields(out, r.text, cfg, clip),
-        }
+        return {**about(r), **out.record_fields(), **_fields(out, r.text, cfg, clip)}
 
     run_stage(
         [(content_hash({"settings": digest, "description_key": r.key}), r) for r in rows],

@@ -9,7 +9,7 @@ names the image, so a replayed run is complete or fails.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +35,23 @@ def replay_source(options: dict[str, Any], cache_path: Path) -> list[Path]:
 
 
 def replay_records(
-    wanted: Sequence[tuple[str, Match]],
-    files: Sequence[Path],
-    match_of: Callable[[dict[str, Any]], Match],
+    wanted: Sequence[dict[str, Any]], on: Sequence[str], files: Sequence[Path]
 ) -> list[dict[str, Any]]:
-    """For each ``(image_id, match)`` the newest matching record; missing ones are an error."""
+    """For each wanted record (the fields a new one would start with) the newest record of
+    ``files`` that has the same values of the fields ``on``; missing ones are an error."""
+
+    def match(rec: dict[str, Any]) -> Match:
+        return tuple(rec[k] for k in on)
+
     table: dict[Match, dict[str, Any]] = {}
     for f in files:
         for rec in read_records(f):
-            table[match_of(rec)] = rec  # later lines are newer
-    missing = [image_id for image_id, m in wanted if m not in table]
+            table[match(rec)] = rec  # later lines are newer
+    missing = [w["image_id"] for w in wanted if match(w) not in table]
     if missing:
         raise KeyError(
             f"replay: {len(missing)} image(s) have no cached record in {[str(f) for f in files]}, "
             f"e.g. {missing[:5]}. Run the stage with a model backend first, or point "
             f"options.source at a cache made with the same model_id, template and images."
         )
-    return [table[m] for _, m in wanted]
+    return [table[match(w)] for w in wanted]

@@ -23,7 +23,7 @@ from hxpe.agent.backend_base import Generation, Sampling
 from hxpe.agent.cache import JsonlCache, content_hash
 from hxpe.agent.config import DescribeConfig, ExtractConfig
 from hxpe.agent.parsing import OutputError
-from hxpe.agent.replay import replay_records
+from hxpe.agent.replay import replay_records, replay_source
 from hxpe.agent.templates import PromptTemplate
 from hxpe.progress import progress
 from hxpe.versions import software_versions
@@ -250,18 +250,20 @@ def engine_failure_message(
 
 
 def replay_stage(
-    wanted: Sequence[tuple[str, tuple[Any, ...]]],
-    sources: Sequence[Path],
-    match: Callable[[dict[str, Any]], tuple[Any, ...]],
+    wanted: Sequence[dict[str, Any]],
+    on: Sequence[str],
+    options: dict[str, Any],
     *,
     cache: JsonlCache,
     report: StageReport,
 ) -> None:
-    """The ``replay`` backend: copy matching records of ``sources`` into ``cache`` (no engine).
+    """The ``replay`` backend: copy matching records of its source (``options``, by default the
+    stage's own cache: :func:`replay_source`) into ``cache`` (no engine).
 
-    ``wanted`` pairs each image id with the fields a record must match (:func:`replay_records`).
+    ``wanted`` holds the first fields of each record the stage would write; a source record
+    matches one when it has the same values of the fields ``on`` (:func:`replay_records`).
     """
-    found = replay_records(wanted, sources, match)
+    found = replay_records(wanted, on, replay_source(options, cache.path))
     known = cache.keys()
     cache.append(r for r in found if r["key"] not in known)
     for rec in found:
