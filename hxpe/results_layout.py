@@ -27,7 +27,7 @@ from pathlib import Path
 from hxpe import paths
 
 MANIFEST = "provenance.json"
-# Agent caches, one pair per reference rule (method.md §4 row 1): the default rule (a normal
+# Agent caches, one pair per reference rule (LEDGER.md §4 r1): the default rule (a normal
 # reference per class) has no suffix; the no-reference rule (``none``) uses ``_noref``.
 RULE_SUFFIX = {"first_normal_train": "", "none": "_noref"}
 METRIC_FILES = ("per_class.csv", "per_dataset.csv", "skipped.csv")

@@ -7,7 +7,7 @@ compared with its nearest reference pixel in (colour, texture, position) space (
 misregistration and natural texture variation do not count). A robust threshold (median + ``k`` x MAD, with an absolute floor)
 and hysteresis give the differing regions; the largest ones are described by location, size, shape,
 brightness, colour and texture. Nothing found: the answer is exactly ``No anomaly``.
-Without a reference (the no-reference rule, method.md §4 row 1) the image is compared with a
+Without a reference (the no-reference rule, LEDGER.md §4 r1) the image is compared with a
 median-filtered copy of itself (:meth:`ClassicalDescriber.self_reference`).
 
 Options (``agent.describe.options``): ``work_size``, ``blur_sigma``, ``position_weight``, ``k``,

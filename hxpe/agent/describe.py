@@ -160,7 +160,7 @@ def run_describe(
     """Describe every image of ``cfg.splits`` not yet in the cache; returns counts and timing.
 
     ``reference_rule`` 'none' describes each image alone with ``agent.describe.noref_template``
-    (method.md §4 row 1); other rules compare it with its class's reference
+    (LEDGER.md §4 r1); other rules compare it with its class's reference
     (``agent.describe.template``). Template and reference enter the cache key.
 
     ``describer`` replaces the configured backend (e.g. one already loaded in a notebook); it must

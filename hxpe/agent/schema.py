@@ -1,4 +1,4 @@
-"""The Stage B record (what the LLM must return) and the anti-false-alarm verdict (method.md §4 row 3).
+"""The Stage B record (what the LLM must return) and the anti-false-alarm verdict (LEDGER.md §4 r3).
 
 Example:
     >>> rec = Extraction(anomaly=True, defect_type="scratch", location="upper left",

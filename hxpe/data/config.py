@@ -56,5 +56,5 @@ class DataConfig(BaseModel):
     )
     reference_rule: Literal["first_normal_train", "none"] = Field(
         "first_normal_train",
-        description="Normal reference per class for the VLM and the DINOv2 prompts (method.md §4 row 1).",
+        description="Normal reference per class for the VLM and the DINOv2 prompts (LEDGER.md §4 r1).",
     )

@@ -166,7 +166,7 @@ def load_index(index_dir: str | Path) -> DatasetIndex:
 def select_references(
     index: DatasetIndex, rule: str = "first_normal_train"
 ) -> dict[str, str | None]:
-    """The normal reference image per class (method.md §4 row 1).
+    """The normal reference image per class (LEDGER.md §4 r1).
 
     ``first_normal_train``: the first ``train`` normal image of the class in sorted path order, falling
     back to the first normal ``test`` image when a class has no train split (and saying so in the

@@ -4,7 +4,8 @@
 
 The input is deterministic: ``n`` masks of ``size``×``size`` where every fourth image is normal and
 the others carry 1-3 rotated ellipses (semi-axes 5-40 px), and smooth maps (Gaussian-smoothed noise
-plus a bump on the defects, then σ = 4), as in the anchor measurement (anchor-perf.md). Prints and
+plus a bump on the defects, then σ = 4), as in AnomalyCLIP's own code measured on this
+machine kind (README.md, "Time and performance"). Prints and
 writes both times, the speed-up and both values (the anomalyclip convention; the exact one is timed
 too).
 """

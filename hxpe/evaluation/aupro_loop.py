@@ -1,6 +1,7 @@
 """The straightforward per-threshold AUPRO loop of cflow-ad / AnomalyCLIP (``cal_pro_score``).
 
-Written from the published description (anchors.md §7), for the benchmark in
+Written from the published description (cflow-ad's and AnomalyCLIP's ``cal_pro_score``;
+hxpe/LEDGER.md, "AUPRO convention"), for the benchmark in
 :mod:`hxpe.evaluation.aupro_bench` and as a cross-check: at each of the 200 thresholds it binarises the
 whole stack (both assignments), labels every mask again (``skimage.measure.label`` +
 ``regionprops``), counts covered pixels per region and rebuilds ``1 - masks`` for the FPR, step for step

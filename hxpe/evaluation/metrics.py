@@ -3,7 +3,7 @@
 Ranking metrics (AUROC, AP, F1-max) come from one descending sort of the scores; tied scores form one
 operating point, exactly as scikit-learn's ``roc_auc_score``, ``average_precision_score`` and
 ``precision_recall_curve`` treat them. AUPRO comes in the two conventions found in the literature
-(anchors.md §7):
+(hxpe/LEDGER.md, "AUPRO convention"):
 
 - ``anomalyclip`` (AnomalyCLIP / APRIL-GAN / cflow-ad ``cal_pro_score``): 200 uniform thresholds from
   the global minimum, a pixel is positive when its score is ``> t``; PRO = mean over all ground-truth
