@@ -121,7 +121,7 @@ def diff_of(work: Path, name: str) -> str:
 
 
 def module_of(name: str) -> str:
-    """``hxpe.model.vfm.x_calibrate__mutmut_3`` -> ``hxpe.model.vfm``."""
+    """``hxpe.model.dinov2_prompt.x_calibrate__mutmut_3`` -> ``hxpe.model.dinov2_prompt``."""
     parts = name.split(".")
     return ".".join(p for p in parts[:-1]) or name
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "--mutants",
         nargs="*",
         default=[],
-        help="Only these mutant name globs, e.g. 'hxpe.model.vfm.x_calibrate*' (default: all).",
+        help="Only these mutant name globs, e.g. 'hxpe.model.dinov2_prompt.x_calibrate*' (default: all).",
     )
     p.add_argument(
         "--timeout-multiplier",

@@ -23,7 +23,7 @@ from browser import browser_page, free_port, require_browser  # noqa: E402
 from hxpe.data.config import DemoDataConfig  # noqa: E402
 from hxpe.data.demo import generate_demo_dataset  # noqa: E402
 from hxpe.model.checkpoint import save_checkpoint  # noqa: E402
-from hxpe.model.hxpe import build_model  # noqa: E402
+from hxpe.model.model import build_model  # noqa: E402
 from hxpe.model.tiny import tiny_model_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

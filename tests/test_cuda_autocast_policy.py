@@ -12,9 +12,9 @@ from cuda_autocast import QUANTILE_MESSAGE, cuda_autocast_policy
 
 from hxpe import gpu_smoke
 from hxpe.config import load_config
-from hxpe.model.hxpe import build_model
+from hxpe.model.dinov2_prompt import VfmPrompter, own_nn_distance
 from hxpe.model.loading import load_dinov2
-from hxpe.model.vfm import VfmPrompter, own_nn_distance
+from hxpe.model.model import build_model
 from hxpe.paths import repo_root
 
 DEMO = repo_root() / "notebooks" / "params" / "demo.yaml"

@@ -10,11 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hxpe.model.bases.adaclip import (
+    SklearnKMeans,
+    TorchKMeans,
+    cluster_centre,
+    hybrid_semantic_fusion,
+)
+from hxpe.model.bases.base import ModelOutput
 from hxpe.model.config import ModelConfig, TrainConfig
-from hxpe.model.hsf import SklearnKMeans, TorchKMeans, cluster_centre, hybrid_semantic_fusion
-from hxpe.model.hxpe import ModelOutput
 from hxpe.model.losses import LossSpec, dice_loss, focal_loss, hxpe_loss
-from hxpe.model.maps import fuse_layers
+from hxpe.model.model import fuse_layers
 
 
 def test_focal_loss_with_label_smoothing_hand_computed() -> None:

@@ -37,7 +37,7 @@ from hxpe.bench.report import to_markdown
 from hxpe.config import Config, load_config
 from hxpe.data.torch_dataset import IndexDataset
 from hxpe.model.config import ModelConfig, TrainConfig
-from hxpe.model.hxpe import HXPEModel, build_model, build_paper_architecture_random
+from hxpe.model.model import HXPEModel, build_model, build_paper_architecture_random
 from hxpe.paths import repo_root
 from hxpe.results_layout import bench_dir
 from hxpe.versions import software_versions
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("hxpe.model.loading", "hxpe.model.hxpe", "root", "hxpe.data.demo"):
+    for noisy in ("hxpe.model.loading", "hxpe.model.model", "root", "hxpe.data.demo"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     report = run(args)
     out = Path(args.out)

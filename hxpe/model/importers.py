@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -34,9 +35,21 @@ import torch
 from safetensors.torch import save_file
 
 from hxpe.atomic import OutputRefused, check_output_dir, replace_dir
+from hxpe.config import Config, load_config
 from hxpe.hashing import file_sha256
-from hxpe.model.checkpoint import CHECKPOINT_OUTPUT, CONFIG_FILE, PROVENANCE_FILE, WEIGHTS_FILE
+from hxpe.model.checkpoint import (
+    CHECKPOINT_OUTPUT,
+    CONFIG_FILE,
+    PROVENANCE_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+)
 from hxpe.model.config import ModelConfig
+from hxpe.model.model import HXPEModel
+from hxpe.results_layout import ResultsLayout
+from hxpe.weights import released_checkpoints
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["anomalyclip", "adaclip"]
 KINDS: tuple[Kind, ...] = ("anomalyclip", "adaclip")
@@ -342,11 +355,37 @@ def import_checkpoint(
     return out_dir
 
 
+def released_model(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
+    """An authors' released checkpoint (``model.checkpoint``, hxpe/weights.yaml) for ``direction``:
+    the file trained on the direction's auxiliary dataset, imported once into
+    ``checkpoints/<direction>/<variant>`` (re-imported when the file's SHA-256 changes)."""
+    model_cfg = cfg.model_for(variant)
+    spec = released_checkpoints().get(model_cfg.checkpoint or "")
+    if spec is None:
+        raise KeyError(
+            f"Variant {variant!r}: model.checkpoint {model_cfg.checkpoint!r} is not a released "
+            f"checkpoint in hxpe/weights.yaml."
+        )
+    aux = next(d.train for d in cfg.evaluation.directions if d.name == direction)
+    spec.file_for(aux)
+    source = spec.path(aux)
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"Variant {variant!r} evaluates {spec.key} trained on {aux}, expected at {source}. "
+            f"Fetch it: make fetch-models MODELS={spec.key}"
+        )
+    target = ResultsLayout.at(results_dir).checkpoint_dir(direction, variant)
+    provenance = target / PROVENANCE_FILE
+    digest = file_sha256(source)
+    if (
+        not provenance.is_file()
+        or json.loads(provenance.read_text()).get("source_sha256") != digest
+    ):
+        import_checkpoint(spec.format, source, target, model_cfg)
+    return load_checkpoint(target).eval()
+
+
 def _cmd_import(args: Any) -> int:
-    import logging
-
-    from hxpe.config import load_config
-
     model_cfg = None
     if args.params:
         cfg = load_config(args.params)
@@ -354,7 +393,7 @@ def _cmd_import(args: Any) -> int:
     try:
         out = import_checkpoint(args.kind, args.path, args.out, model_cfg, force=args.force)
     except (CheckpointRefused, OutputRefused) as err:
-        logging.getLogger(__name__).error("%s", err)
+        log.error("%s", err)
         return 2
     print(f"Imported {args.kind} checkpoint {args.path} -> {out}")
     return 0

@@ -12,9 +12,9 @@ whatever the dataset size.
   :func:`scipy.ndimage.gaussian_filter` one image at a time. It calls the model's own forward with
   ``trim_text=False, sigma=0``.
 * :func:`infer_fast`: whole batches; the prompts of the distinct phrases of a batch encoded once and
-  kept in an LRU across batches (:class:`hxpe.model.caches.PhraseCache`, emptied whenever a
+  kept in an LRU across batches (:class:`hxpe.model.explainable.PhraseCache`, emptied whenever a
   trainable parameter changes); the DINOv2 features of each distinct normal reference computed once
-  (:class:`hxpe.model.caches.ReferenceCache`); both caches owned here (:class:`InferenceCaches`,
+  (:class:`hxpe.model.dinov2_prompt.ReferenceCache`); both caches owned here (:class:`InferenceCaches`,
   one per call unless the caller passes its own) and passed to the model per call; the text tower
   run only up to the last EOT token; bf16 autocast on a GPU (the map head and the Gaussian stay
   float32); fused scaled-dot-product attention everywhere, the v-v path included; CLIP and DINOv2
@@ -41,17 +41,23 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hxpe.model.caches import InferenceCaches, PhraseCache, ReferenceCache
-from hxpe.model.hxpe import HXPEModel
+from hxpe.config import Config
+from hxpe.model.checkpoint import WEIGHTS_FILE, load_checkpoint
+from hxpe.model.dinov2_prompt import ReferenceCache
+from hxpe.model.explainable import PhraseCache
+from hxpe.model.importers import released_model
 from hxpe.model.loading import model_device
-from hxpe.model.maps import map_range
+from hxpe.model.model import HXPEModel, build_model, map_range
+from hxpe.results_layout import ResultsLayout
 from hxpe.seeding import worker_init_fn
 
 log = logging.getLogger(__name__)
@@ -118,6 +124,29 @@ def make_loader(
 
 def _labels(batch: InferenceInputs) -> np.ndarray:
     return np.asarray(torch.as_tensor(batch.labels), dtype=np.int64).reshape(len(batch.images))
+
+
+@dataclass
+class InferenceCaches:
+    """The caches of one inference run, owned by the caller; ``None`` = that cache is off."""
+
+    phrases: PhraseCache | None = None
+    references: ReferenceCache | None = None
+
+    def forward_options(self) -> dict[str, PhraseCache | ReferenceCache | None]:
+        """The keywords of :meth:`hxpe.model.model.HXPEModel.forward` that take the caches."""
+        return {"phrase_cache": self.phrases, "reference_cache": self.references}
+
+    def stats(self) -> dict[str, dict[str, int] | None]:
+        """Hits and misses per cache (None for a cache that is off)."""
+        return {
+            "phrase_cache": _counts(self.phrases),
+            "reference_cache": _counts(self.references),
+        }
+
+
+def _counts(cache: PhraseCache | ReferenceCache | None) -> dict[str, int] | None:
+    return None if cache is None else {"hits": cache.hits, "misses": cache.misses}
 
 
 def inference_caches(
@@ -323,3 +352,27 @@ def collect(results: Iterable[BatchResult]) -> BatchResult:
         anomaly_maps=np.concatenate([p.anomaly_maps for p in parts]),
         vfm_prompts=None if any(v is None for v in vfm) else np.concatenate(vfm),
     )
+
+
+def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir: Path) -> nn.Module:
+    """The model of ``variant`` for ``direction``: its checkpoint when it trains, built otherwise."""
+    model_cfg = cfg.model_for(variant)
+    if model_cfg.checkpoint is not None:
+        return released_model(cfg, direction, variant, results_dir)
+    if not model_cfg.trains:
+        return build_model(model_cfg).eval()
+    ckpt = ResultsLayout.at(results_dir).checkpoint_dir(direction, variant)
+    if not (ckpt / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"No checkpoint for variant {variant!r}, direction {direction!r} in {ckpt}. Run stage "
+            f"04 first (make train PROFILE={cfg.profile})."
+        )
+    model = load_checkpoint(ckpt)
+    if model.cfg != model_cfg:
+        log.warning(
+            "Checkpoint %s was trained with a model config that differs from the profile's "
+            "variant %r; using the checkpoint's.",
+            ckpt,
+            variant,
+        )
+    return model.eval()

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hxpe.model.config import ClipConfig, VfmConfig
+from hxpe.model.clip_tower import ClipConfig
+from hxpe.model.dinov2_prompt import VfmConfig
 from hxpe.paths import resolve
 from hxpe.weights import (
     WeightSpec,

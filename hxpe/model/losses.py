@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hxpe.model.config import Fusion, ModelConfig, TrainConfig
-from hxpe.model.hxpe import ModelOutput
-from hxpe.model.maps import layer_probabilities_at, upsample
+from hxpe.model.bases.base import Fusion, ModelOutput
+from hxpe.model.config import ModelConfig, TrainConfig
+from hxpe.model.model import layer_probabilities_at, upsample
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""DINOv2 attention prompts: an anomaly-related prompt map on CLIP's patch grid.
+"""DINOv2 attention prompts (the paper's second enhancement): an anomaly-related prompt map on
+CLIP's patch grid, and the key bias by which it enters CLIP's attention.
 
 Per patch, the distance ``d`` of the image's DINOv2 patch feature to the class's normal reference
 (``mutual_nn``: the nearest-neighbour distance plus the gap by which another image patch claims that
@@ -15,6 +16,12 @@ the defect covers less than half of the patches).
 
 The map is modulated by DINOv2's last-layer CLS self-attention salience ``ŝ`` (min-max over the
 image, a relative weight): ``M = d̂ · ((1 − γ) + γ · ŝ)`` in [0, 1).
+
+The map enters CLIP in one of two modes (``model.vfm.mode``): ``attn_bias`` adds ``β · M``
+(:class:`KeyBias`) to the attention logits of every query for each patch key in CLIP's last
+``bias_last_n`` vision blocks (:func:`hxpe.model.clip_tower.multihead_attention`), so it shapes the
+trained prompts; ``reweight`` re-weights the final map, ``A · (1 + α·M) / (1 + α)`` (a test-time
+ablation, :class:`hxpe.model.model.HXPEModel`).
 
 Precision: DINOv2 itself runs under the caller's autocast (bf16 on a GPU), but every statistic of
 the map (distances, scales, quantile, calibration) is computed in float32 with autocast off
@@ -36,16 +43,61 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from hxpe.model.config import VfmConfig
 
-if TYPE_CHECKING:
-    from hxpe.model.caches import ReferenceCache
+class VfmConfig(BaseModel):
+    """DINOv2 attention prompts (``model.vfm``; hxpe/LEDGER.md has the source of each key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    model_id: str = Field("facebook/dinov2-small", description="Hugging Face id (weights.yaml).")
+    config_file: str | None = Field(
+        None, description="transformers Dinov2Config JSON: random init (tiny test models)."
+    )
+    weights_dir: str | None = Field(
+        None,
+        description="Local folder for Dinov2Model.from_pretrained (config.json + model.safetensors:"
+        " the demo's trained DINOv2); used when config_file is null.",
+    )
+    mode: Literal["attn_bias", "reweight"] = Field(
+        "attn_bias",
+        description="Bias CLIP's later attention on patch keys (trained through), or re-weight "
+        "the final map (a test-time ablation: training never sees it).",
+    )
+    distance: Literal["mutual_nn", "nn"] = Field(
+        "mutual_nn", description="Patch distance to the normal reference."
+    )
+    calibration_quantile: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Normal scale s = this quantile of the reference's own NN distances.",
+    )
+    salience_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="γ in M = d̂·((1−γ) + γ·ŝ), ŝ = DINOv2 CLS self-attention."
+    )
+    rarity_k: int = Field(
+        5, ge=1, le=4096, description="No reference: mean distance to k nearest own patches."
+    )
+    alpha: float = Field(0.5, ge=0.0, description="reweight: A = A_clip·(1 + α·M)/(1 + α).")
+    bias_beta: float = Field(1.0, ge=0.0, description="attn_bias: logits += β·M on patch keys.")
+    learn_beta: bool = Field(False, description="attn_bias: train β (a scalar parameter).")
+    bias_last_n: int = Field(
+        7, ge=0, le=64, description="attn_bias: the last N CLIP blocks (18–24)."
+    )
+
+    @property
+    def trains_through(self) -> bool:
+        """Whether the prompt map reaches the losses (and so shapes the trained prompts)."""
+        return self.enabled and self.mode == "attn_bias"
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -242,7 +294,7 @@ class VfmPrompter(nn.Module):
         """Patch features [R, N, C] of ``references`` [R, 3, H, W] and each one's normal distance
         scale [R] (the ``calibration_quantile`` of its own nearest-neighbour distances). Each
         distinct reference is computed once within the batch, and once across batches when the
-        caller passes a ``cache`` (:class:`hxpe.model.caches.ReferenceCache`, owned by the
+        caller passes a ``cache`` (:class:`hxpe.model.dinov2_prompt.ReferenceCache`, owned by the
         inference code; the module holds none)."""
         reps, inverse = unique_rows(references)
         todo = []
@@ -366,3 +418,42 @@ def unique_rows(x: torch.Tensor) -> tuple[list[int], list[int]]:
             inverse.append(len(reps))
             reps.append(i)
     return reps, inverse
+
+
+CachedReference = tuple[torch.Tensor, torch.Tensor]  # (patch features [N, C], distance scale [])
+
+
+class ReferenceCache:
+    """Frozen DINOv2 features (and calibration scales) of normal references kept across batches
+    (LRU, exact match).
+
+    DINOv2 is frozen, so the features depend only on the reference pixels and the grid: no training
+    invalidation is needed. Entries are compared exactly with :func:`torch.equal`.
+    """
+
+    def __init__(self, maxsize: int = 32) -> None:
+        self.maxsize = maxsize
+        self._data: list[tuple[bytes, tuple[int, int], torch.Tensor, CachedReference]] = []
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, reference: torch.Tensor, grid: tuple[int, int]) -> CachedReference | None:
+        key = row_keys(reference[None])[0]
+        for i, (k, g, ref, feats) in enumerate(self._data):
+            same = k == key and g == grid and ref.shape == reference.shape
+            if same and ref.device == reference.device and torch.equal(ref, reference):
+                self._data.append(self._data.pop(i))
+                self.hits += 1
+                return feats
+        self.misses += 1
+        return None
+
+    def put(self, reference: torch.Tensor, grid: tuple[int, int], value: CachedReference) -> None:
+        key = row_keys(reference[None])[0]
+        detached = (value[0].detach(), value[1].detach())
+        self._data.append((key, grid, reference.detach().clone(), detached))
+        while len(self._data) > self.maxsize:
+            self._data.pop(0)
