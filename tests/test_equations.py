@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import hxpe.model.bases.adaclip as adaclip_module
 import hxpe.model.dinov2_prompt as vfm_module
 import hxpe.model.losses as losses_module
-import hxpe.model.bases.adaclip as adaclip_module
 import hxpe.model.model as hxpe_module
 from hxpe import equations as eq
 from hxpe.model.config import TrainConfig
