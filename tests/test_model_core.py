@@ -167,7 +167,7 @@ def test_paper_architecture_random_is_the_paper_config_without_weights(
     from hxpe.model.loading import CONFIG_DIR
 
     built: list[ModelConfig] = []
-    monkeypatch.setattr(hxpe_module, "build_model", lambda cfg: built.append(cfg) or "model")
+    monkeypatch.setattr(hxpe_module, "assemble", lambda cfg: built.append(cfg) or "model")
     base = ModelConfig(sigma=2.0)
     base = base.model_copy(  # a CLIP config file of its own must not survive into the paper model
         update={"clip": base.clip.model_copy(update={"config_file": "my-clip.json"})}

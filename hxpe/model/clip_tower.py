@@ -53,7 +53,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,21 @@ from torch import nn
 from hxpe.limits import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 log = logging.getLogger(__name__)
+
+# open_clip ships no type information: its modules (the towers and their residual blocks) are Any
+# to the type checker; the classes here name the attributes they use in their docstrings.
+OpenClipModule = Any
+
+
+class ClipTokenizer(Protocol):
+    """open_clip's ``SimpleTokenizer`` (CLIP BPE), as :class:`PromptTokenizer` uses it."""
+
+    sot_token_id: int
+    eot_token_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, tokens: list[int]) -> str: ...
 
 
 class ClipConfig(BaseModel):
@@ -142,7 +157,8 @@ def interpolate_positions(
 
 
 class VisualEncoder(nn.Module):
-    """Runs an open_clip ``VisionTransformer`` block by block.
+    """Runs an open_clip ``VisionTransformer`` block by block (its ``conv1``, ``class_embedding``,
+    ``positional_embedding``, ``ln_pre``, ``transformer.resblocks``, ``ln_post`` and ``proj``).
 
     Args:
         visual: the (frozen) open_clip vision tower.
@@ -152,9 +168,12 @@ class VisualEncoder(nn.Module):
             (AdaCLIP's ``.half()`` casts); None = no rounding.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
-        visual: nn.Module,
+        visual: OpenClipModule,
         layers: list[int],
         pos_interpolation: str = "bicubic",
         prompt_dtype: torch.dtype | None = None,
@@ -181,16 +200,17 @@ class VisualEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
-    def blocks(self) -> nn.ModuleList:
+    def blocks(self) -> OpenClipModule:
+        """The residual blocks (an ``nn.ModuleList`` of open_clip ``ResidualAttentionBlock``)."""
         return self.visual.transformer.resblocks
 
     @property
     def width(self) -> int:
-        return self.visual.conv1.out_channels
+        return int(self.visual.conv1.out_channels)
 
     @property
     def patch_size(self) -> int:
-        return self.visual.conv1.kernel_size[0]
+        return int(self.visual.conv1.kernel_size[0])
 
     def grid(self, size: tuple[int, int]) -> tuple[int, int]:
         return size[0] // self.patch_size, size[1] // self.patch_size
@@ -209,11 +229,13 @@ class VisualEncoder(nn.Module):
         x = torch.cat([cls, x], dim=1)
         pos = interpolate_positions(v.positional_embedding, grid, self.pos_interpolation)
         x = x + pos.to(x.dtype)
-        return v.ln_pre(x)
+        out: torch.Tensor = v.ln_pre(x)
+        return out
 
     def to_joint(self, tokens: torch.Tensor) -> torch.Tensor:
         """``ln_post`` then ``proj``: vision width to the joint image-text space."""
-        return self.visual.ln_post(tokens) @ self.visual.proj
+        joint: torch.Tensor = self.visual.ln_post(tokens) @ self.visual.proj
+        return joint
 
     def forward(
         self,
@@ -231,7 +253,7 @@ class VisualEncoder(nn.Module):
         """
         x = self.embed(images)
         n_patch = x.shape[1] - 1
-        grid = self.grid(images.shape[-2:])
+        grid = self.grid((images.shape[-2], images.shape[-1]))
         n_prompt = prompts[0].shape[1] if prompts else 0
         vv: torch.Tensor | None = None
         taken = []
@@ -314,7 +336,8 @@ def _attend(
     them), then the output projection."""
     mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return mha.out_proj(out.transpose(1, 2).reshape(shape))
+    projected: torch.Tensor = mha.out_proj(out.transpose(1, 2).reshape(shape))
+    return projected
 
 
 class DualPathAttention(nn.Module):
@@ -333,8 +356,11 @@ class DualPathAttention(nn.Module):
         self.mha = mha
         self.batch_first = mha.batch_first
 
-    def forward(self, query: torch.Tensor, *args: object, **kwargs: object) -> tuple:
-        return self.mha(query, *args, **kwargs)
+    def forward(
+        self, query: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out: tuple[torch.Tensor, torch.Tensor | None] = self.mha(query, *args, **kwargs)
+        return out
 
     def dual(
         self, x: torch.Tensor, key_bias: torch.Tensor | None = None
@@ -350,7 +376,7 @@ class DualPathAttention(nn.Module):
         )
 
 
-def attach_vv_attention(blocks: nn.ModuleList, last_n: int) -> list[int]:
+def attach_vv_attention(blocks: OpenClipModule, last_n: int) -> list[int]:
     """Swap the attention of the last ``last_n`` blocks for :class:`DualPathAttention`.
 
     Returns the 0-based indices of the swapped blocks. Idempotent; weights are shared, not copied.
@@ -375,7 +401,7 @@ def attach_vv_attention(blocks: nn.ModuleList, last_n: int) -> list[int]:
 class PromptTokenizer:
     """CLIP BPE tokenisation with ``n_slots`` placeholder tokens after SOT."""
 
-    def __init__(self, tokenizer: object, n_slots: int, context_length: int = 77) -> None:
+    def __init__(self, tokenizer: ClipTokenizer, n_slots: int, context_length: int = 77) -> None:
         for attr in ("encode", "decode", "sot_token_id", "eot_token_id"):
             if not hasattr(tokenizer, attr):
                 raise TypeError(
@@ -430,9 +456,13 @@ class PromptTokenizer:
 
 
 class TextEncoder(nn.Module):
-    """Runs an open_clip CLIP text tower with context and deep prompts (weights shared, frozen)."""
+    """Runs an open_clip CLIP text tower with context and deep prompts (weights shared, frozen):
+    its ``token_embedding``, ``positional_embedding``, ``transformer``, ``ln_final``,
+    ``text_projection`` and ``attn_mask``."""
 
-    def __init__(self, clip: nn.Module, prompt_dtype: torch.dtype | None = None) -> None:
+    attn_mask: torch.Tensor | None
+
+    def __init__(self, clip: OpenClipModule, prompt_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.prompt_dtype = prompt_dtype  # deep prompts rounded through it (the authors' .half())
         if getattr(clip, "text_pool_type", "argmax") != "argmax":
@@ -449,7 +479,13 @@ class TextEncoder(nn.Module):
 
     @property
     def width(self) -> int:
-        return self.token_embedding.embedding_dim
+        return int(self.token_embedding.embedding_dim)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tower's weights (and its attention mask) live."""
+        device: torch.device = self.token_embedding.weight.device
+        return device
 
     def forward(
         self,
@@ -480,8 +516,9 @@ class TextEncoder(nn.Module):
             x = torch.cat([x[:, :start], context.to(x.dtype), x[:, start + context.shape[1] :]], 1)
         x = x + self.positional_embedding[:length].to(x.dtype)
         for i, block in enumerate(self.transformer.resblocks):
-            if deep and i < len(deep) and deep[i] is not None:
-                d = deep[i] if self.prompt_dtype is None else deep[i].to(self.prompt_dtype)
+            d = deep[i] if deep and i < len(deep) else None
+            if d is not None:
+                d = d if self.prompt_dtype is None else d.to(self.prompt_dtype)
                 x = torch.cat([x[:, :1], d.to(x.dtype), x[:, 1 + d.shape[1] :]], dim=1)
             x = block(x, attn_mask=mask)
         x = self.ln_final(x)

@@ -189,7 +189,7 @@ def training_recipe(train_cfg: TrainConfig, model_cfg: ModelConfig) -> Training:
     """Resolve ``model_cfg.recipe`` (:mod:`hxpe.model.recipes`) under ``train_cfg``'s explicit values."""
     r = recipe(model_cfg.recipe)
     base = model_cfg.arithmetic
-    from_recipe = {
+    from_recipe: dict[str, Any] = {
         "epochs": r.epochs,
         "lr": r.lr,
         "batch_size": r.batch_size or base.batch_size,
@@ -198,7 +198,7 @@ def training_recipe(train_cfg: TrainConfig, model_cfg: ModelConfig) -> Training:
         "weight_decay": r.weight_decay,
         "mosaic_rates": dict(r.mosaic_rates),
     }
-    explicit = {k: getattr(train_cfg, k) for k in from_recipe}
+    explicit: dict[str, Any] = {k: getattr(train_cfg, k) for k in from_recipe}
     if explicit["optimizer"] == "base":
         explicit["optimizer"] = base.optimizer
     if explicit["mosaic_rates"] is not None and not r.mosaic:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +98,9 @@ class VfmConfig(BaseModel):
         """Whether the prompt map reaches the losses (and so shapes the trained prompts)."""
         return self.enabled and self.mode == "attn_bias"
 
+
+# transformers' classes are Any to the type checker (pyproject.toml: its types are not read).
+HfModule = Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,7 +181,7 @@ def calibrate(dist: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> tor
     return excess / (1.0 + excess)
 
 
-def _last_attention(dinov2: nn.Module) -> nn.Module | None:
+def _last_attention(dinov2: HfModule) -> HfModule | None:
     """The last layer's self-attention of a transformers DINOv2 (q_proj/k_proj), or None."""
     try:
         attn = dinov2.encoder.layer[-1].attention
@@ -221,7 +224,10 @@ class VfmPrompter(nn.Module):
     back to ``output_attentions=True`` (eager attention).
     """
 
-    def __init__(self, dinov2: nn.Module, cfg: VfmConfig) -> None:
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, dinov2: HfModule, cfg: VfmConfig) -> None:
         super().__init__()
         self.dinov2 = dinov2
         self.cfg = cfg
@@ -236,11 +242,12 @@ class VfmPrompter(nn.Module):
     def _salience_from(self, hidden: torch.Tensor, n_extra: int) -> torch.Tensor:
         """Head-mean softmax of the CLS query over the patch keys, from the layer input [B, L, C]."""
         attn = self._last_attn
+        assert attn is not None  # called only when the last layer has q_proj/k_proj
         b, n, _ = hidden.shape
         heads = attn.num_attention_heads
         q = attn.q_proj(hidden[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
         k = attn.k_proj(hidden).view(b, n, heads, -1).transpose(1, 2)
-        weights = ((q @ k.transpose(-1, -2)) * attn.scaling).float().softmax(dim=-1)
+        weights: torch.Tensor = ((q @ k.transpose(-1, -2)) * attn.scaling).float().softmax(dim=-1)
         return weights[:, :, 0, n_extra:].mean(dim=1)
 
     @torch.no_grad()
@@ -312,8 +319,9 @@ class VfmPrompter(nn.Module):
                 if cache is not None:
                     cache.put(references[r], grid, (feats[j], scales[j]))
         index = torch.tensor(inverse, device=references.device)
-        feats = torch.stack([o[0] for o in out])  # type: ignore[index]
-        scales = torch.stack([o[1] for o in out])  # type: ignore[index]
+        done = [o for o in out if o is not None]  # every representative is filled above
+        feats = torch.stack([o[0] for o in done])
+        scales = torch.stack([o[1] for o in done])
         return feats[index.to(feats.device)], scales[index.to(scales.device)]
 
     @torch.no_grad()

@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -44,7 +44,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from hxpe.model.clip_tower import PromptTokenizer, TextEncoder
+from hxpe.model.clip_tower import ClipTokenizer, PromptTokenizer, TextEncoder
 
 PROMPTS_FILE = Path(__file__).with_name("prompts.yaml")
 Kind = Literal["normal", "abnormal"]
@@ -71,8 +71,9 @@ class ExplainConfig(BaseModel):
 
 
 @cache
-def _prompt_data() -> dict:
-    return yaml.safe_load(PROMPTS_FILE.read_text())
+def _prompt_data() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(PROMPTS_FILE.read_text())
+    return data
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def class_word(name: str) -> str:
     return name.replace("-", " ")
 
 
-def _tensor_signature(t: torch.Tensor) -> tuple:
+def _tensor_signature(t: torch.Tensor) -> tuple[object, ...]:
     return (id(t), t._version, t.data_ptr(), t.dtype, t.device)
 
 
@@ -159,7 +160,7 @@ class TextBank(nn.Module):
     def __init__(
         self,
         encoder: TextEncoder,
-        tokenizer: object,
+        tokenizer: ClipTokenizer,
         prompter: TextPrompts,
         cfg: ExplainConfig,
         object_name: str,
@@ -238,7 +239,7 @@ class TextBank(nn.Module):
         self, units: list[_Unit], cond: torch.Tensor | None, trim: bool = True
     ) -> torch.Tensor:
         """One text-encoder call for all units; returns [n_units, D]."""
-        device = self.encoder.attn_mask.device
+        device = self.encoder.device
         rows, owner, contexts, conds = [], [], [], []
         for u, unit in enumerate(units):
             ids = self.tokens(unit.kind, unit.phrase, unit.obj)
@@ -264,24 +265,28 @@ class TextBank(nn.Module):
         texts = [self.cfg.fuse_template.format(phrase=p) for p in phrases]
         texts = [self.plain_tokenizer.fit_phrase(t, lambda s: [s]) for t in texts]
         with torch.no_grad():
-            tokens = self.plain_tokenizer(texts).to(self.encoder.attn_mask.device)
-            return self.encoder(tokens, trim=trim)
+            tokens = self.plain_tokenizer(texts).to(self.encoder.device)
+            emb: torch.Tensor = self.encoder(tokens, trim=trim)
+            return emb
 
     @staticmethod
-    def _cached(cache: PhraseCache, items: list, encode: Any, tag: str = "prompt") -> torch.Tensor:
+    def _cached(
+        cache: PhraseCache,
+        items: Sequence[Hashable],
+        encode: Callable[[list[Any]], torch.Tensor],
+        tag: str = "prompt",
+    ) -> torch.Tensor:
         """Rows for ``items`` from ``cache``, encoding the missing ones in one call."""
-        keys = [(tag, item) for item in items]
-        rows = [cache.get(k) for k in keys]
-        todo = [item for item, row in zip(items, rows, strict=True) if row is None]
+        found = [cache.get((tag, item)) for item in items]
+        todo = [item for item, row in zip(items, found, strict=True) if row is None]
+        fresh: dict[Hashable, torch.Tensor] = {}
         if todo:
-            fresh = encode(todo)
-            for item, row in zip(todo, fresh, strict=True):
+            for item, row in zip(todo, encode(todo), strict=True):
                 cache.put((tag, item), row)
-            lookup = dict(zip(todo, fresh, strict=True))
-            rows = [
-                lookup[item] if row is None else row for item, row in zip(items, rows, strict=True)
-            ]
-        return torch.stack(rows)
+                fresh[item] = row
+        return torch.stack(
+            [fresh[item] if row is None else row for item, row in zip(items, found, strict=True)]
+        )
 
     def forward(
         self,
@@ -318,16 +323,19 @@ class TextBank(nn.Module):
             ]
             out = torch.stack([normal, abnormal], dim=1)
         if self.fuse_lambda is not None:
-            out = self._fuse(out, phrases, cache, trim)
+            out = self._fuse(out, phrases, self.fuse_lambda, cache, trim)
         return out
 
     def _fuse(
         self,
         out: torch.Tensor,
         phrases: list[str | None],
+        lam: torch.Tensor,
         cache: PhraseCache | None,
         trim: bool,
     ) -> torch.Tensor:
+        """The abnormal embedding of each image with a phrase fused with the phrase's own,
+        ``normalize(g_a + λ g_e)``; images without one keep theirs."""
         distinct = [p for p in dict.fromkeys(phrases) if p is not None]
         if not distinct:
             return out
@@ -341,8 +349,8 @@ class TextBank(nn.Module):
         has = torch.tensor([p is not None for p in phrases], device=out.device)
         extra = torch.zeros_like(out[:, 1])
         rows = [i for i, p in enumerate(phrases) if p is not None]
-        extra[rows] = g_e[[lookup[phrases[i]] for i in rows]].to(extra.dtype)
-        fused = F.normalize(out[:, 1] + self.fuse_lambda * extra, dim=-1)
+        extra[rows] = g_e[[lookup[p] for p in phrases if p is not None]].to(extra.dtype)
+        fused = F.normalize(out[:, 1] + lam * extra, dim=-1)
         abnormal = torch.where(has[:, None], fused, out[:, 1])
         return torch.stack([out[:, 0], abnormal], dim=1)
 
@@ -353,7 +361,7 @@ class PhraseCache:
     def __init__(self, maxsize: int = 4096) -> None:
         self.maxsize = maxsize
         self._data: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
-        self._signature: tuple | None = None
+        self._signature: tuple[object, ...] | None = None
         self.hits = 0
         self.misses = 0
 
@@ -363,7 +371,7 @@ class PhraseCache:
     def clear(self) -> None:
         self._data.clear()
 
-    def check(self, signature: tuple) -> None:
+    def check(self, signature: tuple[object, ...]) -> None:
         """Empty the cache when ``signature`` (parameters, autocast) differs from the last one."""
         if signature != self._signature:
             self._data.clear()

@@ -29,7 +29,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import torch
 from safetensors.torch import save_file
@@ -53,6 +53,13 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["anomalyclip", "adaclip"]
 KINDS: tuple[Kind, ...] = ("anomalyclip", "adaclip")
+
+
+def is_kind(name: str) -> TypeGuard[Kind]:
+    """Whether ``name`` is a checkpoint format this module imports (:data:`KINDS`)."""
+    return name in KINDS
+
+
 SOURCES = {"anomalyclip": "zqhang/AnomalyCLIP@45ed4dd", "adaclip": "caoyunkang/AdaCLIP@e27ee32"}
 
 # (authors' key pattern, our key pattern); {i} = an index
@@ -250,7 +257,7 @@ def convert(kind: Kind, state: dict[str, torch.Tensor]) -> Converted:
                 )
             ours[name] = t[0, 0].contiguous()
         deep = sorted(k for k in ours if k.startswith("prompter.deep."))
-        overrides = {
+        overrides: dict[str, Any] = {
             "anomalyclip": {
                 "n_ctx": ours["prompter.ctx_normal"].shape[0],
                 "text_prompt_length": ours[deep[0]].shape[0] if deep else 0,
@@ -381,6 +388,11 @@ def released_model(cfg: Config, direction: str, variant: str, results_dir: Path)
         not provenance.is_file()
         or json.loads(provenance.read_text()).get("source_sha256") != digest
     ):
+        if not is_kind(spec.format):
+            raise ValueError(
+                f"{spec.key} in hxpe/weights.yaml has format {spec.format!r}; the importers read "
+                f"{list(KINDS)}."
+            )
         import_checkpoint(spec.format, source, target, model_cfg)
     return load_checkpoint(target).eval()
 

@@ -42,7 +42,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -69,13 +69,31 @@ class InferenceInputs(Protocol):
     """What the inference paths read from one batch (the model package's side of the contract;
     :class:`hxpe.data.torch_dataset.IndexBatch` fulfils it)."""
 
-    images: torch.Tensor  # [B, 3, H, W] in [0, 1]
-    phrases: Sequence[str | None]  # the gated phrase per image, None for none
-    image_ids: Sequence[str]
-    cls: Sequence[str]
-    labels: torch.Tensor  # [B] int64
-    references: torch.Tensor | None  # [B, 3, H, W]
-    has_reference: torch.Tensor | None  # [B] bool
+    @property
+    def images(self) -> torch.Tensor:  # [B, 3, H, W] in [0, 1]
+        ...
+
+    @property
+    def phrases(self) -> Sequence[str | None]:  # the gated phrase per image, None for none
+        ...
+
+    @property
+    def image_ids(self) -> Sequence[str]: ...
+
+    @property
+    def cls(self) -> Sequence[str]: ...
+
+    @property
+    def labels(self) -> torch.Tensor:  # [B] int64
+        ...
+
+    @property
+    def references(self) -> torch.Tensor | None:  # [B, 3, H, W]
+        ...
+
+    @property
+    def has_reference(self) -> torch.Tensor | None:  # [B] bool
+        ...
 
 
 @dataclass
@@ -102,11 +120,11 @@ class BatchResult:
 
 
 def make_loader(
-    dataset: Dataset,
+    dataset: Dataset[Any],
     batch_size: int,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
-) -> DataLoader:
+) -> DataLoader[Any]:
     """An ordered DataLoader for inference: workers seeded by :func:`hxpe.seeding.worker_init_fn`,
     pinned host memory when the model runs on CUDA (so host-to-device copies can overlap)."""
     cuda = torch.device(device).type == "cuda"
@@ -177,7 +195,7 @@ def inference_caches(
     return InferenceCaches(phrase_cache, reference_cache)
 
 
-def maybe_compile(model: HXPEModel, device: torch.device) -> bool:
+def maybe_compile(model: nn.Module, device: torch.device) -> bool:
     """``torch.compile`` the vision tower, the text tower and DINOv2 in place (parameter names and
     checkpoints unchanged). Only on CUDA; elsewhere it logs that it is skipped and returns False."""
     if device.type != "cuda":
@@ -278,7 +296,7 @@ def _naive_sigma(model: torch.nn.Module) -> float:
     return model.cfg.sigma if isinstance(model, HXPEModel) else 0.0
 
 
-def _naive_options(batch: InferenceInputs, i: int) -> dict:
+def _naive_options(batch: InferenceInputs, i: int) -> dict[str, Any]:
     """HXPE forward options of the naive path for image ``i``: its class name, the full 77-token
     text context, no on-device smoothing, no caches (none is passed)."""
     return {"class_names": [str(batch.cls[i])], "trim_text": False, "sigma": 0.0}
@@ -343,14 +361,14 @@ def collect(results: Iterable[BatchResult]) -> BatchResult:
     parts = list(results)
     if not parts:
         raise ValueError("no results to collect")
-    vfm = [p.vfm_prompts for p in parts]
+    vfm = [p.vfm_prompts for p in parts if p.vfm_prompts is not None]
     return BatchResult(
         image_ids=[i for p in parts for i in p.image_ids],
         cls=[c for p in parts for c in p.cls],
         labels=np.concatenate([p.labels for p in parts]),
         image_scores=np.concatenate([p.image_scores for p in parts]),
         anomaly_maps=np.concatenate([p.anomaly_maps for p in parts]),
-        vfm_prompts=None if any(v is None for v in vfm) else np.concatenate(vfm),
+        vfm_prompts=np.concatenate(vfm) if len(vfm) == len(parts) else None,
     )
 
 

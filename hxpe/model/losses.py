@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hxpe.model.bases.base import Fusion, ModelOutput
+from hxpe.model.bases.base import Fusion, LossWeights, ModelOutput
 from hxpe.model.config import ModelConfig, TrainConfig
 from hxpe.model.model import layer_probabilities_at, upsample
 
@@ -25,7 +25,7 @@ from hxpe.model.model import layer_probabilities_at, upsample
 class LossSpec:
     """Everything the loss needs, resolved from the model's base and the training settings."""
 
-    weights: dict[str, float]
+    weights: LossWeights
     gamma: float
     smooth: float
     image_loss: str  # "ce" | "focal"
@@ -88,7 +88,7 @@ def hxpe_loss(
         labels: [B] 0 normal / 1 anomalous.
     """
     target = _authors_target(masks)
-    size = tuple(masks.shape[-2:])
+    size = (masks.shape[-2], masks.shape[-1])
     if out.layer_logits is not None:
         probs = layer_probabilities_at(out.layer_logits, size, spec.fusion, spec.align_corners)
     else:  # models that give probability maps only

@@ -48,9 +48,15 @@ from hxpe.model.bases.base import (
     base_class,
     prompt_base,
 )
-from hxpe.model.clip_tower import TextEncoder, VisualEncoder, VisualFeatures
+from hxpe.model.clip_tower import (
+    ClipTokenizer,
+    OpenClipModule,
+    TextEncoder,
+    VisualEncoder,
+    VisualFeatures,
+)
 from hxpe.model.config import ModelConfig
-from hxpe.model.dinov2_prompt import KeyBias, ReferenceCache, VfmPrompter
+from hxpe.model.dinov2_prompt import HfModule, KeyBias, ReferenceCache, VfmPrompter
 from hxpe.model.explainable import PhraseCache, TextBank
 from hxpe.model.loading import CONFIG_DIR, load_clip, load_dinov2
 
@@ -67,8 +73,14 @@ class HXPEModel(nn.Module):
     CLIP and DINOv2 are frozen and stay in eval mode.
     """
 
+    _hxpe_compiled: bool = False  # set by hxpe.model.inference.maybe_compile
+
     def __init__(
-        self, cfg: ModelConfig, clip: nn.Module, tokenizer: object, dinov2: nn.Module | None
+        self,
+        cfg: ModelConfig,
+        clip: OpenClipModule,
+        tokenizer: ClipTokenizer,
+        dinov2: HfModule | None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -131,9 +143,12 @@ class HXPEModel(nn.Module):
 
     def _score_cls(self, feats: VisualFeatures) -> torch.Tensor:
         """The CLS the image score uses: ``ln_post(x[0]) @ proj``, or ``x[0] @ proj``."""
-        if self.arith.cls_path == "no_ln_post":
-            return feats.cls_token @ self.visual.visual.proj
-        return feats.cls
+        if self.arith.cls_path == "ln_post":
+            return feats.cls
+        if feats.cls_token is None:
+            raise ValueError("cls_path no_ln_post needs the vision tower's raw CLS token.")
+        cls: torch.Tensor = feats.cls_token @ self.visual.visual.proj
+        return cls
 
     def forward(
         self,
@@ -261,7 +276,7 @@ def assemble(cfg: ModelConfig) -> HXPEModel:
     return model
 
 
-def build_paper_architecture_random(cfg: ModelConfig | None = None) -> nn.Module:
+def build_paper_architecture_random(cfg: ModelConfig | None = None) -> HXPEModel:
     """The paper-size architecture (ViT-L/14@336 CLIP, DINOv2 ViT-S/14) with RANDOM weights.
 
     For dry runs and benchmarks on machines without the weights: compute and memory match the real
@@ -280,7 +295,7 @@ def build_paper_architecture_random(cfg: ModelConfig | None = None) -> nn.Module
         "for dry runs and benchmarks only.",
         cfg.clip.model_name,
     )
-    return build_model(cfg)
+    return assemble(cfg)
 
 
 # ------------------------------------------------------------ the anomaly map

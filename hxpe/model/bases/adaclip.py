@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -51,6 +51,14 @@ from hxpe.model.bases.base import (
 from hxpe.model.clip_tower import VisualEncoder, VisualFeatures
 from hxpe.model.explainable import ensemble
 from hxpe.model.recipes import Recipe, register_recipe
+
+PromptType = Literal["static", "dynamic"]
+Branch = Literal["vision", "language"]
+
+
+def _all(kind: object) -> list[Any]:
+    """Every value of a ``Literal`` type (the defaults: both prompt types, both branches)."""
+    return list(get_args(kind))
 
 
 class AdaClipConfig(BaseArithmetic):
@@ -85,12 +93,8 @@ class AdaClipConfig(BaseArithmetic):
         4, ge=1, le=64, description="Blocks (from the first) that receive prompts."
     )
     prompt_length: int = Field(5, ge=1, le=64, description="Prompt tokens per prompted block.")
-    prompt_types: list[Literal["static", "dynamic"]] = Field(
-        default_factory=lambda: ["static", "dynamic"]
-    )
-    branches: list[Literal["vision", "language"]] = Field(
-        default_factory=lambda: ["vision", "language"]
-    )
+    prompt_types: list[PromptType] = Field(default_factory=lambda: _all(PromptType))
+    branches: list[Branch] = Field(default_factory=lambda: _all(Branch))
     template_set: str = Field("adaclip", description="Template list in prompts.yaml.")
     hsf: bool = Field(True, description="Hybrid semantic fusion for the image score.")
     k_clusters: int = Field(20, ge=1, le=4096, description="k-means clusters of HSF.")
@@ -153,6 +157,7 @@ class TorchKMeans:
 
     def __init__(self, iters: int = 10) -> None:
         self.iters = iters
+        self.per_image = False  # no RNG: every image's labels are the same either way
 
     def reset(self, seed: int | None = None) -> None:
         return None
@@ -351,9 +356,10 @@ class AdaClipPrompter(PromptBase):
 
     def text_deep(self, cond: torch.Tensor | None, n: int) -> list[torch.Tensor | None] | None:
         if self.layout == "slots":
-            return self._static_plus_dynamic(
+            prompts = self._static_plus_dynamic(
                 self.text_static, self.text_dynamic, cond, n, range(self.depth)
             )
+            return None if prompts is None else [*prompts]
         later = self._static_plus_dynamic(
             self.text_static, self.text_dynamic, cond, n, range(1, self.depth)
         )
@@ -361,10 +367,13 @@ class AdaClipPrompter(PromptBase):
 
     def project_patches(self, feats: VisualFeatures) -> list[torch.Tensor]:
         source = feats.raw_patches if self.patch_head == "raw_tokens" else feats.patches
+        if source is None:
+            raise ValueError("AdaCLIP's patch heads need the vision tower's raw patch tokens.")
         return [head(p) for head, p in zip(self.patch_heads, source, strict=True)]
 
     def project_cls(self, cls: torch.Tensor) -> torch.Tensor:
-        return self.cls_head(cls)
+        projected: torch.Tensor = self.cls_head(cls)
+        return projected
 
     def image_feature(
         self, cls: torch.Tensor, patches: list[torch.Tensor], logits: list[torch.Tensor]
@@ -388,14 +397,12 @@ class AdaClipPrompter(PromptBase):
     def same_rng_per_image(self) -> Iterator[None]:
         """Every image's HSF k-means draws from a fresh RNG seeded ``adaclip.hsf_seed`` within the
         block; outside it, the authors' single stream."""
-        previous = getattr(self.clusterer, "per_image", None)
-        if previous is not None:
-            self.clusterer.per_image = True
+        previous = self.clusterer.per_image
+        self.clusterer.per_image = True
         try:
             yield
         finally:
-            if previous is not None:
-                self.clusterer.per_image = previous
+            self.clusterer.per_image = previous
 
 
 register_recipe(

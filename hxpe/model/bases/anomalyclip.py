@@ -31,11 +31,13 @@ from hxpe.model.bases.base import (
     BaseArithmetic,
     Dims,
     Fusion,
+    LossWeights,
     ModelSettings,
     PromptBase,
     own_section,
     prompt_list,
     register_base,
+    term_weights,
 )
 from hxpe.model.clip_tower import VisualEncoder, attach_vv_attention
 from hxpe.model.explainable import Kind, PromptSet
@@ -53,8 +55,8 @@ class AnomalyClipConfig(BaseArithmetic):
     object_word: Literal["generic", "class_name"] = "generic"
     prompt_cast: Literal["float16", "none"] = "float16"
     image_loss: Literal["ce", "focal"] = "ce"
-    loss_weights: dict[Literal["focal", "dice", "image"], float] = Field(
-        default_factory=lambda: {"focal": 4.0, "dice": 4.0, "image": 1.0},
+    loss_weights: LossWeights = Field(
+        default_factory=lambda: term_weights(4.0, 4.0, 1.0),
         description="λ = 4 on the map terms (train.py `lam = 4`).",
     )
     batch_size: int = 8

@@ -45,6 +45,12 @@ from hxpe.model.explainable import ExplainConfig, Kind, PromptSet
 PROMPT_INIT_STD = 0.02  # both authors: nn.init.normal_(std=0.02)
 
 Fusion = Literal["sum_probs", "mean_probs", "mean_logits"]
+LossWeights = dict[Literal["focal", "dice", "image"], float]
+
+
+def term_weights(focal: float, dice: float, image: float) -> LossWeights:
+    """The weights of the focal, dice and image loss terms."""
+    return {"focal": focal, "dice": dice, "image": image}
 
 
 class BaseArithmetic(BaseModel):
@@ -78,9 +84,7 @@ class BaseArithmetic(BaseModel):
         "none", description="Round injected prompt tokens to float16 (the authors' .half() casts)."
     )
     image_loss: Literal["ce", "focal"] = Field("ce", description="Loss on the image score.")
-    loss_weights: dict[Literal["focal", "dice", "image"], float] = Field(
-        default_factory=lambda: {"focal": 1.0, "dice": 1.0, "image": 1.0}
-    )
+    loss_weights: LossWeights = Field(default_factory=lambda: term_weights(1.0, 1.0, 1.0))
     batch_size: int = Field(
         8,
         ge=1,

@@ -37,6 +37,7 @@ of 2×2 patches and 4 of 3×3):
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ from hxpe.model.bases.base import (
     own_section,
     register_base,
 )
-from hxpe.model.clip_tower import OPENAI_MEAN, OPENAI_STD, interpolate_positions
+from hxpe.model.clip_tower import OPENAI_MEAN, OPENAI_STD, OpenClipModule, interpolate_positions
 from hxpe.model.explainable import ensemble
 from hxpe.model.loading import load_clip
 
@@ -123,7 +124,11 @@ class WinClipModel(nn.Module):
         tokenizer: its tokenizer.
     """
 
-    def __init__(self, cfg: ModelSettings, clip: nn.Module, tokenizer: object) -> None:
+    mean: torch.Tensor
+    std: torch.Tensor
+    text: torch.Tensor
+
+    def __init__(self, cfg: ModelSettings, clip: OpenClipModule, tokenizer: Any) -> None:
         super().__init__()
         visual = clip.visual
         if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
@@ -138,7 +143,7 @@ class WinClipModel(nn.Module):
         self.clip = clip
         self.scales = tuple(self.section.scales)
         side = cfg.clip.image_size
-        self.grid = (side // visual.patch_size[0], side // visual.patch_size[1])
+        self.grid = (side // int(visual.patch_size[0]), side // int(visual.patch_size[1]))
         for k, scale in enumerate(self.scales):
             self.register_buffer(f"windows_{k}", window_indices(self.grid, scale), persistent=False)
         self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -173,7 +178,8 @@ class WinClipModel(nn.Module):
         """The joint-space embedding of token sequences [M, L, C] (class token first): [M, D]."""
         v = self.clip.visual
         x = v.transformer(v.ln_pre(tokens))
-        return v.ln_post(x[:, 0]) @ v.proj
+        joint: torch.Tensor = v.ln_post(x[:, 0]) @ v.proj
+        return joint
 
     def window_embeddings(self, tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """Each window re-encoded alone (class token + its patches): [B, n_windows, D]."""
