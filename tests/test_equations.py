@@ -93,17 +93,17 @@ def _broken(monkeypatch, model, what: str) -> None:
     elif what == "key_bias":
         monkeypatch.setattr(model.key_bias, "forward", lambda m: 2.0 * m.flatten(1))
     elif what == "hsf":
-        parts = adaclip_module.hsf_parts
+        parts = adaclip_module.hybrid_semantic_fusion
         monkeypatch.setattr(
             adaclip_module,
-            "hsf_parts",
+            "hybrid_semantic_fusion",
             lambda p, lg, c, k, f, a, cl: parts(p, lg, c, k, f, a / 2, cl),
         )
     elif what == "hsf_selection":  # the least abnormal patches instead of the most abnormal ones
-        parts = adaclip_module.hsf_parts
+        parts = adaclip_module.hybrid_semantic_fusion
         monkeypatch.setattr(
             adaclip_module,
-            "hsf_parts",
+            "hybrid_semantic_fusion",
             lambda p, lg, c, k, f, a, cl: parts(p, [-z for z in lg], c, k, f, a, cl),
         )
     elif what == "score":

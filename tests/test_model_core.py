@@ -648,9 +648,9 @@ def test_prompt_map_formula_with_a_reference() -> None:
     (1 − γ) + γ·ŝ = [0.5, 0.75, 1, 0.625]; M = [0, 0.675, 0.75, 0]."""
     prompter = _hand_prompter(calibration_quantile=0.5)
     images, refs = torch.zeros(1, 3, 14, 56), torch.ones(1, 3, 14, 56)
-    m = prompter(images, (1, 4), refs)
+    m = prompter(images, (1, 4), refs).prompt
     assert torch.allclose(m, torch.tensor([[[0.0, 0.675, 0.75, 0.0]]]), atol=1e-5)
-    higher = _hand_prompter(calibration_quantile=0.9)(images, (1, 4), refs)  # scale 0.2
+    higher = _hand_prompter(calibration_quantile=0.9)(images, (1, 4), refs).prompt  # scale 0.2
     expected = torch.tensor([4 / 5, 1 / 2]) * torch.tensor([0.75, 1.0])
     assert torch.allclose(higher[0, 0, 1:3], expected, atol=1e-5)
 
@@ -661,8 +661,8 @@ def test_prompt_map_formula_without_a_reference_uses_rarity_over_its_median() ->
     prompter = _hand_prompter(rarity_k=1)
     images, refs = torch.zeros(1, 3, 14, 56), torch.ones(1, 3, 14, 56)
     expected = torch.tensor([[[0.25, 0.0, 0.0, 0.5]]])
-    assert torch.allclose(prompter(images, (1, 4)), expected, atol=1e-5)
-    no_ref = prompter(images, (1, 4), refs, torch.tensor([False]))
+    assert torch.allclose(prompter(images, (1, 4)).prompt, expected, atol=1e-5)
+    no_ref = prompter(images, (1, 4), refs, torch.tensor([False])).prompt
     assert torch.allclose(no_ref, expected, atol=1e-5)
 
 
@@ -687,8 +687,8 @@ def test_calibrated_prompt_map_peaks_on_a_planted_defect_and_stays_low_on_a_norm
     defect[:, :, 42:56, 70:84] = torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1)  # patch (3, 5)
     has = torch.tensor([with_reference])
     with torch.no_grad():
-        m_normal = model.vfm(normal, (8, 8), reference, has)
-        m_defect = model.vfm(defect, (8, 8), reference, has)
+        m_normal = model.vfm(normal, (8, 8), reference, has).prompt
+        m_defect = model.vfm(defect, (8, 8), reference, has).prompt
     assert divmod(int(m_defect.flatten().argmax()), 8) == (3, 5)
     assert float(m_defect.max()) > 0.9
     assert float(m_normal.max()) < NORMAL_MAX

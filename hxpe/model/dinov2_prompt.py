@@ -34,7 +34,7 @@ Example (the tiny random-init DINOv2, on CLIP's 8×8 patch grid of 112 px inputs
     >>> vfm = tiny_model_config().vfm
     >>> prompter = VfmPrompter(load_dinov2(vfm), vfm)
     >>> images, refs = torch.rand(2, 3, 112, 112), torch.rand(2, 3, 112, 112)
-    >>> m = prompter(images, grid=(8, 8), references=refs)
+    >>> m = prompter(images, grid=(8, 8), references=refs).prompt
     >>> m.shape, bool(m.min() >= 0), bool(m.max() < 1)
     (torch.Size([2, 8, 8]), True, True)
 """
@@ -193,7 +193,7 @@ def _last_attention(dinov2: HfModule) -> HfModule | None:
 
 @dataclass
 class VfmSteps:
-    """The DINOv2 prompt of a batch, step by step (what :meth:`VfmPrompter.steps` returns).
+    """The DINOv2 prompt of a batch, step by step (what :class:`VfmPrompter` returns).
 
     Attributes:
         features: [B, N, C] unit DINOv2 patch features of the images on CLIP's grid.
@@ -333,24 +333,10 @@ class VfmPrompter(nn.Module):
         has_reference: torch.Tensor | None = None,
         *,
         reference_cache: ReferenceCache | None = None,
-    ) -> torch.Tensor:
-        """The calibrated prompt map M [B, h, w] in [0, 1) (see the module docstring);
-        ``reference_cache``: a caller-owned cache of the references' features, or None."""
-        return self.steps(
-            images, grid, references, has_reference, reference_cache=reference_cache
-        ).prompt
-
-    @torch.no_grad()
-    def steps(
-        self,
-        images: torch.Tensor,
-        grid: tuple[int, int],
-        references: torch.Tensor | None = None,
-        has_reference: torch.Tensor | None = None,
-        *,
-        reference_cache: ReferenceCache | None = None,
     ) -> VfmSteps:
-        """The prompt map with every intermediate of its computation (:class:`VfmSteps`)."""
+        """The calibrated prompt map M [B, h, w] in [0, 1) (``.prompt``, see the module docstring)
+        with every intermediate of its computation (:class:`VfmSteps`); ``reference_cache``: a
+        caller-owned cache of the references' features, or None."""
         feats, salience = self.features(images, grid)
         ref_feats = ref_scale = None
         has = torch.zeros(len(images), dtype=torch.bool, device=images.device)

@@ -56,7 +56,7 @@ from hxpe.model.clip_tower import (
     VisualFeatures,
 )
 from hxpe.model.config import ModelConfig
-from hxpe.model.dinov2_prompt import HfModule, KeyBias, ReferenceCache, VfmPrompter
+from hxpe.model.dinov2_prompt import HfModule, KeyBias, ReferenceCache, VfmPrompter, full_precision
 from hxpe.model.explainable import PhraseCache, TextBank
 from hxpe.model.loading import CONFIG_DIR, load_clip, load_dinov2
 
@@ -199,7 +199,7 @@ class HXPEModel(nn.Module):
                 refs = F.interpolate(
                     references, size=(side, side), mode="bilinear", align_corners=False
                 )
-            steps = self.vfm.steps(x, grid, refs, has_reference, reference_cache=reference_cache)
+            steps = self.vfm(x, grid, refs, has_reference, reference_cache=reference_cache)
         vfm_map = None if steps is None else steps.prompt
         key_bias = None
         if vfm_map is not None and self.key_bias is not None:
@@ -309,17 +309,12 @@ def layer_logits(
     ``patches``: unit tokens [B, N, D] per layer; ``text``: unit embeddings [B, 2, D].
     """
     out = []
-    with _full_precision(text):
+    with full_precision(text):
         text = text.float()
         for p in patches:
             logits = torch.einsum("bnd,bkd->bkn", p.float(), text) / temperature
             out.append(logits.reshape(p.shape[0], 2, *grid))
     return out
-
-
-def _full_precision(t: torch.Tensor) -> torch.autocast:
-    """Autocast switched off: the map head and the smoothing run in float32 even under bf16."""
-    return torch.autocast(device_type=t.device.type, enabled=False)
 
 
 def upsample(
@@ -337,7 +332,7 @@ def layer_probabilities_at(
     """Per layer (normal, abnormal) probabilities [B, 2, H, W] at ``size``, as the base forms them:
     ``up(softmax(logits))`` (AnomalyCLIP, fusions ``*_probs``) or ``softmax(up(logits))``
     (AdaCLIP, ``mean_logits``). These are what the focal and dice losses see."""
-    with _full_precision(logits[0]):
+    with full_precision(logits[0]):
         if fusion == "mean_logits":
             return [upsample(lg.float(), size, align_corners).softmax(dim=1) for lg in logits]
         return [upsample(lg.float().softmax(dim=1), size, align_corners) for lg in logits]
@@ -353,7 +348,7 @@ def fuse_layers(
     * ``mean_logits`` (AdaCLIP adaclip.py:529-540): q = softmax(mean_l up(logits)),
       (q1 + 1 − q0) / 2, range [0, 1].
     """
-    with _full_precision(logits[0]):
+    with full_precision(logits[0]):
         if fusion == "mean_logits":
             mean = torch.stack([upsample(lg.float(), size, align_corners) for lg in logits]).mean(0)
             q = mean.softmax(dim=1)
@@ -381,7 +376,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
     if sigma <= 0:
         return maps
     r = int(truncate * sigma + 0.5)
-    with _full_precision(maps):
+    with full_precision(maps):
         maps = maps.float()
         t = torch.arange(-r, r + 1, dtype=maps.dtype, device=maps.device)
         kernel = torch.exp(-0.5 * (t / sigma) ** 2)

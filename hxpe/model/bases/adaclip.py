@@ -193,8 +193,8 @@ def cluster_centre(selected: list[torch.Tensor], labels: torch.Tensor, k: int) -
 
 @dataclass
 class HsfParts:
-    """The intermediates of :func:`hybrid_semantic_fusion` (the notebooks' walk-through checks
-    the fusion from them).
+    """The result of :func:`hybrid_semantic_fusion` with its intermediates (the notebooks'
+    walk-through checks the fusion from them).
 
     Attributes:
         top: [B, m] the indices of the m = k·factor most abnormal patches.
@@ -219,8 +219,8 @@ def hybrid_semantic_fusion(
     topk_factor: int,
     alpha: float,
     clusterer: SklearnKMeans | TorchKMeans,
-) -> torch.Tensor:
-    """Fused unit image feature [B, D] (:func:`hsf_parts` ``.feature``).
+) -> HsfParts:
+    """The fused unit image feature [B, D] (``.feature``) with its intermediates.
 
     Args:
         patches: per layer unit patch tokens [B, N, D].
@@ -228,19 +228,6 @@ def hybrid_semantic_fusion(
             selects the patches).
         cls: unit CLS feature [B, D].
     """
-    return hsf_parts(patches, logits, cls, k, topk_factor, alpha, clusterer).feature
-
-
-def hsf_parts(
-    patches: list[torch.Tensor],
-    logits: list[torch.Tensor],
-    cls: torch.Tensor,
-    k: int,
-    topk_factor: int,
-    alpha: float,
-    clusterer: SklearnKMeans | TorchKMeans,
-) -> HsfParts:
-    """:func:`hybrid_semantic_fusion` with its intermediates (:class:`HsfParts`)."""
     abnormal = torch.stack(logits).mean(dim=0).softmax(dim=1)[:, 1]  # [B, N]
     m = min(abnormal.shape[1], k * topk_factor)
     k = min(k, m)
@@ -384,7 +371,7 @@ class AdaClipPrompter(PromptBase):
             return cls, None
         a = self.settings
         flat = [lg.flatten(2) for lg in logits]
-        parts = hsf_parts(
+        parts = hybrid_semantic_fusion(
             patches, flat, cls, a.k_clusters, a.hsf_topk_factor, a.hsf_alpha, self.clusterer
         )
         return parts.feature, parts
