@@ -11,7 +11,7 @@ reason.
 Examples::
 
     python tests/mutation.py                                    # the defaults below
-    python tests/mutation.py --paths hxpe/model/vfm.py --tests tests/test_model_core.py
+    python tests/mutation.py --paths hxpe/model/dinov2_prompt.py --tests tests/test_model_core.py
     python tests/mutation.py --max-children 2 --out build/mutation.txt
     python tests/mutation.py --mutants 'hxpe.*__mutmut_*0'      # a 1-in-10 sample (numbers ending in 0)
 
@@ -39,6 +39,7 @@ from hxpe.equivalence import golden_dir
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PATHS = [
     "hxpe/model/*.py",
+    "hxpe/model/bases/*.py",
     "hxpe/train.py",
 ]
 DEFAULT_TESTS = [

@@ -54,7 +54,8 @@ class ModelConfig(_Section):
     reference_rule: Literal["first_normal_train", "none"] | None = Field(
         None,
         description="Normal reference of this variant's VLM descriptions and DINOv2 prompts "
-        "('none': no reference, method.md §4 row 1); null = data.reference_rule.",
+        "('none': no reference, the ablation row hxpe_noref; hxpe/LEDGER.md); null = "
+        "data.reference_rule.",
     )
     object_name: str = Field(
         "object", description="Generic object word ({obj}) of bases with object_word: generic."
