@@ -407,8 +407,12 @@ def _adaclip_forward(
 
 
 def _with_hsf(model: HXPEModel, on: bool) -> None:
+    """Switch AdaCLIP's hybrid semantic fusion on or off in the model's config and in its base,
+    which holds its own section (:class:`hxpe.model.bases.adaclip.AdaClipPrompter`)."""
     cfg = model.cfg
-    model.cfg = cfg.model_copy(update={"adaclip": cfg.adaclip.model_copy(update={"hsf": on})})
+    section = cfg.adaclip.model_copy(update={"hsf": on})
+    model.cfg = cfg.model_copy(update={"adaclip": section})
+    model.prompter.settings = section
 
 
 def check_adaclip(

@@ -41,11 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from hxpe.model.bases.base import (
+    BaseArithmetic,
     Dims,
     ForwardTrace,
     Fusion,
     ModelOutput,
     base_class,
+    own_section,
     prompt_base,
 )
 from hxpe.model.clip_tower import (
@@ -85,7 +87,7 @@ class HXPEModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         base = prompt_base(cfg.base)
-        arith = self.arith = cfg.arithmetic
+        arith = cfg.arithmetic
         cast = _DTYPES[arith.prompt_cast]
         self.visual = VisualEncoder(clip.visual, cfg.clip.layers, arith.pos_interpolation, cast)
         text = TextEncoder(clip, prompt_dtype=cast)
@@ -111,6 +113,11 @@ class HXPEModel(nn.Module):
         self.key_bias = (
             KeyBias(cfg.vfm) if self.vfm is not None and cfg.vfm.trains_through else None
         )
+
+    @property
+    def arith(self) -> BaseArithmetic:
+        """The base's arithmetic, read from the current ``cfg`` (``model.cfg`` may be replaced)."""
+        return own_section(self.cfg, self.cfg.base, BaseArithmetic)
 
     def reset_rng(self, seed: int | None = None) -> None:
         """Re-seed the base's image-score RNG (AdaCLIP's HSF k-means: ``adaclip.hsf_seed``, or
