@@ -182,7 +182,8 @@ class HXPEModel(nn.Module):
                 (``object_word: class_name``); None = the generic ``model.object_name``.
             phrase_cache, reference_cache: caller-owned caches of prompt embeddings and of the
                 references' DINOv2 features (:class:`hxpe.model.explainable.PhraseCache`,
-                :class:`hxpe.model.dinov2_prompt.ReferenceCache`, owned by :mod:`hxpe.model.inference`); the model itself holds none.
+                :class:`hxpe.model.dinov2_prompt.ReferenceCache`, owned by
+                :mod:`hxpe.model.inference`); the model itself holds none.
             trim_text: run the text tower up to the last EOT only (exact); False = 77 tokens.
             sigma: Gaussian σ of the output map; None = ``model.sigma``, 0 = unsmoothed.
             trace: also return the pass's intermediates (:class:`ForwardTrace`).
