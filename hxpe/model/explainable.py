@@ -125,7 +125,7 @@ class _Unit:
 
 def class_word(name: str) -> str:
     """A class name as AdaCLIP puts it into its prompts (``text.replace('-', ' ')``,
-    adaclip.py:213)."""
+    caoyunkang/AdaCLIP@e27ee32 adaclip.py:213)."""
     return name.replace("-", " ")
 
 

@@ -1,8 +1,8 @@
 """Import the authors' checkpoints into the project's checkpoint format (``trainable.safetensors`` +
 ``config.json`` + ``provenance.json``, :mod:`hxpe.model.checkpoint`).
 
-* AnomalyCLIP (train.py:114): ``torch.save({'prompt_learner': AnomalyCLIP_PromptLearner.state_dict()})``.
-* AdaCLIP (trainer.py:89-98): ``torch.save({'clip_model.<name>': tensor, ...})`` of its learnable tensors.
+* AnomalyCLIP (zqhang/AnomalyCLIP@45ed4dd train.py:114): ``torch.save({'prompt_learner': AnomalyCLIP_PromptLearner.state_dict()})``.
+* AdaCLIP (caoyunkang/AdaCLIP@e27ee32 method/trainer.py:89-98): ``torch.save({'clip_model.<name>': tensor, ...})`` of its learnable tensors.
 
 Files are read with ``torch.load(weights_only=True)`` only; anything else (pickled objects, other
 layouts) is refused with :class:`CheckpointRefused`, a one-line message. Before loading, the sizes

@@ -1,7 +1,8 @@
-"""Training losses as both authors write them (AnomalyCLIP and AdaCLIP ``loss.py``, the same file):
+"""Training losses as both authors write them (``loss.py``, the same file in zqhang/AnomalyCLIP@45ed4dd
+and caoyunkang/AdaCLIP@e27ee32):
 per layer focal + dice (abnormal vs mask, normal vs 1 − mask) on the base's per-layer probability
 maps, plus an image loss on the score (AnomalyCLIP cross-entropy of the logits, AdaCLIP focal on the
-softmax), weighted per base (AnomalyCLIP λ = 4 on the map terms, train.py:50, 102).
+softmax), weighted per base (AnomalyCLIP λ = 4 on the map terms, its train.py:50, 102).
 
 Example:
     >>> p = torch.tensor([[0.9, 0.1]])  # one image, confident "normal"

@@ -351,9 +351,9 @@ def fuse_layers(
 ) -> torch.Tensor:
     """The anomaly map [B, H, W] (before smoothing) from per-layer logits [B, 2, h, w].
 
-    * ``sum_probs`` (AnomalyCLIP test.py:97-109): Σ_l (up(p1) + 1 − up(p0)) / 2, range [0, L];
+    * ``sum_probs`` (zqhang/AnomalyCLIP@45ed4dd test.py:97-109): Σ_l (up(p1) + 1 − up(p0)) / 2, range [0, L];
     * ``mean_probs``: the same averaged over layers, range [0, 1];
-    * ``mean_logits`` (AdaCLIP adaclip.py:529-540): q = softmax(mean_l up(logits)),
+    * ``mean_logits`` (caoyunkang/AdaCLIP@e27ee32 adaclip.py:529-540): q = softmax(mean_l up(logits)),
       (q1 + 1 − q0) / 2, range [0, 1].
     """
     with full_precision(logits[0]):
