@@ -1,14 +1,14 @@
 """The equations of notebook 04's walk-through, written out plainly and checked against the model.
 
 Each ``check_*`` function recomputes one quantity from a forward pass's intermediates
-(``model(..., trace=True)``: :class:`hxpe.model.hxpe.ForwardTrace`) with the equation the notebook
+(``model(..., trace=True)``: :class:`hxpe.model.bases.base.ForwardTrace`) with the equation the notebook
 prints, independently of the model's own code (plain torch, and SciPy for the smoothing), and
 asserts that it equals what the model returned. A model or config that drifts from the notebook's
 equations therefore fails notebook 04, hence ``make test``. The recomputations are references, not
 model code: nothing here is called by the model.
 
 Example (the tiny model of the tests; every check passes on the model as it is):
-    >>> from hxpe.model.hxpe import build_model
+    >>> from hxpe.model.model import build_model
     >>> from hxpe.model.tiny import tiny_model_config
     >>> model = build_model(tiny_model_config("adaclip")).eval()
     >>> images = torch.rand(2, 3, 96, 96)
@@ -233,7 +233,7 @@ def check_hsf(out: Any, adaclip: Any) -> Check:
     their k-means clusters C_j; ``c = norm( mean_j (1/(L|C_j|)) Σ_l Σ_{p∈C_j} f^l_p )`` and
     ``f = norm(α c + (1 − α) f_cls)``."""
     trace = _trace(out)
-    hsf = trace.hsf
+    hsf = trace.score_parts
     if hsf is None:
         raise ValueError("this pass's image score does not use HSF (it uses the CLS feature)")
     flat = [z.double().flatten(2) for z in out.layer_logits]

@@ -4,7 +4,7 @@ A golden folder (format: ../shared/golden/README.md) holds a random CLIP (``clip
 ``clip.safetensors``, OpenAI key layout), ``inputs.safetensors`` (images, masks, labels), and per base
 a folder with ``settings.json``, the authors' parameters in their own checkpoint format and
 ``expected*.safetensors``, computed by the authors' own code. This module loads the parameters through
-:mod:`hxpe.model.importers`, runs :class:`hxpe.model.hxpe.HXPEModel` at the base's defaults (sizes,
+:mod:`hxpe.model.importers`, runs :class:`hxpe.model.model.HXPEModel` at the base's defaults (sizes,
 layers and prompt shapes from the folder), and compares every expected quantity:
 
 * AnomalyCLIP: inference one image at a time (test.py's batch-1 loader), one training step on the
@@ -54,10 +54,9 @@ from safetensors.torch import load_file
 
 from hxpe.model.checkpoint import load_checkpoint
 from hxpe.model.config import ModelConfig, TrainConfig
-from hxpe.model.hxpe import HXPEModel
 from hxpe.model.importers import authors_name, import_checkpoint, to_authors_layout
 from hxpe.model.losses import LossSpec, hxpe_loss
-from hxpe.model.maps import gaussian_blur
+from hxpe.model.model import HXPEModel, gaussian_blur
 
 log = logging.getLogger(__name__)
 
@@ -408,8 +407,12 @@ def _adaclip_forward(
 
 
 def _with_hsf(model: HXPEModel, on: bool) -> None:
+    """Switch AdaCLIP's hybrid semantic fusion on or off in the model's config and in its base,
+    which holds its own section (:class:`hxpe.model.bases.adaclip.AdaClipPrompter`)."""
     cfg = model.cfg
-    model.cfg = cfg.model_copy(update={"adaclip": cfg.adaclip.model_copy(update={"hsf": on})})
+    section = cfg.adaclip.model_copy(update={"hsf": on})
+    model.cfg = cfg.model_copy(update={"adaclip": section})
+    model.prompter.settings = section
 
 
 def check_adaclip(
@@ -426,7 +429,7 @@ def check_adaclip(
     seed = cfg.adaclip.hsf_seed
     if "image_score_hsf" in expected:
         _with_hsf(model, True)
-        model.clusterer.reset(seed)
+        model.reset_rng(seed)
         with torch.no_grad():
             ours["image_score_hsf"] = torch.cat(
                 [
@@ -444,7 +447,7 @@ def check_adaclip(
             for k, v in {**{f"loss_{k}": v for k, v in losses.items()}, **grads}.items():
                 per_image.setdefault(k, []).append(v)
             _with_hsf(model, True)
-            model.clusterer.reset(seed)
+            model.reset_rng(seed)
             hsf_losses, _ = _train_step(model, *one)
             _with_hsf(model, False)
             per_image.setdefault("loss_total_hsf", []).append(hsf_losses["total"])

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from hxpe.data.images import load_image, mask_tensor, read_image, read_mask, to_tensor
 from hxpe.data.mosaic import combine
 from hxpe.data.torch_dataset import load_mask
-from hxpe.model.vision import OPENAI_MEAN, OPENAI_STD
+from hxpe.model.clip_tower import OPENAI_MEAN, OPENAI_STD
 
 IMAGE_ATOL = 1e-6
 

@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     import vllm
 
     from hxpe.model.config import ModelConfig
-    from hxpe.model.hxpe import build_paper_architecture_random
+    from hxpe.model.model import build_paper_architecture_random
     from hxpe.paths import resolve
     from hxpe.versions import software_versions
 

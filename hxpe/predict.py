@@ -201,7 +201,7 @@ def _load_checkpoint_dir(directory: Path) -> nn.Module:
 def load_model(cfg: Config, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
     """The model of ``checkpoint`` (or of the profile's main variant); cached per process
     (:data:`MODELS`, the :data:`MODEL_CACHE_SIZE` most recently used)."""
-    from hxpe.model.checkpoint import model_for_evaluation
+    from hxpe.model.inference import model_for_evaluation
 
     if checkpoint is not None:
         directory = Path(checkpoint).expanduser()

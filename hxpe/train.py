@@ -53,11 +53,11 @@ from hxpe.model.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from hxpe.model.config import ModelConfig, TrainConfig
-from hxpe.model.hxpe import HXPEModel, build_model
+from hxpe.model.config import ModelConfig, TrainConfig, training_recipe
 from hxpe.model.loading import model_device
 from hxpe.model.losses import LossSpec, hxpe_loss
-from hxpe.model.recipes import recipe, training_recipe
+from hxpe.model.model import HXPEModel, build_model
+from hxpe.model.recipes import recipe
 from hxpe.progress import progress
 from hxpe.provenance import git_state, utc_now
 from hxpe.results_layout import ResultsLayout

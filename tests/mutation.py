@@ -11,7 +11,7 @@ reason.
 Examples::
 
     python tests/mutation.py                                    # the defaults below
-    python tests/mutation.py --paths hxpe/model/vfm.py --tests tests/model/test_model_core.py
+    python tests/mutation.py --paths hxpe/model/dinov2_prompt.py --tests tests/model/test_model_core.py
     python tests/mutation.py --max-children 2 --out build/mutation.txt
     python tests/mutation.py --mutants 'hxpe.*__mutmut_*0'      # a 1-in-10 sample (numbers ending in 0)
 
@@ -39,6 +39,7 @@ from hxpe.equivalence import golden_dir
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PATHS = [
     "hxpe/model/*.py",
+    "hxpe/model/bases/*.py",
     "hxpe/train.py",
 ]
 DEFAULT_TESTS = [
@@ -121,7 +122,7 @@ def diff_of(work: Path, name: str) -> str:
 
 
 def module_of(name: str) -> str:
-    """``hxpe.model.vfm.x_calibrate__mutmut_3`` -> ``hxpe.model.vfm``."""
+    """``hxpe.model.dinov2_prompt.x_calibrate__mutmut_3`` -> ``hxpe.model.dinov2_prompt``."""
     parts = name.split(".")
     return ".".join(p for p in parts[:-1]) or name
 
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "--mutants",
         nargs="*",
         default=[],
-        help="Only these mutant name globs, e.g. 'hxpe.model.vfm.x_calibrate*' (default: all).",
+        help="Only these mutant name globs, e.g. 'hxpe.model.dinov2_prompt.x_calibrate*' (default: all).",
     )
     p.add_argument(
         "--timeout-multiplier",

@@ -19,7 +19,7 @@ from hxpe.config import load_config
 from hxpe.data.index import DatasetIndex
 from hxpe.data.torch_dataset import IndexDataset
 from hxpe.model.checkpoint import save_checkpoint
-from hxpe.model.hxpe import build_model
+from hxpe.model.model import build_model
 from hxpe.model.tiny import tiny_model_config
 from hxpe.predict import DEFAULT_PARAMS, predict
 

@@ -21,7 +21,7 @@ pytest.importorskip("gradio", reason="the app extra is not installed: pip instal
 from hxpe.data.config import DemoDataConfig  # noqa: E402
 from hxpe.data.demo import generate_demo_dataset  # noqa: E402
 from hxpe.model.checkpoint import save_checkpoint  # noqa: E402
-from hxpe.model.hxpe import build_model  # noqa: E402
+from hxpe.model.model import build_model  # noqa: E402
 from hxpe.model.tiny import tiny_model_config  # noqa: E402
 
 from support.browser import browser_page, free_port, require_browser  # noqa: E402

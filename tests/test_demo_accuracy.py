@@ -31,8 +31,8 @@ from hxpe.config import load_config
 from hxpe.data.index import load_index, select_references
 from hxpe.data.torch_dataset import IndexDataset, phrases_from_batch
 from hxpe.evaluation.metrics import auroc
-from hxpe.model.checkpoint import model_for_evaluation
-from hxpe.model.vfm import KeyBias
+from hxpe.model.dinov2_prompt import KeyBias
+from hxpe.model.inference import model_for_evaluation
 from hxpe.paths import repo_root
 
 pytestmark = pytest.mark.demo_results

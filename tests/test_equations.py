@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import hxpe.model.hxpe as hxpe_module
+import hxpe.model.bases.adaclip as adaclip_module
+import hxpe.model.dinov2_prompt as vfm_module
 import hxpe.model.losses as losses_module
-import hxpe.model.vfm as vfm_module
+import hxpe.model.model as hxpe_module
 from hxpe import equations as eq
 from hxpe.model.config import TrainConfig
-from hxpe.model.hxpe import build_model
 from hxpe.model.losses import LossSpec, hxpe_loss
+from hxpe.model.model import build_model
 from hxpe.model.tiny import tiny_model_config
 
 
@@ -49,7 +50,7 @@ def run_checks(model) -> list[eq.Check]:
         eq.check_key_bias(out, cfg.vfm, float(model.key_bias.beta)),
         eq.check_image_score(out, a.temperature),
     ]
-    if out.trace.hsf is not None:
+    if out.trace.score_parts is not None:
         checks.append(eq.check_hsf(out, cfg.adaclip))
     spec = LossSpec.resolve(cfg, TrainConfig())
     terms = hxpe_loss(out, masks, labels, spec)
@@ -92,15 +93,17 @@ def _broken(monkeypatch, model, what: str) -> None:
     elif what == "key_bias":
         monkeypatch.setattr(model.key_bias, "forward", lambda m: 2.0 * m.flatten(1))
     elif what == "hsf":
-        parts = hxpe_module.hsf_parts
+        parts = adaclip_module.hybrid_semantic_fusion
         monkeypatch.setattr(
-            hxpe_module, "hsf_parts", lambda p, lg, c, k, f, a, cl: parts(p, lg, c, k, f, a / 2, cl)
+            adaclip_module,
+            "hybrid_semantic_fusion",
+            lambda p, lg, c, k, f, a, cl: parts(p, lg, c, k, f, a / 2, cl),
         )
     elif what == "hsf_selection":  # the least abnormal patches instead of the most abnormal ones
-        parts = hxpe_module.hsf_parts
+        parts = adaclip_module.hybrid_semantic_fusion
         monkeypatch.setattr(
-            hxpe_module,
-            "hsf_parts",
+            adaclip_module,
+            "hybrid_semantic_fusion",
             lambda p, lg, c, k, f, a, cl: parts(p, [-z for z in lg], c, k, f, a, cl),
         )
     elif what == "score":

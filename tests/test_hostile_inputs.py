@@ -19,7 +19,7 @@ import hxpe.predict as predict_module
 from hxpe.app import OutputFolders, analyse
 from hxpe.cli import main, stay_offline
 from hxpe.model.checkpoint import save_checkpoint
-from hxpe.model.hxpe import build_model
+from hxpe.model.model import build_model
 from hxpe.model.tiny import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]

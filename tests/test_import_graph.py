@@ -1,9 +1,14 @@
-"""The package's module-level import graph has no cycle (so import order never matters).
+"""The package's import graph has no cycle (so import order never matters), module-level imports
+and deferred ones alike.
 
-Only imports that run when a module is imported count: top-level statements (including ``try`` and
-plain ``if`` blocks), not imports inside functions and not ``if TYPE_CHECKING:`` blocks. Importing
-``a.b.c`` also runs ``a/__init__.py`` and ``a/b/__init__.py``, so those count too, except for the
-packages that contain the importer (Python has already started them).
+The module-level graph counts the imports that run when a module is imported: top-level statements
+(including ``try`` and plain ``if`` blocks), not imports inside functions and not
+``if TYPE_CHECKING:`` blocks. The full graph (``deferred=True``) counts every import statement of the
+source as well: inside functions and under ``if TYPE_CHECKING:``, each statement to the module it
+names. Importing ``a.b.c`` at module level also runs ``a/__init__.py`` and ``a/b/__init__.py``, so in
+the module-level graph those count too, except for the packages that contain the importer (Python has
+already started them). The model package also defers no ``hxpe`` import into
+a function without a stated reason.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "hxpe"
 PACKAGE = PACKAGE_DIR.name
+
+# hxpe imports inside functions of the model package, (module, function) -> why (none today).
+DEFERRED_MODEL_IMPORTS: dict[tuple[str, str], str] = {}
 
 
 def module_files(package_dir: Path) -> dict[str, Path]:
@@ -66,12 +74,20 @@ def _with_parents(target: str, importer: str, modules: dict[str, Path]) -> set[s
     return out
 
 
-def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package's modules that importing ``module`` imports directly."""
+def _every_import(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of the source: in functions and ``if TYPE_CHECKING:`` blocks too."""
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+
+
+def imports_of(
+    module: str, path: Path, modules: dict[str, Path], deferred: bool = False
+) -> set[str]:
+    """The package's modules that importing ``module`` imports directly (``deferred``: or that
+    any of its statements imports, in functions and type-checking blocks included)."""
     is_package = path.name == "__init__.py"
     tree = ast.parse(path.read_text(), filename=str(path))
     out: set[str] = set()
-    for node in _module_level(tree.body):
+    for node in _every_import(tree) if deferred else _module_level(tree.body):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         else:
@@ -85,15 +101,17 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
             # ``from pkg import sub`` imports the submodule when ``sub`` is one.
             targets += [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
         for target in targets:
-            if target == PACKAGE or target.startswith(PACKAGE + "."):
+            if deferred and target in modules:
+                out.add(target)
+            elif target == PACKAGE or target.startswith(PACKAGE + "."):
                 out |= _with_parents(target, module, modules)
     out.discard(module)
     return out
 
 
-def import_graph(package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+def import_graph(package_dir: Path = PACKAGE_DIR, deferred: bool = False) -> dict[str, set[str]]:
     modules = module_files(package_dir)
-    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+    return {name: imports_of(name, path, modules, deferred) for name, path in modules.items()}
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -181,11 +199,69 @@ def test_imports_of_counts_module_level_imports_only(tmp_path, source, expected)
     path.write_text(source)
     modules = module_files(PACKAGE_DIR)
     assert imports_of("hxpe.probe", path, modules) == expected
+    every = imports_of("hxpe.probe", path, modules, deferred=True)
+    assert every == (expected or {"hxpe.hashing"})  # deferred: the function's and TYPE_CHECKING's
 
 
 def test_package_has_no_import_cycle():
     cycles = find_cycles(import_graph())
     assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_package_has_no_import_cycle_deferred_imports_included():
+    cycles = find_cycles(import_graph(deferred=True))
+    assert cycles == [], "import cycles (deferred imports counted):\n" + "\n".join(
+        " -> ".join(c) for c in cycles
+    )
+
+
+def test_deferred_imports_make_a_cycle_the_module_level_graph_misses(tmp_path):
+    package = tmp_path / "hxpe"
+    (package / "m").mkdir(parents=True)
+    sources = {
+        "__init__.py": "",
+        "m/__init__.py": "",
+        "m/a.py": "from hxpe.m.b import f\n",
+        "m/b.py": "def f():\n    from .c import g\n    return g\n",
+        "m/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from hxpe.m import a\n",
+    }
+    for rel, text in sources.items():
+        (package / rel).write_text(text)
+    assert find_cycles(import_graph(package)) == []
+    assert find_cycles(import_graph(package, deferred=True)) == [
+        ["hxpe.m.a", "hxpe.m.b", "hxpe.m.c", "hxpe.m.a"]
+    ]
+    assert deferred_hxpe_imports(package / "m", "hxpe.m") == {("hxpe.m.b", "f"): 2}
+
+
+def deferred_hxpe_imports(directory: Path, prefix: str) -> dict[tuple[str, str], int]:
+    """(module, function) -> line of every ``hxpe`` import inside a function under ``directory``."""
+    found = {}
+    for path in sorted(directory.rglob("*.py")):
+        rel = path.relative_to(directory).with_suffix("").parts
+        module = ".".join([prefix, *(rel[:-1] if rel[-1] == "__init__" else rel)])
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [("." * node.level) + (node.module or "")]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                if any(n.startswith(("hxpe", ".")) for n in names):
+                    found[(module, fn.name)] = node.lineno
+    return found
+
+
+def test_model_package_defers_no_hxpe_import_without_a_reason():
+    found = deferred_hxpe_imports(PACKAGE_DIR / "model", "hxpe.model")
+    unstated = sorted(set(found) - set(DEFERRED_MODEL_IMPORTS))
+    assert unstated == [], "hxpe imports inside functions of hxpe/model, with no reason given: " + (
+        ", ".join(f"{m}.{f} (line {found[(m, f)]})" for m, f in unstated)
+    )
 
 
 def test_model_package_does_not_import_the_data_package():

@@ -15,8 +15,8 @@ import torch
 from hxpe import book
 from hxpe.atomic import OutputKind, OutputRefused, check_output_dir, replace_dir
 from hxpe.cli import main
-from hxpe.model.hxpe import build_model
 from hxpe.model.importers import authors_name, to_authors_layout
+from hxpe.model.model import build_model
 from hxpe.model.tiny import tiny_model_config
 
 from support.raw_trees import write_mvtec_tree

@@ -15,7 +15,7 @@ from hxpe.data.fixtures import write_part_pair
 from hxpe.data.torch_dataset import load_image
 from hxpe.hashing import file_sha256
 from hxpe.model.checkpoint import load_checkpoint, save_checkpoint
-from hxpe.model.hxpe import build_model
+from hxpe.model.model import build_model
 from hxpe.model.tiny import tiny_model_config
 from hxpe.predict import ImageReadError, predict, read_image
 

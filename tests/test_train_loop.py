@@ -18,10 +18,11 @@ from hxpe.config import Config
 from hxpe.data.fixtures import IndexWriter
 from hxpe.data.index import DatasetIndex, load_index, save_index
 from hxpe.data.torch_dataset import IndexDataset
-from hxpe.model.checkpoint import load_checkpoint, model_for_evaluation
+from hxpe.model.checkpoint import load_checkpoint
 from hxpe.model.config import TrainConfig
-from hxpe.model.hxpe import build_model
+from hxpe.model.inference import model_for_evaluation
 from hxpe.model.losses import LossSpec, hxpe_loss
+from hxpe.model.model import build_model
 from hxpe.model.tiny import TINY_MODEL
 from hxpe.train import (
     share_checkpoint,
@@ -608,14 +609,14 @@ def test_checkpoint_config_and_the_evaluation_model(
     assert text.startswith('{\n "model": {\n  "adaclip": {') and json.loads(text)["train"] == {
         "note": "untrained"
     }
-    with caplog.at_level("WARNING", logger="hxpe.model.checkpoint"):
+    with caplog.at_level("WARNING", logger="hxpe.model.inference"):
         same = model_for_evaluation(cfg, "toy_dir", "adaclip", tmp_path)
-    warned = [r.message for r in caplog.records if r.name == "hxpe.model.checkpoint"]
+    warned = [r.message for r in caplog.records if r.name == "hxpe.model.inference"]
     assert warned == [] and same.cfg == model.cfg and not same.training
     other = Config.model_validate(cfg.model_dump() | {"model": TINY_MODEL | {"sigma": 2.0}})
-    with caplog.at_level("WARNING", logger="hxpe.model.checkpoint"):
+    with caplog.at_level("WARNING", logger="hxpe.model.inference"):
         used = model_for_evaluation(other, "toy_dir", "adaclip", tmp_path)
-    assert [r.message for r in caplog.records if r.name == "hxpe.model.checkpoint"] == [
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.inference"] == [
         f"Checkpoint {ckpt} was trained with a model config that differs from the profile's "
         "variant 'adaclip'; using the checkpoint's."
     ]

@@ -21,9 +21,9 @@ from hxpe.figures import walkthrough as wt
 from hxpe.figures.selection import f1_max_threshold
 from hxpe.hashing import file_sha256
 from hxpe.model.config import TrainConfig
-from hxpe.model.hxpe import build_model
+from hxpe.model.dinov2_prompt import reference_distance
+from hxpe.model.model import build_model
 from hxpe.model.tiny import tiny_model_config
-from hxpe.model.vfm import reference_distance
 
 matplotlib.use("Agg")
 SIZE = 64

@@ -46,7 +46,7 @@ from hxpe.agent.runner import (
 )
 from hxpe.agent.schema import Extraction, verdict, vlm_says_no_anomaly
 from hxpe.agent.templates import load_template
-from hxpe.model.config import ClipConfig
+from hxpe.model.clip_tower import ClipConfig
 from hxpe.results_layout import ResultsLayout
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from hxpe.model.config import ClipConfig
+    from hxpe.model.clip_tower import ClipConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Two losses, summed:
   for its defect kind, and on a normal scene a decoy phrase joins the texts. This is the
   region-caption alignment that anomaly maps read off CLIP's patches, with and without a phrase.
 
-The vision tower runs through :class:`hxpe.model.vision.VisualEncoder` (the code the method uses), at
+The vision tower runs through :class:`hxpe.model.clip_tower.VisualEncoder` (the code the method uses), at
 112 px (native, an 8 x 8 grid) and 126 px (9 x 9, the demo evaluation's grid) in alternate steps.
 """
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from hxpe.backbones.data import CLASS_NAMES, DEFECT_KINDS, PretrainSet, patch_coverage, resize
 from hxpe.backbones.scenes import region_caption
-from hxpe.model.vision import VisualEncoder
+from hxpe.model.clip_tower import VisualEncoder
 
 log = logging.getLogger(__name__)
 

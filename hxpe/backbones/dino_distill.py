@@ -18,8 +18,8 @@ from torch import nn
 
 from hxpe.backbones.clip_pretrain import Curve, lr_at
 from hxpe.backbones.data import PretrainSet, resize
-from hxpe.model.vfm import IMAGENET_MEAN, IMAGENET_STD
-from hxpe.model.vision import VisualEncoder
+from hxpe.model.clip_tower import VisualEncoder
+from hxpe.model.dinov2_prompt import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from torch import nn
 from hxpe.backbones.clip_pretrain import encode_text
 from hxpe.backbones.data import CLASS_NAMES, PretrainSet, resize
 from hxpe.evaluation.metrics import auroc
-from hxpe.model.vision import VisualEncoder
+from hxpe.model.clip_tower import VisualEncoder
 
 VALIDATION_OFFSET = 500_000  # the held-out scenes' seed: seed + this (another random stream)
 PROMPTS = ("a photo of a flawless {}.", "a photo of a damaged {}.")

@@ -8,7 +8,7 @@ Sections, each fast vs naive (:mod:`hxpe.model.inference`):
 * **demo**: the demo profile's small trained backbones (variants ``hxpe`` = AdaCLIP base and
   ``hxpe_anomalyclip``) on generated demo images (128 px).
 * **paper**: the paper-size architecture (ViT-L/14@336 CLIP at 518 px + DINOv2 ViT-S/14) with
-  RANDOM WEIGHTS (:func:`hxpe.model.hxpe.build_paper_architecture_random`) on a handful of generated
+  RANDOM WEIGHTS (:func:`hxpe.model.model.build_paper_architecture_random`) on a handful of generated
   518 px images: compute and memory are those of the real model, outputs mean nothing.
 
 Per model: evaluation images/s and peak memory (RSS on CPU, ``torch.cuda.max_memory_allocated`` on

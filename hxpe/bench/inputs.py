@@ -82,8 +82,7 @@ def model_batches(batches: Iterable[dict[str, Any]]) -> Iterator[InferenceInputs
     """A loader's collated batches as the inference paths read them (:func:`index_batches`).
 
     :class:`~hxpe.data.torch_dataset.IndexBatch` fulfils
-    :class:`~hxpe.model.inference.InferenceInputs` at run time, but the protocol declares its fields
-    as mutable attributes, which mypy holds invariant (``list[str]`` is not ``Sequence[str]``); the
-    ignore below goes (mypy reports it unused) once the protocol declares them read-only.
+    :class:`~hxpe.model.inference.InferenceInputs`, whose fields are read-only properties (so a
+    ``list[str]`` field is a ``Sequence[str]``).
     """
-    yield from index_batches(batches)  # type: ignore[misc]
+    yield from index_batches(batches)

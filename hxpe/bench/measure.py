@@ -21,7 +21,6 @@ from hxpe.bench.timers import PeakMemory, StageTimer, stage_modules, sync, to_mb
 from hxpe.data.index import DatasetIndex
 from hxpe.data.torch_dataset import IndexDataset
 from hxpe.model.config import TrainConfig
-from hxpe.model.hxpe import HXPEModel
 from hxpe.model.inference import (
     BatchResult,
     collect,
@@ -34,7 +33,7 @@ from hxpe.model.inference import (
 )
 from hxpe.model.loading import model_device
 from hxpe.model.losses import LossSpec
-from hxpe.model.maps import gaussian_blur
+from hxpe.model.model import HXPEModel, gaussian_blur
 from hxpe.train import make_optimizer, step_losses
 
 

@@ -37,7 +37,7 @@ from hxpe.bench.report import to_markdown
 from hxpe.config import Config, load_config
 from hxpe.data.torch_dataset import IndexDataset
 from hxpe.model.config import ModelConfig, TrainConfig
-from hxpe.model.hxpe import HXPEModel, build_model, build_paper_architecture_random
+from hxpe.model.model import HXPEModel, assemble, build_paper_architecture_random
 from hxpe.paths import repo_root
 from hxpe.results_layout import bench_dir
 from hxpe.versions import software_versions
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         variants = ["hxpe"] if quick else ["hxpe", "hxpe_anomalyclip"]
         for variant in variants:
             with _stage(f"demo/{variant}", timings):
-                model = build_model(demo_cfg.model_for(variant)).to(device).eval()
+                model = assemble(demo_cfg.model_for(variant)).to(device).eval()
                 report["sections"][f"demo/{variant}"] = run_model_section(
                     model,
                     demo_eval,
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     label=f"demo profile variant {variant} (the small demo CLIP + DINOv2)",
                 )
         with _stage("memory", timings):
-            model = build_model(demo_cfg.model_for("hxpe")).to(device).eval()
+            model = assemble(demo_cfg.model_for("hxpe")).to(device).eval()
             sizes = [8, 24] if quick else [32, 128]
             report["memory"] = measure_streaming(
                 model, demo, sizes, map_size=128 if quick else 518, batch_size=min(batch, 16)
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("hxpe.model.loading", "hxpe.model.hxpe", "root", "hxpe.data.demo"):
+    for noisy in ("hxpe.model.loading", "hxpe.model.model", "root", "hxpe.data.demo"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     report = run(args)
     out = Path(args.out)

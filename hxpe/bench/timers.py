@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from hxpe.model.hxpe import HXPEModel
+from hxpe.model.model import HXPEModel
 
 
 def sync(device: torch.device) -> None:

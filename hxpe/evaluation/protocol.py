@@ -49,9 +49,8 @@ from hxpe.evaluation.maps import MapStore
 from hxpe.evaluation.results import PER_CLASS_COLUMNS, merge_metrics, write_part
 from hxpe.evaluation.scoring import evaluate_store
 from hxpe.hashing import file_sha256
-from hxpe.model.caches import InferenceCaches
 from hxpe.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from hxpe.model.inference import infer_fast, inference_caches, make_loader
+from hxpe.model.inference import InferenceCaches, infer_fast, inference_caches, make_loader
 from hxpe.model.loading import model_device
 from hxpe.progress import progress
 from hxpe.results_layout import ResultsLayout
@@ -214,7 +213,7 @@ def _select(kind: str, available: Sequence[str], wanted: Sequence[str] | None) -
 
 
 def _default_model_loader(cfg: Config, direction: str, variant: str, rd: Path) -> nn.Module:
-    from hxpe.model.checkpoint import model_for_evaluation
+    from hxpe.model.inference import model_for_evaluation
 
     return model_for_evaluation(cfg, direction, variant, rd)
 

@@ -188,7 +188,7 @@ def variant_columns(cfg: Config) -> dict[str, dict[str, str]]:
 def recipe_notes(cfg: Config) -> list[str]:
     """One note per recipe the profile's trained rows use: its values and the rows that use it
     (testing too: the recipe's feature layers)."""
-    from hxpe.model.recipes import recipe_label, training_recipe
+    from hxpe.model.config import recipe_label, training_recipe
 
     rows: dict[str, list[str]] = {}
     for variant in cfg.variants:

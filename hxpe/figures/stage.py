@@ -65,7 +65,7 @@ def _save(cfg: Config, name: str, out_dir: Path, build: Callable[[], Figure | No
 
 
 def _default_loader(cfg: Config, direction: str, variant: str, results_dir: Path) -> nn.Module:
-    from hxpe.model.checkpoint import model_for_evaluation
+    from hxpe.model.inference import model_for_evaluation
 
     return model_for_evaluation(cfg, direction, variant, results_dir)
 

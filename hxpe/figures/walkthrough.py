@@ -356,7 +356,7 @@ def prompt_sentences(
     ``per_prompt`` of each ensemble, or all), for the object word ``obj`` (None: the bank's
     generic word; :meth:`TextBank.objects` gives an image's).
 
-    ``text_bank`` is ``model.text`` (:class:`hxpe.model.explain.TextBank`); the sentences come from
+    ``text_bank`` is ``model.text`` (:class:`hxpe.model.explainable.TextBank`); the sentences come from
     its own ``sentences`` method, so they are exactly what the text encoder reads.
     """
     rows = []
@@ -384,7 +384,7 @@ def token_layout(
     """(token, role) of the first sentence of a prompt at the input of text block ``block``
     (0-based), in the order the text encoder reads them.
 
-    The layout is :mod:`hxpe.model.text`'s ``[SOT] [P..] [C..] words [EOT]`` (``P``: the
+    The layout is :mod:`hxpe.model.clip_tower`'s ``[SOT] [P..] [C..] words [EOT]`` (``P``: the
     prompter's deep-prompt slots, ``text_slots``; ``C``: its learnable context, ``text_context``).
     At a block in the prompter's ``text_deep_blocks`` its deep prompt ``D1..Dp``
     (``text_deep_length`` tokens) replaces the tokens right after SOT: the slots (layout
@@ -472,7 +472,7 @@ def vfm_panels(steps: Any, index: int = 0) -> dict[str, np.ndarray]:
     """The DINOv2 prompt of image ``index`` of a traced pass, step by step, on CLIP's patch grid:
     the distance ``d`` (to the reference, or the rarity without one), DINOv2's CLS salience, and
     the prompt map ``M`` the model used. ``steps``: ``out.trace.vfm``
-    (:class:`hxpe.model.vfm.VfmSteps`); nothing is recomputed here."""
+    (:class:`hxpe.model.dinov2_prompt.VfmSteps`); nothing is recomputed here."""
     grid = tuple(steps.prompt.shape[-2:])
     has = bool(steps.has_reference[index])
     return {

@@ -6,7 +6,7 @@ when the word pushes the image towards "anomalous", negative when it pulls it ba
 left without its word is the generic abnormal prompt (no phrase).
 
 Example (a tiny random-init model: the words are real, their importances mean nothing):
-    >>> from hxpe.model.hxpe import build_model
+    >>> from hxpe.model.model import build_model
     >>> from hxpe.model.tiny import tiny_model_config
     >>> _ = torch.manual_seed(0)
     >>> model = build_model(tiny_model_config("anomalyclip", vfm={"enabled": False}))
@@ -68,7 +68,7 @@ def word_importance(
     differences are the words' and not the RNG's.
 
     ``image`` and ``reference`` are ``[3, H, W]`` (or ``[1, 3, H, W]``) floats in [0, 1]; the model is
-    an :class:`hxpe.model.hxpe.HXPEModel` (or anything with its forward signature).
+    an :class:`hxpe.model.model.HXPEModel` (or anything with its forward signature).
     """
     words, phrases = leave_one_out(phrase)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -4,8 +4,8 @@
 
 Checkpoints live in ``results/<profile>/checkpoints/<direction>/<variant>/``
 (:meth:`hxpe.results_layout.ResultsLayout.checkpoint_dir`);
-:func:`model_for_evaluation` resolves a profile's variant to its model for evaluation, prediction and
-figures.
+:func:`hxpe.model.inference.model_for_evaluation` resolves a profile's variant to its model for
+evaluation, prediction and figures.
 
 Example (a round trip of the tiny model; stage 04 writes into
 ``results/<profile>/checkpoints/<direction>/<variant>/``):
@@ -28,17 +28,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 
 from hxpe.atomic import OutputKind
 from hxpe.model.config import ModelConfig
-from hxpe.model.hxpe import HXPEModel, build_model
-from hxpe.results_layout import ResultsLayout
-
-if TYPE_CHECKING:
-    from hxpe.config import Config
+from hxpe.model.model import HXPEModel, assemble
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "trainable.safetensors"
@@ -113,14 +109,15 @@ def read_weights(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(directory: str | Path, device: str | None = None) -> HXPEModel:
-    """Rebuild the model from ``config.json`` and load ``trainable.safetensors`` (strict)."""
+    """Rebuild the model from ``config.json`` and load ``trainable.safetensors`` (strict); a
+    checkpoint holds a prompted base's trained parameters (a training-free base has none)."""
     directory = Path(directory)
     cfg = ModelConfig.model_validate(read_checkpoint_config(directory)["model"])
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"Checkpoint {directory} has no {WEIGHTS_FILE}; retrain it.")
     state = read_weights(weights)
-    model = build_model(cfg)
+    model = assemble(cfg)
     params = model.trainable_state()
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
@@ -137,61 +134,3 @@ def load_checkpoint(directory: str | Path, device: str | None = None) -> HXPEMod
         param.data.copy_(state[name])
     log.info("Loaded checkpoint %s (%d tensors)", directory, len(state))
     return model.to(device) if device else model
-
-
-def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
-    """The model of ``variant`` for ``direction``: its checkpoint when it trains, built otherwise."""
-    model_cfg = cfg.model_for(variant)
-    if model_cfg.checkpoint is not None:
-        return released_model(cfg, direction, variant, results_dir)
-    if not model_cfg.trains:
-        return build_model(model_cfg).eval()
-    ckpt = ResultsLayout.at(results_dir).checkpoint_dir(direction, variant)
-    if not (ckpt / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(
-            f"No checkpoint for variant {variant!r}, direction {direction!r} in {ckpt}. Run stage "
-            f"04 first (make train PROFILE={cfg.profile})."
-        )
-    model = load_checkpoint(ckpt)
-    if model.cfg != model_cfg:
-        log.warning(
-            "Checkpoint %s was trained with a model config that differs from the profile's "
-            "variant %r; using the checkpoint's.",
-            ckpt,
-            variant,
-        )
-    return model.eval()
-
-
-def released_model(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
-    """An authors' released checkpoint (``model.checkpoint``, hxpe/weights.yaml) for ``direction``:
-    the file trained on the direction's auxiliary dataset, imported once into
-    ``checkpoints/<direction>/<variant>`` (re-imported when the file's SHA-256 changes)."""
-    from hxpe.hashing import file_sha256
-    from hxpe.model.importers import import_checkpoint
-    from hxpe.weights import released_checkpoints
-
-    model_cfg = cfg.model_for(variant)
-    spec = released_checkpoints().get(model_cfg.checkpoint or "")
-    if spec is None:
-        raise KeyError(
-            f"Variant {variant!r}: model.checkpoint {model_cfg.checkpoint!r} is not a released "
-            f"checkpoint in hxpe/weights.yaml."
-        )
-    aux = next(d.train for d in cfg.evaluation.directions if d.name == direction)
-    spec.file_for(aux)
-    source = spec.path(aux)
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"Variant {variant!r} evaluates {spec.key} trained on {aux}, expected at {source}. "
-            f"Fetch it: make fetch-models MODELS={spec.key}"
-        )
-    target = ResultsLayout.at(results_dir).checkpoint_dir(direction, variant)
-    provenance = target / PROVENANCE_FILE
-    digest = file_sha256(source)
-    if (
-        not provenance.is_file()
-        or json.loads(provenance.read_text()).get("source_sha256") != digest
-    ):
-        import_checkpoint(spec.format, source, target, model_cfg)
-    return load_checkpoint(target).eval()

@@ -1,8 +1,8 @@
 """Import the authors' checkpoints into the project's checkpoint format (``trainable.safetensors`` +
 ``config.json`` + ``provenance.json``, :mod:`hxpe.model.checkpoint`).
 
-* AnomalyCLIP (train.py:114): ``torch.save({'prompt_learner': AnomalyCLIP_PromptLearner.state_dict()})``.
-* AdaCLIP (trainer.py:89-98): ``torch.save({'clip_model.<name>': tensor, ...})`` of its learnable tensors.
+* AnomalyCLIP (zqhang/AnomalyCLIP@45ed4dd train.py:114): ``torch.save({'prompt_learner': AnomalyCLIP_PromptLearner.state_dict()})``.
+* AdaCLIP (caoyunkang/AdaCLIP@e27ee32 method/trainer.py:89-98): ``torch.save({'clip_model.<name>': tensor, ...})`` of its learnable tensors.
 
 Files are read with ``torch.load(weights_only=True)`` only; anything else (pickled objects, other
 layouts) is refused with :class:`CheckpointRefused`, a one-line message. Before loading, the sizes
@@ -22,24 +22,44 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import torch
 from safetensors.torch import save_file
 
 from hxpe.atomic import OutputRefused, check_output_dir, replace_dir
+from hxpe.config import Config, load_config
 from hxpe.hashing import file_sha256
-from hxpe.model.checkpoint import CHECKPOINT_OUTPUT, CONFIG_FILE, PROVENANCE_FILE, WEIGHTS_FILE
+from hxpe.model.checkpoint import (
+    CHECKPOINT_OUTPUT,
+    CONFIG_FILE,
+    PROVENANCE_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+)
 from hxpe.model.config import ModelConfig
+from hxpe.model.model import HXPEModel
+from hxpe.results_layout import ResultsLayout
+from hxpe.weights import released_checkpoints
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["anomalyclip", "adaclip"]
 KINDS: tuple[Kind, ...] = ("anomalyclip", "adaclip")
+
+
+def is_kind(name: str) -> TypeGuard[Kind]:
+    """Whether ``name`` is a checkpoint format this module imports (:data:`KINDS`)."""
+    return name in KINDS
+
+
 SOURCES = {"anomalyclip": "zqhang/AnomalyCLIP@45ed4dd", "adaclip": "caoyunkang/AdaCLIP@e27ee32"}
 
 # (authors' key pattern, our key pattern); {i} = an index
@@ -237,7 +257,7 @@ def convert(kind: Kind, state: dict[str, torch.Tensor]) -> Converted:
                 )
             ours[name] = t[0, 0].contiguous()
         deep = sorted(k for k in ours if k.startswith("prompter.deep."))
-        overrides = {
+        overrides: dict[str, Any] = {
             "anomalyclip": {
                 "n_ctx": ours["prompter.ctx_normal"].shape[0],
                 "text_prompt_length": ours[deep[0]].shape[0] if deep else 0,
@@ -342,11 +362,42 @@ def import_checkpoint(
     return out_dir
 
 
+def released_model(cfg: Config, direction: str, variant: str, results_dir: Path) -> HXPEModel:
+    """An authors' released checkpoint (``model.checkpoint``, hxpe/weights.yaml) for ``direction``:
+    the file trained on the direction's auxiliary dataset, imported once into
+    ``checkpoints/<direction>/<variant>`` (re-imported when the file's SHA-256 changes)."""
+    model_cfg = cfg.model_for(variant)
+    spec = released_checkpoints().get(model_cfg.checkpoint or "")
+    if spec is None:
+        raise KeyError(
+            f"Variant {variant!r}: model.checkpoint {model_cfg.checkpoint!r} is not a released "
+            f"checkpoint in hxpe/weights.yaml."
+        )
+    aux = next(d.train for d in cfg.evaluation.directions if d.name == direction)
+    spec.file_for(aux)
+    source = spec.path(aux)
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"Variant {variant!r} evaluates {spec.key} trained on {aux}, expected at {source}. "
+            f"Fetch it: make fetch-models MODELS={spec.key}"
+        )
+    target = ResultsLayout.at(results_dir).checkpoint_dir(direction, variant)
+    provenance = target / PROVENANCE_FILE
+    digest = file_sha256(source)
+    if (
+        not provenance.is_file()
+        or json.loads(provenance.read_text()).get("source_sha256") != digest
+    ):
+        if not is_kind(spec.format):
+            raise ValueError(
+                f"{spec.key} in hxpe/weights.yaml has format {spec.format!r}; the importers read "
+                f"{list(KINDS)}."
+            )
+        import_checkpoint(spec.format, source, target, model_cfg)
+    return load_checkpoint(target).eval()
+
+
 def _cmd_import(args: Any) -> int:
-    import logging
-
-    from hxpe.config import load_config
-
     model_cfg = None
     if args.params:
         cfg = load_config(args.params)
@@ -354,7 +405,7 @@ def _cmd_import(args: Any) -> int:
     try:
         out = import_checkpoint(args.kind, args.path, args.out, model_cfg, force=args.force)
     except (CheckpointRefused, OutputRefused) as err:
-        logging.getLogger(__name__).error("%s", err)
+        log.error("%s", err)
         return 2
     print(f"Imported {args.kind} checkpoint {args.path} -> {out}")
     return 0

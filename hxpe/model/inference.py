@@ -12,9 +12,9 @@ whatever the dataset size.
   :func:`scipy.ndimage.gaussian_filter` one image at a time. It calls the model's own forward with
   ``trim_text=False, sigma=0``.
 * :func:`infer_fast`: whole batches; the prompts of the distinct phrases of a batch encoded once and
-  kept in an LRU across batches (:class:`hxpe.model.caches.PhraseCache`, emptied whenever a
+  kept in an LRU across batches (:class:`hxpe.model.explainable.PhraseCache`, emptied whenever a
   trainable parameter changes); the DINOv2 features of each distinct normal reference computed once
-  (:class:`hxpe.model.caches.ReferenceCache`); both caches owned here (:class:`InferenceCaches`,
+  (:class:`hxpe.model.dinov2_prompt.ReferenceCache`); both caches owned here (:class:`InferenceCaches`,
   one per call unless the caller passes its own) and passed to the model per call; the text tower
   run only up to the last EOT token; bf16 autocast on a GPU (the map head and the Gaussian stay
   float32); fused scaled-dot-product attention everywhere, the v-v path included; CLIP and DINOv2
@@ -41,17 +41,23 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hxpe.model.caches import InferenceCaches, PhraseCache, ReferenceCache
-from hxpe.model.hxpe import HXPEModel
+from hxpe.config import Config
+from hxpe.model.checkpoint import WEIGHTS_FILE, load_checkpoint
+from hxpe.model.dinov2_prompt import ReferenceCache
+from hxpe.model.explainable import PhraseCache
+from hxpe.model.importers import released_model
 from hxpe.model.loading import model_device
-from hxpe.model.maps import map_range
+from hxpe.model.model import HXPEModel, build_model, map_range
+from hxpe.results_layout import ResultsLayout
 from hxpe.seeding import worker_init_fn
 
 log = logging.getLogger(__name__)
@@ -63,13 +69,31 @@ class InferenceInputs(Protocol):
     """What the inference paths read from one batch (the model package's side of the contract;
     :class:`hxpe.data.torch_dataset.IndexBatch` fulfils it)."""
 
-    images: torch.Tensor  # [B, 3, H, W] in [0, 1]
-    phrases: Sequence[str | None]  # the gated phrase per image, None for none
-    image_ids: Sequence[str]
-    cls: Sequence[str]
-    labels: torch.Tensor  # [B] int64
-    references: torch.Tensor | None  # [B, 3, H, W]
-    has_reference: torch.Tensor | None  # [B] bool
+    @property
+    def images(self) -> torch.Tensor:  # [B, 3, H, W] in [0, 1]
+        ...
+
+    @property
+    def phrases(self) -> Sequence[str | None]:  # the gated phrase per image, None for none
+        ...
+
+    @property
+    def image_ids(self) -> Sequence[str]: ...
+
+    @property
+    def cls(self) -> Sequence[str]: ...
+
+    @property
+    def labels(self) -> torch.Tensor:  # [B] int64
+        ...
+
+    @property
+    def references(self) -> torch.Tensor | None:  # [B, 3, H, W]
+        ...
+
+    @property
+    def has_reference(self) -> torch.Tensor | None:  # [B] bool
+        ...
 
 
 @dataclass
@@ -96,11 +120,11 @@ class BatchResult:
 
 
 def make_loader(
-    dataset: Dataset,
+    dataset: Dataset[Any],
     batch_size: int,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
-) -> DataLoader:
+) -> DataLoader[Any]:
     """An ordered DataLoader for inference: workers seeded by :func:`hxpe.seeding.worker_init_fn`,
     pinned host memory when the model runs on CUDA (so host-to-device copies can overlap)."""
     cuda = torch.device(device).type == "cuda"
@@ -118,6 +142,29 @@ def make_loader(
 
 def _labels(batch: InferenceInputs) -> np.ndarray:
     return np.asarray(torch.as_tensor(batch.labels), dtype=np.int64).reshape(len(batch.images))
+
+
+@dataclass
+class InferenceCaches:
+    """The caches of one inference run, owned by the caller; ``None`` = that cache is off."""
+
+    phrases: PhraseCache | None = None
+    references: ReferenceCache | None = None
+
+    def forward_options(self) -> dict[str, PhraseCache | ReferenceCache | None]:
+        """The keywords of :meth:`hxpe.model.model.HXPEModel.forward` that take the caches."""
+        return {"phrase_cache": self.phrases, "reference_cache": self.references}
+
+    def stats(self) -> dict[str, dict[str, int] | None]:
+        """Hits and misses per cache (None for a cache that is off)."""
+        return {
+            "phrase_cache": _counts(self.phrases),
+            "reference_cache": _counts(self.references),
+        }
+
+
+def _counts(cache: PhraseCache | ReferenceCache | None) -> dict[str, int] | None:
+    return None if cache is None else {"hits": cache.hits, "misses": cache.misses}
 
 
 def inference_caches(
@@ -148,7 +195,7 @@ def inference_caches(
     return InferenceCaches(phrase_cache, reference_cache)
 
 
-def maybe_compile(model: HXPEModel, device: torch.device) -> bool:
+def maybe_compile(model: nn.Module, device: torch.device) -> bool:
     """``torch.compile`` the vision tower, the text tower and DINOv2 in place (parameter names and
     checkpoints unchanged). Only on CUDA; elsewhere it logs that it is skipped and returns False."""
     if device.type != "cuda":
@@ -249,7 +296,7 @@ def _naive_sigma(model: torch.nn.Module) -> float:
     return model.cfg.sigma if isinstance(model, HXPEModel) else 0.0
 
 
-def _naive_options(batch: InferenceInputs, i: int) -> dict:
+def _naive_options(batch: InferenceInputs, i: int) -> dict[str, Any]:
     """HXPE forward options of the naive path for image ``i``: its class name, the full 77-token
     text context, no on-device smoothing, no caches (none is passed)."""
     return {"class_names": [str(batch.cls[i])], "trim_text": False, "sigma": 0.0}
@@ -314,12 +361,36 @@ def collect(results: Iterable[BatchResult]) -> BatchResult:
     parts = list(results)
     if not parts:
         raise ValueError("no results to collect")
-    vfm = [p.vfm_prompts for p in parts]
+    vfm = [p.vfm_prompts for p in parts if p.vfm_prompts is not None]
     return BatchResult(
         image_ids=[i for p in parts for i in p.image_ids],
         cls=[c for p in parts for c in p.cls],
         labels=np.concatenate([p.labels for p in parts]),
         image_scores=np.concatenate([p.image_scores for p in parts]),
         anomaly_maps=np.concatenate([p.anomaly_maps for p in parts]),
-        vfm_prompts=None if any(v is None for v in vfm) else np.concatenate(vfm),
+        vfm_prompts=np.concatenate(vfm) if len(vfm) == len(parts) else None,
     )
+
+
+def model_for_evaluation(cfg: Config, direction: str, variant: str, results_dir: Path) -> nn.Module:
+    """The model of ``variant`` for ``direction``: its checkpoint when it trains, built otherwise."""
+    model_cfg = cfg.model_for(variant)
+    if model_cfg.checkpoint is not None:
+        return released_model(cfg, direction, variant, results_dir)
+    if not model_cfg.trains:
+        return build_model(model_cfg).eval()
+    ckpt = ResultsLayout.at(results_dir).checkpoint_dir(direction, variant)
+    if not (ckpt / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"No checkpoint for variant {variant!r}, direction {direction!r} in {ckpt}. Run stage "
+            f"04 first (make train PROFILE={cfg.profile})."
+        )
+    model = load_checkpoint(ckpt)
+    if model.cfg != model_cfg:
+        log.warning(
+            "Checkpoint %s was trained with a model config that differs from the profile's "
+            "variant %r; using the checkpoint's.",
+            ckpt,
+            variant,
+        )
+    return model.eval()

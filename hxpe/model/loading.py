@@ -27,11 +27,13 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 from torch import nn
 
-from hxpe.model.config import ClipConfig, VfmConfig
+from hxpe.model.clip_tower import ClipConfig, ClipTokenizer, OpenClipModule
+from hxpe.model.dinov2_prompt import VfmConfig
 from hxpe.paths import resolve
 from hxpe.weights import (
     WeightSpec,
@@ -122,7 +124,7 @@ def _builds_quickgelu(model_name: str) -> bool:
     return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu"))
 
 
-def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
+def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[OpenClipModule, ClipTokenizer]:
     """The open_clip model (frozen, eval) and its tokenizer.
 
     ``cfg.config_file`` is registered with ``open_clip.add_model_config`` first. With
@@ -178,7 +180,7 @@ def load_clip(cfg: ClipConfig, seed: int = 0) -> tuple[nn.Module, object]:
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def is_weights_file(pretrained: str | None) -> bool:
+def is_weights_file(pretrained: str | None) -> TypeGuard[str]:
     """Whether ``model.clip.pretrained`` names a local weights file (not an open_clip tag)."""
     return pretrained is not None and pretrained.endswith(WEIGHT_SUFFIXES)
 
@@ -223,9 +225,10 @@ def dinov2_from_folder(folder: Path | str) -> nn.Module:
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return Dinov2Model.from_pretrained(
+        model: nn.Module = Dinov2Model.from_pretrained(
             folder, attn_implementation="eager", local_files_only=True
         )
+        return model
     finally:
         if shown:
             hf_logging.enable_progress_bar()

@@ -1,7 +1,8 @@
-"""Training losses as both authors write them (AnomalyCLIP and AdaCLIP ``loss.py``, the same file):
+"""Training losses as both authors write them (``loss.py``, the same file in zqhang/AnomalyCLIP@45ed4dd
+and caoyunkang/AdaCLIP@e27ee32):
 per layer focal + dice (abnormal vs mask, normal vs 1 − mask) on the base's per-layer probability
 maps, plus an image loss on the score (AnomalyCLIP cross-entropy of the logits, AdaCLIP focal on the
-softmax), weighted per base (AnomalyCLIP λ = 4 on the map terms, train.py:50, 102).
+softmax), weighted per base (AnomalyCLIP λ = 4 on the map terms, its train.py:50, 102).
 
 Example:
     >>> p = torch.tensor([[0.9, 0.1]])  # one image, confident "normal"
@@ -16,16 +17,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hxpe.model.config import Fusion, ModelConfig, TrainConfig
-from hxpe.model.hxpe import ModelOutput
-from hxpe.model.maps import layer_probabilities_at, upsample
+from hxpe.model.bases.base import Fusion, LossWeights, ModelOutput
+from hxpe.model.config import ModelConfig, TrainConfig
+from hxpe.model.model import layer_probabilities_at, upsample
 
 
 @dataclass(frozen=True)
 class LossSpec:
     """Everything the loss needs, resolved from the model's base and the training settings."""
 
-    weights: dict[str, float]
+    weights: LossWeights
     gamma: float
     smooth: float
     image_loss: str  # "ce" | "focal"
@@ -88,7 +89,7 @@ def hxpe_loss(
         labels: [B] 0 normal / 1 anomalous.
     """
     target = _authors_target(masks)
-    size = tuple(masks.shape[-2:])
+    size = (masks.shape[-2], masks.shape[-1])
     if out.layer_logits is not None:
         probs = layer_probabilities_at(out.layer_logits, size, spec.fusion, spec.align_corners)
     else:  # models that give probability maps only

@@ -113,7 +113,7 @@ def test_phrase_budget_uses_clip_tokens():
 def test_phrase_budget_counts_tokens_of_the_configured_clip(monkeypatch):
     from hxpe.agent import extract_one
     from hxpe.agent.config import AgentConfig
-    from hxpe.model.config import ClipConfig
+    from hxpe.model.clip_tower import ClipConfig
     from hxpe.model.tiny import TINY_MODEL
 
     tiny = ClipConfig.model_validate(TINY_MODEL["clip"])

@@ -11,8 +11,8 @@ import torch
 
 from hxpe.config import load_config
 from hxpe.doctor import report, required_weight_keys, run_checks
-from hxpe.model.hxpe import build_paper_architecture_random
 from hxpe.model.loading import MissingWeightsError, load_clip, load_dinov2
+from hxpe.model.model import build_paper_architecture_random
 from hxpe.paths import repo_root
 from hxpe.weights import CLIP_TAGS, clip_weight_key, weight_spec
 
@@ -65,7 +65,7 @@ def test_loaders_read_the_pinned_snapshots_of_a_fake_cache(tmp_path, monkeypatch
     from safetensors.torch import save_file
     from transformers import Dinov2Config, Dinov2Model
 
-    from hxpe.model.config import ClipConfig
+    from hxpe.model.clip_tower import ClipConfig
 
     cache = _empty_cache(tmp_path, monkeypatch)
     # CLIP: the tiny demo architecture stands in for ViT-B/16 under the clip-b16 pin.

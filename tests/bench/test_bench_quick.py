@@ -72,8 +72,8 @@ def test_bench_train_step_is_the_training_codes_step(tmp_path) -> None:
     from hxpe.bench.inputs import dataset_for, demo_index
     from hxpe.bench.measure import _train_batch, _train_steps
     from hxpe.model.config import TrainConfig
-    from hxpe.model.hxpe import build_model
     from hxpe.model.losses import LossSpec
+    from hxpe.model.model import build_model
     from hxpe.model.tiny import tiny_model_config
     from hxpe.train import make_optimizer, step_losses
 

@@ -28,7 +28,7 @@ from hxpe.figures.selection import (
 from hxpe.figures.stage import make_all, word_importance
 from hxpe.figures.style import DEMO_NOTE
 from hxpe.model.checkpoint import save_checkpoint
-from hxpe.model.hxpe import build_model
+from hxpe.model.model import build_model
 from hxpe.model.tiny import TINY_MODEL
 from hxpe.paths import RESULTS_ROOT_ENV
 

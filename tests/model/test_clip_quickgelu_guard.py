@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hxpe.model.config import ClipConfig
+from hxpe.model.clip_tower import ClipConfig
 from hxpe.model.loading import MissingWeightsError, load_clip, require_quickgelu
 from hxpe.weights import weight_spec
 

@@ -11,9 +11,9 @@ import torch
 
 from hxpe import gpu_smoke
 from hxpe.config import load_config
-from hxpe.model.hxpe import build_model
+from hxpe.model.dinov2_prompt import VfmPrompter, own_nn_distance
 from hxpe.model.loading import load_dinov2
-from hxpe.model.vfm import VfmPrompter, own_nn_distance
+from hxpe.model.model import build_model
 from hxpe.paths import repo_root
 
 from support.cuda_autocast import QUANTILE_MESSAGE, cuda_autocast_policy
@@ -62,10 +62,10 @@ def test_prompt_statistics_are_float32_under_the_policy(prompter):
     torch.manual_seed(0)
     images, refs = torch.rand(3, 3, 112, 112), torch.rand(3, 3, 112, 112)
     has = torch.tensor([True, False, True])
-    full = prompter(images, (8, 8), refs, has)
+    full = prompter(images, (8, 8), refs, has).prompt
     with cuda_autocast_policy(), torch.autocast(**BF16):
         _, scales = prompter.reference_calibrated(refs, (8, 8))
-        half = prompter(images, (8, 8), refs, has)
+        half = prompter(images, (8, 8), refs, has).prompt
     assert scales.dtype == torch.float32 and half.dtype == torch.float32
     assert half.shape == full.shape == (3, 8, 8)
     # the same map up to DINOv2's bf16 features (the statistics themselves are float32)

@@ -17,7 +17,6 @@ from hxpe.cli import main
 from hxpe.hashing import file_sha256
 from hxpe.model.checkpoint import load_checkpoint
 from hxpe.model.config import ModelConfig
-from hxpe.model.hxpe import build_model
 from hxpe.model.importers import (
     CheckpointRefused,
     authors_name,
@@ -28,6 +27,7 @@ from hxpe.model.importers import (
     read_tensors,
     to_authors_layout,
 )
+from hxpe.model.model import build_model
 from hxpe.model.tiny import tiny_model_config
 
 
@@ -122,7 +122,7 @@ def test_a_failed_import_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> N
 
 def test_released_variant_evaluates_the_imported_checkpoint(tmp_path: Path, monkeypatch) -> None:
     from hxpe.config import Config
-    from hxpe.model.checkpoint import model_for_evaluation
+    from hxpe.model.inference import model_for_evaluation
     from hxpe.model.tiny import TINY_MODEL
     from hxpe.train import trainable_variants
 

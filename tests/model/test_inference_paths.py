@@ -12,9 +12,10 @@ import torch
 from hxpe.data.fixtures import IndexWriter
 from hxpe.data.index import DatasetIndex
 from hxpe.data.torch_dataset import IndexBatch, IndexDataset, index_batches
-from hxpe.model.caches import InferenceCaches, PhraseCache, ReferenceCache
-from hxpe.model.hxpe import build_model
+from hxpe.model.dinov2_prompt import ReferenceCache, unique_rows
+from hxpe.model.explainable import PhraseCache
 from hxpe.model.inference import (
+    InferenceCaches,
     collect,
     infer_fast,
     infer_naive,
@@ -23,8 +24,8 @@ from hxpe.model.inference import (
     maybe_compile,
     use_bf16,
 )
+from hxpe.model.model import build_model
 from hxpe.model.tiny import tiny_model_config
-from hxpe.model.vfm import unique_rows
 from hxpe.seeding import worker_init_fn
 
 SIZE = 112

@@ -10,11 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hxpe.model.bases.adaclip import (
+    SklearnKMeans,
+    TorchKMeans,
+    cluster_centre,
+    hybrid_semantic_fusion,
+)
+from hxpe.model.bases.base import ModelOutput
 from hxpe.model.config import ModelConfig, TrainConfig
-from hxpe.model.hsf import SklearnKMeans, TorchKMeans, cluster_centre, hybrid_semantic_fusion
-from hxpe.model.hxpe import ModelOutput
 from hxpe.model.losses import LossSpec, dice_loss, focal_loss, hxpe_loss
-from hxpe.model.maps import fuse_layers
+from hxpe.model.model import fuse_layers
 
 
 def test_focal_loss_with_label_smoothing_hand_computed() -> None:
@@ -202,7 +207,7 @@ def test_hsf_fuses_the_centre_of_the_abnormal_clusters(clusterer: object) -> Non
     cls = F.normalize(torch.tensor([[0.0, 0.0, 1.0]]), dim=-1)
     fused = hybrid_semantic_fusion(
         patches, logits, cls, k=2, topk_factor=2, alpha=0.2, clusterer=clusterer
-    )
+    ).feature
     # top 4 = patches 0..3; clusters {0,1}, {2,3}; centre = mean of the two clusters' means over layers
     chosen = [p[0, :4] for p in patches]
     c1 = torch.cat([c[:2] for c in chosen]).mean(0)
@@ -218,7 +223,7 @@ def test_hsf_with_one_layer() -> None:
     cls = F.normalize(torch.tensor([[0.0, 0.0, 1.0]]), dim=-1)
     fused = hybrid_semantic_fusion(
         patches[:1], logits[:1], cls, k=2, topk_factor=2, alpha=0.5, clusterer=TorchKMeans(5)
-    )
+    ).feature
     chosen = patches[0][0, :4]
     centre = F.normalize((chosen[:2].mean(0) + chosen[2:].mean(0)) / 2, dim=0)
     assert torch.allclose(fused[0], F.normalize(0.5 * centre + 0.5 * cls[0], dim=0), atol=1e-6)

@@ -12,12 +12,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from hxpe.model.attention import DualPathAttention, multihead_attention
-from hxpe.model.hxpe import HXPEModel, build_model
-from hxpe.model.loading import MissingWeightsError, load_clip, load_dinov2
-from hxpe.model.maps import gaussian_blur
-from hxpe.model.tiny import tiny_model_config
-from hxpe.model.vfm import (
+from hxpe.model.clip_tower import DualPathAttention, multihead_attention
+from hxpe.model.dinov2_prompt import (
     VfmPrompter,
     calibrate,
     neighbourhood_mask,
@@ -25,6 +21,9 @@ from hxpe.model.vfm import (
     rarity,
     reference_distance,
 )
+from hxpe.model.loading import MissingWeightsError, load_clip, load_dinov2
+from hxpe.model.model import HXPEModel, build_model, gaussian_blur
+from hxpe.model.tiny import tiny_model_config
 
 BASES = ["adaclip", "anomalyclip", "winclip"]
 
@@ -61,7 +60,7 @@ def test_output_shapes_per_base(base: str) -> None:
     assert ((out.image_score >= 0) & (out.image_score <= 1)).all()
     assert out.anomaly_map.shape == (3, 120, 120)
     assert out.image_logits.shape == (3, 2)
-    if base == "winclip":  # hxpe.model.winclip: no per-layer maps, no DINOv2 prompt
+    if base == "winclip":  # hxpe.model.bases.winclip: no per-layer maps, no DINOv2 prompt
         assert out.layer_maps == [] and out.vfm_prompt is None
         return
     assert len(out.layer_maps) == 4
@@ -163,12 +162,12 @@ def test_anomalyclip_slots_layout_reserves_the_deep_prompt_slots() -> None:
 def test_paper_architecture_random_is_the_paper_config_without_weights(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import hxpe.model.hxpe as hxpe_module
+    import hxpe.model.model as hxpe_module
     from hxpe.model.config import ModelConfig
     from hxpe.model.loading import CONFIG_DIR
 
     built: list[ModelConfig] = []
-    monkeypatch.setattr(hxpe_module, "build_model", lambda cfg: built.append(cfg) or "model")
+    monkeypatch.setattr(hxpe_module, "assemble", lambda cfg: built.append(cfg) or "model")
     base = ModelConfig(sigma=2.0)
     base = base.model_copy(  # a CLIP config file of its own must not survive into the paper model
         update={"clip": base.clip.model_copy(update={"config_file": "my-clip.json"})}
@@ -194,7 +193,7 @@ def test_paper_architecture_random_is_the_paper_config_without_weights(
 
 
 def test_patch_heads_refuse_features_of_another_layer_count() -> None:
-    from hxpe.model.vision import VisualFeatures
+    from hxpe.model.clip_tower import VisualFeatures
 
     prompter = tiny("adaclip").prompter
     tokens = [torch.zeros(1, 4, 64)] * 3  # three layers for four heads
@@ -205,7 +204,7 @@ def test_patch_heads_refuse_features_of_another_layer_count() -> None:
 
 def test_phrase_that_cannot_fit_at_all_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
     """Room for 4 word tokens, a 4-token template: nothing of the phrase fits."""
-    from hxpe.model.text import PromptTokenizer
+    from hxpe.model.clip_tower import PromptTokenizer
 
     tok = PromptTokenizer(tiny("anomalyclip").text.tokenizer.tokenizer, n_slots=71)
     assert tok.room() == 4
@@ -233,7 +232,7 @@ def test_dynamic_only_prompts_are_the_heads_of_the_cls_feature() -> None:
 
 
 def test_prompts_enter_the_stream_in_its_dtype() -> None:
-    from hxpe.model.vision import _put_prompts
+    from hxpe.model.clip_tower import _put_prompts
 
     x = torch.zeros(2, 1 + 4 + 3, 8)  # CLS, 4 patches, 3 earlier prompt tokens
     prompts = torch.full((2, 5, 8), 1 / 3, dtype=torch.float64)
@@ -285,7 +284,8 @@ def test_adaclip_slots_layout_deep_text_prompts_from_block_0() -> None:
 
 
 def test_adaclip_without_prompt_types_is_refused() -> None:
-    from hxpe.model.bases import AdaClipPrompter, Dims
+    from hxpe.model.bases.adaclip import AdaClipPrompter
+    from hxpe.model.bases.base import Dims
 
     cfg = tiny_model_config("adaclip", adaclip={"prompt_types": []})
     with pytest.raises(
@@ -296,7 +296,7 @@ def test_adaclip_without_prompt_types_is_refused() -> None:
 
 def test_text_encoder_accepts_a_clip_without_text_pool_type_and_checks_causality() -> None:
     """Older open_clip CLIPs have no ``text_pool_type``: they pool at the EOT token (argmax)."""
-    from hxpe.model.text import TextEncoder, _is_causal
+    from hxpe.model.clip_tower import TextEncoder, _is_causal
 
     clip, _ = load_clip(tiny_model_config("anomalyclip").clip)
     del clip.text_pool_type
@@ -309,7 +309,7 @@ def test_text_encoder_accepts_a_clip_without_text_pool_type_and_checks_causality
 
 
 def test_vision_encoder_checks_the_pooling_and_keeps_its_buffers_out_of_the_state_dict() -> None:
-    from hxpe.model.vision import VisualEncoder
+    from hxpe.model.clip_tower import VisualEncoder
 
     clip, _ = load_clip(tiny_model_config("anomalyclip").clip)
     visual = clip.visual
@@ -324,7 +324,7 @@ def test_vision_encoder_checks_the_pooling_and_keeps_its_buffers_out_of_the_stat
 
 def test_interpolate_positions_on_a_non_square_grid() -> None:
     """The patch part resized like an image (align_corners=False); the CLS row kept."""
-    from hxpe.model.vision import interpolate_positions
+    from hxpe.model.clip_tower import interpolate_positions
 
     pos = torch.arange(5 * 2, dtype=torch.float32).view(5, 2)  # CLS + a 2x2 grid, 2 channels
     out = interpolate_positions(pos, (2, 4), mode="bilinear")
@@ -349,7 +349,7 @@ def test_vfm_prompter_tolerates_a_dinov2_without_sdpa(monkeypatch: pytest.Monkey
 
 def test_build_logs_the_trainable_parameter_count(caplog: pytest.LogCaptureFixture) -> None:
     """AnomalyCLIP tiny: 2 contexts x 12 tokens x 64 + 1 deep prompt x 4 tokens x 64 = 1792."""
-    with caplog.at_level(logging.INFO, logger="hxpe.model.hxpe"):
+    with caplog.at_level(logging.INFO, logger="hxpe.model.model"):
         build_model(tiny_model_config("anomalyclip"))
     assert "HXPE model (base anomalyclip): 1792 trainable parameters" in caplog.messages
 
@@ -368,7 +368,7 @@ def test_adaclip_map_is_the_softmax_of_the_mean_logits_upsampled_with_align_corn
 
 def test_vision_encoder_on_a_non_native_grid_interpolates_the_positions() -> None:
     """112 x 140 px at patch 14: an 8 x 10 grid; the positions resized as the base says."""
-    from hxpe.model.vision import interpolate_positions
+    from hxpe.model.clip_tower import interpolate_positions
 
     encoder = tiny("anomalyclip").visual
     v = encoder.visual
@@ -410,10 +410,10 @@ def test_dynamic_prompts_change_with_the_image() -> None:
     model = tiny("adaclip")
     a, b = images(1, seed=0), images(1, seed=5)
     with torch.no_grad():
-        pa = model.prompter.visual_prompts(model._condition(a), 1)
-        pb = model.prompter.visual_prompts(model._condition(b), 1)
-        ta = model.text([None], model._condition(a))
-        tb = model.text([None], model._condition(b))
+        pa = model.prompter.visual_prompts(model.prompter.condition(model.visual, a), 1)
+        pb = model.prompter.visual_prompts(model.prompter.condition(model.visual, b), 1)
+        ta = model.text([None], model.prompter.condition(model.visual, a))
+        tb = model.text([None], model.prompter.condition(model.visual, b))
     assert len(pa) == 2 and pa[0].shape == (1, 5, 64)
     assert not torch.allclose(pa[0], pb[0])
     assert not torch.allclose(ta, tb)
@@ -452,7 +452,7 @@ def test_gating_removes_the_phrase_from_the_prompt() -> None:
     with_phrase = bank.tokens("abnormal", "zebra stripes")
     assert word_ids <= set(with_phrase[0].tolist())
     for gated in (None, "", "   "):
-        from hxpe.model.explain import gate
+        from hxpe.model.explainable import gate
 
         tokens = bank.tokens("abnormal", gate([gated])[0])
         assert not word_ids & set(tokens[0].tolist())
@@ -533,7 +533,7 @@ def test_missing_weights_give_a_clear_error(tmp_path, monkeypatch) -> None:
 @pytest.mark.slow
 def test_paper_architecture_builds_with_random_weights_and_runs() -> None:
     from hxpe.model.config import ModelConfig
-    from hxpe.model.hxpe import build_paper_architecture_random
+    from hxpe.model.model import build_paper_architecture_random
 
     cfg = ModelConfig.model_validate({"clip": {"image_size": 336}})
     model = build_paper_architecture_random(cfg).eval()
@@ -648,9 +648,9 @@ def test_prompt_map_formula_with_a_reference() -> None:
     (1 − γ) + γ·ŝ = [0.5, 0.75, 1, 0.625]; M = [0, 0.675, 0.75, 0]."""
     prompter = _hand_prompter(calibration_quantile=0.5)
     images, refs = torch.zeros(1, 3, 14, 56), torch.ones(1, 3, 14, 56)
-    m = prompter(images, (1, 4), refs)
+    m = prompter(images, (1, 4), refs).prompt
     assert torch.allclose(m, torch.tensor([[[0.0, 0.675, 0.75, 0.0]]]), atol=1e-5)
-    higher = _hand_prompter(calibration_quantile=0.9)(images, (1, 4), refs)  # scale 0.2
+    higher = _hand_prompter(calibration_quantile=0.9)(images, (1, 4), refs).prompt  # scale 0.2
     expected = torch.tensor([4 / 5, 1 / 2]) * torch.tensor([0.75, 1.0])
     assert torch.allclose(higher[0, 0, 1:3], expected, atol=1e-5)
 
@@ -661,8 +661,8 @@ def test_prompt_map_formula_without_a_reference_uses_rarity_over_its_median() ->
     prompter = _hand_prompter(rarity_k=1)
     images, refs = torch.zeros(1, 3, 14, 56), torch.ones(1, 3, 14, 56)
     expected = torch.tensor([[[0.25, 0.0, 0.0, 0.5]]])
-    assert torch.allclose(prompter(images, (1, 4)), expected, atol=1e-5)
-    no_ref = prompter(images, (1, 4), refs, torch.tensor([False]))
+    assert torch.allclose(prompter(images, (1, 4)).prompt, expected, atol=1e-5)
+    no_ref = prompter(images, (1, 4), refs, torch.tensor([False])).prompt
     assert torch.allclose(no_ref, expected, atol=1e-5)
 
 
@@ -687,8 +687,8 @@ def test_calibrated_prompt_map_peaks_on_a_planted_defect_and_stays_low_on_a_norm
     defect[:, :, 42:56, 70:84] = torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1)  # patch (3, 5)
     has = torch.tensor([with_reference])
     with torch.no_grad():
-        m_normal = model.vfm(normal, (8, 8), reference, has)
-        m_defect = model.vfm(defect, (8, 8), reference, has)
+        m_normal = model.vfm(normal, (8, 8), reference, has).prompt
+        m_defect = model.vfm(defect, (8, 8), reference, has).prompt
     assert divmod(int(m_defect.flatten().argmax()), 8) == (3, 5)
     assert float(m_defect.max()) > 0.9
     assert float(m_normal.max()) < NORMAL_MAX
@@ -722,7 +722,7 @@ def test_key_bias_adds_to_the_logits_of_its_key() -> None:
 
 def _block_biases(model: HXPEModel, monkeypatch: pytest.MonkeyPatch, *args, **kwargs) -> list:
     """Run ``model`` and return, per vision block, the key bias its attention received."""
-    import hxpe.model.vision as vision
+    import hxpe.model.clip_tower as vision
 
     seen: list[torch.Tensor | None] = []
     real = vision.multihead_attention
@@ -771,7 +771,7 @@ def test_attn_bias_reaches_the_layer_maps_and_reweight_only_the_final_map() -> N
 
 def test_reweight_formula() -> None:
     """Re-weighting scales the fused map (AnomalyCLIP: summed over layers) by (1 + α·up(M))/(1 + α)."""
-    from hxpe.model.maps import upsample
+    from hxpe.model.model import upsample
 
     model = tiny("anomalyclip", vfm={"mode": "reweight", "alpha": 0.5}, sigma=0.0)
     with torch.no_grad():
@@ -868,11 +868,11 @@ def test_anomalyclip_deep_text_prompts_per_block(layout: str) -> None:
 
 
 def test_torch_kmeans_gets_the_configured_iterations() -> None:
-    from hxpe.model.hsf import SklearnKMeans, TorchKMeans
+    from hxpe.model.bases.adaclip import SklearnKMeans, TorchKMeans
 
     model = tiny("adaclip", adaclip={"hsf_kmeans": "torch", "kmeans_iters": 3})
-    assert type(model.clusterer) is TorchKMeans and model.clusterer.iters == 3
-    assert type(tiny("adaclip").clusterer) is SklearnKMeans
+    assert type(model.prompter.clusterer) is TorchKMeans and model.prompter.clusterer.iters == 3
+    assert type(tiny("adaclip").prompter.clusterer) is SklearnKMeans
     with torch.no_grad():
         assert model(images(1), [None]).image_score.shape == (1,)
 
@@ -889,7 +889,7 @@ def test_image_features_are_the_unit_cls_feature_of_the_score() -> None:
 
 
 def test_prompt_tokenizer_and_text_encoder_say_what_they_need() -> None:
-    from hxpe.model.text import PromptTokenizer, TextEncoder
+    from hxpe.model.clip_tower import PromptTokenizer, TextEncoder
 
     with pytest.raises(
         TypeError,
@@ -906,7 +906,7 @@ def test_prompt_tokenizer_and_text_encoder_say_what_they_need() -> None:
 
 def test_text_encoder_without_an_attention_mask_matches_open_clip() -> None:
     """A text tower without a causal mask runs the full context (no trimming) like open_clip."""
-    from hxpe.model.text import TextEncoder
+    from hxpe.model.clip_tower import TextEncoder
 
     clip, tokenizer = load_clip(tiny_model_config("anomalyclip").clip)
     clip.attn_mask = None
@@ -922,7 +922,7 @@ def test_text_encoder_without_an_attention_mask_matches_open_clip() -> None:
 def test_row_keys_use_every_value_of_short_rows() -> None:
     """Rows shorter than ``samples`` are fingerprinted whole: a difference at any position (here
     the second value) gives a different key."""
-    from hxpe.model.vfm import row_keys
+    from hxpe.model.dinov2_prompt import row_keys
 
     x = torch.zeros(2, 10)
     x[1, 1] = 1.0
@@ -935,8 +935,7 @@ def test_row_keys_use_every_value_of_short_rows() -> None:
 def test_prompt_dtype_rounds_the_prompts_before_they_enter_the_stream() -> None:
     """``prompt_dtype`` (the authors' ``.half()`` on AdaCLIP's prompts): each block's prompts are
     rounded through it first, exactly as if they had been given rounded; None leaves them as given."""
-    from hxpe.model.text import TextEncoder
-    from hxpe.model.vision import VisualEncoder
+    from hxpe.model.clip_tower import TextEncoder, VisualEncoder
 
     clip, tokenizer = load_clip(tiny_model_config("adaclip").clip)
     g = torch.Generator().manual_seed(4)
@@ -961,17 +960,17 @@ def test_a_phrase_too_long_is_cut_at_token_boundaries_until_it_fits(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Room for 4 word tokens, a 2-token template: the phrase keeps its first 2 tokens."""
-    from hxpe.model.text import PromptTokenizer
+    from hxpe.model.clip_tower import PromptTokenizer
 
     tok = PromptTokenizer(tiny("anomalyclip").text.tokenizer.tokenizer, n_slots=71)
 
     def render(p: str) -> list[str]:
         return [f"one two {p}".strip(), p]
 
-    with caplog.at_level(logging.WARNING, logger="hxpe.model.text"):
+    with caplog.at_level(logging.WARNING, logger="hxpe.model.clip_tower"):
         assert tok.fit_phrase("deep scratch near the edge", render) == "deep scratch"
         assert tok.fit_phrase("short dent", render) == "short dent"
-    assert [r.message for r in caplog.records if r.name == "hxpe.model.text"] == [
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.clip_tower"] == [
         "Explainable phrase cut to CLIP's 77-token context: 'deep scratch near the edge' -> "
         "'deep scratch'"
     ]
@@ -989,7 +988,7 @@ def test_vfm_prompter_switches_dinov2_to_sdpa() -> None:
 
 
 def test_a_template_too_long_is_refused_with_its_first_60_characters() -> None:
-    from hxpe.model.text import PromptTokenizer
+    from hxpe.model.clip_tower import PromptTokenizer
 
     tok = PromptTokenizer(tiny("anomalyclip").text.tokenizer.tokenizer, n_slots=71)  # room 4
     sentence = "a b c d e " + "x" * 70
@@ -1004,7 +1003,7 @@ def test_a_template_too_long_is_refused_with_its_first_60_characters() -> None:
 
 def test_constructors_say_what_is_wrong(caplog: pytest.LogCaptureFixture) -> None:
     """WinCLIP is not an HXPEModel; layers beyond the tower; random CLIP weights are announced."""
-    from hxpe.model.vision import VisualEncoder
+    from hxpe.model.clip_tower import VisualEncoder
 
     cfg = tiny_model_config("winclip", explain={"enabled": False}, vfm={"enabled": False})
     with caplog.at_level(logging.WARNING, logger="hxpe.model.loading"):
@@ -1016,8 +1015,8 @@ def test_constructors_say_what_is_wrong(caplog: pytest.LogCaptureFixture) -> Non
     with pytest.raises(ValueError) as err:
         HXPEModel(cfg, clip, tokenizer, None)
     assert str(err.value) == (
-        "Base 'winclip' is a model of its own (registry spec 'build'); build it with "
-        "hxpe.model.hxpe.build_model, not HXPEModel."
+        "Base 'winclip' is training-free, a model of its own; build it with "
+        "hxpe.model.model.build_model, not HXPEModel."
     )
     with pytest.raises(ValueError) as err:
         VisualEncoder(clip.visual, [1, 9])

@@ -13,11 +13,9 @@ import torch.nn.functional as F
 from open_clip.model import resize_pos_embed
 
 from hxpe.equivalence import golden_dir
-from hxpe.model.config import ClipConfig
+from hxpe.model.clip_tower import OPENAI_MEAN, OPENAI_STD, ClipConfig, TextEncoder, VisualEncoder
 from hxpe.model.loading import load_clip, set_activation
-from hxpe.model.text import TextEncoder
 from hxpe.model.tiny import TINY_MODEL
-from hxpe.model.vision import OPENAI_MEAN, OPENAI_STD, VisualEncoder
 
 GOLDEN = golden_dir()
 needs_golden = pytest.mark.skipif(

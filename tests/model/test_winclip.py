@@ -1,4 +1,4 @@
-"""WinCLIP (hxpe.model.winclip): window geometry, harmonic aggregation, and the whole zero-shot forward
+"""WinCLIP (hxpe.model.bases.winclip): window geometry, harmonic aggregation, and the whole zero-shot forward
 pinned against anomalib's ``WinClipModel`` on identical random weights.
 
 How ``tests/golden/winclip_anomalib_tiny.safetensors`` was produced (once, outside the project venv; no
@@ -24,9 +24,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hxpe.model.config import ClipConfig, ModelConfig
-from hxpe.model.hxpe import ModelOutput, build_model
-from hxpe.model.winclip import WinClipModel, harmonic_to_patches, window_indices
+from hxpe.model.bases.base import ModelOutput
+from hxpe.model.bases.winclip import WinClipModel, harmonic_to_patches, window_indices
+from hxpe.model.clip_tower import ClipConfig
+from hxpe.model.config import ModelConfig
+from hxpe.model.model import build_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "golden" / "winclip_anomalib_tiny.safetensors"
 TOL = 1e-5  # float32 on CPU; measured max difference 9e-8
@@ -122,9 +124,9 @@ def test_explain_or_dinov2_settings_are_ignored_with_a_warning(
     cfg = tiny_cfg().model_copy(
         update={"vfm": tiny_cfg().vfm.model_copy(update={"enabled": enabled})}
     )
-    with caplog.at_level("WARNING", logger="hxpe.model.winclip"):
+    with caplog.at_level("WARNING", logger="hxpe.model.bases.winclip"):
         build_model(cfg)
-    warned = [r.message for r in caplog.records if r.name == "hxpe.model.winclip"]
+    warned = [r.message for r in caplog.records if r.name == "hxpe.model.bases.winclip"]
     assert warned == (
         [
             "WinCLIP uses neither explainable prompts nor DINOv2 prompts; model.explain and "
@@ -140,9 +142,9 @@ def test_build_logs_the_window_count(
     scales: list[int], count: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """4x4 patch grid (64 px, patch 16): (4-2+1)² = 9 windows at scale 2, (4-3+1)² = 4 at 3."""
-    with caplog.at_level("INFO", logger="hxpe.model.winclip"):
+    with caplog.at_level("INFO", logger="hxpe.model.bases.winclip"):
         build_model(tiny_cfg(scales=scales))
-    assert [r.message for r in caplog.records if r.name == "hxpe.model.winclip"] == [
+    assert [r.message for r in caplog.records if r.name == "hxpe.model.bases.winclip"] == [
         f"WinCLIP (hxpe-tiny-winclip at 64 px): {count} windows per image at scales {tuple(scales)}"
     ]
 

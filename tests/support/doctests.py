@@ -86,7 +86,7 @@ def _doctest_names(request, doctest_namespace, doctest_results_root, monkeypatch
 
 @pytest.fixture(scope="session")
 def doctest_tiny_model():
-    from hxpe.model.hxpe import build_model
+    from hxpe.model.model import build_model
     from hxpe.model.tiny import tiny_model_config
 
     return build_model(tiny_model_config("adaclip")).eval()
@@ -169,7 +169,7 @@ def doctest_cfg(doctest_results_root):
     from hxpe.evaluation.protocol import run_protocol
     from hxpe.evaluation.tables import table_options, write_tables
     from hxpe.model.checkpoint import save_checkpoint
-    from hxpe.model.hxpe import build_model
+    from hxpe.model.model import build_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HXPE_RESULTS_ROOT", str(doctest_results_root))

@@ -1,5 +1,16 @@
 """The HXPE model: a CLIP base (AdaCLIP-, AnomalyCLIP- or WinCLIP-style) enhanced with explainable
-text prompts and DINOv2 attention prompts.
+text prompts and DINOv2 attention prompts; its forward pass reads top to bottom, and the anomaly map
+(the per-layer patch-text logits, the base's layer fusion, the Gaussian smoothing) is computed here.
+
+The forward pass (:meth:`HXPEModel.forward`), file by file:
+
+1. the base conditions on the image (:meth:`hxpe.model.bases.base.PromptBase.condition`);
+2. DINOv2's prompt map and its key bias (:mod:`hxpe.model.dinov2_prompt`);
+3. CLIP's vision tower with the base's visual prompts and the key bias (:mod:`hxpe.model.clip_tower`);
+4. the base's patch and CLS projections (:mod:`hxpe.model.bases`);
+5. the explainable text prompts through CLIP's text tower (:mod:`hxpe.model.explainable`);
+6. per-layer logits, the layer fusion and the smoothing into the anomaly map (here);
+7. the base's image feature (AdaCLIP: hybrid semantic fusion) against the text: the image score.
 
 Example (tiny random-init backbones; maps come back at the input size, prompts on the patch grid):
     >>> from hxpe.model.tiny import tiny_model_config
@@ -11,6 +22,12 @@ Example (tiny random-init backbones; maps come back at the input size, prompts o
     (torch.Size([2, 96, 96]), torch.Size([2]), torch.Size([2, 8, 8]))
     >>> bool(((out.image_score >= 0) & (out.image_score <= 1)).all())
     True
+
+The Gaussian smoothing keeps the mass and the peak:
+    >>> m = torch.zeros(1, 33, 33); m[0, 16, 16] = 1.0
+    >>> out = gaussian_blur(m, sigma=2.0)
+    >>> round(float(out.sum()), 4), int(out[0].argmax())
+    (1.0, 544)
 """
 
 from __future__ import annotations
@@ -18,104 +35,58 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hxpe.model.bases import Dims
+from hxpe.model.bases.base import (
+    BaseArithmetic,
+    Dims,
+    ForwardTrace,
+    Fusion,
+    ModelOutput,
+    base_class,
+    own_section,
+    prompt_base,
+)
+from hxpe.model.clip_tower import (
+    ClipTokenizer,
+    OpenClipModule,
+    TextEncoder,
+    VisualEncoder,
+    VisualFeatures,
+)
 from hxpe.model.config import ModelConfig
-from hxpe.model.explain import TextBank
-from hxpe.model.hsf import HsfParts, SklearnKMeans, TorchKMeans, hsf_parts
+from hxpe.model.dinov2_prompt import HfModule, KeyBias, ReferenceCache, VfmPrompter, full_precision
+from hxpe.model.explainable import PhraseCache, TextBank
 from hxpe.model.loading import CONFIG_DIR, load_clip, load_dinov2
-from hxpe.model.maps import fuse_layers, gaussian_blur, layer_logits, map_range, upsample
-from hxpe.model.registry import base_spec
-from hxpe.model.text import TextEncoder
-from hxpe.model.vfm import KeyBias, VfmPrompter, VfmSteps
-from hxpe.model.vision import VisualEncoder, VisualFeatures
-
-if TYPE_CHECKING:
-    from hxpe.model.caches import PhraseCache, ReferenceCache
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float16": torch.float16, "none": None}
 
 
-@dataclass
-class ForwardTrace:
-    """The intermediates of one forward pass (``forward(..., trace=True)``), from which the
-    notebooks' walk-through recomputes each equation (:mod:`hxpe.equations`).
-
-    Attributes:
-        grid: CLIP's patch grid (h, w).
-        vfm: the DINOv2 prompt step by step, or None without DINOv2 prompts.
-        key_bias: [B, N] the additive bias on CLIP's patch keys, or None (no ``attn_bias``).
-        bias_blocks: the 0-based vision blocks that add ``key_bias``.
-        patch_tokens: per selected layer the unit patch tokens in the text space [B, N, D].
-        layer_fused: [B, H, W] the fused map before the ``reweight`` mode and the smoothing.
-        fused: [B, H, W] the fused map before the smoothing.
-        sigma: the Gaussian σ applied to ``fused``.
-        hsf: the hybrid semantic fusion's intermediates, or None when the score uses the CLS.
-        score_feature: [B, D] the unit image feature the image logits are computed from.
-    """
-
-    grid: tuple[int, int]
-    vfm: VfmSteps | None
-    key_bias: torch.Tensor | None
-    bias_blocks: tuple[int, ...]
-    patch_tokens: list[torch.Tensor]
-    layer_fused: torch.Tensor
-    fused: torch.Tensor
-    sigma: float
-    hsf: HsfParts | None
-    score_feature: torch.Tensor
-
-
-@dataclass
-class ModelOutput:
-    """What :meth:`HXPEModel.forward` returns.
-
-    Attributes:
-        image_score: [B] in [0, 1].
-        anomaly_map: [B, H, W] at input resolution, smoothed (Gaussian σ = ``model.sigma``); its
-            range is the base's fusion's ([0, 1], or [0, L] for AnomalyCLIP's sum over L layers).
-        layer_maps: per selected CLIP layer, (normal, abnormal) probabilities [B, 2, h, w].
-        vfm_prompt: the calibrated DINOv2 prompt map [B, h, w] in [0, 1), or None.
-        image_logits: [B, 2] (normal, abnormal) logits of the image score (for the loss).
-        layer_logits: per layer the (normal, abnormal) logits [B, 2, h, w] (for the loss).
-        text_features: [B, 2, D] the unit (normal, abnormal) text embeddings used.
-        image_features: [B, D] the unit CLS feature of the score (before HSF).
-        trace: the pass's intermediates when ``forward(..., trace=True)``, else None.
-    """
-
-    image_score: torch.Tensor
-    anomaly_map: torch.Tensor
-    layer_maps: list[torch.Tensor]
-    vfm_prompt: torch.Tensor | None
-    image_logits: torch.Tensor
-    layer_logits: list[torch.Tensor] | None = None
-    text_features: torch.Tensor | None = None
-    image_features: torch.Tensor | None = None
-    trace: ForwardTrace | None = None
-
-
 class HXPEModel(nn.Module):
-    """CLIP + a registered base (:mod:`hxpe.model.registry`) + explainable text prompts + DINOv2
-    attention prompts.
+    """CLIP + a registered prompted base (:mod:`hxpe.model.bases`) + explainable text prompts +
+    DINOv2 attention prompts.
 
     Only the prompter's parameters (and λ of the fuse mode, β of the key bias, when learned) train;
     CLIP and DINOv2 are frozen and stay in eval mode.
     """
 
+    _hxpe_compiled: bool = False  # set by hxpe.model.inference.maybe_compile
+
     def __init__(
-        self, cfg: ModelConfig, clip: nn.Module, tokenizer: object, dinov2: nn.Module | None
+        self,
+        cfg: ModelConfig,
+        clip: OpenClipModule,
+        tokenizer: ClipTokenizer,
+        dinov2: HfModule | None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.spec = base_spec(cfg.base)
+        base = prompt_base(cfg.base)
         arith = cfg.arithmetic
         cast = _DTYPES[arith.prompt_cast]
         self.visual = VisualEncoder(clip.visual, cfg.clip.layers, arith.pos_interpolation, cast)
@@ -126,13 +97,8 @@ class HXPEModel(nn.Module):
             embed_dim=clip.visual.proj.shape[1],
             text_blocks=len(text.transformer.resblocks),
         )
-        if self.spec.make_prompter is None:
-            raise ValueError(
-                f"Base {cfg.base!r} is a model of its own (registry spec 'build'); build it with "
-                "hxpe.model.hxpe.build_model, not HXPEModel."
-            )
-        self.prompter = self.spec.make_prompter(cfg, dims)
-        self.spec.attach(cfg, self.visual)
+        self.prompter = base(cfg, dims)
+        self.prompter.attach(self.visual)
         self.text = TextBank(
             text,
             tokenizer,
@@ -147,30 +113,25 @@ class HXPEModel(nn.Module):
         self.key_bias = (
             KeyBias(cfg.vfm) if self.vfm is not None and cfg.vfm.trains_through else None
         )
-        a = cfg.adaclip
-        self.clusterer = (
-            SklearnKMeans(a.hsf_seed) if a.hsf_kmeans == "sklearn" else TorchKMeans(a.kmeans_iters)
-        )
 
-    def reset_rng(self) -> None:
-        """Re-seed the HSF k-means RNG (``adaclip.hsf_seed``), as the authors' scripts seed NumPy
-        once before a pass; every inference pass starts here, so its scores do not depend on
-        what ran before."""
-        self.clusterer.reset()
+    @property
+    def arith(self) -> BaseArithmetic:
+        """The base's arithmetic, read from the current ``cfg`` (``model.cfg`` may be replaced)."""
+        return own_section(self.cfg, self.cfg.base, BaseArithmetic)
+
+    def reset_rng(self, seed: int | None = None) -> None:
+        """Re-seed the base's image-score RNG (AdaCLIP's HSF k-means: ``adaclip.hsf_seed``, or
+        ``seed``), as the authors' scripts seed NumPy once before a pass; every inference pass
+        starts here, so its scores do not depend on what ran before."""
+        self.prompter.reset_rng(seed)
 
     @contextmanager
     def same_rng_per_image(self) -> Iterator[None]:
-        """Within the block every image's HSF k-means draws from a fresh RNG seeded
-        ``adaclip.hsf_seed`` (scores independent of batch position and call order; used where
-        forwards are compared, e.g. leave-one-word-out). Outside it, the authors' single stream."""
-        previous = getattr(self.clusterer, "per_image", None)
-        if previous is not None:
-            self.clusterer.per_image = True
-        try:
+        """Within the block every image's score draws from a freshly seeded RNG (scores
+        independent of batch position and call order; used where forwards are compared, e.g.
+        leave-one-word-out). Outside it, the authors' single stream."""
+        with self.prompter.same_rng_per_image():
             yield
-        finally:
-            if previous is not None:
-                self.clusterer.per_image = previous
 
     def backbones(self) -> list[nn.Module]:
         """The frozen pretrained modules."""
@@ -187,20 +148,14 @@ class HXPEModel(nn.Module):
         """Name -> tensor of every trainable parameter (what a checkpoint stores)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
-    def _condition(self, images: torch.Tensor) -> torch.Tensor | None:
-        """The frozen CLS feature ``ln_post(x[0]) @ proj`` of an unprompted pass that dynamic
-        prompts are generated from (no grad); raw (AdaCLIP) or L2-normalised."""
-        if not self.prompter.needs_condition:
-            return None
-        with torch.no_grad():
-            cls = self.visual(images).cls
-        return cls if self.cfg.adaclip.dynamic_from == "raw" else F.normalize(cls, dim=-1)
-
     def _score_cls(self, feats: VisualFeatures) -> torch.Tensor:
         """The CLS the image score uses: ``ln_post(x[0]) @ proj``, or ``x[0] @ proj``."""
-        if self.cfg.arithmetic.cls_path == "no_ln_post":
-            return feats.cls_token @ self.visual.visual.proj
-        return feats.cls
+        if self.arith.cls_path == "ln_post":
+            return feats.cls
+        if feats.cls_token is None:
+            raise ValueError("cls_path no_ln_post needs the vision tower's raw CLS token.")
+        cls: torch.Tensor = feats.cls_token @ self.visual.visual.proj
+        return cls
 
     def forward(
         self,
@@ -226,7 +181,8 @@ class HXPEModel(nn.Module):
             class_names: per image its class, for bases whose prompts carry the class name
                 (``object_word: class_name``); None = the generic ``model.object_name``.
             phrase_cache, reference_cache: caller-owned caches of prompt embeddings and of the
-                references' DINOv2 features (:mod:`hxpe.model.caches`, owned by
+                references' DINOv2 features (:class:`hxpe.model.explainable.PhraseCache`,
+                :class:`hxpe.model.dinov2_prompt.ReferenceCache`, owned by
                 :mod:`hxpe.model.inference`); the model itself holds none.
             trim_text: run the text tower up to the last EOT only (exact); False = 77 tokens.
             sigma: Gaussian σ of the output map; None = ``model.sigma``, 0 = unsmoothed.
@@ -234,7 +190,7 @@ class HXPEModel(nn.Module):
         """
         if len(phrases) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(phrases)} phrases")
-        arith = self.cfg.arithmetic
+        arith = self.arith
         size = (images.shape[-2], images.shape[-1])
         side = self.cfg.clip.image_size
         x = (
@@ -243,7 +199,7 @@ class HXPEModel(nn.Module):
             else F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
         )
         grid = self.visual.grid((side, side))
-        cond = self._condition(x)
+        cond = self.prompter.condition(self.visual, x)
         steps = None
         if self.vfm is not None:
             refs = None
@@ -251,7 +207,7 @@ class HXPEModel(nn.Module):
                 refs = F.interpolate(
                     references, size=(side, side), mode="bilinear", align_corners=False
                 )
-            steps = self.vfm.steps(x, grid, refs, has_reference, reference_cache=reference_cache)
+            steps = self.vfm(x, grid, refs, has_reference, reference_cache=reference_cache)
         vfm_map = None if steps is None else steps.prompt
         key_bias = None
         if vfm_map is not None and self.key_bias is not None:
@@ -270,7 +226,11 @@ class HXPEModel(nn.Module):
             fused = layer_fused * (1.0 + alpha * upsample(vfm_map, size)) / (1.0 + alpha)
         sigma = self.cfg.sigma if sigma is None else sigma
         anomaly_map = gaussian_blur(fused, sigma)
-        feature, hsf = self._score_feature(cls, patches, logits)
+        feature, parts = (
+            self.prompter.image_feature(cls, patches, logits)
+            if self.cfg.score_mode == "base"
+            else (cls, None)
+        )
         image_logits = torch.einsum("bd,bkd->bk", feature, text.to(feature.dtype)) / (
             arith.temperature
         )
@@ -289,7 +249,7 @@ class HXPEModel(nn.Module):
                 layer_fused=layer_fused,
                 fused=fused,
                 sigma=float(sigma),
-                hsf=hsf,
+                score_parts=parts,
                 score_feature=feature,
             )
         return ModelOutput(
@@ -304,28 +264,16 @@ class HXPEModel(nn.Module):
             trace=record,
         )
 
-    def _score_feature(
-        self, cls: torch.Tensor, patches: list[torch.Tensor], logits: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, HsfParts | None]:
-        """The unit image feature of the score: HSF's fusion (AdaCLIP) or the CLS itself."""
-        if self.spec.image_score(self.cfg) == "hsf" and self.cfg.score_mode == "base":
-            a = self.cfg.adaclip
-            flat = [lg.flatten(2) for lg in logits]
-            parts = hsf_parts(
-                patches, flat, cls, a.k_clusters, a.hsf_topk_factor, a.hsf_alpha, self.clusterer
-            )
-            return parts.feature, parts
-        return cls, None
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model of ``cfg``'s base (:meth:`hxpe.model.bases.base.Base.build`): a prompted base is
+    assembled by :func:`assemble` into an :class:`HXPEModel`; a training-free base (WinCLIP) builds
+    its own model with the same forward interface."""
+    return base_class(cfg.base).build(cfg, assemble)
 
 
-def build_model(cfg: ModelConfig) -> HXPEModel:
-    """Load the backbones named by ``cfg`` (frozen) and build the model around them.
-
-    A base whose registry spec has its own ``build`` (``winclip``:
-    :class:`hxpe.model.winclip.WinClipModel`, same forward interface) is built by it."""
-    spec = base_spec(cfg.base)
-    if spec.build is not None:
-        return spec.build(cfg)  # type: ignore[return-value]
+def assemble(cfg: ModelConfig) -> HXPEModel:
+    """Load the backbones named by ``cfg`` (frozen) and build the model around them."""
     clip, tokenizer = load_clip(cfg.clip, seed=cfg.random_init_seed)
     dinov2 = load_dinov2(cfg.vfm, seed=cfg.random_init_seed + 1) if cfg.vfm.enabled else None
     with torch.random.fork_rng(devices=[]):
@@ -355,4 +303,94 @@ def build_paper_architecture_random(cfg: ModelConfig | None = None) -> HXPEModel
         "for dry runs and benchmarks only.",
         cfg.clip.model_name,
     )
-    return build_model(cfg)
+    return assemble(cfg)
+
+
+# ------------------------------------------------------------ the anomaly map
+
+
+def layer_logits(
+    patches: list[torch.Tensor], text: torch.Tensor, temperature: float, grid: tuple[int, int]
+) -> list[torch.Tensor]:
+    """Per layer (normal, abnormal) logits ``patch·text/τ`` as [B, 2, h, w] (float32).
+
+    ``patches``: unit tokens [B, N, D] per layer; ``text``: unit embeddings [B, 2, D].
+    """
+    out = []
+    with full_precision(text):
+        text = text.float()
+        for p in patches:
+            logits = torch.einsum("bnd,bkd->bkn", p.float(), text) / temperature
+            out.append(logits.reshape(p.shape[0], 2, *grid))
+    return out
+
+
+def upsample(
+    maps: torch.Tensor, size: tuple[int, int], align_corners: bool = False
+) -> torch.Tensor:
+    """Bilinear [B, h, w] -> [B, H, W], or [B, C, h, w] -> [B, C, H, W]."""
+    if maps.dim() == 3:
+        return upsample(maps.unsqueeze(1), size, align_corners)[:, 0]
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def layer_probabilities_at(
+    logits: list[torch.Tensor], size: tuple[int, int], fusion: Fusion, align_corners: bool
+) -> list[torch.Tensor]:
+    """Per layer (normal, abnormal) probabilities [B, 2, H, W] at ``size``, as the base forms them:
+    ``up(softmax(logits))`` (AnomalyCLIP, fusions ``*_probs``) or ``softmax(up(logits))``
+    (AdaCLIP, ``mean_logits``). These are what the focal and dice losses see."""
+    with full_precision(logits[0]):
+        if fusion == "mean_logits":
+            return [upsample(lg.float(), size, align_corners).softmax(dim=1) for lg in logits]
+        return [upsample(lg.float().softmax(dim=1), size, align_corners) for lg in logits]
+
+
+def fuse_layers(
+    logits: list[torch.Tensor], size: tuple[int, int], fusion: Fusion, align_corners: bool
+) -> torch.Tensor:
+    """The anomaly map [B, H, W] (before smoothing) from per-layer logits [B, 2, h, w].
+
+    * ``sum_probs`` (zqhang/AnomalyCLIP@45ed4dd test.py:97-109): Σ_l (up(p1) + 1 − up(p0)) / 2, range [0, L];
+    * ``mean_probs``: the same averaged over layers, range [0, 1];
+    * ``mean_logits`` (caoyunkang/AdaCLIP@e27ee32 adaclip.py:529-540): q = softmax(mean_l up(logits)),
+      (q1 + 1 − q0) / 2, range [0, 1].
+    """
+    with full_precision(logits[0]):
+        if fusion == "mean_logits":
+            mean = torch.stack([upsample(lg.float(), size, align_corners) for lg in logits]).mean(0)
+            q = mean.softmax(dim=1)
+            return (q[:, 1] + 1.0 - q[:, 0]) / 2.0
+        probs = layer_probabilities_at(logits, size, fusion, align_corners)
+        per_layer = torch.stack([(p[:, 1] + 1.0 - p[:, 0]) / 2.0 for p in probs])
+        return per_layer.sum(dim=0) if fusion == "sum_probs" else per_layer.mean(dim=0)
+
+
+def map_range(fusion: Fusion, n_layers: int) -> float:
+    """Upper end of the fused map's range (its lower end is 0)."""
+    return float(n_layers) if fusion == "sum_probs" else 1.0
+
+
+def _symmetric_pad(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Pad by half-sample symmetric reflection (scipy.ndimage's 'reflect'), any width."""
+    n = x.shape[dim]
+    idx = torch.arange(-r, n + r, device=x.device) % (2 * n)
+    idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)
+    return x.index_select(dim, idx)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian filter of [B, H, W] maps, like ``scipy.ndimage.gaussian_filter``."""
+    if sigma <= 0:
+        return maps
+    r = int(truncate * sigma + 0.5)
+    with full_precision(maps):
+        maps = maps.float()
+        t = torch.arange(-r, r + 1, dtype=maps.dtype, device=maps.device)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        x = maps.unsqueeze(1)
+        x = _symmetric_pad(_symmetric_pad(x, r, 2), r, 3)
+        x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+        x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return x[:, 0]

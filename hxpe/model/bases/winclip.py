@@ -1,4 +1,5 @@
-"""WinCLIP (Jeong et al., CVPR 2023), zero-shot: CLIP re-encodes multi-scale windows of patches.
+"""WinCLIP (Jeong et al., CVPR 2023) as a training-free base: zero-shot, CLIP re-encodes multi-scale
+windows of patches (a model of its own: :class:`hxpe.model.bases.base.TrainingFreeBase`).
 
 For every window position of each scale (``model.winclip.scales``, k×k patches, stride 1 over the patch
 grid) the vision tower is run again on the class token plus only that window's patch tokens (the other
@@ -28,7 +29,7 @@ of 2×2 patches and 4 of 3×3):
     ((2, 3), [(9, 4), (4, 9)])
     >>> images = torch.rand(2, 3, 64, 64)
     >>> with torch.no_grad():
-    ...     out = model(images, [None] * len(images))  # hxpe.model.hxpe.ModelOutput
+    ...     out = model(images, [None] * len(images))  # hxpe.model.bases.base.ModelOutput
     >>> out.anomaly_map.shape, out.image_score.shape, out.vfm_prompt
     (torch.Size([2, 64, 64]), torch.Size([2]), None)
 """
@@ -36,16 +37,35 @@ of 2×2 patches and 4 of 3×3):
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from hxpe.model.config import ModelConfig
-from hxpe.model.hxpe import ModelOutput
+from hxpe.model.bases.base import (
+    BaseArithmetic,
+    ModelOutput,
+    ModelSettings,
+    TrainingFreeBase,
+    own_section,
+    register_base,
+)
+from hxpe.model.clip_tower import OPENAI_MEAN, OPENAI_STD, OpenClipModule, interpolate_positions
+from hxpe.model.explainable import ensemble
 from hxpe.model.loading import load_clip
-from hxpe.model.prompts import ensemble
-from hxpe.model.vision import OPENAI_MEAN, OPENAI_STD, interpolate_positions
+
+
+class WinClipConfig(BaseArithmetic):
+    """WinCLIP zero-shot: multi-scale windows re-encoded by CLIP, no training."""
+
+    template_set: str = Field("winclip", description="Template list in prompts.yaml.")
+    scales: list[int] = Field(
+        default_factory=lambda: [2, 3],
+        description="Window sizes in patches (stride 1 over the patch grid); WinCLIP's 2x2 and 3x3.",
+    )
+
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +115,7 @@ def harmonic_to_patches(
 
 
 class WinClipModel(nn.Module):
-    """Zero-shot WinCLIP with the forward interface of :class:`hxpe.model.hxpe.HXPEModel`.
+    """Zero-shot WinCLIP with the forward interface of :class:`hxpe.model.model.HXPEModel`.
 
     Args:
         cfg: the model configuration (``base: winclip``; ``clip`` names the backbone,
@@ -104,7 +124,11 @@ class WinClipModel(nn.Module):
         tokenizer: its tokenizer.
     """
 
-    def __init__(self, cfg: ModelConfig, clip: nn.Module, tokenizer: object) -> None:
+    mean: torch.Tensor
+    std: torch.Tensor
+    text: torch.Tensor
+
+    def __init__(self, cfg: ModelSettings, clip: OpenClipModule, tokenizer: Any) -> None:
         super().__init__()
         visual = clip.visual
         if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
@@ -115,15 +139,16 @@ class WinClipModel(nn.Module):
                 "model.vfm are ignored (disable them in the variant to silence this)."
             )
         self.cfg = cfg
+        self.section = own_section(cfg, WinClip.name, WinClipConfig)
         self.clip = clip
-        self.scales = tuple(cfg.winclip.scales)
+        self.scales = tuple(self.section.scales)
         side = cfg.clip.image_size
-        self.grid = (side // visual.patch_size[0], side // visual.patch_size[1])
+        self.grid = (side // int(visual.patch_size[0]), side // int(visual.patch_size[1]))
         for k, scale in enumerate(self.scales):
             self.register_buffer(f"windows_{k}", window_indices(self.grid, scale), persistent=False)
         self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
-        prompts = ensemble(cfg.winclip.template_set)
+        prompts = ensemble(self.section.template_set)
         with torch.no_grad():
             text = [
                 clip.encode_text(tokenizer(prompts.render(kind, cfg.object_name))).mean(dim=0)
@@ -153,7 +178,8 @@ class WinClipModel(nn.Module):
         """The joint-space embedding of token sequences [M, L, C] (class token first): [M, D]."""
         v = self.clip.visual
         x = v.transformer(v.ln_pre(tokens))
-        return v.ln_post(x[:, 0]) @ v.proj
+        joint: torch.Tensor = v.ln_post(x[:, 0]) @ v.proj
+        return joint
 
     def window_embeddings(self, tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """Each window re-encoded alone (class token + its patches): [B, n_windows, D]."""
@@ -165,7 +191,7 @@ class WinClipModel(nn.Module):
 
     def abnormal_probability(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Softmax over (normal, abnormal) of cosine/τ, abnormal entry: [...]."""
-        logits = F.normalize(embeddings, dim=-1) @ self.text.T / self.cfg.winclip.temperature
+        logits = F.normalize(embeddings, dim=-1) @ self.text.T / self.section.temperature
         return logits.softmax(dim=-1)[..., 1]
 
     def forward(
@@ -185,7 +211,7 @@ class WinClipModel(nn.Module):
             x = F.interpolate(images, size=(side, side), mode="bicubic", align_corners=False)
         tokens = self.tokens(x)
         image_embedding = self.encode(tokens)
-        logits = F.normalize(image_embedding, dim=-1) @ self.text.T / self.cfg.winclip.temperature
+        logits = F.normalize(image_embedding, dim=-1) @ self.text.T / self.section.temperature
         score = logits.softmax(dim=-1)[:, 1]
         n_patches = self.grid[0] * self.grid[1]
         per_scale = [score[:, None].expand(-1, n_patches)]
@@ -199,7 +225,7 @@ class WinClipModel(nn.Module):
         return ModelOutput(score, anomaly_map[:, 0], [], None, logits)
 
 
-def build_winclip(cfg: ModelConfig) -> WinClipModel:
+def build_winclip(cfg: ModelSettings) -> WinClipModel:
     """Load the CLIP named by ``cfg.clip`` (frozen) and build zero-shot WinCLIP around it."""
     clip, tokenizer = load_clip(cfg.clip, seed=cfg.random_init_seed)
     model = WinClipModel(cfg, clip, tokenizer).eval()
@@ -212,3 +238,15 @@ def build_winclip(cfg: ModelConfig) -> WinClipModel:
         model.scales,
     )
     return model
+
+
+@register_base
+class WinClip(TrainingFreeBase):
+    """WinCLIP's entry in the base registry: a training-free base (:class:`WinClipModel`)."""
+
+    name = "winclip"
+    source = "Jeong et al., CVPR 2023 (window re-encoding; pinned against anomalib's WinClipModel)"
+
+    @classmethod
+    def zero_shot_model(cls, cfg: ModelSettings) -> nn.Module:
+        return build_winclip(cfg)

@@ -1,4 +1,5 @@
-"""DINOv2 attention prompts: an anomaly-related prompt map on CLIP's patch grid.
+"""DINOv2 attention prompts (the paper's second enhancement): an anomaly-related prompt map on
+CLIP's patch grid, and the key bias by which it enters CLIP's attention.
 
 Per patch, the distance ``d`` of the image's DINOv2 patch feature to the class's normal reference
 (``mutual_nn``: the nearest-neighbour distance plus the gap by which another image patch claims that
@@ -16,6 +17,12 @@ the defect covers less than half of the patches).
 The map is modulated by DINOv2's last-layer CLS self-attention salience ``ŝ`` (min-max over the
 image, a relative weight): ``M = d̂ · ((1 − γ) + γ · ŝ)`` in [0, 1).
 
+The map enters CLIP in one of two modes (``model.vfm.mode``): ``attn_bias`` adds ``β · M``
+(:class:`KeyBias`) to the attention logits of every query for each patch key in CLIP's last
+``bias_last_n`` vision blocks (:func:`hxpe.model.clip_tower.multihead_attention`), so it shapes the
+trained prompts; ``reweight`` re-weights the final map, ``A · (1 + α·M) / (1 + α)`` (a test-time
+ablation, :class:`hxpe.model.model.HXPEModel`).
+
 Precision: DINOv2 itself runs under the caller's autocast (bf16 on a GPU), but every statistic of
 the map (distances, scales, quantile, calibration) is computed in float32 with autocast off
 (:func:`full_precision`). CUDA autocast would otherwise return the distance matmuls in bf16 and,
@@ -27,7 +34,7 @@ Example (the tiny random-init DINOv2, on CLIP's 8×8 patch grid of 112 px inputs
     >>> vfm = tiny_model_config().vfm
     >>> prompter = VfmPrompter(load_dinov2(vfm), vfm)
     >>> images, refs = torch.rand(2, 3, 112, 112), torch.rand(2, 3, 112, 112)
-    >>> m = prompter(images, grid=(8, 8), references=refs)
+    >>> m = prompter(images, grid=(8, 8), references=refs).prompt
     >>> m.shape, bool(m.min() >= 0), bool(m.max() < 1)
     (torch.Size([2, 8, 8]), True, True)
 """
@@ -36,16 +43,64 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from hxpe.model.config import VfmConfig
 
-if TYPE_CHECKING:
-    from hxpe.model.caches import ReferenceCache
+class VfmConfig(BaseModel):
+    """DINOv2 attention prompts (``model.vfm``; hxpe/LEDGER.md has the source of each key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    model_id: str = Field("facebook/dinov2-small", description="Hugging Face id (weights.yaml).")
+    config_file: str | None = Field(
+        None, description="transformers Dinov2Config JSON: random init (tiny test models)."
+    )
+    weights_dir: str | None = Field(
+        None,
+        description="Local folder for Dinov2Model.from_pretrained (config.json + model.safetensors:"
+        " the demo's trained DINOv2); used when config_file is null.",
+    )
+    mode: Literal["attn_bias", "reweight"] = Field(
+        "attn_bias",
+        description="Bias CLIP's later attention on patch keys (trained through), or re-weight "
+        "the final map (a test-time ablation: training never sees it).",
+    )
+    distance: Literal["mutual_nn", "nn"] = Field(
+        "mutual_nn", description="Patch distance to the normal reference."
+    )
+    calibration_quantile: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Normal scale s = this quantile of the reference's own NN distances.",
+    )
+    salience_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="γ in M = d̂·((1−γ) + γ·ŝ), ŝ = DINOv2 CLS self-attention."
+    )
+    rarity_k: int = Field(
+        5, ge=1, le=4096, description="No reference: mean distance to k nearest own patches."
+    )
+    alpha: float = Field(0.5, ge=0.0, description="reweight: A = A_clip·(1 + α·M)/(1 + α).")
+    bias_beta: float = Field(1.0, ge=0.0, description="attn_bias: logits += β·M on patch keys.")
+    learn_beta: bool = Field(False, description="attn_bias: train β (a scalar parameter).")
+    bias_last_n: int = Field(
+        7, ge=0, le=64, description="attn_bias: the last N CLIP blocks (18–24)."
+    )
+
+    @property
+    def trains_through(self) -> bool:
+        """Whether the prompt map reaches the losses (and so shapes the trained prompts)."""
+        return self.enabled and self.mode == "attn_bias"
+
+
+# transformers' classes are Any to the type checker (pyproject.toml: its types are not read).
+HfModule = Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,7 +181,7 @@ def calibrate(dist: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> tor
     return excess / (1.0 + excess)
 
 
-def _last_attention(dinov2: nn.Module) -> nn.Module | None:
+def _last_attention(dinov2: HfModule) -> HfModule | None:
     """The last layer's self-attention of a transformers DINOv2 (q_proj/k_proj), or None."""
     try:
         attn = dinov2.encoder.layer[-1].attention
@@ -138,7 +193,7 @@ def _last_attention(dinov2: nn.Module) -> nn.Module | None:
 
 @dataclass
 class VfmSteps:
-    """The DINOv2 prompt of a batch, step by step (what :meth:`VfmPrompter.steps` returns).
+    """The DINOv2 prompt of a batch, step by step (what :class:`VfmPrompter` returns).
 
     Attributes:
         features: [B, N, C] unit DINOv2 patch features of the images on CLIP's grid.
@@ -169,7 +224,10 @@ class VfmPrompter(nn.Module):
     back to ``output_attentions=True`` (eager attention).
     """
 
-    def __init__(self, dinov2: nn.Module, cfg: VfmConfig) -> None:
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, dinov2: HfModule, cfg: VfmConfig) -> None:
         super().__init__()
         self.dinov2 = dinov2
         self.cfg = cfg
@@ -184,11 +242,12 @@ class VfmPrompter(nn.Module):
     def _salience_from(self, hidden: torch.Tensor, n_extra: int) -> torch.Tensor:
         """Head-mean softmax of the CLS query over the patch keys, from the layer input [B, L, C]."""
         attn = self._last_attn
+        assert attn is not None  # called only when the last layer has q_proj/k_proj
         b, n, _ = hidden.shape
         heads = attn.num_attention_heads
         q = attn.q_proj(hidden[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
         k = attn.k_proj(hidden).view(b, n, heads, -1).transpose(1, 2)
-        weights = ((q @ k.transpose(-1, -2)) * attn.scaling).float().softmax(dim=-1)
+        weights: torch.Tensor = ((q @ k.transpose(-1, -2)) * attn.scaling).float().softmax(dim=-1)
         return weights[:, :, 0, n_extra:].mean(dim=1)
 
     @torch.no_grad()
@@ -242,7 +301,7 @@ class VfmPrompter(nn.Module):
         """Patch features [R, N, C] of ``references`` [R, 3, H, W] and each one's normal distance
         scale [R] (the ``calibration_quantile`` of its own nearest-neighbour distances). Each
         distinct reference is computed once within the batch, and once across batches when the
-        caller passes a ``cache`` (:class:`hxpe.model.caches.ReferenceCache`, owned by the
+        caller passes a ``cache`` (:class:`hxpe.model.dinov2_prompt.ReferenceCache`, owned by the
         inference code; the module holds none)."""
         reps, inverse = unique_rows(references)
         todo = []
@@ -260,8 +319,9 @@ class VfmPrompter(nn.Module):
                 if cache is not None:
                     cache.put(references[r], grid, (feats[j], scales[j]))
         index = torch.tensor(inverse, device=references.device)
-        feats = torch.stack([o[0] for o in out])  # type: ignore[index]
-        scales = torch.stack([o[1] for o in out])  # type: ignore[index]
+        done = [o for o in out if o is not None]  # every representative is filled above
+        feats = torch.stack([o[0] for o in done])
+        scales = torch.stack([o[1] for o in done])
         return feats[index.to(feats.device)], scales[index.to(scales.device)]
 
     @torch.no_grad()
@@ -273,24 +333,10 @@ class VfmPrompter(nn.Module):
         has_reference: torch.Tensor | None = None,
         *,
         reference_cache: ReferenceCache | None = None,
-    ) -> torch.Tensor:
-        """The calibrated prompt map M [B, h, w] in [0, 1) (see the module docstring);
-        ``reference_cache``: a caller-owned cache of the references' features, or None."""
-        return self.steps(
-            images, grid, references, has_reference, reference_cache=reference_cache
-        ).prompt
-
-    @torch.no_grad()
-    def steps(
-        self,
-        images: torch.Tensor,
-        grid: tuple[int, int],
-        references: torch.Tensor | None = None,
-        has_reference: torch.Tensor | None = None,
-        *,
-        reference_cache: ReferenceCache | None = None,
     ) -> VfmSteps:
-        """The prompt map with every intermediate of its computation (:class:`VfmSteps`)."""
+        """The calibrated prompt map M [B, h, w] in [0, 1) (``.prompt``, see the module docstring)
+        with every intermediate of its computation (:class:`VfmSteps`); ``reference_cache``: a
+        caller-owned cache of the references' features, or None."""
         feats, salience = self.features(images, grid)
         ref_feats = ref_scale = None
         has = torch.zeros(len(images), dtype=torch.bool, device=images.device)
@@ -366,3 +412,42 @@ def unique_rows(x: torch.Tensor) -> tuple[list[int], list[int]]:
             inverse.append(len(reps))
             reps.append(i)
     return reps, inverse
+
+
+CachedReference = tuple[torch.Tensor, torch.Tensor]  # (patch features [N, C], distance scale [])
+
+
+class ReferenceCache:
+    """Frozen DINOv2 features (and calibration scales) of normal references kept across batches
+    (LRU, exact match).
+
+    DINOv2 is frozen, so the features depend only on the reference pixels and the grid: no training
+    invalidation is needed. Entries are compared exactly with :func:`torch.equal`.
+    """
+
+    def __init__(self, maxsize: int = 32) -> None:
+        self.maxsize = maxsize
+        self._data: list[tuple[bytes, tuple[int, int], torch.Tensor, CachedReference]] = []
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, reference: torch.Tensor, grid: tuple[int, int]) -> CachedReference | None:
+        key = row_keys(reference[None])[0]
+        for i, (k, g, ref, feats) in enumerate(self._data):
+            same = k == key and g == grid and ref.shape == reference.shape
+            if same and ref.device == reference.device and torch.equal(ref, reference):
+                self._data.append(self._data.pop(i))
+                self.hits += 1
+                return feats
+        self.misses += 1
+        return None
+
+    def put(self, reference: torch.Tensor, grid: tuple[int, int], value: CachedReference) -> None:
+        key = row_keys(reference[None])[0]
+        detached = (value[0].detach(), value[1].detach())
+        self._data.append((key, grid, reference.detach().clone(), detached))
+        while len(self._data) > self.maxsize:
+            self._data.pop(0)

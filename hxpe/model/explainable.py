@@ -1,38 +1,116 @@
-"""Per-image normal/abnormal text embeddings with the explainable phrase (the paper's text prompts).
+"""The explainable text prompts (the paper's first enhancement): the gate, the phrase slot and the
+fusion, and the per-image normal/abnormal text embeddings they give.
 
-Gating: a phrase that is ``None`` or empty (the agent judged the image normal, or failed) gives the
-generic abnormal prompt. In mode ``in_prompt`` the phrase enters the abnormal sentences' object slot;
-in mode ``fuse`` the phrase is encoded alone by the frozen text encoder and fused,
-``g_a' = normalize(g_a + λ g_e)``.
+* **Gate** (:func:`gate`): a phrase that is ``None`` or empty (the agent judged the image normal, or
+  failed) gives the generic abnormal prompt.
+* **Phrase slot** (:class:`PromptSet`): sentences as data, the state x template ensembles of
+  ``prompts.yaml`` with an ``{obj}`` slot. In mode ``in_prompt`` the abnormal prompt of an image with
+  a gated phrase renders ``{obj}`` as ``"object with <phrase>"`` (``model.explain.object_template``).
+* **Fusion** (mode ``fuse``): the phrase is encoded alone by the frozen text encoder and fused,
+  ``g_a' = normalize(g_a + λ g_e)``.
 
-Batching: sentences of all prompts of a batch go through the text encoder in one call. Unless the
-text prompts depend on the image (AdaCLIP dynamic prompts), the normal prompt is encoded once and
-each distinct phrase once.
+Batching (:class:`TextBank`): sentences of all prompts of a batch go through the text encoder in one
+call. Unless the text prompts depend on the image (AdaCLIP dynamic prompts), the normal prompt is
+encoded once and each distinct phrase once.
 
-Caching across batches: the module holds no cache. A caller may pass one
-(:class:`hxpe.model.caches.PhraseCache`, owned by the inference code) with each call; prompt
-embeddings are then kept per (kind, phrase, object word) and reused by later batches. It is
-consulted only in eval mode with gradients off, and is emptied whenever a trainable parameter
-changes (its version counter, storage, dtype or device), the autocast setting or the trim flag
-differs, so it never serves a stale embedding.
+Caching across batches: the module holds no cache. A caller may pass one (:class:`PhraseCache`, owned
+by the inference code, :mod:`hxpe.model.inference`) with each call; prompt embeddings are then kept
+per (kind, phrase, object word) and reused by later batches. It is consulted only in eval mode with
+gradients off, and is emptied whenever a trainable parameter changes (its version counter, storage,
+dtype or device), the autocast setting or the trim flag differs, so it never serves a stale embedding.
+
+Example:
+    >>> ps = PromptSet(normal=("{obj}.",), abnormal=("damaged {obj}.",))
+    >>> ps.render("abnormal", "object", phrase="a small scratch")
+    ['damaged object with a small scratch.']
+    >>> ps.render("abnormal", "object", phrase=None)
+    ['damaged object.']
+    >>> gate(["  a scratch ", "", None], enabled=True), gate(["a scratch"], enabled=False)
+    (['a scratch', None, None], [None])
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from hxpe.model.bases import Prompter
-from hxpe.model.config import ExplainConfig
-from hxpe.model.prompts import Kind
-from hxpe.model.text import PromptTokenizer, TextEncoder
+from hxpe.model.clip_tower import ClipTokenizer, PromptTokenizer, TextEncoder
 
-if TYPE_CHECKING:
-    from hxpe.model.caches import PhraseCache
+PROMPTS_FILE = Path(__file__).with_name("prompts.yaml")
+Kind = Literal["normal", "abnormal"]
+
+
+class ExplainConfig(BaseModel):
+    """Explainable text prompts: the image's gated defect phrase in its abnormal prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    mode: Literal["in_prompt", "fuse"] = Field(
+        "in_prompt", description="Phrase inside the abnormal prompt, or encoded alone and fused."
+    )
+    object_template: str = Field(
+        "{obj} with {phrase}", description="Replaces {obj} of the abnormal prompts."
+    )
+    fuse_template: str = Field("{phrase}", description="Text encoded alone in mode 'fuse'.")
+    fuse_lambda: float = Field(1.0, ge=0.0, description="g_a' = normalize(g_a + λ g_e).")
+    learn_lambda: bool = Field(False, description="Train λ (mode 'fuse').")
+
+
+# ------------------------------------------------------------ the phrase slot: prompt sentences
+
+
+@cache
+def _prompt_data() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(PROMPTS_FILE.read_text())
+    return data
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Normal and abnormal sentence templates, each with an ``{obj}`` slot."""
+
+    normal: tuple[str, ...]
+    abnormal: tuple[str, ...]
+    object_template: str = "{obj} with {phrase}"
+
+    def render(self, kind: Kind, obj: str, phrase: str | None = None) -> list[str]:
+        """The sentences of one prompt; ``phrase`` (abnormal only) enters the object slot."""
+        if phrase and kind == "abnormal":
+            obj = self.object_template.format(obj=obj, phrase=phrase)
+        return [t.format(obj=obj) for t in getattr(self, kind)]
+
+
+def ensemble(template_set: str, object_template: str = "{obj} with {phrase}") -> PromptSet:
+    """The state x template ensemble named ``template_set`` in ``prompts.yaml``."""
+    data = _prompt_data()
+    if template_set not in data["templates"]:
+        raise KeyError(
+            f"No template set {template_set!r} in {PROMPTS_FILE}; known: {sorted(data['templates'])}."
+        )
+    templates = data["templates"][template_set]
+
+    def compose(states: list[str]) -> tuple[str, ...]:
+        return tuple(t.format(s) for s in states for t in templates)
+
+    return PromptSet(
+        normal=compose(data["states"]["normal"]),
+        abnormal=compose(data["states"]["abnormal"]),
+        object_template=object_template,
+    )
+
+
+# ------------------------------------------------------------ the gate, the text embeddings, the fusion
 
 
 @dataclass(frozen=True)
@@ -47,11 +125,11 @@ class _Unit:
 
 def class_word(name: str) -> str:
     """A class name as AdaCLIP puts it into its prompts (``text.replace('-', ' ')``,
-    adaclip.py:213)."""
+    caoyunkang/AdaCLIP@e27ee32 adaclip.py:213)."""
     return name.replace("-", " ")
 
 
-def _tensor_signature(t: torch.Tensor) -> tuple:
+def _tensor_signature(t: torch.Tensor) -> tuple[object, ...]:
     return (id(t), t._version, t.data_ptr(), t.dtype, t.device)
 
 
@@ -60,14 +138,30 @@ def gate(phrases: list[str | None], enabled: bool = True) -> list[str | None]:
     return [p.strip() if (enabled and p and p.strip()) else None for p in phrases]
 
 
+class TextPrompts(Protocol):
+    """What :class:`TextBank` needs from a base's prompts (:class:`hxpe.model.bases.base.PromptBase`
+    has it): its sentence ensemble, the slots and contexts it adds, and its deep text prompts."""
+
+    prompt_set: PromptSet
+    text_slots: int
+    text_context: int
+    text_conditioned: bool
+
+    def context(self, kind: Kind) -> torch.Tensor | None: ...
+
+    def text_deep(self, cond: torch.Tensor | None, n: int) -> list[torch.Tensor | None] | None: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
 class TextBank(nn.Module):
     """Builds, tokenises and encodes the prompts of a batch; returns [B, 2, D] (normal, abnormal)."""
 
     def __init__(
         self,
         encoder: TextEncoder,
-        tokenizer: object,
-        prompter: Prompter,
+        tokenizer: ClipTokenizer,
+        prompter: TextPrompts,
         cfg: ExplainConfig,
         object_name: str,
         class_names: bool = False,
@@ -145,7 +239,7 @@ class TextBank(nn.Module):
         self, units: list[_Unit], cond: torch.Tensor | None, trim: bool = True
     ) -> torch.Tensor:
         """One text-encoder call for all units; returns [n_units, D]."""
-        device = self.encoder.attn_mask.device
+        device = self.encoder.device
         rows, owner, contexts, conds = [], [], [], []
         for u, unit in enumerate(units):
             ids = self.tokens(unit.kind, unit.phrase, unit.obj)
@@ -171,24 +265,28 @@ class TextBank(nn.Module):
         texts = [self.cfg.fuse_template.format(phrase=p) for p in phrases]
         texts = [self.plain_tokenizer.fit_phrase(t, lambda s: [s]) for t in texts]
         with torch.no_grad():
-            tokens = self.plain_tokenizer(texts).to(self.encoder.attn_mask.device)
-            return self.encoder(tokens, trim=trim)
+            tokens = self.plain_tokenizer(texts).to(self.encoder.device)
+            emb: torch.Tensor = self.encoder(tokens, trim=trim)
+            return emb
 
     @staticmethod
-    def _cached(cache: PhraseCache, items: list, encode: Any, tag: str = "prompt") -> torch.Tensor:
+    def _cached(
+        cache: PhraseCache,
+        items: Sequence[Hashable],
+        encode: Callable[[list[Any]], torch.Tensor],
+        tag: str = "prompt",
+    ) -> torch.Tensor:
         """Rows for ``items`` from ``cache``, encoding the missing ones in one call."""
-        keys = [(tag, item) for item in items]
-        rows = [cache.get(k) for k in keys]
-        todo = [item for item, row in zip(items, rows, strict=True) if row is None]
+        found = [cache.get((tag, item)) for item in items]
+        todo = [item for item, row in zip(items, found, strict=True) if row is None]
+        fresh: dict[Hashable, torch.Tensor] = {}
         if todo:
-            fresh = encode(todo)
-            for item, row in zip(todo, fresh, strict=True):
+            for item, row in zip(todo, encode(todo), strict=True):
                 cache.put((tag, item), row)
-            lookup = dict(zip(todo, fresh, strict=True))
-            rows = [
-                lookup[item] if row is None else row for item, row in zip(items, rows, strict=True)
-            ]
-        return torch.stack(rows)
+                fresh[item] = row
+        return torch.stack(
+            [fresh[item] if row is None else row for item, row in zip(items, found, strict=True)]
+        )
 
     def forward(
         self,
@@ -225,16 +323,19 @@ class TextBank(nn.Module):
             ]
             out = torch.stack([normal, abnormal], dim=1)
         if self.fuse_lambda is not None:
-            out = self._fuse(out, phrases, cache, trim)
+            out = self._fuse(out, phrases, self.fuse_lambda, cache, trim)
         return out
 
     def _fuse(
         self,
         out: torch.Tensor,
         phrases: list[str | None],
+        lam: torch.Tensor,
         cache: PhraseCache | None,
         trim: bool,
     ) -> torch.Tensor:
+        """The abnormal embedding of each image with a phrase fused with the phrase's own,
+        ``normalize(g_a + λ g_e)``; images without one keep theirs."""
         distinct = [p for p in dict.fromkeys(phrases) if p is not None]
         if not distinct:
             return out
@@ -248,7 +349,45 @@ class TextBank(nn.Module):
         has = torch.tensor([p is not None for p in phrases], device=out.device)
         extra = torch.zeros_like(out[:, 1])
         rows = [i for i, p in enumerate(phrases) if p is not None]
-        extra[rows] = g_e[[lookup[phrases[i]] for i in rows]].to(extra.dtype)
-        fused = F.normalize(out[:, 1] + self.fuse_lambda * extra, dim=-1)
+        extra[rows] = g_e[[lookup[p] for p in phrases if p is not None]].to(extra.dtype)
+        fused = F.normalize(out[:, 1] + lam * extra, dim=-1)
         abnormal = torch.where(has[:, None], fused, out[:, 1])
         return torch.stack([out[:, 0], abnormal], dim=1)
+
+
+class PhraseCache:
+    """An LRU of prompt embeddings keyed by (kind, phrase), tied to a parameter signature."""
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._signature: tuple[object, ...] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def check(self, signature: tuple[object, ...]) -> None:
+        """Empty the cache when ``signature`` (parameters, autocast) differs from the last one."""
+        if signature != self._signature:
+            self._data.clear()
+            self._signature = signature
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        hit = self._data.get(key)
+        if hit is None:
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return hit
+
+    def put(self, key: Hashable, value: torch.Tensor) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
