@@ -39,7 +39,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
@@ -70,6 +69,11 @@ def _doctest_names(request, doctest_namespace, doctest_results_root, monkeypatch
     if not isinstance(request.node, DoctestItem):
         return
     monkeypatch.setenv("HXPE_RESULTS_ROOT", str(doctest_results_root))
+    # Examples draw off screen. Set here, not in os.environ at import: this plugin is loaded by every
+    # pytest run, and nbval's kernels inherit the environment (a kernel on Agg shows no figures).
+    import matplotlib
+
+    matplotlib.use("Agg")
     monkeypatch.delenv("HXPE_BOOK_PROFILE", raising=False)  # build_book sets it; restored after
     import torch
 
