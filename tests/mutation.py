@@ -11,7 +11,7 @@ reason.
 Examples::
 
     python tests/mutation.py                                    # the defaults below
-    python tests/mutation.py --paths hxpe/model/dinov2_prompt.py --tests tests/model/test_model_core.py
+    python tests/mutation.py --paths hxpe/model/dinov2_prompt.py --tests tests/model/test_dinov2_prompt.py
     python tests/mutation.py --max-children 2 --out build/mutation.txt
     python tests/mutation.py --mutants 'hxpe.*__mutmut_*0'      # a 1-in-10 sample (numbers ending in 0)
 
@@ -43,7 +43,12 @@ DEFAULT_PATHS = [
     "hxpe/train.py",
 ]
 DEFAULT_TESTS = [
-    "tests/model/test_model_core.py",
+    "tests/model/test_model.py",
+    "tests/model/test_clip_tower.py",
+    "tests/model/test_explainable.py",
+    "tests/model/test_dinov2_prompt.py",
+    "tests/model/test_bases.py",
+    "tests/model/test_loading.py",
     "tests/model/test_losses_hsf.py",
     "tests/model/test_inference_paths.py",
     "tests/test_train_loop.py",
