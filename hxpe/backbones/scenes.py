@@ -33,7 +33,7 @@ from hxpe.data.demo_defects import DEFECTS, apply_defect
 from hxpe.data.demo_scenes import render_normal
 
 # Bump when the scenes or captions change: recorded in the backbones' provenance.
-GENERATOR_VERSION = "demo-pretrain-v3"
+GENERATOR_VERSION = "demo-pretrain-v2"
 SALT = zlib.crc32(b"hxpe-demo-backbones")
 DEFECT_RATE = 0.6  # share of pretraining images that carry a defect
 
