@@ -286,3 +286,22 @@ def test_dinov2_loads_from_its_folder_without_a_progress_bar_and_keeps_the_setti
     assert type(model).__name__ == "Dinov2Model"
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is restored
+
+
+def test_demo_validation_points_the_profile_at_other_seeds_and_weights(tmp_path):
+    from hxpe.backbones.demo_validation import seed_config, summarise, weights_overrides
+
+    cfg = seed_config(7, weights_overrides(tmp_path / "bb"))
+    assert cfg.data.demo.seed == 7
+    assert cfg.model.clip.pretrained == str(tmp_path / "bb" / "open_clip_model.safetensors")
+    assert cfg.model.vfm.weights_dir == str(tmp_path / "bb")
+    assert load_config(DEMO).data.demo.seed == 0  # the demo's own sets are another seed
+    per_seed = {
+        7: {"image_auroc": 70.0, "pixel_auroc": 80.0, "pixel_aupro_anomalyclip": 40.0},
+        8: {"image_auroc": 75.0, "pixel_auroc": 81.0, "pixel_aupro_anomalyclip": 45.0},
+    }
+    assert summarise(per_seed) == {
+        "image_auroc": 72.5,
+        "pixel_auroc": 80.5,
+        "pixel_aupro_anomalyclip": 42.5,
+    }
