@@ -269,14 +269,23 @@ def check_hsf(out: Any, adaclip: Any) -> Check:
     )
 
 
-def check_image_score(out: Any, temperature: float) -> Check:
-    """``z = <f, t_c> / τ`` and the image score ``softmax_c(z)_a``."""
+def check_image_score(
+    out: Any, temperature: float, score_mode: str = "base", top: float = 1.0
+) -> Check:
+    """``z = <f, t_c> / τ`` and the image score ``softmax_c(z)_a``; with ``score_mode`` 'text_max'
+    its mean with the smoothed map's maximum over its range ``top`` (clipped to [0, 1])."""
     trace = _trace(out)
     z = torch.einsum("bd,bcd->bc", trace.score_feature.double(), out.text_features.double())
     z = z / temperature
     assert_same("image logits z", z, out.image_logits)
-    check = assert_same("image score", z.softmax(-1)[:, 1], out.image_score)
-    return Check("image score softmax(<f, t>/τ)_a", check.max_abs_diff, check.tolerance)
+    score = z.softmax(-1)[:, 1]
+    name = "image score softmax(<f, t>/τ)_a"
+    if score_mode == "text_max":
+        peak = (out.anomaly_map.double().flatten(1).amax(dim=1) / top).clamp(0, 1)
+        score = (score + peak) / 2
+        name = f"image score (softmax(<f, t>/τ)_a + min(1, max A / {top:g})) / 2"
+    check = assert_same("image score", score, out.image_score)
+    return Check(name, check.max_abs_diff, check.tolerance)
 
 
 # ------------------------------------------------------------------------------ the loss
@@ -368,6 +377,9 @@ CHOICES: dict[str, dict[str, str]] = {
         "hsf": r"s = \mathrm{softmax}_c\big(\langle f, t_c\rangle/\tau\big)_a, \quad "
         r"f = \mathrm{norm}\big(\alpha\,c + (1-\alpha)\,f_{\text{cls}}\big)",
         "cls": r"s = \mathrm{softmax}_c\big(\langle f_{\text{cls}}, t_c\rangle/\tau\big)_a",
+        "text_max": r"s = \tfrac12\Big(\mathrm{softmax}_c\big(\langle f_{\text{cls}}, t_c\rangle/"
+        r"\tau\big)_a + \min\big(1, \max_x A(x) / A_{\max}\big)\Big)"
+        r"\quad (A \text{ the smoothed map, } A_{\max} \text{ its range})",
     },
     "evaluation.aupro": {
         "anomalyclip": r"\mathrm{AUPRO} = \int_0^1 \mathrm{PRO}\; d\widetilde{\mathrm{FPR}}, \quad "

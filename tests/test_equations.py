@@ -150,3 +150,21 @@ def test_a_pass_without_trace_is_refused(models):
         out = models["adaclip"](images, [None, None])
     with pytest.raises(ValueError, match="call the model with trace=True"):
         eq.check_smoothing(out)
+
+
+def test_the_text_max_score_has_its_own_equation(models, monkeypatch):
+    from hxpe.model.model import map_range
+
+    model = models["adaclip"]
+    monkeypatch.setattr(model, "cfg", model.cfg.model_copy(update={"score_mode": "text_max"}))
+    images, _, _ = _batch()
+    with torch.no_grad():
+        out = model(images, ["small dark scratch", None], references=images.flip(0), trace=True)
+    a = model.cfg.arithmetic
+    top = map_range(a.layer_fusion, len(model.cfg.clip.layers))
+    check = eq.check_image_score(out, a.temperature, score_mode="text_max", top=top)
+    assert check.passed and "max A" in check.name
+    with pytest.raises(eq.EquationMismatch, match="^image score"):  # a wrong range is caught
+        eq.check_image_score(out, a.temperature, score_mode="text_max", top=2 * top)
+    with pytest.raises(eq.EquationMismatch, match="^image score"):  # as is the plain equation
+        eq.check_image_score(out, a.temperature)

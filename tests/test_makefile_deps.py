@@ -66,7 +66,7 @@ def test_inference_code_reruns_evaluation_not_training(repo):
 
 
 def test_model_code_reruns_training(repo):
-    assert stages_make_would_run(repo, "hxpe/model/hxpe.py") == ["train", "evaluate", "figures"]
+    assert stages_make_would_run(repo, "hxpe/model/model.py") == ["train", "evaluate", "figures"]
 
 
 def test_equation_checks_rerun_training(repo):

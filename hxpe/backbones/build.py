@@ -201,7 +201,8 @@ Written by `make demo-backbones` (`python -m hxpe.backbones`, {prov["threads"]} 
   Their random streams are disjoint from the demo's aux and target images.
 - **CLIP** (`hxpe/model/configs/hxpe-demo-clip.json`, random init from seed {r["seed"]}):
   {r["clip"]["steps"]} AdamW steps of {r["clip"]["batch_size"]} scenes, lr {r["clip"]["lr"]}; image-caption
-  InfoNCE + patch-region alignment (`hxpe/backbones/clip_pretrain.py`).
+  InfoNCE + patch-region alignment (`hxpe/backbones/clip_pretrain.py`; hard-negative captions
+  {"on" if r["clip"].get("hard_negatives") else "off"}, image-level state loss weight {r["clip"].get("state_weight", 0.0)}).
 - **DINOv2** (`hxpe/model/configs/hxpe-demo-dinov2.json`, random init from seed {r["seed"] + 1}):
   {r["dinov2"]["steps"]} AdamW steps of {r["dinov2"]["batch_size"]} scenes distilling the CLIP image
   tower's patch and CLS tokens (`hxpe/backbones/dino_distill.py`).

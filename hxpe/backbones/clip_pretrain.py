@@ -46,6 +46,8 @@ class ClipRecipe:
     sizes: tuple[int, ...] = (112, 126)
     dense_weight: float = 1.0
     dense_layers: tuple[int, ...] = (1, 2, 3, 4)  # 1-based blocks whose patches are aligned
+    hard_negatives: bool = False  # each image's other-state caption joins its InfoNCE negatives
+    state_weight: float = 0.0  # weight of the image-level state loss (CLS among region texts)
 
 
 @dataclass
@@ -66,14 +68,41 @@ def lr_at(step: int, recipe: ClipRecipe | object) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def soft_infonce(a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, scale: torch.Tensor):
-    """Symmetric InfoNCE of unit rows ``a`` and ``b`` with ``same`` [B, B] marking positives."""
+def soft_infonce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    same: torch.Tensor,
+    scale: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+):
+    """Symmetric InfoNCE of unit rows ``a`` and ``b`` with ``same`` [B, B] marking positives.
+
+    ``negatives`` [M, D] (optional, unit rows): more texts that no image matches (hard negatives),
+    added to the image-to-text softmax only."""
     logits = scale * a @ b.T
     target = same.float() / same.float().sum(dim=1, keepdim=True)
+    image_to_text = logits
+    if negatives is not None:
+        image_to_text = torch.cat([logits, scale * a @ negatives.T], dim=1)
     return 0.5 * (
-        torch.sum(-target * logits.log_softmax(dim=1), dim=1).mean()
+        torch.sum(-target * image_to_text.log_softmax(dim=1)[:, : len(b)], dim=1).mean()
         + torch.sum(-target * logits.T.log_softmax(dim=1), dim=1).mean()
     )
+
+
+def state_loss(
+    image: torch.Tensor,
+    region_text: torch.Tensor,
+    classes: torch.Tensor,
+    defects: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy of each unit image embedding [B, D] over its class's region texts
+    ([C, 1 + K, D]: the flawless object, or one of the K defect kinds on it), the target being its
+    defect state: the image-level counterpart of :func:`dense_loss`, so that the global embedding
+    tells a damaged object from a flawless one."""
+    logits = scale * torch.einsum("bd,bkd->bk", image, region_text[classes])
+    return F.cross_entropy(logits, defects)
 
 
 def encode_text(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -137,6 +166,7 @@ def train_clip(
     clip.requires_grad_(True).train()
     encoder = VisualEncoder(clip.visual, layers=list(recipe.dense_layers))
     tokens = tokenizer(data.captions)
+    negative_tokens = tokenizer(data.negatives) if recipe.hard_negatives else None
     phrase_tokens = tokenizer(data.phrases)
     regions = region_tokens(tokenizer)
     n_cls, n_reg = len(CLASS_NAMES), 1 + len(DEFECT_KINDS)
@@ -154,7 +184,12 @@ def train_clip(
         text_emb = F.normalize(encode_text(clip, tokens[idx]), dim=-1)
         key = data.classes[idx] * 16 + data.defects[idx]
         scale = clip.logit_scale.exp().clamp(max=100)
-        loss_caption = soft_infonce(image_emb, text_emb, key[:, None] == key[None, :], scale)
+        negatives = None
+        if negative_tokens is not None:
+            negatives = F.normalize(encode_text(clip, negative_tokens[idx]), dim=-1)
+        loss_caption = soft_infonce(
+            image_emb, text_emb, key[:, None] == key[None, :], scale, negatives
+        )
         region_emb = F.normalize(encode_text(clip, regions), dim=-1).view(n_cls, n_reg, -1)
         phrase_emb = F.normalize(encode_text(clip, phrase_tokens[idx]), dim=-1)
         coverage = patch_coverage(resize(data.masks[idx][:, None], size)[:, 0], grid)
@@ -167,15 +202,17 @@ def train_clip(
             ]
         ).mean()
         loss = loss_caption + recipe.dense_weight * loss_dense
+        losses = {"caption": loss_caption.detach(), "patch_region": loss_dense.detach()}
+        if recipe.state_weight:
+            loss_state = state_loss(
+                image_emb, region_emb, data.classes[idx], data.defects[idx], scale
+            )
+            loss = loss + recipe.state_weight * loss_state
+            losses["state"] = loss_state.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        curve.log(
-            step + 1,
-            total=loss.detach(),
-            caption=loss_caption.detach(),
-            patch_region=loss_dense.detach(),
-        )
+        curve.log(step + 1, total=loss.detach(), **losses)
         if (step + 1) % 50 == 0:
             log.info("clip step %d/%d: %s", step + 1, recipe.steps, curve.rows[-1])
     clip.requires_grad_(False).eval()

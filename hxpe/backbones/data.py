@@ -24,7 +24,8 @@ RENDER_SIZE = 128  # the demo data's image size: the backbones see pictures at t
 @dataclass
 class PretrainSet:
     """Rendered scenes: ``images`` [N, 3, S, S] in [0, 1], ``masks`` [N, S, S], class and defect
-    numbers (defect 0 = normal, k = the k-th of :data:`DEFECT_KINDS` + 1) and captions."""
+    numbers (defect 0 = normal, k = the k-th of :data:`DEFECT_KINDS` + 1), captions, phrase
+    sentences and hard-negative captions (the other state, :func:`~.scenes.counterfactual`)."""
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -32,6 +33,7 @@ class PretrainSet:
     defects: torch.Tensor
     captions: list[str]
     phrases: list[str]
+    negatives: list[str]
 
     @classmethod
     def generate(cls, seed: int, n: int, size: int = RENDER_SIZE) -> PretrainSet:
@@ -48,6 +50,7 @@ class PretrainSet:
             ),
             captions=[s.caption for s in samples],
             phrases=[phrase_caption(s.cls, s.phrase) for s in samples],
+            negatives=[s.negative for s in samples],
         )
 
     def __len__(self) -> int:

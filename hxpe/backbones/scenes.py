@@ -61,6 +61,7 @@ class Sample:
     defect: str | None
     caption: str
     phrase: str
+    negative: str
 
 
 def colour_name(rgb: np.ndarray) -> str:
@@ -86,15 +87,26 @@ def caption(
     cls: str, colour: str, defect: str | None, mask: np.ndarray, rng: np.random.Generator
 ) -> str:
     """The caption of one scene (template and state words drawn from ``rng``)."""
-    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
     if defect is None:
-        state = NORMAL_STATES[int(rng.integers(len(NORMAL_STATES)))]
-        return template.format(f"{state} {colour} {cls}")
+        return normal_caption(cls, colour, rng)
+    size = load_vocabulary().size_word(float(mask.mean()))
+    return damaged_caption(cls, colour, f"{size} {DEFECT_WORDS[defect]}", location_word(mask), rng)
+
+
+def normal_caption(cls: str, colour: str, rng: np.random.Generator) -> str:
+    """'a photo of a flawless red brick.' (template and state word drawn from ``rng``)."""
+    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    state = NORMAL_STATES[int(rng.integers(len(NORMAL_STATES)))]
+    return template.format(f"{state} {colour} {cls}")
+
+
+def damaged_caption(cls: str, colour: str, words: str, where: str, rng: np.random.Generator) -> str:
+    """'a photo of a damaged red brick with a small stain at the center.' (template, state word
+    and whether the state is said drawn from ``rng``)."""
+    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
     state = ABNORMAL_STATES[int(rng.integers(len(ABNORMAL_STATES)))]
-    words = f"{load_vocabulary().size_word(float(mask.mean()))} {DEFECT_WORDS[defect]}"
-    where = f"at the {location_word(mask)}"
     obj = f"{colour} {cls}" if rng.random() < 0.5 else f"{state} {colour} {cls}"
-    return template.format(f"{obj} with a {words} {where}")
+    return template.format(f"{obj} with a {words} at the {where}")
 
 
 def pretraining_sample(seed: int, i: int, size: int = 112) -> Sample:
@@ -118,7 +130,21 @@ def pretraining_sample(seed: int, i: int, size: int = 112) -> Sample:
         defect,
         text,
         phrase(image, mask, defect, rng),
+        counterfactual(cls, colour, defect, np.random.default_rng([seed, SALT, i, 1])),
     )
+
+
+def counterfactual(cls: str, colour: str, defect: str | None, rng: np.random.Generator) -> str:
+    """A hard-negative caption of one scene: the same object in the other state. A damaged scene
+    gets a flawless caption; a normal one a damaged caption with a random defect kind, size and
+    place. Drawn from its own stream (``rng``), so the scenes and captions do not depend on it."""
+    if defect is not None:
+        return normal_caption(cls, colour, rng)
+    vocab = load_vocabulary()
+    kind = DEFECT_WORDS[sorted(DEFECTS)[int(rng.integers(len(DEFECTS)))]]
+    size = vocab.sizes[int(rng.integers(len(vocab.sizes)))][1]
+    where = vocab.location_grid[int(rng.integers(3))][int(rng.integers(3))]
+    return damaged_caption(cls, colour, f"{size} {kind}", where, rng)
 
 
 GENERIC_WORDS = ("damaged area", "spot", "contamination", "mark")

@@ -28,8 +28,10 @@ from hxpe.backbones.clip_pretrain import (
     encode_text,
     region_tokens,
     soft_infonce,
+    state_loss,
+    train_clip,
 )
-from hxpe.backbones.data import patch_coverage
+from hxpe.backbones.data import PretrainSet, patch_coverage
 from hxpe.backbones.dino_distill import DinoRecipe
 from hxpe.backbones.scenes import location_word, pretraining_sample
 from hxpe.config import load_config
@@ -58,6 +60,15 @@ def test_captions_name_object_colour_state_defect_size_and_location():
     assert location_word(mask) == "upper right"
 
 
+def test_hard_negative_captions_say_the_other_state_and_leave_the_scene_alone():
+    damaged, normal = pretraining_sample(0, 0, size=64), pretraining_sample(0, 1, size=64)
+    assert damaged.defect == "deformation" and normal.defect is None
+    assert damaged.negative == "a photo of a flawless grey bracket."
+    assert normal.negative == "a photo of a flawed red brick with a large hole at the lower left."
+    # drawn from their own stream: the scene and its caption are those of generator v2
+    assert normal.caption == "a cropped photo of a perfect red brick."
+
+
 def test_pretraining_scenes_are_not_demo_images():
     cfg = DemoDataConfig(image_size=64, n_train_good=1, n_test_good=1, n_test_per_defect=1)
     demo = []
@@ -73,8 +84,14 @@ def test_pretraining_scenes_are_not_demo_images():
         assert all(np.abs(img.astype(int) - d.astype(int)).mean() > 2 for d in demo)
 
 
-def test_truncated_text_encoder_equals_open_clip():
-    clip, tokenizer = new_clip(0)
+@pytest.fixture(scope="module")
+def clip0():
+    """The demo CLIP at random init (seed 0) and its tokenizer; built once (seconds)."""
+    return new_clip(0)
+
+
+def test_truncated_text_encoder_equals_open_clip(clip0):
+    clip, tokenizer = clip0
     tokens = region_tokens(tokenizer)
     assert tokens.shape == (49, 77)
     torch.testing.assert_close(
@@ -90,6 +107,36 @@ def test_soft_infonce_hand_value():
     same = torch.ones(2, 2, dtype=torch.bool)
     loss = soft_infonce(eye, eye, same, torch.tensor(0.0))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_soft_infonce_hard_negatives_join_the_image_to_text_softmax_only():
+    eye = torch.eye(2)
+    negative = eye[:1]  # as close to image 0 as its own caption
+    got = soft_infonce(eye, eye, torch.eye(2, dtype=torch.bool), torch.tensor(1.0), negative)
+    row0 = -(1 - math.log(2 * math.e + 1))  # logits (1, 0 | 1)
+    row1 = -(1 - math.log(math.e + 2))  # logits (0, 1 | 0)
+    text_to_image = math.log(1 + math.exp(-1))
+    assert got.item() == pytest.approx(0.5 * ((row0 + row1) / 2 + text_to_image), abs=1e-6)
+
+
+def test_state_loss_classifies_the_image_among_its_class_regions():
+    texts = torch.eye(3)[None].repeat(2, 1, 1)  # two classes, regions (normal, defect 1, defect 2)
+    texts[1] = texts[1].flip(0)  # class 1 lists them the other way round
+    image = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    got = state_loss(image, texts, torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor(1.0))
+    # image 0: class 0, defect 1 = its own axis (logit 1); image 1: class 1's normal text is axis 2
+    assert got.item() == pytest.approx(math.log(math.e + 2) - 1, abs=1e-6)
+
+
+def test_clip_training_with_hard_negatives_and_the_state_loss_logs_each_loss(clip0):
+    clip, tokenizer = clip0  # trained in place: runs after the test that reads the random init
+    data = PretrainSet.generate(seed=3, n=4, size=64)
+    recipe = ClipRecipe(steps=1, batch_size=4, warmup=1, hard_negatives=True, state_weight=0.5)
+    rows = train_clip(clip, tokenizer, data, recipe, seed=3).rows
+    assert [sorted(r) for r in rows] == [["caption", "patch_region", "state", "step", "total"]]
+    for r in rows:  # rounded to 5 decimals each
+        want = r["caption"] + r["patch_region"] + 0.5 * r["state"]
+        assert r["total"] == pytest.approx(want, abs=3e-5)
 
 
 def test_dense_loss_targets_the_defect_text_by_coverage():
@@ -239,3 +286,22 @@ def test_dinov2_loads_from_its_folder_without_a_progress_bar_and_keeps_the_setti
     assert type(model).__name__ == "Dinov2Model"
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is restored
+
+
+def test_demo_validation_points_the_profile_at_other_seeds_and_weights(tmp_path):
+    from hxpe.backbones.demo_validation import seed_config, summarise, weights_overrides
+
+    cfg = seed_config(7, weights_overrides(tmp_path / "bb"))
+    assert cfg.data.demo.seed == 7
+    assert cfg.model.clip.pretrained == str(tmp_path / "bb" / "open_clip_model.safetensors")
+    assert cfg.model.vfm.weights_dir == str(tmp_path / "bb")
+    assert load_config(DEMO).data.demo.seed == 0  # the demo's own sets are another seed
+    per_seed = {
+        7: {"image_auroc": 70.0, "pixel_auroc": 80.0, "pixel_aupro_anomalyclip": 40.0},
+        8: {"image_auroc": 75.0, "pixel_auroc": 81.0, "pixel_aupro_anomalyclip": 45.0},
+    }
+    assert summarise(per_seed) == {
+        "image_auroc": 72.5,
+        "pixel_auroc": 80.5,
+        "pixel_aupro_anomalyclip": 42.5,
+    }
