@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from hxpe.backbones.clip_pretrain import ClipRecipe, Curve, train_clip
+from hxpe.backbones.clip_pretrain import ClipRecipe, train_clip
 from hxpe.backbones.data import PretrainSet
 from hxpe.backbones.dino_distill import DinoRecipe, train_dinov2
 from hxpe.backbones.scenes import GENERATOR_VERSION
+from hxpe.backbones.schedule import Curve
 from hxpe.backbones.validate import VALIDATION_OFFSET, zero_shot
 from hxpe.hashing import file_sha256
 from hxpe.model.loading import CONFIG_DIR, seeded

@@ -20,8 +20,7 @@ The vision tower runs through :class:`hxpe.model.clip_tower.VisualEncoder` (the 
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,43 +28,20 @@ from torch import nn
 
 from hxpe.backbones.data import CLASS_NAMES, DEFECT_KINDS, PretrainSet, patch_coverage, resize
 from hxpe.backbones.scenes import region_caption
+from hxpe.backbones.schedule import Curve, PretrainSchedule, batches
 from hxpe.model.clip_tower import VisualEncoder
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ClipRecipe:
-    """Optimisation settings of the CLIP pretraining (recorded in the provenance)."""
+class ClipRecipe(PretrainSchedule):
+    """Settings of the CLIP pretraining: the schedule's defaults plus its loss terms."""
 
-    steps: int = 800
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup: int = 40
-    sizes: tuple[int, ...] = (112, 126)
     dense_weight: float = 1.0
     dense_layers: tuple[int, ...] = (1, 2, 3, 4)  # 1-based blocks whose patches are aligned
     hard_negatives: bool = False  # each image's other-state caption joins its InfoNCE negatives
     state_weight: float = 0.0  # weight of the image-level state loss (CLS among region texts)
-
-
-@dataclass
-class Curve:
-    """Loss per logged step (the training curve of the provenance)."""
-
-    rows: list[dict[str, float]] = field(default_factory=list)
-
-    def log(self, step: int, **losses: torch.Tensor) -> None:
-        self.rows.append({"step": step, **{k: round(float(v), 5) for k, v in losses.items()}})
-
-
-def lr_at(step: int, recipe: ClipRecipe | object) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    warm, total, lr = recipe.warmup, recipe.steps, recipe.lr  # type: ignore[attr-defined]
-    if step < warm:
-        return lr * (step + 1) / warm
-    return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def soft_infonce(
@@ -171,13 +147,8 @@ def train_clip(
     regions = region_tokens(tokenizer)
     n_cls, n_reg = len(CLASS_NAMES), 1 + len(DEFECT_KINDS)
     opt = torch.optim.AdamW(clip.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    gen = torch.Generator().manual_seed(seed)
     curve = Curve()
-    for step in range(recipe.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, recipe)
-        idx = torch.randperm(len(data), generator=gen)[: recipe.batch_size]
-        size = recipe.sizes[step % len(recipe.sizes)]
+    for step, idx, size in batches(recipe, len(data), opt, seed):
         feats = encoder(resize(data.images[idx], size))
         grid = feats.grid[0]
         image_emb = F.normalize(feats.cls, dim=-1)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hxpe.backbones.clip_pretrain import Curve, lr_at
 from hxpe.backbones.data import PretrainSet, resize
+from hxpe.backbones.schedule import Curve, PretrainSchedule, batches
 from hxpe.model.clip_tower import VisualEncoder
 from hxpe.model.dinov2_prompt import IMAGENET_MEAN, IMAGENET_STD
 
@@ -25,15 +25,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DinoRecipe:
-    """Optimisation settings of the DINOv2 distillation (recorded in the provenance)."""
+class DinoRecipe(PretrainSchedule):
+    """Settings of the DINOv2 distillation: a shorter schedule than the CLIP's."""
 
     steps: int = 200
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
     warmup: int = 30
-    sizes: tuple[int, ...] = (112, 126)
 
 
 @torch.no_grad()
@@ -62,13 +58,9 @@ def train_dinov2(
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    gen = torch.Generator().manual_seed(seed)
     curve = Curve()
-    for step in range(recipe.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, recipe)
-        idx = torch.randperm(len(data), generator=gen)[: recipe.batch_size]
-        images = resize(data.images[idx], recipe.sizes[step % len(recipe.sizes)])
+    for step, idx, size in batches(recipe, len(data), opt, seed):
+        images = resize(data.images[idx], size)
         t_cls, t_patch = teacher_tokens(encoder, images)
         hidden = student(pixel_values=(images - mean) / std).last_hidden_state
         s_cls = F.normalize(heads["cls"](hidden[:, 0]), dim=-1)
