@@ -182,8 +182,10 @@ def test_tables_render_and_no_equation_is_clipped():
     problems: dict[str, list[str]] = {}
     with serve_directory(BOOK) as base, chromium() as browser:
         for width in (820,):  # narrower than the other tests' 1280 px: clipping shows first
-            page = browser.new_page(viewport={"width": width, "height": 900})
             for name in PAGES:
+                # a fresh tab per page: one tab typesetting every page's equations in turn once
+                # lost its renderer under a fresh-clone CI run (Chromium's TargetClosedError)
+                page = browser.new_page(viewport={"width": width, "height": 900})
                 page.goto(f"{base}/{name}", wait_until="networkidle")
                 page.evaluate(TYPESET)
                 found = [f"raw table text: {t[:60]!r}" for t in page.evaluate(RAW_PIPES)]
@@ -193,7 +195,7 @@ def test_tables_render_and_no_equation_is_clipped():
                 found += [f"clipped equation at {width} px: {e!r}" for e in page.evaluate(CLIPPED)]
                 if found:
                     problems[f"{name} @ {width}px"] = found
-            page.close()
+                page.close()
     assert not problems, problems
 
 
