@@ -247,7 +247,7 @@ MUTATION_TESTS ?=
 MUTANTS        ?=
 MUTATION_JOBS  ?= 2
 $(VENV)/.mutation: constraints.txt | $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[mutation]'
+	$(UV_INSTALL) -e '.[mutation]'
 	touch $@
 
 mutation: $(VENV)/.mutation  ## mutmut over the model and training code against the fast tests -> build/mutation.txt
