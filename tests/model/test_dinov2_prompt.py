@@ -15,6 +15,7 @@ from hxpe.model.dinov2_prompt import (
     own_nn_distance,
     rarity,
     reference_distance,
+    row_keys,
 )
 from hxpe.model.loading import load_dinov2
 from hxpe.model.model import HXPEModel, build_model
@@ -283,3 +284,14 @@ def test_vfm_prompter_switches_dinov2_to_sdpa() -> None:
     assert dinov2.config._attn_implementation == "eager"
     VfmPrompter(dinov2, tiny_model_config("anomalyclip").vfm)
     assert dinov2.config._attn_implementation == "sdpa"
+
+
+def test_row_keys_use_every_value_of_short_rows() -> None:
+    """Rows shorter than ``samples`` are fingerprinted whole: a difference at any position (here
+    the second value) gives a different key."""
+    x = torch.zeros(2, 10)
+    x[1, 1] = 1.0
+    a, b = row_keys(x, samples=16)
+    assert a != b and len(a) == 10 * 4
+    long = torch.arange(40.0).reshape(1, 40)
+    assert row_keys(long, samples=16) == [long[0, ::2].numpy().tobytes()]  # stride 40 // 16 = 2

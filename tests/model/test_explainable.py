@@ -102,19 +102,6 @@ def test_fuse_mode_encodes_each_phrase_alone_through_its_template() -> None:
     assert torch.equal(text[3], text[0])
 
 
-def test_row_keys_use_every_value_of_short_rows() -> None:
-    """Rows shorter than ``samples`` are fingerprinted whole: a difference at any position (here
-    the second value) gives a different key."""
-    from hxpe.model.dinov2_prompt import row_keys
-
-    x = torch.zeros(2, 10)
-    x[1, 1] = 1.0
-    a, b = row_keys(x, samples=16)
-    assert a != b and len(a) == 10 * 4
-    long = torch.arange(40.0).reshape(1, 40)
-    assert row_keys(long, samples=16) == [long[0, ::2].numpy().tobytes()]  # stride 40 // 16 = 2
-
-
 def test_a_phrase_too_long_is_cut_at_token_boundaries_until_it_fits(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
