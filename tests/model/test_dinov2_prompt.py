@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from hxpe.model.clip_tower import DualPathAttention, multihead_attention
 from hxpe.model.dinov2_prompt import (
+    ReferenceCache,
     VfmPrompter,
     calibrate,
     neighbourhood_mask,
@@ -295,3 +296,25 @@ def test_row_keys_use_every_value_of_short_rows() -> None:
     assert a != b and len(a) == 10 * 4
     long = torch.arange(40.0).reshape(1, 40)
     assert row_keys(long, samples=16) == [long[0, ::2].numpy().tobytes()]  # stride 40 // 16 = 2
+
+
+def test_reference_cache_evicts_the_least_recently_used_reference() -> None:
+    cache = ReferenceCache(maxsize=2)
+    refs = [torch.full((3, 4, 4), float(i)) for i in range(3)]
+    value = (torch.zeros(1), torch.ones(1))
+    cache.put(refs[0], (2, 2), value)
+    cache.put(refs[1], (2, 2), value)
+    assert cache.get(refs[0], (2, 2)) is not None  # 0 is now the most recently used
+    cache.put(refs[2], (2, 2), value)  # evicts 1, the least recently used
+    assert len(cache) == 2
+    assert cache.get(refs[1], (2, 2)) is None
+    assert cache.get(refs[0], (2, 2)) is not None and cache.get(refs[2], (2, 2)) is not None
+
+
+def test_dinov2_normalisation_stays_out_of_the_state_dict() -> None:
+    """ImageNet's mean and std are constants of the prompter, not weights a checkpoint carries."""
+    prompter = tiny("adaclip").vfm
+    assert prompter is not None
+    names = set(prompter.state_dict())
+    assert not {"mean", "std"} & names, sorted(names)[:5]
+    assert torch.equal(prompter.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
