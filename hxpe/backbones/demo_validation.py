@@ -32,12 +32,16 @@ from typing import Any
 
 import pandas as pd
 
+from hxpe.atomic import OutputKind, check_output_dir
 from hxpe.config import Config, deep_merge, load_config
 from hxpe.paths import RESULTS_ROOT_ENV, repo_root
+from hxpe.results_layout import folder_name
 
 log = logging.getLogger(__name__)
 
 PARAMS = "notebooks/params/demo.yaml"
+# What run_seed copies into every run folder: a folder holding all three is a previous run.
+RUN_KIND = OutputKind("demo-validation run", ("agent", "data", "index"))
 SEEDS = (7, 8, 9)
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro_anomalyclip")
 TARGET = "demo_target"
@@ -95,6 +99,26 @@ def prepare_seed(cfg: Config, variant: str) -> Path:
     return layout.root
 
 
+def fresh_run_dir(root: Path, seed: int, tag: str) -> Path:
+    """``root/seed<seed>/runs/<tag>``, empty: a previous run of the tag is replaced, anything else
+    there is refused (``tag`` must be one folder name).
+
+    Example:
+        >>> run = fresh_run_dir(tmp_path, 7, "base")
+        >>> run.relative_to(tmp_path).as_posix(), list(run.iterdir())
+        ('seed7/runs/base', [])
+        >>> fresh_run_dir(tmp_path, 7, "..")
+        Traceback (most recent call last):
+        ...
+        ValueError: --tag '..' cannot name a folder under build/demo-validation: ...
+    """
+    run = root / f"seed{seed}" / "runs" / folder_name(tag, "--tag", "build/demo-validation")
+    check_output_dir(run, RUN_KIND, option="--tag's run folder")
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    return run
+
+
 def run_seed(seed: int, root: Path, tag: str, variant: str, overrides: dict[str, Any]) -> dict:
     """Train ``variant`` on the seed's demo_aux and evaluate it on its demo_target."""
     from hxpe.evaluation.protocol import run_protocol
@@ -103,9 +127,7 @@ def run_seed(seed: int, root: Path, tag: str, variant: str, overrides: dict[str,
     os.environ[RESULTS_ROOT_ENV] = str(root / f"seed{seed}")
     cfg = seed_config(seed, overrides)
     prepared = prepare_seed(cfg, variant)
-    run = root / f"seed{seed}" / "runs" / tag
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
+    run = fresh_run_dir(root, seed, tag)
     for sub in ("agent", "data", "index"):
         shutil.copytree(prepared / sub, run / sub, symlinks=True)
     t0 = time.perf_counter()

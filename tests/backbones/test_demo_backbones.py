@@ -305,3 +305,19 @@ def test_demo_validation_points_the_profile_at_other_seeds_and_weights(tmp_path)
         "pixel_auroc": 80.5,
         "pixel_aupro_anomalyclip": 42.5,
     }
+
+
+def test_validation_replaces_only_its_own_run_folders(tmp_path) -> None:
+    from hxpe.atomic import OutputRefused
+    from hxpe.backbones.demo_validation import fresh_run_dir
+
+    mine = tmp_path / "seed7" / "runs" / "notes"
+    mine.mkdir(parents=True)
+    (mine / "keep.txt").write_text("a user's file")
+    with pytest.raises(OutputRefused, match="not a previous demo-validation run"):
+        fresh_run_dir(tmp_path, 7, "notes")
+    assert (mine / "keep.txt").read_text() == "a user's file"
+    previous = fresh_run_dir(tmp_path, 7, "base")
+    for sub in ("agent", "data", "index"):
+        (previous / sub).mkdir()
+    assert list(fresh_run_dir(tmp_path, 7, "base").iterdir()) == []
