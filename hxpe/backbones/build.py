@@ -60,7 +60,7 @@ class BackboneRecipe:
     """Everything that determines the weights (with the code and the library versions)."""
 
     seed: int = 1000
-    n_scenes: int = 2000
+    n_scenes: int = 4000
     n_validation: int = 160
     clip: ClipRecipe = ClipRecipe()
     dinov2: DinoRecipe = DinoRecipe()
@@ -202,7 +202,9 @@ Written by `make demo-backbones` (`python -m hxpe.backbones`, {prov["threads"]} 
   Their random streams are disjoint from the demo's aux and target images.
 - **CLIP** (`hxpe/model/configs/hxpe-demo-clip.json`, random init from seed {r["seed"]}):
   {r["clip"]["steps"]} AdamW steps of {r["clip"]["batch_size"]} scenes, lr {r["clip"]["lr"]}; image-caption
-  InfoNCE + patch-region alignment (`hxpe/backbones/clip_pretrain.py`; hard-negative captions
+  InfoNCE + patch-region alignment + the methods' prompt wording (weight
+  {r["clip"].get("ensemble_weight", 0.0)}: each patch between a normal and an abnormal sentence drawn
+  from `hxpe/model/prompts.yaml`) (`hxpe/backbones/clip_pretrain.py`; hard-negative captions
   {"on" if r["clip"].get("hard_negatives") else "off"}, image-level state loss weight {r["clip"].get("state_weight", 0.0)}).
 - **DINOv2** (`hxpe/model/configs/hxpe-demo-dinov2.json`, random init from seed {r["seed"] + 1}):
   {r["dinov2"]["steps"]} AdamW steps of {r["dinov2"]["batch_size"]} scenes distilling the CLIP image

@@ -1,6 +1,6 @@
 """Contrastive pretraining of the demo CLIP (both towers) on the generated scenes.
 
-Two losses, summed:
+Three losses, summed:
 
 - **image-caption**: CLIP's symmetric InfoNCE between the image embedding (``ln_post(CLS) @ proj``)
   and the caption embedding, with every caption of the same (class, defect kind) counted as a
@@ -11,10 +11,16 @@ Two losses, summed:
   :func:`hxpe.backbones.scenes.region_caption`), the target being the patch's defect coverage; the
   image's own defect phrase in a sentence (the extractor's words: size, colour, kind, place) stands
   for its defect kind, and on a normal scene a decoy phrase joins the texts. This is the
-  region-caption alignment that anomaly maps read off CLIP's patches, with and without a phrase.
+  region-caption alignment that anomaly maps read off CLIP's patches, with and without a phrase;
+- **prompt wording**: each patch is also classified between a normal and an abnormal sentence of its
+  class worded as the methods word their prompts (a template and a state drawn each step from all of
+  ``hxpe/model/prompts.yaml``, :func:`ensemble_sentences`), the target being its coverage. A
+  web-trained CLIP has met such sentences; without them the small text tower reads "a bad photo of
+  the bracket with defect." by chance, and the maps of one class may come out inverted.
 
 The vision tower runs through :class:`hxpe.model.clip_tower.VisualEncoder` (the code the method uses), at
-112 px (native, an 8 x 8 grid) and 126 px (9 x 9, the demo evaluation's grid) in alternate steps.
+128 px (native, a 16 x 16 grid of 8 px patches, the demo evaluation's) and 112 px (14 x 14) in
+alternate steps.
 """
 
 from __future__ import annotations
@@ -30,18 +36,21 @@ from hxpe.backbones.data import CLASS_NAMES, DEFECT_KINDS, PretrainSet, patch_co
 from hxpe.backbones.scenes import region_caption
 from hxpe.backbones.schedule import Curve, PretrainSchedule, batches
 from hxpe.model.clip_tower import VisualEncoder
+from hxpe.model.explainable import prompt_data
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ClipRecipe(PretrainSchedule):
-    """Settings of the CLIP pretraining: the schedule's defaults plus its loss terms."""
+    """Settings of the CLIP pretraining: the schedule's defaults, a longer run, and its loss terms."""
 
+    steps: int = 2400
     dense_weight: float = 1.0
     dense_layers: tuple[int, ...] = (1, 2, 3, 4)  # 1-based blocks whose patches are aligned
     hard_negatives: bool = False  # each image's other-state caption joins its InfoNCE negatives
     state_weight: float = 0.0  # weight of the image-level state loss (CLS among region texts)
+    ensemble_weight: float = 1.0  # weight of the patch loss against the methods' prompt wording
 
 
 def soft_infonce(
@@ -130,9 +139,54 @@ def dense_loss(
     target[rows, :, defects] += coverage * (defects > 0)[:, None]
     target[..., 0] += coverage * (defects == 0)[:, None]
     ce = torch.sum(-target * logits.log_softmax(dim=-1), dim=-1)
-    touched = (coverage > 0) & (defects > 0)[:, None]
-    parts = [ce[m].mean() for m in (touched, ~touched) if m.any()]
+    return balanced_mean(ce, (coverage > 0) & (defects > 0)[:, None])
+
+
+def balanced_mean(values: torch.Tensor, touched: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over the patches a defect touches plus the mean over the others
+    (either mean alone when there is none of that kind)."""
+    parts = [values[m].mean() for m in (touched, ~touched) if m.any()]
     return torch.stack(parts).sum()
+
+
+def prompt_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(templates, normal states, abnormal states) of every prompt the methods send to CLIP
+    (``hxpe/model/prompts.yaml``, all template sets): the wording a web-trained CLIP has met, which
+    the demo CLIP learns beside its captions."""
+    data = prompt_data()
+    templates = tuple(dict.fromkeys(t for ts in data["templates"].values() for t in ts))
+    return templates, tuple(data["states"]["normal"]), tuple(data["states"]["abnormal"])
+
+
+def ensemble_sentences(gen: torch.Generator) -> list[str]:
+    """Per class a normal then an abnormal sentence, template and states drawn from ``gen``:
+    [2 * n_classes], class-major."""
+    templates, normal, abnormal = prompt_vocabulary()
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    out = []
+    for cls in CLASS_NAMES:
+        template = pick(templates)
+        out += [template.format(pick(states).format(obj=cls)) for states in (normal, abnormal)]
+    return out
+
+
+def ensemble_loss(
+    patches: torch.Tensor,
+    pair_text: torch.Tensor,
+    classes: torch.Tensor,
+    coverage: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """Soft two-way cross-entropy of each patch [B, N, D] between its class's normal and abnormal
+    sentence ([C, 2, D] unit rows, :func:`ensemble_sentences`), the target being the patch's defect
+    coverage, balanced as :func:`dense_loss`: the comparison every anomaly map of the methods makes."""
+    logits = scale * torch.einsum("bnd,bkd->bnk", F.normalize(patches, dim=-1), pair_text[classes])
+    target = torch.stack([1 - coverage, coverage], dim=-1)
+    ce = torch.sum(-target * logits.log_softmax(dim=-1), dim=-1)
+    return balanced_mean(ce, coverage > 0)
 
 
 def train_clip(
@@ -147,6 +201,7 @@ def train_clip(
     regions = region_tokens(tokenizer)
     n_cls, n_reg = len(CLASS_NAMES), 1 + len(DEFECT_KINDS)
     opt = torch.optim.AdamW(clip.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    wording = torch.Generator().manual_seed(seed + 1)
     curve = Curve()
     for step, idx, size in batches(recipe, len(data), opt, seed):
         feats = encoder(resize(data.images[idx], size))
@@ -174,6 +229,14 @@ def train_clip(
         ).mean()
         loss = loss_caption + recipe.dense_weight * loss_dense
         losses = {"caption": loss_caption.detach(), "patch_region": loss_dense.detach()}
+        if recipe.ensemble_weight:
+            pair = encode_text(clip, tokenizer(ensemble_sentences(wording)))
+            pair = F.normalize(pair, dim=-1).view(n_cls, 2, -1)
+            loss_ensemble = torch.stack(
+                [ensemble_loss(p, pair, data.classes[idx], coverage, scale) for p in feats.patches]
+            ).mean()
+            loss = loss + recipe.ensemble_weight * loss_ensemble
+            losses["prompt_wording"] = loss_ensemble.detach()
         if recipe.state_weight:
             loss_state = state_loss(
                 image_emb, region_emb, data.classes[idx], data.defects[idx], scale

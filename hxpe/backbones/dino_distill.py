@@ -1,8 +1,8 @@
 """The demo DINOv2 (transformers ``Dinov2Model``) distilled from the demo CLIP's image tower.
 
-The student sees the scenes through DINOv2's own input path (ImageNet statistics, patch 14) and
-learns, through two linear heads that are discarded after training, to reproduce the teacher's
-final-layer tokens: each patch token (cosine loss against the teacher's ``ln_post`` patch token)
+The student sees the scenes through DINOv2's own input path (ImageNet statistics, patch 8 as the
+teacher's, so both grids match) and learns, through two linear heads that are discarded after
+training, to reproduce the teacher's final-layer tokens: each patch token (cosine loss against the teacher's ``ln_post`` patch token)
 and the CLS token. The teacher is the pretrained demo CLIP, frozen; the student starts from random
 weights drawn from the seed.
 """

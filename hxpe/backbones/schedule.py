@@ -25,7 +25,10 @@ class PretrainSchedule:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 40
-    sizes: tuple[int, ...] = (112, 126)  # image sides, in turn: 112 px (8 x 8 grid), 126 px (9 x 9)
+    sizes: tuple[int, ...] = (
+        112,
+        128,
+    )  # image sides, in turn: 112 px (14 x 14 grid), 128 (16 x 16)
 
 
 def lr_at(step: int, schedule: PretrainSchedule) -> float:

@@ -19,7 +19,7 @@ PROMPTS = ("a photo of a flawless {}.", "a photo of a damaged {}.")
 
 
 @torch.no_grad()
-def zero_shot(clip: nn.Module, tokenizer, data: PretrainSet, size: int = 112) -> dict[str, float]:
+def zero_shot(clip: nn.Module, tokenizer, data: PretrainSet, size: int = 128) -> dict[str, float]:
     """Pixel AUROC of the last block's patch map and image AUROC of the CLS embedding (x100, one
     decimal), each from the (damaged - flawless) prompt similarity of the image's class."""
     encoder = VisualEncoder(clip.visual, layers=[len(clip.visual.transformer.resblocks)])

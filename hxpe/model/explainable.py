@@ -71,7 +71,8 @@ class ExplainConfig(BaseModel):
 
 
 @cache
-def _prompt_data() -> dict[str, Any]:
+def prompt_data() -> dict[str, Any]:
+    """The contents of ``prompts.yaml``: ``states`` and ``templates``."""
     data: dict[str, Any] = yaml.safe_load(PROMPTS_FILE.read_text())
     return data
 
@@ -93,7 +94,7 @@ class PromptSet:
 
 def ensemble(template_set: str, object_template: str = "{obj} with {phrase}") -> PromptSet:
     """The state x template ensemble named ``template_set`` in ``prompts.yaml``."""
-    data = _prompt_data()
+    data = prompt_data()
     if template_set not in data["templates"]:
         raise KeyError(
             f"No template set {template_set!r} in {PROMPTS_FILE}; known: {sorted(data['templates'])}."

@@ -24,8 +24,12 @@ from hxpe.backbones.build import (
 )
 from hxpe.backbones.clip_pretrain import (
     ClipRecipe,
+    balanced_mean,
     dense_loss,
     encode_text,
+    ensemble_loss,
+    ensemble_sentences,
+    prompt_vocabulary,
     region_tokens,
     soft_infonce,
     state_loss,
@@ -133,9 +137,11 @@ def test_clip_training_with_hard_negatives_and_the_state_loss_logs_each_loss(cli
     data = PretrainSet.generate(seed=3, n=4, size=64)
     recipe = ClipRecipe(steps=1, batch_size=4, warmup=1, hard_negatives=True, state_weight=0.5)
     rows = train_clip(clip, tokenizer, data, recipe, seed=3).rows
-    assert [sorted(r) for r in rows] == [["caption", "patch_region", "state", "step", "total"]]
+    assert [sorted(r) for r in rows] == [
+        ["caption", "patch_region", "prompt_wording", "state", "step", "total"]
+    ]
     for r in rows:  # rounded to 5 decimals each
-        want = r["caption"] + r["patch_region"] + 0.5 * r["state"]
+        want = r["caption"] + r["patch_region"] + r["prompt_wording"] + 0.5 * r["state"]
         assert r["total"] == pytest.approx(want, abs=3e-5)
 
 
@@ -168,6 +174,51 @@ def test_dense_loss_puts_each_images_phrase_in_its_defect_slot():
     normal = (texts, torch.tensor([0]), torch.tensor([0]), cov, torch.tensor(1.0))
     got = dense_loss(patches, *normal, phrase_text=phrase)
     assert got.item() == pytest.approx(((lse - 0) + (lse - 1)) / 2, abs=1e-6)
+
+
+def test_prompt_wording_comes_from_the_methods_prompt_file():
+    templates, normal, abnormal = prompt_vocabulary()
+    # every template set of prompts.yaml, once each, in file order: AdaCLIP's four, then WinCLIP's
+    assert templates[:5] == (
+        "a bad photo of a {}.",
+        "a low resolution photo of the {}.",
+        "a bad photo of the {}.",
+        "a cropped photo of the {}.",
+        "a cropped photo of a {}.",
+    )
+    assert len(templates) == len(set(templates)) == 4 + 22 - 1
+    assert normal[:2] == ("{obj}", "flawless {obj}") and abnormal[-1] == "{obj} with damage"
+
+
+def test_ensemble_sentences_give_each_class_a_normal_then_an_abnormal_sentence():
+    a = ensemble_sentences(torch.Generator().manual_seed(1))
+    assert a[:4] == [
+        "a photo of the large unblemished bracket.",
+        "a photo of the large bracket with damage.",
+        "a photo of the small unblemished brick.",
+        "a photo of the small brick with defect.",
+    ]
+    assert len(a) == 2 * 7 and a == ensemble_sentences(torch.Generator().manual_seed(1))
+    assert a != ensemble_sentences(torch.Generator().manual_seed(2))  # drawn anew each step
+
+
+def test_ensemble_loss_targets_the_abnormal_sentence_by_coverage():
+    pair = torch.eye(2)[None]  # one class: normal sentence along x, abnormal along y
+    patches = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # unnormalised on purpose
+    cov = torch.tensor([[0.0, 0.75, 0.5]])
+    got = ensemble_loss(patches, pair, torch.tensor([0]), cov, torch.tensor(2.0))
+    lse = math.log(math.exp(2) + 1)  # logits (2, 0) or (0, 2) at scale 2; (sqrt 2, sqrt 2) for p2
+    untouched = lse - 2  # patch 0: all normal, its logit 2
+    p1 = 0.25 * (lse - 0) + 0.75 * (lse - 2)
+    p2 = math.log(2)  # equal logits: the cross-entropy is log 2 whatever the target
+    assert got.item() == pytest.approx(untouched + (p1 + p2) / 2, abs=1e-6)
+
+
+def test_balanced_mean_weighs_the_touched_patches_as_much_as_the_rest():
+    values = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    touched = torch.tensor([[False, False, False, True]])
+    assert balanced_mean(values, touched).item() == 2.0 + 6.0
+    assert balanced_mean(values, torch.zeros_like(touched)).item() == 3.0  # no defect in the batch
 
 
 def test_patch_coverage():
@@ -203,7 +254,8 @@ def test_build_writes_loadable_weights_reproducibly(tmp_path):
     assert prov["generator_version"] and prov["recipe"]["seed"] == 5
     assert DEMO_BACKBONES_LABEL.split(";")[0] in (tmp_path / "a" / "README.md").read_text()
     curve = (tmp_path / "a" / "curve.csv").read_text().splitlines()
-    assert curve[0] == "model,step,caption,cls,patch,patch_region,total" and len(curve) == 5
+    assert curve[0] == "model,step,caption,cls,patch,patch_region,prompt_wording,total"
+    assert len(curve) == 5
     # the same seed gives the same files (same machine and threads)
     build(tmp_path / "b", TINY)
     assert compare(tmp_path / "b", tmp_path / "a") == (
@@ -216,7 +268,7 @@ def test_build_writes_loadable_weights_reproducibly(tmp_path):
     (tmp_path / "b" / "provenance.json").write_text(json.dumps(other))
     ok, lines = compare(tmp_path / "b", tmp_path / "a")
     assert ok and lines[0] == f"not bit-identical: {CLIP_FILE}"
-    assert all(line.endswith("(ok)") for line in lines[1:]) and len(lines) == 1 + 4 + 4 + 2
+    assert all(line.endswith("(ok)") for line in lines[1:]) and len(lines) == 1 + 5 + 4 + 2
     loss = prov_a["final_loss"]["clip"]["total"]
     other["final_loss"] = dict(
         prov_a["final_loss"], clip=dict(prov_a["final_loss"]["clip"], total=loss * 1.1)
@@ -251,6 +303,15 @@ def test_demo_profile_loads_the_committed_backbones(caplog):
     assert not torch.equal(clip.visual.conv1.weight, new_clip(1000)[0].visual.conv1.weight)
     assert type(dino).__name__ == "Dinov2Model" and dino.config.hidden_size == 64
     assert not torch.equal(dino.embeddings.cls_token, new_dinov2(1001).embeddings.cls_token)
+
+
+def test_demo_reads_its_maps_at_the_demo_clips_own_logit_scale():
+    from safetensors.torch import load_file
+
+    scale = load_file(DEFAULT_OUT / CLIP_FILE)["logit_scale"].exp().item()
+    cfg = load_config(DEMO).model_for("hxpe")
+    assert cfg.adaclip.temperature == pytest.approx(1 / scale, abs=5e-4)
+    assert load_config(DEMO).model_for("anomalyclip").anomalyclip.temperature == 0.07
 
 
 def test_committed_weights_match_their_provenance_and_stay_small():
