@@ -140,6 +140,7 @@ def test_clip_training_with_hard_negatives_and_the_state_loss_logs_each_loss(cli
     assert [sorted(r) for r in rows] == [
         ["caption", "patch_region", "prompt_wording", "state", "step", "total"]
     ]
+    assert rows[0]["step"] == 1  # the curve counts steps from 1, as the log does
     for r in rows:  # rounded to 5 decimals each
         want = r["caption"] + r["patch_region"] + r["prompt_wording"] + 0.5 * r["state"]
         assert r["total"] == pytest.approx(want, abs=3e-5)
@@ -158,6 +159,19 @@ def test_dense_loss_targets_the_defect_text_by_coverage():
     # a normal image: every patch's target is the normal text whatever its coverage
     got = dense_loss(patches, texts, torch.tensor([0]), torch.tensor([0]), cov, torch.tensor(1.0))
     assert got.item() == pytest.approx((-(1 - lse) - (0 - lse)) / 2, abs=1e-6)
+
+
+def test_dense_loss_normalises_each_patch_token_over_its_channels():
+    texts = torch.eye(3)[None]
+    cov = torch.tensor([[0.0, 0.0]])
+    unit = torch.tensor([[[1.0, 0, 0], [0.6, 0.8, 0]]])
+    args = (texts, torch.tensor([0]), torch.tensor([0]), cov, torch.tensor(3.0))
+    # scaling a token leaves the loss alone; rescaling across patches would change it
+    scaled = unit * torch.tensor([[[5.0], [0.5]]])
+    assert dense_loss(scaled, *args).item() == pytest.approx(dense_loss(unit, *args).item())
+    lse0, lse1 = math.log(math.exp(3) + 2), math.log(math.exp(1.8) + math.exp(2.4) + 1)
+    want = ((lse0 - 3) + (lse1 - 1.8)) / 2  # both patches untouched: their target is normal
+    assert dense_loss(unit, *args).item() == pytest.approx(want, abs=1e-6)
 
 
 def test_dense_loss_puts_each_images_phrase_in_its_defect_slot():
