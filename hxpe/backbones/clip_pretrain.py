@@ -149,7 +149,10 @@ def balanced_mean(values: torch.Tensor, touched: torch.Tensor) -> torch.Tensor:
     return torch.stack(parts).sum()
 
 
-def prompt_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+Vocabulary = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+
+
+def prompt_vocabulary() -> Vocabulary:
     """(templates, normal states, abnormal states) of every prompt the methods send to CLIP
     (``hxpe/model/prompts.yaml``, all template sets): the wording a web-trained CLIP has met, which
     the demo CLIP learns beside its captions."""
@@ -158,10 +161,11 @@ def prompt_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ..
     return templates, tuple(data["states"]["normal"]), tuple(data["states"]["abnormal"])
 
 
-def ensemble_sentences(gen: torch.Generator) -> list[str]:
+def ensemble_sentences(gen: torch.Generator, vocabulary: Vocabulary | None = None) -> list[str]:
     """Per class a normal then an abnormal sentence, template and states drawn from ``gen``:
-    [2 * n_classes], class-major."""
-    templates, normal, abnormal = prompt_vocabulary()
+    [2 * n_classes], class-major. ``vocabulary``: :func:`prompt_vocabulary`'s, read once by a
+    caller that draws every step (None = read it now)."""
+    templates, normal, abnormal = vocabulary or prompt_vocabulary()
 
     def pick(options: tuple[str, ...]) -> str:
         return options[int(torch.randint(len(options), (1,), generator=gen))]
@@ -201,7 +205,7 @@ def train_clip(
     regions = region_tokens(tokenizer)
     n_cls, n_reg = len(CLASS_NAMES), 1 + len(DEFECT_KINDS)
     opt = torch.optim.AdamW(clip.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    wording = torch.Generator().manual_seed(seed + 1)
+    wording, vocabulary = torch.Generator().manual_seed(seed + 1), prompt_vocabulary()
     curve = Curve()
     for step, idx, size in batches(recipe, len(data), opt, seed):
         feats = encoder(resize(data.images[idx], size))
@@ -230,7 +234,7 @@ def train_clip(
         loss = loss_caption + recipe.dense_weight * loss_dense
         losses = {"caption": loss_caption.detach(), "patch_region": loss_dense.detach()}
         if recipe.ensemble_weight:
-            pair = encode_text(clip, tokenizer(ensemble_sentences(wording)))
+            pair = encode_text(clip, tokenizer(ensemble_sentences(wording, vocabulary)))
             pair = F.normalize(pair, dim=-1).view(n_cls, 2, -1)
             loss_ensemble = torch.stack(
                 [ensemble_loss(p, pair, data.classes[idx], coverage, scale) for p in feats.patches]
